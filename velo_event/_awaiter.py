@@ -1,0 +1,106 @@
+"""The asyncio adapter: awaiting a handle, and the thread-safe wake-up of a waiting future."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Generator, Hashable
+from typing import Any, Final, cast
+
+from ._core import PENDING, Outcome, WakeCallback
+from ._errors import EventPoison
+from ._handle import EventHandle
+
+__all__ = ["READY_AWAITER", "EventAwaiter", "wake_future"]
+
+_running_loop = asyncio.events._get_running_loop
+# An exhausted iterator: ``await`` of an already-complete event returns through it at once,
+# creating no Future and scheduling no callback.
+_DONE: Generator[Any, None, None] = cast(Generator[Any, None, None], iter(()))
+
+
+def _resolve(future: asyncio.Future[str | None], reason: str | None) -> None:
+    if not future.done():  # a cancelled wait stays cancelled
+        future.set_result(reason)
+
+
+def wake_future(future: Hashable, reason: str | None) -> None:
+    """Wake callback for an asyncio future, safe from any thread: a trigger on the future's
+    own loop resolves it directly, one from another thread goes through its loop."""
+    fut = cast("asyncio.Future[str | None]", future)
+    loop = fut.get_loop()
+    if _running_loop() is loop:
+        _resolve(fut, reason)
+        return
+    with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
+        loop.call_soon_threadsafe(_resolve, fut, reason)
+
+
+AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
+RemoveWaiter = Callable[[EventHandle, Hashable], None]
+
+
+class EventAwaiter:
+    """Awaitable completion of one event generation.
+
+    ``await`` returns ``None`` when the event is triggered and raises :class:`EventPoison`
+    (with the first poison reason) when it is poisoned. It can be awaited any number of times,
+    by any number of tasks, and wrapped with ``asyncio.ensure_future`` for ``asyncio.wait``.
+    Cancelling a wait (``asyncio.timeout``, ``wait_for``, task cancellation) leaves the event
+    untouched and unregisters the waiter.
+    """
+
+    __slots__ = ("_add_waiter", "_handle", "_outcome", "_remove_waiter")
+
+    def __init__(
+        self,
+        handle: EventHandle,
+        outcome: Outcome,
+        add_waiter: AddWaiter,
+        remove_waiter: RemoveWaiter,
+    ) -> None:
+        self._handle = handle
+        self._outcome = outcome
+        self._add_waiter = add_waiter
+        self._remove_waiter = remove_waiter
+
+    @property
+    def handle(self) -> EventHandle:
+        return self._handle
+
+    def __await__(self) -> Generator[Any, None, None]:
+        outcome = self._outcome
+        if outcome is None:
+            return _DONE
+        if outcome is PENDING:
+            return self._wait()
+        raise EventPoison(self._handle, cast(str, outcome))
+
+    def _wait(self) -> Generator[Any, None, None]:
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        outcome = self._add_waiter(self._handle, future, wake_future)
+        if outcome is PENDING:
+            try:
+                outcome = yield from future.__await__()
+            except BaseException:
+                self._remove_waiter(self._handle, future)
+                raise
+        self._outcome = outcome  # later awaits take the fast path
+        if outcome is not None:
+            raise EventPoison(self._handle, cast(str, outcome))
+
+    def __repr__(self) -> str:
+        state = "pending" if self._outcome is PENDING else "complete"
+        return f"<EventAwaiter {self._handle} {state}>"
+
+
+def _no_waiter(handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+    return None
+
+
+def _no_removal(handle: EventHandle, key: Hashable) -> None:
+    pass
+
+
+#: Shared by every awaiter of an already-triggered generation: awaiting one allocates nothing.
+READY_AWAITER: Final = EventAwaiter(EventHandle.from_int(0), None, _no_waiter, _no_removal)

@@ -1,0 +1,352 @@
+"""The generational slot state machine: synchronous, thread-safe, no event loop in sight.
+
+One lock guards a system's slots. Every transition (begin a generation, complete it, register
+or drop a waiter) happens under it; waiters are drained in the same critical section that
+completes a generation and are woken *after* the lock is released, so there are no lost
+wake-ups and no callbacks run under the lock. A waiter is a ``(key, callback)`` pair; the
+callback gets ``(key, reason)``, where ``reason`` is ``None`` for a trigger and the poison
+reason otherwise. asyncio futures, blocking waits and merges are all just waiters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from typing import Final
+
+from ._errors import (
+    AlreadyTriggeredError,
+    EventError,
+    ForeignHandleError,
+    InvalidGenerationError,
+    SystemShutdownError,
+    UnknownEventError,
+)
+from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
+
+__all__ = ["MAX_REASON_LENGTH", "PENDING", "EventCore", "Outcome", "WakeCallback", "cap_reason"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest poison reason stored, in characters; longer ones keep their head and say what was cut.
+MAX_REASON_LENGTH: Final = 16 * 1024
+
+_U32: Final = 0xFFFF_FFFF
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+#: Returned by :meth:`EventCore.add_waiter` when the waiter was registered.
+PENDING: Final = _Pending()
+
+#: ``None`` for a triggered generation, the reason for a poisoned one, or :data:`PENDING`.
+Outcome = str | None | _Pending
+WakeCallback = Callable[[Hashable, str | None], None]
+_Waiters = dict[Hashable, WakeCallback]
+
+
+def cap_reason(reason: str) -> str:
+    """Bound a reason's size: keep its head and say how much was cut."""
+    if len(reason) <= MAX_REASON_LENGTH:
+        return reason
+    cut = len(reason) - MAX_REASON_LENGTH
+    return f"{reason[:MAX_REASON_LENGTH]}… [{cut} more characters cut]"
+
+
+class _Slot:
+    """One reusable event slot. ``last``: highest completed generation; ``active``: the pending
+    generation or 0; ``poisons``: reason of every poisoned generation (history, never pruned)."""
+
+    __slots__ = ("active", "last", "poisons", "waiters")
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.active = 0
+        self.waiters: _Waiters | None = None
+        self.poisons: dict[int, str] | None = None
+
+
+_dispatch = threading.local()
+
+
+def _wake(waiters: _Waiters, reason: str | None) -> None:
+    """Run wake callbacks outside any lock. Callbacks that complete further events (merges)
+    queue their wake-ups here instead of recursing, so a chain of any depth is safe."""
+    queue: deque[tuple[_Waiters, str | None]] | None = getattr(_dispatch, "queue", None)
+    if queue is not None:
+        queue.append((waiters, reason))
+        return
+    _dispatch.queue = queue = deque(((waiters, reason),))
+    try:
+        while queue:
+            batch, batch_reason = queue.popleft()
+            for key, callback in batch.items():
+                try:
+                    callback(key, batch_reason)
+                except Exception:
+                    logger.exception("event wake-up callback %r failed", callback)
+    finally:
+        _dispatch.queue = None
+
+
+class EventCore:
+    """All slots of one event system (one ``worker_id``)."""
+
+    def __init__(self, system_id: int, *, local: bool) -> None:
+        if not 0 < system_id < 1 << 64:
+            raise ValueError(f"system id must be a non-zero 64-bit integer, got {system_id}")
+        self.system_id: Final = system_id
+        self.local: Final = local
+        self._prefix = system_id << 64 | (LOCAL_FLAG << 32 if local else 0)
+        self._slots: list[_Slot] = []
+        self._free: deque[int] = deque()
+        self._lock = threading.Lock()
+        self._shutdown_reason: str | None = None
+        # Poisons requested by garbage-collected guards while the lock was busy (see poison_soon).
+        self._deferred: deque[tuple[EventHandle, str]] = deque()
+        self._max_index = MAX_INDEX
+
+    # -- lookups (call with the lock held) -------------------------------------------------
+
+    def _slot(self, handle: int) -> _Slot:
+        if handle >> 64 != self.system_id:
+            raise ForeignHandleError(
+                f"Handle {EventHandle.from_int(handle)} belongs to system {handle >> 64:#x}, "
+                f"not this system {self.system_id:#x}"
+            )
+        index = (handle - self._prefix) >> 32
+        if 0 <= index < len(self._slots):
+            return self._slots[index]
+        raise UnknownEventError(f"Unknown event {EventHandle.from_int(handle)}")
+
+    @staticmethod
+    def _invalid_generation(handle: int, slot: _Slot) -> InvalidGenerationError:
+        active = f"active generation {slot.active}" if slot.active else "no active generation"
+        return InvalidGenerationError(
+            f"Invalid generation {handle & _U32} for event {EventHandle.from_int(handle)}; {active}"
+        )
+
+    def _complete(self, handle: int, slot: _Slot) -> _Waiters | None:
+        """End the active generation; the caller has recorded a poison reason if any."""
+        generation = handle & _U32
+        slot.last = generation
+        slot.active = 0
+        waiters = slot.waiters
+        slot.waiters = None
+        if generation < MAX_GENERATION:
+            self._free.append((handle - self._prefix) >> 32)
+        # else: the slot retires (generations never wrap); old handles keep answering.
+        return waiters
+
+    def _poison_locked(self, handle: int, reason: str) -> _Waiters | None:
+        slot = self._slot(handle)
+        generation = handle & _U32
+        if generation == slot.active and generation:
+            if slot.poisons is None:
+                slot.poisons = {}
+            slot.poisons[generation] = reason
+            return self._complete(handle, slot)
+        if generation <= slot.last:
+            if slot.poisons is not None and generation in slot.poisons:
+                return None  # poison after poison: the first reason stands
+            raise AlreadyTriggeredError(
+                f"Event {EventHandle.from_int(handle)} generation {generation} "
+                "already completed successfully"
+            )
+        raise self._invalid_generation(handle, slot)
+
+    @staticmethod
+    def _outcome(slot: _Slot, generation: int) -> str | None:
+        poisons = slot.poisons
+        return poisons.get(generation) if poisons is not None else None
+
+    # -- operations ------------------------------------------------------------------------
+
+    # The hot operations inline their lookups and use acquire/release rather than ``with``:
+    # on these machines that halves their cost.
+
+    def new_event(self) -> EventHandle:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._shutdown_reason is not None:
+                raise SystemShutdownError("Event system shutdown in progress")
+            if self._free:
+                index = self._free.popleft()
+                slot = self._slots[index]
+            else:
+                index = len(self._slots)
+                if index > self._max_index:
+                    raise EventError(
+                        f"Local event index space exhausted ({self._max_index + 1} entries)"
+                    )
+                slot = _Slot()
+                self._slots.append(slot)
+            slot.active = generation = slot.last + 1
+        finally:
+            lock.release()
+        if self._deferred:
+            self._drain_deferred()
+        return int.__new__(EventHandle, self._prefix | index << 32 | generation)
+
+    def trigger(self, handle: int) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            index = (handle - self._prefix) >> 32
+            if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
+                slot = self._slots[index]
+            else:
+                slot = self._slot(handle)  # raises the right error
+            generation = handle & _U32
+            if slot.active != generation or not generation:
+                raise self._invalid_generation(handle, slot)
+            slot.last = generation
+            slot.active = 0
+            waiters = slot.waiters
+            slot.waiters = None
+            if generation < MAX_GENERATION:
+                self._free.append(index)
+        finally:
+            lock.release()
+        if self._deferred:
+            self._drain_deferred()
+        if waiters:
+            _wake(waiters, None)
+
+    def poison(self, handle: int, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"a poison reason is a str, got {type(reason).__name__}")
+        reason = cap_reason(reason)
+        with self._lock:
+            waiters = self._poison_locked(handle, reason)
+        if self._deferred:
+            self._drain_deferred()
+        if waiters:
+            _wake(waiters, reason)
+
+    def poison_soon(self, handle: EventHandle, reason: str) -> None:
+        """Poison from a finalizer: never blocks and never raises, on any thread, at any time
+        (even while this thread holds the lock, when the collector runs inside an operation)."""
+        self._deferred.append((handle, reason))
+        self._drain_deferred()
+
+    def _drain_deferred(self) -> None:
+        # Whoever holds the lock re-checks the queue after releasing it, so an item appended
+        # while the lock is busy is never stranded.
+        while self._deferred:
+            if not self._lock.acquire(blocking=False):
+                return
+            wakes: list[tuple[_Waiters, str]] = []
+            try:
+                while self._deferred:
+                    handle, reason = self._deferred.popleft()
+                    try:
+                        waiters = self._poison_locked(handle, reason)
+                    except EventError:
+                        continue  # completed meanwhile: nothing to do
+                    if waiters:
+                        wakes.append((waiters, reason))
+            finally:
+                self._lock.release()
+            for waiters, reason in wakes:
+                _wake(waiters, reason)
+
+    def status(self, handle: int) -> Outcome:
+        """The outcome of the handle's generation, or :data:`PENDING` (also for a future one)."""
+        with self._lock:
+            slot = self._slot(handle)
+            generation = handle & _U32
+            if generation <= slot.last:
+                return self._outcome(slot, generation)
+            return PENDING
+
+    def awaitable(self, handle: int) -> Outcome:
+        """Like :meth:`status`, but a generation not issued yet raises
+        :class:`InvalidGenerationError` (nothing could ever complete it)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            index = (handle - self._prefix) >> 32
+            if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
+                slot = self._slots[index]
+            else:
+                slot = self._slot(handle)
+            generation = handle & _U32
+            if generation <= slot.last:
+                poisons = slot.poisons
+                return poisons.get(generation) if poisons is not None else None
+            if generation != slot.active:
+                raise self._invalid_generation(handle, slot)
+            return PENDING
+        finally:
+            lock.release()
+
+    def add_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
+        """Register ``callback(key, reason)`` for the handle's completion and return
+        :data:`PENDING`; or, if the generation is already complete, register nothing and return
+        its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
+        with self._lock:
+            slot = self._slot(handle)
+            generation = handle & _U32
+            if generation <= slot.last:
+                return self._outcome(slot, generation)
+            if generation != slot.active:
+                raise self._invalid_generation(handle, slot)
+            if slot.waiters is None:
+                slot.waiters = {key: callback}
+            else:
+                slot.waiters[key] = callback
+        if self._deferred:
+            self._drain_deferred()
+        return PENDING
+
+    def remove_waiter(self, handle: int, key: Hashable) -> None:
+        """Forget a waiter (a cancelled wait); harmless if it was already woken."""
+        with self._lock:
+            slot = self._slot(handle)
+            if slot.active == handle & _U32 and slot.waiters:
+                slot.waiters.pop(key, None)
+        if self._deferred:
+            self._drain_deferred()
+
+    def check_owned(self, handles: Iterable[int]) -> None:
+        """Raise :class:`ForeignHandleError` for the first handle of another system."""
+        for handle in handles:
+            if handle >> 64 != self.system_id:
+                with self._lock:
+                    self._slot(handle)
+
+    def force_shutdown(self, reason: str) -> None:
+        reason = cap_reason(reason)
+        wakes: list[_Waiters] = []
+        with self._lock:
+            if self._shutdown_reason is not None:
+                return
+            self._shutdown_reason = reason
+            for index, slot in enumerate(self._slots):
+                if slot.active:
+                    handle = self._prefix | index << 32 | slot.active
+                    waiters = self._poison_locked(handle, reason)
+                    if waiters:
+                        wakes.append(waiters)
+            self._free.clear()
+        if self._deferred:
+            self._drain_deferred()
+        for waiters in wakes:
+            _wake(waiters, reason)
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        return self._shutdown_reason
+
+    def slot_count(self) -> int:
+        """Slots ever allocated: the high-water mark of simultaneously pending events."""
+        return len(self._slots)

@@ -1,0 +1,321 @@
+"""The public faces of an event system: `EventManager`, `Event`, `EventGuard`, and the two
+concrete systems, `LocalEventSystem` and `DistributedEventFactory`."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import secrets
+import threading
+from collections.abc import Hashable, Iterable
+from types import TracebackType
+from typing import Final
+
+from ._awaiter import READY_AWAITER, EventAwaiter
+from ._core import PENDING, EventCore
+from ._errors import EventError, EventPoison, EventStatus
+from ._handle import EventHandle
+from ._merge import start_merge
+
+__all__ = [
+    "DROPPED_REASON",
+    "CoreEventManager",
+    "DistributedEventFactory",
+    "Event",
+    "EventGuard",
+    "EventManager",
+    "LocalEventSystem",
+]
+
+#: The reason an armed guard poisons its event with when it is garbage-collected.
+DROPPED_REASON: Final = "event dropped without being triggered"
+
+
+class EventManager(abc.ABC):
+    """What every event system offers; code written against it works with any of them.
+
+    Errors: misuse raises a subclass of :class:`EventError`; awaiting a poisoned event raises
+    :class:`EventPoison` (itself an ``EventError``) carrying the handle and the first reason.
+    """
+
+    @abc.abstractmethod
+    def new_event(self) -> Event:
+        """A new pending event. Raises ``SystemShutdownError`` after :meth:`force_shutdown`."""
+
+    @abc.abstractmethod
+    def awaiter(self, handle: EventHandle) -> EventAwaiter:
+        """An awaitable for the handle's generation: ``await`` returns ``None`` or raises
+        :class:`EventPoison`. Raises ``EventError`` at once for a handle it cannot serve
+        (another system's, unknown, a generation not issued yet)."""
+
+    @abc.abstractmethod
+    def trigger(self, handle: EventHandle) -> None:
+        """Complete the pending generation successfully; ``InvalidGenerationError`` if it is
+        not pending (double trigger, trigger after poison)."""
+
+    @abc.abstractmethod
+    def poison(self, handle: EventHandle, reason: str) -> None:
+        """Complete the pending generation as failed. Poisoning a poisoned generation is a
+        no-op (the first reason stands); ``AlreadyTriggeredError`` if it was triggered."""
+
+    @abc.abstractmethod
+    def poll(self, handle: EventHandle) -> EventStatus:
+        """What is known of the handle's generation now (a future generation is PENDING)."""
+
+    @abc.abstractmethod
+    def merge_events(
+        self, handles: Iterable[EventHandle], *, fail_fast: bool = False
+    ) -> EventHandle:
+        """A new event that completes once every input has: ready if all were triggered, else
+        poisoned with every failed input's reason (with ``fail_fast``, at the first poison)."""
+
+    @abc.abstractmethod
+    def force_shutdown(self, reason: str) -> None:
+        """Poison every pending event with ``reason`` and refuse new events; idempotent."""
+
+    @abc.abstractmethod
+    def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
+        """Block the calling thread until the handle's generation completes. Raises
+        :class:`EventPoison`, or ``TimeoutError`` after ``timeout`` seconds (the event is left
+        untouched). Refuses to run inside a running event loop, which it would freeze."""
+
+    def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
+        """Poison on behalf of a garbage-collected guard: never raises, never blocks."""
+        with contextlib.suppress(Exception):
+            self.poison(handle, reason)
+
+
+class Event:
+    """A pending event of a manager: its :attr:`handle` plus the ways to complete it.
+
+    An ``Event`` never poisons on its own when forgotten; :meth:`into_guard` makes a guard that
+    does.
+    """
+
+    __slots__ = ("_handle", "_manager")
+
+    def __init__(self, manager: EventManager, handle: EventHandle) -> None:
+        self._manager = manager
+        self._handle = handle
+
+    @property
+    def handle(self) -> EventHandle:
+        return self._handle
+
+    @property
+    def manager(self) -> EventManager:
+        return self._manager
+
+    def trigger(self) -> None:
+        self._manager.trigger(self._handle)
+
+    def poison(self, reason: str) -> None:
+        self._manager.poison(self._handle, reason)
+
+    def awaiter(self) -> EventAwaiter:
+        return self._manager.awaiter(self._handle)
+
+    def into_guard(self, reason: str | None = None) -> EventGuard:
+        """A guard that poisons this event unless it is completed first (``reason`` replaces
+        the default drop reason)."""
+        return EventGuard(self._manager, self._handle, reason)
+
+    def __repr__(self) -> str:
+        return f"<Event {self._handle}>"
+
+
+class EventGuard:
+    """Poisons its event unless completed first: on leaving a ``with`` block, or when
+    garbage-collected while still armed (safe on any thread, at any time).
+
+    Leaving the block by an exception puts its type and message in the reason.
+    """
+
+    __slots__ = ("_armed", "_handle", "_manager", "_reason")
+
+    def __init__(
+        self, manager: EventManager, handle: EventHandle, reason: str | None = None
+    ) -> None:
+        self._manager = manager
+        self._handle = handle
+        self._reason = reason
+        self._armed = True
+
+    @property
+    def handle(self) -> EventHandle:
+        return self._handle
+
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
+    def trigger(self) -> None:
+        self._armed = False
+        self._manager.trigger(self._handle)
+
+    def poison(self, reason: str) -> None:
+        self._armed = False
+        self._manager.poison(self._handle, reason)
+
+    def disarm(self) -> EventHandle:
+        """Stand down: the event is left as it is, and the handle returned."""
+        self._armed = False
+        return self._handle
+
+    def __enter__(self) -> EventGuard:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        reason = self._reason or DROPPED_REASON
+        if exc is not None:
+            reason = f"{reason}: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(EventError):  # completed meanwhile: that outcome stands
+            self._manager.poison(self._handle, reason)
+
+    def __del__(self) -> None:
+        if self._armed:
+            self._armed = False
+            self._manager.poison_from_finalizer(self._handle, self._reason or DROPPED_REASON)
+
+    def __repr__(self) -> str:
+        state = "armed" if self._armed else "disarmed"
+        return f"<EventGuard {self._handle} {state}>"
+
+
+class _ThreadWaiter:
+    """A blocked thread: the lock is held until the wake-up releases it."""
+
+    __slots__ = ("lock", "reasons")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.reasons: list[str | None] = []
+
+    @staticmethod
+    def wake(key: Hashable, reason: str | None) -> None:
+        waiter: _ThreadWaiter = key  # type: ignore[assignment]
+        waiter.reasons.append(reason)
+        waiter.lock.release()
+
+
+class CoreEventManager(EventManager):
+    """An :class:`EventManager` serving the handles of one :class:`EventCore`."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: EventCore) -> None:
+        self._core = core
+
+    @property
+    def system_id(self) -> int:
+        """The id carried in the upper 64 bits of every handle of this system."""
+        return self._core.system_id
+
+    @property
+    def worker_id(self) -> int:
+        return self._core.system_id
+
+    def new_event(self) -> Event:
+        return Event(self, self._core.new_event())
+
+    def awaiter(self, handle: EventHandle) -> EventAwaiter:
+        core = self._core
+        outcome = core.awaitable(handle)
+        if outcome is None:
+            return READY_AWAITER
+        return EventAwaiter(handle, outcome, core.add_waiter, core.remove_waiter)
+
+    def trigger(self, handle: EventHandle) -> None:
+        self._core.trigger(handle)
+
+    def poison(self, handle: EventHandle, reason: str) -> None:
+        self._core.poison(handle, reason)
+
+    def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
+        self._core.poison_soon(handle, reason)
+
+    def poll(self, handle: EventHandle) -> EventStatus:
+        outcome = self._core.status(handle)
+        if outcome is None:
+            return EventStatus.READY
+        if outcome is PENDING:
+            return EventStatus.PENDING
+        return EventStatus.POISONED
+
+    def poison_reason(self, handle: EventHandle) -> str | None:
+        """The reason the handle's generation was poisoned with, or ``None``."""
+        outcome = self._core.status(handle)
+        return outcome if isinstance(outcome, str) else None
+
+    def merge_events(
+        self, handles: Iterable[EventHandle], *, fail_fast: bool = False
+    ) -> EventHandle:
+        inputs = list(handles)
+        if not inputs:
+            raise EventError("Cannot merge empty event list")
+        self._core.check_owned(inputs)
+        core = self._core
+        return start_merge(core, inputs, fail_fast, core.add_waiter, core.remove_waiter)
+
+    def force_shutdown(self, reason: str) -> None:
+        self._core.force_shutdown(reason)
+
+    def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
+        if asyncio.events._get_running_loop() is not None:
+            raise EventError(
+                "wait() would block the running event loop; use `await manager.awaiter(handle)`"
+            )
+        waiter = _ThreadWaiter()
+        outcome = self._core.add_waiter(handle, waiter, waiter.wake)
+        if outcome is PENDING:
+            if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                self._core.remove_waiter(handle, waiter)
+                if not waiter.reasons:
+                    raise TimeoutError(f"event {handle} still pending after {timeout} s")
+            outcome = waiter.reasons[0]
+        if outcome is not None:
+            raise EventPoison(handle, str(outcome))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} system={self._core.system_id:#x}>"
+
+
+class LocalEventSystem(CoreEventManager):
+    """An independent in-process event system with a random non-zero 64-bit id; its handles
+    are local-only."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(EventCore(secrets.randbits(64) or 1, local=True))
+
+
+class DistributedEventFactory:
+    """Mints distributed handles carrying ``worker_id``; every manager it gives out shares
+    one system."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, worker_id: int) -> None:
+        if isinstance(worker_id, bool) or not isinstance(worker_id, int):
+            raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
+        if not 0 < worker_id < 1 << 64:
+            raise ValueError(f"worker_id must be a non-zero 64-bit integer, got {worker_id}")
+        self._core = EventCore(worker_id, local=False)
+
+    @property
+    def worker_id(self) -> int:
+        return self._core.system_id
+
+    def event_manager(self) -> CoreEventManager:
+        return CoreEventManager(self._core)

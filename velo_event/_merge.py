@@ -1,0 +1,144 @@
+"""Merged events: an AND-gate over other events, driven by wake callbacks (no task, no loop).
+
+A merge registers one waiter per input and counts completions down. With ``fail_fast`` the
+first poisoned input poisons the merge at once; otherwise the merge completes when every input
+has, poisoned with every failed input's reason, in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+
+from ._core import MAX_REASON_LENGTH, PENDING, EventCore, Outcome, WakeCallback, cap_reason
+from ._errors import EventError
+from ._handle import EventHandle
+
+__all__ = ["merge_reason", "start_merge"]
+
+logger = logging.getLogger(__name__)
+
+#: Registers ``callback(key, reason)`` for a handle's completion, like ``EventCore.add_waiter``
+#: (a distributed manager routes remote handles to their owner).
+AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
+RemoveWaiter = Callable[[EventHandle, Hashable], None]
+
+
+def merge_reason(failures: Sequence[str]) -> str:
+    """The merged poison reason: the single failure, or a header and one line per failure,
+    bounded in size however many inputs failed (joined only up to the cap)."""
+    if len(failures) == 1:
+        return failures[0]
+    parts = ["Multiple merge dependencies failed:"]
+    size = len(parts[0])
+    for position, line in enumerate(failures):
+        size += len(line) + 1
+        if size > MAX_REASON_LENGTH:
+            parts.append(f"… and {len(failures) - position} more failed dependencies")
+            break
+        parts.append(line)
+    return cap_reason("\n".join(parts))
+
+
+class _Merge:
+    __slots__ = (
+        "core",
+        "done",
+        "fail_fast",
+        "failures",
+        "handle",
+        "inputs",
+        "lock",
+        "registered",
+        "remaining",
+        "remove_waiter",
+    )
+
+    def __init__(
+        self,
+        core: EventCore,
+        handle: EventHandle,
+        inputs: Sequence[EventHandle],
+        fail_fast: bool,
+        remove_waiter: RemoveWaiter,
+    ) -> None:
+        self.core = core
+        self.remove_waiter = remove_waiter
+        # Waiters still registered on inputs; dropped when fail-fast decides early.
+        self.registered: list[tuple[EventHandle, Hashable]] = []
+        self.handle = handle
+        self.inputs = inputs
+        self.fail_fast = fail_fast
+        self.remaining = len(inputs)
+        self.failures: list[tuple[int, str]] = []
+        self.done = False
+        self.lock = threading.Lock()
+
+    def input_done(self, key: Hashable, reason: str | None) -> None:
+        position = key[1]  # type: ignore[index]
+        if reason is None:
+            self.record(position, None)
+        else:
+            self.record(position, f"Merge dependency {self.inputs[position]} poisoned: {reason}")
+
+    def release(self) -> None:
+        """Drop the waiters still registered on inputs (fail-fast decided before they ended)."""
+        while self.registered:
+            handle, key = self.registered.pop()
+            self.remove_waiter(handle, key)
+
+    def record(self, position: int, failure: str | None) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.remaining -= 1
+            if failure is not None:
+                self.failures.append((position, failure))
+            if self.fail_fast and failure is not None:
+                outcome: str | None = failure
+            elif self.remaining == 0:
+                self.failures.sort()
+                outcome = (
+                    merge_reason([line for _, line in self.failures]) if self.failures else None
+                )
+            else:
+                return
+            self.done = True
+        self.release()
+        try:
+            if outcome is None:
+                self.core.trigger(self.handle)
+            else:
+                self.core.poison(self.handle, outcome)
+        except EventError as error:
+            # Triggered by hand, or poisoned by a shutdown: the merge's own outcome loses.
+            logger.debug("Failed to complete merged event %s: %s", self.handle, error)
+
+
+def start_merge(
+    core: EventCore,
+    inputs: Sequence[EventHandle],
+    fail_fast: bool,
+    add_waiter: AddWaiter,
+    remove_waiter: RemoveWaiter,
+) -> EventHandle:
+    """Create the merged event in ``core`` and wire its inputs; returns at once."""
+    merged = core.new_event()
+    merge = _Merge(core, merged, inputs, fail_fast, remove_waiter)
+    for position, handle in enumerate(inputs):
+        key = (merge, position)
+        try:
+            outcome = add_waiter(handle, key, merge.input_done)
+        except EventError as error:
+            merge.record(position, f"Merge dependency {handle} failed: {error}")
+            continue
+        if outcome is PENDING:
+            merge.registered.append((handle, key))
+        else:
+            merge.input_done(key, outcome)  # type: ignore[arg-type]
+        if merge.done:
+            break  # fail-fast decided already
+    if merge.done:  # maybe decided on another thread while the inputs were being wired
+        merge.release()
+    return merged

@@ -1,0 +1,57 @@
+"""The exceptions of `velo_am`: one flat hierarchy under :class:`AMError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AMError",
+    "CallTimeout",
+    "HandlerNotFound",
+    "PeerDraining",
+    "PeerLost",
+    "PeerUnreachable",
+    "RemoteError",
+    "WorkerClosed",
+]
+
+
+class AMError(Exception):
+    """Base of every error the runtime raises."""
+
+
+class RemoteError(AMError):
+    """The remote handler raised: ``error_type`` is its exception's type name, ``message`` its
+    text and ``remote_traceback`` the formatted traceback on the remote worker."""
+
+    def __init__(self, error_type: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class HandlerNotFound(AMError):
+    """The peer has no handler of that name."""
+
+
+class CallTimeout(AMError, TimeoutError):
+    """No answer within the call's timeout (the handler may still be running remotely)."""
+
+
+class PeerUnreachable(AMError):
+    """Unknown worker id (no route, no discovery entry), or the address cannot be reached."""
+
+
+class PeerLost(AMError):
+    """The peer died, went silent past the liveness window, closed or restarted while the call
+    was in flight."""
+
+
+class PeerDraining(AMError):
+    """The peer is shutting down and refused new work."""
+
+
+# ProtocolError (malformed input) is defined with the wire protocol in _protocol.py.
+
+
+class WorkerClosed(AMError):
+    """This worker is closed (or closing) and cannot send."""

@@ -1,0 +1,249 @@
+"""Where the sockets live: one bound ROUTER for everything inbound, one DEALER per peer for
+everything outbound (the ZeroMQ guide's Harmony pattern), and an in-process fake with the same
+surface so most runtime tests need no sockets.
+
+Replies travel on the responder's own DEALER to the requester's ROUTER, so a worker only ever
+*reads* its ROUTER: one reader, driven by the ROUTER's file descriptor on the event loop and
+drained with non-blocking receives until empty (``ZMQ_FD`` is edge-triggered, so a drain
+that stops early reschedules itself instead of waiting for an edge that will not come).
+Sends never block: a full or dead peer queue raises :class:`LinkFull` for that peer only, so
+no peer delays traffic to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import zmq
+
+__all__ = ["FakeNetwork", "Link", "LinkFull", "Transport", "ZmqTransport"]
+
+logger = logging.getLogger(__name__)
+
+#: Called with the frames of each inbound message (the ROUTER's identity frame removed).
+FrameSink = Callable[[list[bytes]], None]
+
+# Messages handled per loop callback before yielding to other tasks.
+_DRAIN_BATCH = 512
+
+
+class LinkFull(Exception):
+    """A send to one peer could not be queued (its queue is full, or the link is closed)."""
+
+
+class Link(Protocol):
+    """The outbound path to one peer."""
+
+    def send(self, frames: list[bytes]) -> None: ...
+
+    def close(self, linger: float) -> None: ...
+
+
+class Transport(Protocol):
+    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
+        """Bind and start reading; returns the address actually bound."""
+        ...
+
+    def open_link(self, address: str) -> Link: ...
+
+    async def close(self) -> None: ...
+
+
+class _ZmqLink:
+    __slots__ = ("_socket",)
+
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
+        self._socket = socket
+
+    def send(self, frames: list[bytes]) -> None:
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise LinkFull("peer queue is full") from None
+        except zmq.ZMQError as error:
+            raise LinkFull(str(error)) from None
+
+    def close(self, linger: float) -> None:
+        if not self._socket.closed:
+            self._socket.close(linger=int(linger * 1000))
+
+
+class ZmqTransport:
+    """ROUTER/DEALER over real ZeroMQ sockets; the context is created by :meth:`start`, in the
+    process (and on the loop) that uses it."""
+
+    def __init__(
+        self,
+        bind: str,
+        *,
+        max_message_size: int,
+        send_queue: int = 100_000,
+        receive_queue: int = 100_000,
+    ) -> None:
+        self._bind = bind
+        self._max_message_size = max_message_size
+        self._send_queue = send_queue
+        self._receive_queue = receive_queue
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink: FrameSink | None = None
+        self._drain_scheduled = False
+        self._links: set[_ZmqLink] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
+        self._loop = loop
+        self._sink = sink
+        self._context = context = zmq.Context()
+        self._router = router = context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_message_size)
+        router.setsockopt(zmq.RCVHWM, self._receive_queue)
+        try:
+            router.bind(self._bind)
+        except zmq.ZMQError:
+            router.close(linger=0)
+            context.term()
+            raise
+        address = router.getsockopt(zmq.LAST_ENDPOINT)
+        assert isinstance(address, bytes)
+        loop.add_reader(router.FD, self._on_readable)
+        self._schedule_drain()  # messages may have arrived before the reader was added
+        return address.decode()
+
+    def _on_readable(self) -> None:
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        router, sink = self._router, self._sink
+        if router is None or sink is None or router.closed:
+            return
+        for _ in range(_DRAIN_BATCH):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as error:
+                logger.warning("receive failed: %s", error)
+                return
+            try:
+                sink(frames[1:])
+            except Exception:
+                logger.exception("inbound message handler failed")
+        self._schedule_drain()  # more may be queued; let other tasks run first
+
+    def open_link(self, address: str) -> Link:
+        assert self._context is not None, "transport not started"
+        dealer = self._context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.SNDHWM, self._send_queue)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RECONNECT_IVL, 100)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        try:
+            dealer.connect(address)
+        except zmq.ZMQError as error:
+            dealer.close(linger=0)
+            raise LinkFull(f"cannot connect to {address}: {error}") from None
+        link = _ZmqLink(dealer)
+        self._links.add(link)
+        return link
+
+    async def close(self) -> None:
+        router, context = self._router, self._context
+        if router is None or context is None:
+            return
+        self._router = None
+        self._context = None
+        if self._loop is not None and not router.closed:
+            self._loop.remove_reader(router.FD)
+        router.close(linger=0)
+        # Links were closed with their own linger by the worker; term waits for that.
+        await asyncio.to_thread(context.term)
+
+
+class _FakeLink:
+    __slots__ = ("_address", "_closed", "_network")
+
+    def __init__(self, network: FakeNetwork, address: str) -> None:
+        self._network = network
+        self._address = address
+        self._closed = False
+
+    def send(self, frames: list[bytes]) -> None:
+        if self._closed:
+            raise LinkFull("link closed")
+        self._network.deliver(self._address, list(frames))
+
+    def close(self, linger: float) -> None:
+        self._closed = True
+
+
+class FakeNetwork:
+    """In-process stand-in for ZeroMQ: transports on one network reach each other by address,
+    messages arrive in order through the event loop, and a message to an address nobody
+    listens on is silently lost, as on a real network."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, _FakeTransport] = {}
+        self._next = 0
+        #: Hook for tests: ``(address, frames) -> bool``; returning False drops the message.
+        self.filter: Callable[[str, list[bytes]], bool] | None = None
+
+    def transport(self, bind: str = "fake://auto") -> _FakeTransport:
+        return _FakeTransport(self, bind)
+
+    def _bind(self, transport: _FakeTransport, bind: str) -> str:
+        if bind == "fake://auto":
+            self._next += 1
+            bind = f"fake://{self._next}"
+        if bind in self._listeners:
+            raise OSError(f"address in use: {bind}")
+        self._listeners[bind] = transport
+        return bind
+
+    def _unbind(self, address: str) -> None:
+        self._listeners.pop(address, None)
+
+    def deliver(self, address: str, frames: list[bytes]) -> None:
+        if self.filter is not None and not self.filter(address, frames):
+            return
+        target = self._listeners.get(address)
+        if target is not None:
+            target.receive(frames)
+
+
+class _FakeTransport:
+    def __init__(self, network: FakeNetwork, bind: str) -> None:
+        self._network = network
+        self._bind = bind
+        self._address: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink: FrameSink | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
+        self._loop = loop
+        self._sink = sink
+        self._address = self._network._bind(self, self._bind)
+        return self._address
+
+    def receive(self, frames: list[bytes]) -> None:
+        if self._loop is not None and self._sink is not None:
+            self._loop.call_soon(self._sink, frames)
+
+    def open_link(self, address: str) -> Link:
+        return _FakeLink(self._network, address)
+
+    async def close(self) -> None:
+        if self._address is not None:
+            self._network._unbind(self._address)
+            self._address = None

@@ -1,0 +1,782 @@
+"""`Worker`: one process's endpoint in a mesh — peers, handlers, calls, liveness, shutdown.
+
+Everything runs on the event loop that started the worker: the transport hands inbound frames
+to :meth:`Worker._on_frames`, which decodes and dispatches without awaiting; handlers run as
+their own tasks; a heartbeat task watches liveness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import signal
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import msgpack  # type: ignore[import-untyped]
+
+from . import _protocol as p
+from ._discovery import DirectoryDiscovery, DiscoveryEntry, parse_discovery
+from ._errors import (
+    AMError,
+    CallTimeout,
+    HandlerNotFound,
+    PeerDraining,
+    PeerLost,
+    PeerUnreachable,
+    RemoteError,
+    WorkerClosed,
+)
+from ._handlers import CallContext, Handler, HandlerRegistry, HandlerSpec, OrderedLanes
+from ._transport import Link, LinkFull, Transport, ZmqTransport
+
+__all__ = ["PeerStatus", "Worker"]
+
+logger = logging.getLogger(__name__)
+
+_U64: Final = (1 << 64) - 1
+F = TypeVar("F", bound=Handler)
+PeerLostCallback = Callable[[int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """What a worker knows of one peer. ``state`` is ``alive``, ``draining``, ``lost`` or
+    ``closed``; ``silent_for`` is seconds since its last message."""
+
+    worker_id: int
+    address: str
+    incarnation: int
+    state: str
+    silent_for: float
+
+
+class _Peer:
+    __slots__ = ("address", "calls", "incarnation", "last_seen", "link", "state", "worker_id")
+
+    def __init__(self, worker_id: int, incarnation: int, address: str, link: Link) -> None:
+        self.worker_id = worker_id
+        self.incarnation = incarnation
+        self.address = address
+        self.link: Link | None = link
+        self.state = "alive"
+        self.last_seen = time.monotonic()
+        self.calls: set[int] = set()
+
+    def describe(self) -> str:
+        return f"worker {self.worker_id:#x} at {self.address}"
+
+
+class _Dial:
+    __slots__ = ("address", "future", "link")
+
+    def __init__(self, address: str, link: Link, future: asyncio.Future[int]) -> None:
+        self.address = address
+        self.link = link
+        self.future = future
+
+
+class _RateLimitedLog:
+    """At most one warning per category per second, saying how many were suppressed."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, category: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(category, -1e9) < 1.0:
+            self._suppressed[category] = self._suppressed.get(category, 0) + 1
+            return
+        self._last[category] = now
+        suppressed = self._suppressed.pop(category, 0)
+        suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
+        logger.warning(message + suffix, *args)
+
+
+def _pack(value: Any) -> bytes:
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as error:
+        raise TypeError(f"payload cannot be encoded with msgpack: {error}") from error
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _env_peers() -> tuple[str, ...]:
+    value = os.environ.get("VELO_PEERS", "")
+    return tuple(address.strip() for address in value.split(",") if address.strip())
+
+
+class Worker:
+    """A worker of a velo mesh: binds one ROUTER, reaches peers by worker id, serves handlers.
+
+    Use as ``async with Worker(...) as w:`` (or ``await w.start()`` / ``await w.close()``).
+
+    Options (keyword): ``heartbeat_interval`` (1.0 s), ``heartbeat_timeout`` (5.0 s: a peer
+    silent that long is lost), ``call_timeout`` (30.0 s), ``handshake_timeout`` (5.0 s),
+    ``close_grace`` (5.0 s), ``max_message_size`` (64 MiB), ``transport`` (a transport
+    object, for tests). ``discovery`` defaults to ``$VELO_DISCOVERY`` and ``peers`` to the
+    comma-separated ``$VELO_PEERS``.
+    """
+
+    def __init__(
+        self,
+        worker_id: int | None = None,
+        *,
+        bind: str = "tcp://127.0.0.1:0",
+        peers: Iterable[str] = (),
+        discovery: str | DirectoryDiscovery | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        call_timeout: float = 30.0,
+        handshake_timeout: float = 5.0,
+        close_grace: float = 5.0,
+        max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE,
+        transport: Transport | None = None,
+    ) -> None:
+        if worker_id is None:
+            worker_id = secrets.randbits(64) or 1
+        if isinstance(worker_id, bool) or not isinstance(worker_id, int):
+            raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
+        if not 0 < worker_id <= _U64:
+            raise ValueError(f"worker_id must be a non-zero 64-bit integer, got {worker_id}")
+        if not 0 < heartbeat_interval < heartbeat_timeout:
+            raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+        self.worker_id: Final = worker_id
+        #: Random per start of a process: tells a restarted worker from its predecessor.
+        self.incarnation: Final = secrets.randbits(64) or 1
+        self._seeds = tuple(peers) or _env_peers()
+        discovery = discovery if discovery is not None else os.environ.get("VELO_DISCOVERY")
+        self._discovery = parse_discovery(discovery) if isinstance(discovery, str) else discovery
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.call_timeout = call_timeout
+        self.handshake_timeout = handshake_timeout
+        self.close_grace = close_grace
+        self.max_message_size = max_message_size
+        self._transport = transport or ZmqTransport(bind, max_message_size=max_message_size)
+        self._address = ""
+        self._state = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._dials: dict[int, _Dial] = {}
+        self._dialing: dict[str, asyncio.Task[int]] = {}
+        self._calls: dict[int, tuple[asyncio.Future[Any], _Peer]] = {}
+        self._message_ids = itertools.count(1)
+        self._handlers = HandlerRegistry()
+        self._lanes = OrderedLanes(self._spawn_handler)
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._peer_lost_callbacks: list[PeerLostCallback] = []
+        self._goodbye_acks: set[int] = set()
+        self._all_acked = asyncio.Event()
+        self._membership_changed = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._log = _RateLimitedLog()
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "messages_in",
+                "messages_out",
+                "requests_handled",
+                "calls_sent",
+                "dropped_malformed",
+                "dropped_wrong_incarnation",
+                "dropped_unknown_peer",
+                "late_responses",
+                "refused_draining",
+                "peers_lost",
+            ),
+            0,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The endpoint actually bound (port 0 resolved); empty before :meth:`start`."""
+        return self._address
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Bind, start the heartbeat, register in discovery and connect to the seeds.
+        Raises :class:`PeerUnreachable` if a seed does not answer the handshake."""
+        if self._state != "new":
+            raise AMError(f"worker {self.worker_id:#x} was already started")
+        self._loop = asyncio.get_running_loop()
+        self._address = self._transport.start(self._loop, self._on_frames)
+        self._state = "running"
+        self._register_in_discovery()
+        self._spawn_background(self._heartbeat_loop())
+        try:
+            for seed in self._seeds:
+                await self.connect(seed)
+        except BaseException:
+            await self.close(grace=0)
+            raise
+        logger.info("worker %#x listening on %s", self.worker_id, self._address)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting requests (callers get :class:`PeerDraining`), let in-flight handlers
+        finish within ``grace`` seconds, say goodbye to peers and close the sockets.
+        Closing twice is harmless."""
+        if self._state in ("closing", "closed", "new"):
+            if self._state == "closing":
+                await self._closed.wait()
+            self._state = "closed" if self._state == "new" else self._state
+            return
+        grace = self.close_grace if grace is None else grace
+        self._state = "closing"
+        try:
+            self._broadcast(lambda peer: p.Draining(*self._envelope(peer)))
+            if self._handler_tasks:
+                await asyncio.wait(set(self._handler_tasks), timeout=grace)
+            for task in list(self._handler_tasks):
+                task.cancel()
+            for future, _ in list(self._calls.values()):
+                if not future.done():
+                    future.set_exception(WorkerClosed(f"worker {self.worker_id:#x} closed"))
+            alive = [peer for peer in self._peers.values() if peer.state in ("alive", "draining")]
+            self._goodbye_acks = {peer.worker_id for peer in alive}
+            self._broadcast(lambda peer: p.Goodbye(*self._envelope(peer)))
+            # On ipc:// a DEALER closed right after a burst loses its tail: wait (briefly) for
+            # each peer to acknowledge the goodbye before closing the sockets.
+            if self._goodbye_acks:
+                self._all_acked.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(1.0, max(grace, 0.1))):
+                        await self._all_acked.wait()
+        finally:
+            for task in list(self._background):
+                task.cancel()
+            for peer in self._peers.values():
+                if peer.link is not None:
+                    peer.link.close(0)
+                    peer.link = None
+            for dial in self._dials.values():
+                dial.link.close(0)
+                if not dial.future.done():
+                    dial.future.set_exception(WorkerClosed("worker closed during handshake"))
+            self._dials.clear()
+            if self._discovery is not None:
+                with contextlib.suppress(OSError):
+                    self._discovery.unregister(self.worker_id, self.incarnation)
+            await self._transport.close()
+            self._state = "closed"
+            self._closed.set()
+            logger.info("worker %#x closed", self.worker_id)
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT or SIGTERM (then return, so ``async with`` closes gracefully) or
+        until the worker is closed."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            closed = asyncio.ensure_future(self._closed.wait())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            stopped.cancel()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def register_handler(
+        self, name: str, fn: Handler, *, ordered: bool = False, replace: bool = False
+    ) -> None:
+        """Serve ``name`` with ``fn(payload, ctx)`` (sync or async). Names starting with ``_``
+        are reserved; a taken name raises ``ValueError`` unless ``replace=True``. With
+        ``ordered=True`` each sender's messages run one at a time, in order."""
+        self._handlers.register(name, fn, ordered=ordered, replace=replace)
+
+    def register_internal_handler(self, name: str, fn: Handler, *, ordered: bool = False) -> None:
+        """For runtime layers (events): a ``_``-prefixed name."""
+        self._handlers.register(name, fn, ordered=ordered, replace=False, internal=True)
+
+    def handler(
+        self, name: str, *, ordered: bool = False, replace: bool = False
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`register_handler`."""
+
+        def decorate(fn: F) -> F:
+            self.register_handler(name, fn, ordered=ordered, replace=replace)
+            return fn
+
+        return decorate
+
+    # -- peers ----------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> dict[int, PeerStatus]:
+        now = time.monotonic()
+        return {
+            peer.worker_id: PeerStatus(
+                peer.worker_id, peer.address, peer.incarnation, peer.state, now - peer.last_seen
+            )
+            for peer in self._peers.values()
+        }
+
+    async def wait_for_peers(self, count: int, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until at least ``count`` peers are alive (a mesh join completes in the
+        background). Raises ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while self._alive_peer_count() < count:
+                self._membership_changed.clear()
+                await self._membership_changed.wait()
+
+    def _alive_peer_count(self) -> int:
+        return sum(1 for peer in self._peers.values() if peer.state in ("alive", "draining"))
+
+    def on_peer_lost(self, callback: PeerLostCallback) -> Callable[[], None]:
+        """Call ``callback(worker_id, reason)`` whenever a peer is lost, closes or restarts;
+        returns a function that unsubscribes."""
+        self._peer_lost_callbacks.append(callback)
+        return lambda: self._peer_lost_callbacks.remove(callback)
+
+    async def connect(self, address: str) -> int:
+        """Handshake with the worker at ``address``; returns its worker id. Afterwards both
+        sides know each other. Raises :class:`PeerUnreachable` if it does not answer within
+        ``handshake_timeout``."""
+        self._check_running()
+        task = self._dialing.get(address)
+        if task is None:
+            task = asyncio.ensure_future(self._dial(address))
+            self._dialing[address] = task
+            task.add_done_callback(lambda _: self._dialing.pop(address, None))
+        return await asyncio.shield(task)
+
+    async def _dial(self, address: str) -> int:
+        assert self._loop is not None
+        token = secrets.randbits(64) or 1
+        try:
+            link = self._transport.open_link(address)
+        except LinkFull as error:
+            raise PeerUnreachable(f"cannot connect to {address}: {error}") from None
+        dial = _Dial(address, link, self._loop.create_future())
+        self._dials[token] = dial
+        hello = p.Hello(
+            self.worker_id, self.incarnation, 0, token, self._address, self._known_peers()
+        )
+        try:
+            link.send(p.encode(hello))
+            async with asyncio.timeout(self.handshake_timeout):
+                return await dial.future
+        except TimeoutError:
+            raise PeerUnreachable(
+                f"no handshake answer from {address} within {self.handshake_timeout} s"
+            ) from None
+        except LinkFull as error:
+            raise PeerUnreachable(f"cannot send to {address}: {error}") from None
+        finally:
+            if self._dials.pop(token, None) is not None and not dial.future.done():
+                dial.link.close(0)
+
+    def _known_peers(self) -> tuple[p.PeerInfo, ...]:
+        return tuple(
+            p.PeerInfo(peer.worker_id, peer.incarnation, peer.address)
+            for peer in self._peers.values()
+            if peer.state in ("alive", "draining")
+        )
+
+    async def _route(self, worker_id: int) -> _Peer:
+        """The live peer for ``worker_id``, connecting through discovery if needed."""
+        self._check_running()
+        peer = self._peers.get(worker_id)
+        if peer is None and self._dialing:
+            # A mesh join may be in progress: give pending handshakes their chance.
+            await asyncio.wait(set(self._dialing.values()), timeout=self.handshake_timeout)
+            peer = self._peers.get(worker_id)
+        if (peer is None or peer.state in ("lost", "closed")) and self._discovery is not None:
+            entry = self._discovery.lookup(worker_id)
+            if entry is not None:
+                with contextlib.suppress(PeerUnreachable):
+                    await self.connect(entry.address)
+                peer = self._peers.get(worker_id)
+        if peer is None:
+            raise PeerUnreachable(f"unknown worker {worker_id:#x}: no route, no discovery entry")
+        if peer.state == "lost":
+            raise PeerUnreachable(f"{peer.describe()} was lost (no message within the window)")
+        if peer.state == "closed":
+            raise PeerUnreachable(f"{peer.describe()} has closed")
+        return peer
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def send(self, peer_id: int, name: str, payload: Any = None) -> None:
+        """Fire-and-forget: returns once the message is handed to the transport. Raises
+        :class:`PeerUnreachable` (unknown or unreachable peer) or :class:`PeerDraining`."""
+        peer = await self._route(peer_id)
+        if peer.state == "draining":
+            raise PeerDraining(f"{peer.describe()} is shutting down")
+        msg_id = next(self._message_ids)
+        self._send(peer, p.Request(*self._envelope(peer), msg_id, name, False, _pack(payload)))
+
+    async def call(
+        self,
+        peer_id: int,
+        name: str,
+        payload: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - part of the API: a per-call override
+    ) -> Any:
+        """Run handler ``name`` on the peer and return its result. ``timeout`` defaults to the
+        worker's ``call_timeout``. Raises :class:`RemoteError` (the handler raised),
+        :class:`HandlerNotFound`, :class:`CallTimeout`, :class:`PeerUnreachable`,
+        :class:`PeerLost` (died, went silent, closed or restarted meanwhile) or
+        :class:`PeerDraining`."""
+        peer = await self._route(peer_id)
+        if peer.state == "draining":
+            raise PeerDraining(f"{peer.describe()} is shutting down")
+        assert self._loop is not None
+        body = _pack(payload)
+        msg_id = next(self._message_ids)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._calls[msg_id] = (future, peer)
+        peer.calls.add(msg_id)
+        timeout = self.call_timeout if timeout is None else timeout
+        try:
+            self._send(peer, p.Request(*self._envelope(peer), msg_id, name, True, body))
+            self.counters["calls_sent"] += 1
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                raise  # a TimeoutError the caller's own code raised
+            raise CallTimeout(
+                f"no answer from {peer.describe()} to {name!r} within {timeout} s"
+            ) from None
+        finally:
+            del self._calls[msg_id]
+            peer.calls.discard(msg_id)
+
+    def _envelope(self, peer: _Peer) -> tuple[int, int, int]:
+        return (self.worker_id, self.incarnation, peer.incarnation)
+
+    def _send(self, peer: _Peer, msg: p.Message) -> None:
+        if peer.link is None:
+            raise PeerUnreachable(f"{peer.describe()} is not connected")
+        try:
+            peer.link.send(p.encode(msg))
+        except LinkFull as error:
+            raise PeerUnreachable(f"cannot send to {peer.describe()}: {error}") from None
+        self.counters["messages_out"] += 1
+
+    def _send_quietly(self, peer: _Peer, msg: p.Message) -> None:
+        try:
+            self._send(peer, msg)
+        except PeerUnreachable as error:
+            self._log.warning("send", "dropping %s: %s", type(msg).__name__, error)
+
+    def _broadcast(self, make: Callable[[_Peer], p.Message]) -> None:
+        for peer in list(self._peers.values()):
+            if peer.state in ("alive", "draining") and peer.link is not None:
+                self._send_quietly(peer, make(peer))
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise WorkerClosed(f"worker {self.worker_id:#x} is {self._state}")
+
+    # -- inbound --------------------------------------------------------------------------
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self.counters["messages_in"] += 1
+        try:
+            msg = p.decode(frames, max_size=self.max_message_size)
+        except p.ProtocolError as error:
+            self.counters["dropped_malformed"] += 1
+            self._log.warning("malformed", "dropping malformed message: %s", error)
+            return
+        if msg.dst_incarnation not in (0, self.incarnation):
+            self.counters["dropped_wrong_incarnation"] += 1
+            self._log.warning(
+                "incarnation", "dropping %s meant for an earlier incarnation", type(msg).__name__
+            )
+            self._refuse_stale(msg)
+            return
+        if isinstance(msg, p.Hello | p.HelloAck):
+            self._on_hello(msg)
+            return
+        peer = self._peers.get(msg.src)
+        if peer is None or peer.incarnation != msg.src_incarnation:
+            self.counters["dropped_unknown_peer"] += 1
+            self._log.warning(
+                "unknown", "dropping %s from unknown %#x", type(msg).__name__, msg.src
+            )
+            return
+        peer.last_seen = time.monotonic()
+        if self._goodbye_acks:
+            self._goodbye_acks.discard(peer.worker_id)
+            if not self._goodbye_acks:
+                self._all_acked.set()
+        if isinstance(msg, p.Request):
+            self._on_request(peer, msg)
+        elif isinstance(msg, p.Response):
+            self._on_response(peer, msg.msg_id, msg.payload, None)
+        elif isinstance(msg, p.ErrorResponse):
+            self._on_response(peer, msg.msg_id, b"", msg)
+        elif isinstance(msg, p.Peers):
+            self._learn(msg.peers)
+        elif isinstance(msg, p.Draining):
+            if peer.state == "alive":
+                peer.state = "draining"
+        elif isinstance(msg, p.Goodbye):
+            self._send_quietly(peer, p.Heartbeat(*self._envelope(peer)))  # the goodbye's ack
+            self._lose(peer, "closed", state="closed")
+        elif isinstance(msg, p.EventMessage):
+            self._log.warning("event", "no events layer for %s", msg)
+
+    def _refuse_stale(self, msg: p.Message) -> None:
+        peer = self._peers.get(msg.src)
+        if isinstance(msg, p.Request) and msg.reply and peer is not None:
+            self._send_quietly(
+                peer,
+                p.ErrorResponse(
+                    *self._envelope(peer),
+                    msg.msg_id,
+                    p.ErrorCode.WRONG_INCARNATION,
+                    "PeerLost",
+                    f"worker {self.worker_id:#x} restarted; the request was for its predecessor",
+                    "",
+                ),
+            )
+
+    def _on_hello(self, msg: p.Hello | p.HelloAck) -> None:
+        dial = self._dials.pop(msg.token, None) if isinstance(msg, p.HelloAck) else None
+        peer = self._peers.get(msg.src)
+        joined = peer is None or peer.incarnation != msg.src_incarnation or peer.link is None
+        if joined:
+            if peer is not None and peer.state in ("alive", "draining"):
+                self._lose(peer, "restarted as a new incarnation", state="lost")
+            try:
+                link = dial.link if dial is not None else self._transport.open_link(msg.address)
+            except LinkFull as error:
+                self._log.warning("hello", "cannot answer %#x: %s", msg.src, error)
+                return
+            peer = _Peer(msg.src, msg.src_incarnation, msg.address, link)
+            self._peers[msg.src] = peer
+        else:
+            assert peer is not None
+            peer.last_seen = time.monotonic()
+            if dial is not None:
+                dial.link.close(0)  # crossing handshakes: keep the link we already have
+        assert peer is not None
+        if isinstance(msg, p.Hello) and self._state == "running":
+            self._send_quietly(
+                peer,
+                p.HelloAck(*self._envelope(peer), msg.token, self._address, self._known_peers()),
+            )
+        if dial is not None and not dial.future.done():
+            dial.future.set_result(msg.src)
+        self._learn(msg.peers)
+        if joined:
+            self._membership_changed.set()
+            logger.info("peer %s joined", peer.describe())
+            others = [other for other in self._peers.values() if other is not peer]
+            if others:
+                known = self._known_peers()
+                for other in others:
+                    if other.state in ("alive", "draining") and other.link is not None:
+                        self._send_quietly(other, p.Peers(*self._envelope(other), known))
+
+    def _learn(self, peers: Iterable[p.PeerInfo]) -> None:
+        """Mesh join: dial every member we do not know yet (or only as a dead incarnation)."""
+        if self._state != "running":
+            return
+        for info in peers:
+            if info.worker_id == self.worker_id:
+                continue
+            known = self._peers.get(info.worker_id)
+            if known is not None and (
+                known.state in ("alive", "draining") or known.incarnation == info.incarnation
+            ):
+                continue
+            if info.address not in self._dialing:
+                self._spawn_background(self._dial_quietly(info.address))
+
+    async def _dial_quietly(self, address: str) -> None:
+        with contextlib.suppress(AMError):
+            await self.connect(address)
+
+    def _on_request(self, peer: _Peer, msg: p.Request) -> None:
+        if self._state != "running":
+            self.counters["refused_draining"] += 1
+            if msg.reply:
+                self._send_error(peer, msg.msg_id, p.ErrorCode.DRAINING, "PeerDraining", "draining")
+            return
+        spec = self._handlers.get(msg.handler)
+        if spec is None:
+            if msg.reply:
+                text = f"no handler named {msg.handler!r} on worker {self.worker_id:#x}"
+                self._send_error(peer, msg.msg_id, p.ErrorCode.HANDLER_NOT_FOUND, "", text)
+            else:
+                self._log.warning("handler", "no handler named %r for a send", msg.handler)
+            return
+        if spec.ordered:
+            self._lanes.submit((spec.name, peer.worker_id), lambda: self._run(spec, peer, msg))
+        else:
+            self._spawn_handler(self._run(spec, peer, msg))
+
+    def _spawn_handler(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+        return task
+
+    async def _run(self, spec: HandlerSpec, peer: _Peer, msg: p.Request) -> None:
+        context = CallContext(peer.worker_id, msg.msg_id, msg.reply)
+        try:
+            payload = _unpack(msg.payload)
+        except Exception as error:
+            if msg.reply:
+                self._send_error(
+                    peer, msg.msg_id, p.ErrorCode.BAD_REQUEST, type(error).__name__, str(error)
+                )
+            return
+        try:
+            result = spec.fn(payload, context)
+            if spec.is_async or asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                result = await result
+            self.counters["requests_handled"] += 1
+            if msg.reply:
+                reply = p.Response(*self._envelope(peer), msg.msg_id, _pack(result))
+                self._send_quietly(peer, reply)
+        except Exception as error:
+            if not msg.reply:
+                logger.exception("handler %r failed on a send from %#x", spec.name, peer.worker_id)
+                return
+            self._send_error(
+                peer,
+                msg.msg_id,
+                p.ErrorCode.HANDLER_ERROR,
+                type(error).__name__,
+                str(error),
+                traceback.format_exc(),
+            )
+
+    def _send_error(
+        self,
+        peer: _Peer,
+        msg_id: int,
+        code: p.ErrorCode,
+        error_type: str,
+        message: str,
+        remote_traceback: str = "",
+    ) -> None:
+        error = p.ErrorResponse(
+            *self._envelope(peer), msg_id, code, error_type, message, remote_traceback
+        )
+        self._send_quietly(peer, error)
+
+    def _on_response(
+        self, peer: _Peer, msg_id: int, payload: bytes, error: p.ErrorResponse | None
+    ) -> None:
+        entry = self._calls.get(msg_id)
+        if entry is None or entry[1] is not peer or entry[0].done():
+            self.counters["late_responses"] += 1
+            return
+        future = entry[0]
+        if error is None:
+            try:
+                future.set_result(_unpack(payload))
+            except Exception as unpack_error:
+                future.set_exception(RemoteError("BadResponse", str(unpack_error)))
+            return
+        code = error.code
+        if code == p.ErrorCode.HANDLER_NOT_FOUND:
+            future.set_exception(HandlerNotFound(error.message))
+        elif code == p.ErrorCode.DRAINING:
+            future.set_exception(PeerDraining(f"{peer.describe()} is shutting down"))
+        elif code == p.ErrorCode.WRONG_INCARNATION:
+            future.set_exception(PeerLost(f"{peer.describe()} restarted: {error.message}"))
+        else:
+            future.set_exception(RemoteError(error.error_type, error.message, error.traceback))
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _lose(self, peer: _Peer, reason: str, *, state: str) -> None:
+        if peer.state in ("lost", "closed"):
+            return
+        peer.state = state
+        self._membership_changed.set()
+        self.counters["peers_lost"] += 1
+        text = f"{peer.describe()} {reason}"
+        logger.warning("peer %s", text)
+        for msg_id in list(peer.calls):
+            future = self._calls[msg_id][0]
+            if not future.done():
+                future.set_exception(PeerLost(text))
+        if peer.link is not None:
+            peer.link.close(0)
+            peer.link = None
+        for callback in list(self._peer_lost_callbacks):
+            try:
+                callback(peer.worker_id, text)
+            except Exception:
+                logger.exception("peer-lost callback %r failed", callback)
+
+    async def _heartbeat_loop(self) -> None:
+        tick = min(self.heartbeat_interval, self.heartbeat_timeout / 4)
+        last_refresh = time.monotonic()
+        while self._state in ("running", "closing"):
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for peer in list(self._peers.values()):
+                if peer.state not in ("alive", "draining"):
+                    continue
+                if now - peer.last_seen > self.heartbeat_timeout:
+                    self._lose(peer, f"lost: silent for {self.heartbeat_timeout} s", state="lost")
+                else:
+                    self._send_quietly(peer, p.Heartbeat(*self._envelope(peer)))
+            if self._discovery is not None and now - last_refresh > 5.0:
+                last_refresh = now
+                self._register_in_discovery()
+
+    def _register_in_discovery(self) -> None:
+        if self._discovery is None:
+            return
+        entry = DiscoveryEntry(
+            self.worker_id, self._address, os.getpid(), self.incarnation, time.time()
+        )
+        try:
+            self._discovery.register(entry)
+        except OSError as error:
+            self._log.warning("discovery", "cannot register in discovery: %s", error)
+
+    def _spawn_background(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- introspection --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the message counters and current gauges."""
+        snapshot = dict(self.counters)
+        snapshot["peers_alive"] = self._alive_peer_count()
+        snapshot["calls_in_flight"] = len(self._calls)
+        snapshot["handlers_running"] = len(self._handler_tasks)
+        return snapshot
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.worker_id:#x} {self._state} at {self._address or '-'}>"

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from velo_am import (
     CallContext,
@@ -43,12 +44,6 @@ async def make_worker(network: FakeNetwork) -> AsyncIterator[Callable[..., Any]]
     yield make
     for worker in workers:
         await worker.close(grace=0)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 async def test_connect_makes_both_sides_know_each_other(make_worker: Any) -> None:

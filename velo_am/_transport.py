@@ -53,10 +53,11 @@ class Transport(Protocol):
 
 
 class _ZmqLink:
-    __slots__ = ("_socket",)
+    __slots__ = ("_on_close", "_socket")
 
-    def __init__(self, socket: zmq.Socket[bytes]) -> None:
+    def __init__(self, socket: zmq.Socket[bytes], on_close: Callable[[_ZmqLink], None]) -> None:
         self._socket = socket
+        self._on_close = on_close
 
     def send(self, frames: list[bytes]) -> None:
         try:
@@ -69,6 +70,7 @@ class _ZmqLink:
     def close(self, linger: float) -> None:
         if not self._socket.closed:
             self._socket.close(linger=int(linger * 1000))
+            self._on_close(self)
 
 
 class ZmqTransport:
@@ -154,7 +156,7 @@ class ZmqTransport:
         except zmq.ZMQError as error:
             dealer.close(linger=0)
             raise LinkFull(f"cannot connect to {address}: {error}") from None
-        link = _ZmqLink(dealer)
+        link = _ZmqLink(dealer, self._links.discard)
         self._links.add(link)
         return link
 
@@ -167,7 +169,8 @@ class ZmqTransport:
         if self._loop is not None and not router.closed:
             self._loop.remove_reader(router.FD)
         router.close(linger=0)
-        # Links were closed with their own linger by the worker; term waits for that.
+        for link in list(self._links):  # normally closed by the worker already; term needs all
+            link.close(0)
         await asyncio.to_thread(context.term)
 
 

@@ -364,8 +364,15 @@ class Worker:
         if task is None:
             task = asyncio.ensure_future(self._dial(address))
             self._dialing[address] = task
-            task.add_done_callback(lambda _: self._dialing.pop(address, None))
+            task.add_done_callback(self._dial_done)
         return await asyncio.shield(task)
+
+    def _dial_done(self, task: asyncio.Task[int]) -> None:
+        for address, dialing in list(self._dialing.items()):
+            if dialing is task:
+                del self._dialing[address]
+        if not task.cancelled():
+            task.exception()  # retrieved here: a caller may have stopped waiting (closed)
 
     async def _dial(self, address: str) -> int:
         assert self._loop is not None
@@ -390,7 +397,7 @@ class Worker:
         except LinkFull as error:
             raise PeerUnreachable(f"cannot send to {address}: {error}") from None
         finally:
-            if self._dials.pop(token, None) is not None and not dial.future.done():
+            if self._dials.pop(token, None) is not None:  # no answer: the link is ours to close
                 dial.link.close(0)
 
     def _known_peers(self) -> tuple[p.PeerInfo, ...]:

@@ -192,8 +192,8 @@ class EventCore:
             slot.active = generation = slot.last + 1
         finally:
             lock.release()
-        if self._deferred:
-            self._drain_deferred()
+            if self._deferred:
+                self._drain_deferred()
         return int.__new__(EventHandle, self._prefix | index << 32 | generation)
 
     def trigger(self, handle: int) -> None:
@@ -216,8 +216,8 @@ class EventCore:
                 self._free.append(index)
         finally:
             lock.release()
-        if self._deferred:
-            self._drain_deferred()
+            if self._deferred:
+                self._drain_deferred()
         if waiters:
             _wake(waiters, None)
 
@@ -225,17 +225,19 @@ class EventCore:
         if not isinstance(reason, str):
             raise TypeError(f"a poison reason is a str, got {type(reason).__name__}")
         reason = cap_reason(reason)
-        with self._lock:
-            waiters = self._poison_locked(handle, reason)
-        if self._deferred:
-            self._drain_deferred()
+        try:
+            with self._lock:
+                waiters = self._poison_locked(handle, reason)
+        finally:
+            if self._deferred:
+                self._drain_deferred()
         if waiters:
             _wake(waiters, reason)
 
     def poison_soon(self, handle: EventHandle, reason: str) -> None:
         """Poison from a finalizer: never blocks and never raises, on any thread, at any time
         (even while this thread holds the lock, when the collector runs inside an operation)."""
-        self._deferred.append((handle, reason))
+        self._deferred.append((handle, cap_reason(reason)))
         self._drain_deferred()
 
     def _drain_deferred(self) -> None:
@@ -261,12 +263,16 @@ class EventCore:
 
     def status(self, handle: int) -> Outcome:
         """The outcome of the handle's generation, or :data:`PENDING` (also for a future one)."""
-        with self._lock:
-            slot = self._slot(handle)
-            generation = handle & _U32
-            if generation <= slot.last:
-                return self._outcome(slot, generation)
-            return PENDING
+        try:
+            with self._lock:
+                slot = self._slot(handle)
+                generation = handle & _U32
+                if generation <= slot.last:
+                    return self._outcome(slot, generation)
+                return PENDING
+        finally:
+            if self._deferred:
+                self._drain_deferred()
 
     def awaitable(self, handle: int) -> Outcome:
         """Like :meth:`status`, but a generation not issued yet raises
@@ -288,58 +294,70 @@ class EventCore:
             return PENDING
         finally:
             lock.release()
+            if self._deferred:
+                self._drain_deferred()
 
     def add_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
-        with self._lock:
-            slot = self._slot(handle)
-            generation = handle & _U32
-            if generation <= slot.last:
-                return self._outcome(slot, generation)
-            if generation != slot.active:
-                raise self._invalid_generation(handle, slot)
-            if slot.waiters is None:
-                slot.waiters = {key: callback}
-            else:
-                slot.waiters[key] = callback
-        if self._deferred:
-            self._drain_deferred()
+        try:
+            with self._lock:
+                slot = self._slot(handle)
+                generation = handle & _U32
+                if generation <= slot.last:
+                    return self._outcome(slot, generation)
+                if generation != slot.active:
+                    raise self._invalid_generation(handle, slot)
+                if slot.waiters is None:
+                    slot.waiters = {key: callback}
+                else:
+                    slot.waiters[key] = callback
+        finally:
+            if self._deferred:
+                self._drain_deferred()
         return PENDING
 
     def remove_waiter(self, handle: int, key: Hashable) -> None:
         """Forget a waiter (a cancelled wait); harmless if it was already woken."""
-        with self._lock:
-            slot = self._slot(handle)
-            if slot.active == handle & _U32 and slot.waiters:
-                slot.waiters.pop(key, None)
-        if self._deferred:
-            self._drain_deferred()
+        try:
+            with self._lock:
+                slot = self._slot(handle)
+                if slot.active == handle & _U32 and slot.waiters:
+                    slot.waiters.pop(key, None)
+        finally:
+            if self._deferred:
+                self._drain_deferred()
 
     def check_owned(self, handles: Iterable[int]) -> None:
         """Raise :class:`ForeignHandleError` for the first handle of another system."""
         for handle in handles:
             if handle >> 64 != self.system_id:
-                with self._lock:
-                    self._slot(handle)
+                try:
+                    with self._lock:
+                        self._slot(handle)
+                finally:
+                    if self._deferred:
+                        self._drain_deferred()
 
     def force_shutdown(self, reason: str) -> None:
         reason = cap_reason(reason)
         wakes: list[_Waiters] = []
-        with self._lock:
-            if self._shutdown_reason is not None:
-                return
-            self._shutdown_reason = reason
-            for index, slot in enumerate(self._slots):
-                if slot.active:
-                    handle = self._prefix | index << 32 | slot.active
-                    waiters = self._poison_locked(handle, reason)
-                    if waiters:
-                        wakes.append(waiters)
-            self._free.clear()
-        if self._deferred:
-            self._drain_deferred()
+        try:
+            with self._lock:
+                if self._shutdown_reason is not None:
+                    return
+                self._shutdown_reason = reason
+                for index, slot in enumerate(self._slots):
+                    if slot.active:
+                        handle = self._prefix | index << 32 | slot.active
+                        waiters = self._poison_locked(handle, reason)
+                        if waiters:
+                            wakes.append(waiters)
+                self._free.clear()
+        finally:
+            if self._deferred:
+                self._drain_deferred()
         for waiters in wakes:
             _wake(waiters, reason)
 

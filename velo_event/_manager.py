@@ -137,6 +137,9 @@ class EventGuard:
     def __init__(
         self, manager: EventManager, handle: EventHandle, reason: str | None = None
     ) -> None:
+        self._armed = False  # so that __del__ of a guard whose checks failed does nothing
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"a poison reason is a str, got {type(reason).__name__}")
         self._manager = manager
         self._handle = handle
         self._reason = reason
@@ -278,11 +281,14 @@ class CoreEventManager(EventManager):
         waiter = _ThreadWaiter()
         outcome = self._core.add_waiter(handle, waiter, waiter.wake)
         if outcome is PENDING:
-            if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            if waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                outcome = waiter.reasons[0]
+            else:
                 self._core.remove_waiter(handle, waiter)
-                if not waiter.reasons:
+                # Completed meanwhile, its wake-up maybe not delivered yet: the outcome stands.
+                outcome = waiter.reasons[0] if waiter.reasons else self._core.status(handle)
+                if outcome is PENDING:
                     raise TimeoutError(f"event {handle} still pending after {timeout} s")
-            outcome = waiter.reasons[0]
         if outcome is not None:
             raise EventPoison(handle, str(outcome))
 

@@ -34,7 +34,7 @@ def merge_reason(failures: Sequence[str]) -> str:
     size = len(parts[0])
     for position, line in enumerate(failures):
         size += len(line) + 1
-        if size > MAX_REASON_LENGTH:
+        if size > MAX_REASON_LENGTH and position:  # the first line always stays (capped below)
             parts.append(f"… and {len(failures) - position} more failed dependencies")
             break
         parts.append(line)
@@ -83,9 +83,14 @@ class _Merge:
             self.record(position, f"Merge dependency {self.inputs[position]} poisoned: {reason}")
 
     def release(self) -> None:
-        """Drop the waiters still registered on inputs (fail-fast decided before they ended)."""
-        while self.registered:
-            handle, key = self.registered.pop()
+        """Drop the waiters still registered on inputs (fail-fast decided before they ended).
+        Two threads may release at once (the wiring loop and a deciding input), so an empty
+        list is the stop condition, not an error."""
+        while True:
+            try:
+                handle, key = self.registered.pop()
+            except IndexError:
+                return
             self.remove_waiter(handle, key)
 
     def record(self, position: int, failure: str | None) -> None:

@@ -1,0 +1,97 @@
+"""Test helpers: waiting on conditions with a deadline, and launching example scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``predicate`` until true; ``TimeoutError`` after ``within`` seconds. For state
+    that offers no notification of its own."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - polling state that has no event of its own
+            await asyncio.sleep(0.005)
+
+
+class Script:
+    """An example script running as its own OS process, its stdout read line by line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in reap()
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, prefix: str, timeout: float = 20.0) -> str:
+        """The next stdout line starting with ``prefix`` (earlier lines are kept in ``lines``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(remaining, 0.0))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line starting with {prefix!r} within {timeout} s; "
+                    f"stdout so far: {self.lines}; stderr: {self.stderr()}"
+                ) from None
+            if line is None:
+                raise AssertionError(
+                    f"process exited ({self.process.wait()}) before printing {prefix!r}; "
+                    f"stdout: {self.lines}; stderr: {self.stderr()}"
+                )
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def ready(self) -> tuple[int, str]:
+        """Wait for ``READY <id> <address>``; return (worker id, address)."""
+        _, worker_id, address = self.expect("READY").split()
+        return int(worker_id, 0), address
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-4000:]
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def reap(self) -> None:
+        """Kill if still running and collect the exit status: nothing is left behind."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._stderr.close()

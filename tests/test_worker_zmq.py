@@ -1,0 +1,126 @@
+"""Real ZeroMQ sockets between workers in one process: transports, bad input, discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from support import wait_until
+
+from velo_am import CallContext, PeerUnreachable, Worker
+from velo_am._discovery import DirectoryDiscovery
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ipc"])
+async def test_call_over_real_sockets(scheme: str, tmp_path: Path) -> None:
+    bind = "tcp://127.0.0.1:0" if scheme == "tcp" else f"ipc://{tmp_path}/b.sock"
+    async with Worker(bind=bind) as b, Worker() as a:
+        assert b.address.startswith(f"{scheme}://")
+        assert b.address != "tcp://127.0.0.1:0"  # port 0 resolved
+
+        @b.handler("square")
+        async def square(x: int, ctx: CallContext) -> int:
+            return x * x
+
+        assert await a.connect(b.address) == b.worker_id
+        results = await asyncio.gather(*(a.call(b.worker_id, "square", i) for i in range(200)))
+        assert results == [i * i for i in range(200)]
+
+
+async def test_messages_from_one_sender_arrive_in_order() -> None:
+    async with Worker() as a, Worker() as b:
+        seen: list[int] = []
+        b.register_handler("n", lambda n, ctx: seen.append(n))
+        await a.connect(b.address)
+        for i in range(2000):
+            await a.send(b.worker_id, "n", i)
+        await wait_until(lambda: len(seen) == 2000)
+        # Handlers run as tasks, started in arrival order: the appends keep that order.
+        assert seen == list(range(2000))
+
+
+async def test_garbage_and_oversized_input_leave_the_worker_serving() -> None:
+    async with Worker(max_message_size=4096) as b, Worker() as a:
+        b.register_handler("ok", lambda payload, ctx: "ok")
+        context = zmq.Context()
+        raw = context.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(b.address)
+        try:
+            raw.send_multipart([b"not msgpack \xff"])
+            raw.send_multipart([b"\x93\x01\x02"])  # msgpack, not a header
+            raw.send_multipart([b"x" * 10_000])  # over ZMQ_MAXMSGSIZE: libzmq drops it
+            await wait_until(lambda: b.stats()["dropped_malformed"] >= 2)
+            await a.connect(b.address)
+            assert await a.call(b.worker_id, "ok") == "ok"
+        finally:
+            raw.close(linger=0)
+            context.term()
+
+
+async def test_unknown_worker_id_fails_promptly() -> None:
+    async with Worker(handshake_timeout=0.5) as a:
+        with pytest.raises(PeerUnreachable, match="unknown worker"):
+            async with asyncio.timeout(5):
+                await a.call(0xDEAD, "x")
+        with pytest.raises(PeerUnreachable, match="no handshake answer"):
+            await a.connect("tcp://127.0.0.1:9")  # nothing listens there
+
+
+async def test_discovery_directory_finds_workers_by_id(tmp_path: Path) -> None:
+    spec = f"dir:{tmp_path}"
+    async with Worker(discovery=spec) as a, Worker(discovery=spec) as b:
+        a.register_handler("hi", lambda payload, ctx: f"hi {ctx.sender:#x}")
+        entries = {entry.worker_id for entry in DirectoryDiscovery(tmp_path).entries()}
+        assert entries == {a.worker_id, b.worker_id}
+        # b was never told a's address: discovery supplies it.
+        assert await b.call(a.worker_id, "hi") == f"hi {b.worker_id:#x}"
+    assert DirectoryDiscovery(tmp_path).entries() == []  # both removed themselves on close
+
+
+async def test_discovery_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VELO_DISCOVERY", f"dir:{tmp_path}")
+    async with Worker() as a:
+        a.register_handler("hi", lambda payload, ctx: "hi")
+        monkeypatch.delenv("VELO_DISCOVERY")
+        monkeypatch.setenv("VELO_PEERS", a.address)
+        async with Worker() as b:  # joins through $VELO_PEERS
+            assert a.worker_id in b.peers
+            assert await b.call(a.worker_id, "hi") == "hi"
+        assert DirectoryDiscovery(tmp_path).lookup(a.worker_id) is not None
+
+
+def test_discovery_ignores_and_removes_dead_processes(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    entry: dict[str, Any] = {
+        "worker_id": 0x55,
+        "address": "tcp://127.0.0.1:1",
+        "pid": pid,
+        "incarnation": 7,
+        "last_seen": 1e12,
+    }
+    path = tmp_path / f"{0x55:016x}.json"
+    path.write_text(json.dumps(entry))
+    (tmp_path / f"{0x56:016x}.json").write_text(
+        json.dumps({**entry, "worker_id": 0x56, "pid": os.getpid()})
+    )
+    discovery = DirectoryDiscovery(tmp_path)
+    assert discovery.lookup(0x55) is None
+    assert not path.exists()
+    found = discovery.lookup(0x56)
+    assert found is not None and found.pid == os.getpid()

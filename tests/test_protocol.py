@@ -677,3 +677,30 @@ def test_fuzz_near_valid_headers(kind: Kind, fields: list[Any], data: st.DataObj
     msg = decode_or_error(frames)
     if msg is not None:
         assert kind == msg.KIND
+
+
+@given(
+    st.integers(1, 2**64 - 1),
+    st.integers(1, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.text(min_size=1, max_size=80),
+    st.booleans(),
+    st.binary(max_size=64),
+)
+@settings(max_examples=200, deadline=None)
+def test_fast_encoders_match_encode(
+    src: int, inc: int, dst: int, msg_id: int, handler: str, reply: bool, payload: bytes
+) -> None:
+    from velo_am._protocol import encode_request, encode_response
+
+    try:
+        expected = encode(Request(src, inc, dst, msg_id, handler, reply, payload))
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            encode_request(src, inc, dst, msg_id, handler, reply, payload)
+    else:
+        assert encode_request(src, inc, dst, msg_id, handler, reply, payload) == expected
+    assert encode_response(src, inc, dst, msg_id, payload) == encode(
+        Response(src, inc, dst, msg_id, payload)
+    )

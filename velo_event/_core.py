@@ -73,27 +73,13 @@ class _Slot:
         self.poisons: dict[int, str] | None = None
 
 
-_dispatch = threading.local()
-
-
 def _wake(waiters: _Waiters, reason: str | None) -> None:
-    """Run wake callbacks outside any lock. Callbacks that complete further events (merges)
-    queue their wake-ups here instead of recursing, so a chain of any depth is safe."""
-    queue: deque[tuple[_Waiters, str | None]] | None = getattr(_dispatch, "queue", None)
-    if queue is not None:
-        queue.append((waiters, reason))
-        return
-    _dispatch.queue = queue = deque(((waiters, reason),))
-    try:
-        while queue:
-            batch, batch_reason = queue.popleft()
-            for key, callback in batch.items():
-                try:
-                    callback(key, batch_reason)
-                except Exception:
-                    logger.exception("event wake-up callback %r failed", callback)
-    finally:
-        _dispatch.queue = None
+    """Run wake callbacks, outside any lock. A failing callback never stops the others."""
+    for key, callback in waiters.items():
+        try:
+            callback(key, reason)
+        except Exception:
+            logger.exception("event wake-up callback %r failed", callback)
 
 
 class EventCore:
@@ -261,34 +247,47 @@ class EventCore:
             for waiters, reason in wakes:
                 _wake(waiters, reason)
 
+    # Reads of a completed generation take no lock: ``last`` only grows, and a poison reason
+    # is recorded before ``last`` moves past its generation, so a reader that sees the
+    # generation complete also sees its outcome. Anything else goes through the lock.
+
     def status(self, handle: int) -> Outcome:
         """The outcome of the handle's generation, or :data:`PENDING` (also for a future one)."""
-        try:
-            with self._lock:
-                slot = self._slot(handle)
-                generation = handle & _U32
-                if generation <= slot.last:
-                    return self._outcome(slot, generation)
-                return PENDING
-        finally:
-            if self._deferred:
-                self._drain_deferred()
-
-    def awaitable(self, handle: int) -> Outcome:
-        """Like :meth:`status`, but a generation not issued yet raises
-        :class:`InvalidGenerationError` (nothing could ever complete it)."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            index = (handle - self._prefix) >> 32
-            if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
-                slot = self._slots[index]
-            else:
-                slot = self._slot(handle)
+        index = (handle - self._prefix) >> 32
+        if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
+            slot = self._slots[index]
             generation = handle & _U32
             if generation <= slot.last:
                 poisons = slot.poisons
                 return poisons.get(generation) if poisons is not None else None
+            return PENDING
+        try:
+            with self._lock:
+                self._slot(handle)  # raises the right error
+        finally:
+            if self._deferred:
+                self._drain_deferred()
+        raise AssertionError("unreachable: _slot() accepted a handle the fast path refused")
+
+    def awaitable(self, handle: int) -> Outcome:
+        """Like :meth:`status`, but a generation not issued yet raises
+        :class:`InvalidGenerationError` (nothing could ever complete it)."""
+        index = (handle - self._prefix) >> 32
+        if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
+            slot = self._slots[index]
+            generation = handle & _U32
+            if generation <= slot.last:
+                poisons = slot.poisons
+                return poisons.get(generation) if poisons is not None else None
+            if generation == slot.active:
+                return PENDING  # if it completes meanwhile, the await sees it under the lock
+        lock = self._lock
+        lock.acquire()
+        try:
+            slot = self._slot(handle)
+            generation = handle & _U32
+            if generation <= slot.last:
+                return self._outcome(slot, generation)
             if generation != slot.active:
                 raise self._invalid_generation(handle, slot)
             return PENDING

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 
 from ._core import MAX_REASON_LENGTH, PENDING, EventCore, Outcome, WakeCallback, cap_reason
@@ -110,15 +111,38 @@ class _Merge:
             else:
                 return
             self.done = True
-        self.release()
-        try:
-            if outcome is None:
-                self.core.trigger(self.handle)
-            else:
-                self.core.poison(self.handle, outcome)
-        except EventError as error:
-            # Triggered by hand, or poisoned by a shutdown: the merge's own outcome loses.
-            logger.debug("Failed to complete merged event %s: %s", self.handle, error)
+        if self.remaining:  # fail-fast decided: inputs still pending keep a waiter of ours
+            self.release()
+        _complete(self.core, self.handle, outcome)
+
+
+_completing = threading.local()
+
+
+def _complete(core: EventCore, handle: EventHandle, outcome: str | None) -> None:
+    """Complete a merged event. Completing it wakes its waiters, which may be merges that
+    complete in turn: those are queued here, not recursed into, so a chain of merges of any
+    depth runs in constant stack."""
+    queue: deque[tuple[EventCore, EventHandle, str | None]] | None = getattr(
+        _completing, "queue", None
+    )
+    if queue is not None:
+        queue.append((core, handle, outcome))
+        return
+    _completing.queue = queue = deque(((core, handle, outcome),))
+    try:
+        while queue:
+            core, handle, outcome = queue.popleft()
+            try:
+                if outcome is None:
+                    core.trigger(handle)
+                else:
+                    core.poison(handle, outcome)
+            except EventError as error:
+                # Triggered by hand, or poisoned by a shutdown: the merge's own outcome loses.
+                logger.debug("Failed to complete merged event %s: %s", handle, error)
+    finally:
+        _completing.queue = None
 
 
 def start_merge(

@@ -336,7 +336,9 @@ class EventSystemMachine(RuleBasedStateMachine):
     @rule(data=st.data(), fail_fast=st.booleans())
     def merge(self, data: st.DataObject, fail_fast: bool) -> None:
         size = data.draw(st.integers(min_value=1, max_value=5))
-        inputs = [self.handle_from(data) for _ in range(size)]
+        self.check_merge([self.handle_from(data) for _ in range(size)], fail_fast)
+
+    def check_merge(self, inputs: list[EventHandle], fail_fast: bool) -> None:
         expected = raised = None
         try:
             predicted = self.model.merge(inputs, fail_fast)
@@ -357,19 +359,7 @@ class EventSystemMachine(RuleBasedStateMachine):
         """Merges of several poisoned inputs (duplicates too): the multiple-failure reasons."""
         poisoned = [h for h in self.known if h in self.model.poisons]
         inputs = data.draw(st.lists(st.sampled_from(poisoned), min_size=2, max_size=4))
-        expected = raised = None
-        try:
-            predicted = self.model.merge(inputs, fail_fast)
-        except ModelError as error:
-            expected = error
-        try:
-            merged = self.mgr.merge_events(inputs, fail_fast=fail_fast)
-        except EventError as error:
-            raised = error
-        self.expect(expected, raised)
-        if raised is None:
-            assert merged == predicted
-            self.known.append(merged)
+        self.check_merge(inputs, fail_fast)
 
     @precondition(lambda self: self.known)
     @rule(data=st.data())

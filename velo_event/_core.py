@@ -251,41 +251,37 @@ class EventCore:
     # is recorded before ``last`` moves past its generation, so a reader that sees the
     # generation complete also sees its outcome. Anything else goes through the lock.
 
-    def status(self, handle: int) -> Outcome:
-        """The outcome of the handle's generation, or :data:`PENDING` (also for a future one)."""
+    def _peek(self, handle: int) -> _Slot | None:
+        """The handle's slot, without the lock; ``None`` for a handle the lock path refuses."""
         index = (handle - self._prefix) >> 32
         if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
-            slot = self._slots[index]
-            generation = handle & _U32
-            if generation <= slot.last:
-                poisons = slot.poisons
-                return poisons.get(generation) if poisons is not None else None
-            return PENDING
-        try:
-            with self._lock:
-                self._slot(handle)  # raises the right error
-        finally:
-            if self._deferred:
-                self._drain_deferred()
-        raise AssertionError("unreachable: _slot() accepted a handle the fast path refused")
+            return self._slots[index]
+        return None
+
+    def status(self, handle: int) -> Outcome:
+        """The outcome of the handle's generation, or :data:`PENDING` (also for a future one)."""
+        slot = self._peek(handle)
+        if slot is None:
+            return self.awaitable(handle)  # raises the right error
+        generation = handle & _U32
+        if generation <= slot.last:
+            return self._outcome(slot, generation)
+        return PENDING
 
     def awaitable(self, handle: int) -> Outcome:
         """Like :meth:`status`, but a generation not issued yet raises
         :class:`InvalidGenerationError` (nothing could ever complete it)."""
-        index = (handle - self._prefix) >> 32
-        if handle >> 64 == self.system_id and 0 <= index < len(self._slots):
-            slot = self._slots[index]
-            generation = handle & _U32
+        slot = self._peek(handle)
+        generation = handle & _U32
+        if slot is not None:
             if generation <= slot.last:
-                poisons = slot.poisons
-                return poisons.get(generation) if poisons is not None else None
+                return self._outcome(slot, generation)
             if generation == slot.active:
                 return PENDING  # if it completes meanwhile, the await sees it under the lock
         lock = self._lock
         lock.acquire()
         try:
             slot = self._slot(handle)
-            generation = handle & _U32
             if generation <= slot.last:
                 return self._outcome(slot, generation)
             if generation != slot.active:

@@ -1,6 +1,7 @@
 """A Hypothesis state machine running a LocalEventSystem side by side with a small pure-Python
-model of the slot table, the FIFO free list, merges (wake-ups dispatched breadth-first, as the
-core does) and shutdown. The model predicts every handle, outcome, reason, error and waiter."""
+model of the slot table, the FIFO free list, merges (merged completions queued while merges
+complete, as the core does) and shutdown. The model predicts every handle, outcome, reason,
+error and waiter."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class Model:
         self.poisons: dict[EventHandle, str] = {}
         self.waiters: dict[EventHandle, Waiters] = {}
         self.shutdown: str | None = None
-        self.queue: deque[tuple[Waiters, str | None]] | None = None
+        self.queue: deque[tuple[EventHandle, str | None]] | None = None
         self.max_pending = 0
         self.retired = 0
 
@@ -170,18 +171,9 @@ class Model:
             self._wake(waiters, reason)
 
     def _wake(self, waiters: Waiters, reason: str | None) -> None:
-        """Breadth-first, like the core: wake-ups raised while waking are queued."""
-        if self.queue is not None:
-            self.queue.append((waiters, reason))
-            return
-        self.queue = deque([(waiters, reason)])
-        try:
-            while self.queue:
-                batch, batch_reason = self.queue.popleft()
-                for merge, position in batch:
-                    self._input_done(merge, position, batch_reason)
-        finally:
-            self.queue = None
+        """Like the core: every waiter is called at once, in registration order."""
+        for merge, position in waiters:
+            self._input_done(merge, position, reason)
 
     # -- merges --
 
@@ -234,13 +226,26 @@ class Model:
             return
         merge.done = True
         self._release(merge)
+        self._complete_merge(merge.handle, outcome)
+
+    def _complete_merge(self, h: EventHandle, outcome: str | None) -> None:
+        """Like the core: a merge completed while merges are being completed is queued (FIFO)."""
+        if self.queue is not None:
+            self.queue.append((h, outcome))
+            return
+        self.queue = deque([(h, outcome)])
         try:
-            if outcome is None:
-                self.trigger(merge.handle)
-            else:
-                self.poison(merge.handle, outcome)
-        except ModelError:
-            pass  # completed by hand or by shutdown first
+            while self.queue:
+                merged, merged_outcome = self.queue.popleft()
+                try:
+                    if merged_outcome is None:
+                        self.trigger(merged)
+                    else:
+                        self.poison(merged, merged_outcome)
+                except ModelError:
+                    pass  # completed by hand or by shutdown first
+        finally:
+            self.queue = None
 
 
 # -- the machine -----------------------------------------------------------------------------

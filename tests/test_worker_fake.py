@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from velo_am import (
     PeerUnreachable,
     RemoteError,
     Worker,
+    WorkerClosed,
 )
 from velo_am import _protocol as p
 from velo_am._transport import FakeNetwork
@@ -233,3 +235,109 @@ async def test_malformed_input_is_dropped_and_counted(
         network.deliver(b.address, junk)
     assert await a.call(2, "ok") == "ok"
     assert b.stats()["dropped_malformed"] == 4
+
+
+async def test_unsendable_error_text_still_reaches_the_caller(make_worker: Any) -> None:
+    a, b = await make_worker(1), await make_worker(2)
+
+    @b.handler("parse")
+    def parse(payload: Any, ctx: CallContext) -> None:
+        raise ValueError("cannot parse /data/\udcff.bin")  # a lone surrogate: not UTF-8
+
+    b.register_handler("ok", lambda payload, ctx: "ok")
+
+    @b.handler("lane", ordered=True)
+    def lane(payload: int, ctx: CallContext) -> int:
+        if payload == 0:
+            raise ValueError("\udcff")
+        return payload
+
+    await a.connect(b.address)
+    with pytest.raises(RemoteError, match=r"cannot parse /data/\\udcff.bin"):
+        await a.call(2, "parse")
+    assert await a.call(2, "ok") == "ok"  # sync handlers keep running
+    results = await asyncio.gather(
+        *(a.call(2, "lane", i) for i in range(3)), return_exceptions=True
+    )
+    assert isinstance(results[0], RemoteError) and results[1:] == [1, 2]
+
+
+async def test_oversized_payload_fails_at_once_and_oversized_result_fails_the_call(
+    make_worker: Any,
+) -> None:
+    a, b = await make_worker(1, max_message_size=4096), await make_worker(2)
+    b.register_handler("big", lambda payload, ctx: b"x" * 10_000)
+    a.register_handler("big", lambda payload, ctx: b"x" * 10_000)
+    await a.connect(b.address)
+    with pytest.raises(ValueError, match="exceeds max_message_size"):
+        await a.call(2, "big", b"y" * 10_000)
+    b.max_message_size = 4096
+    with pytest.raises(RemoteError, match="exceeds max_message_size"):
+        await a.call(2, "big")
+
+
+async def test_a_peer_back_from_silence_is_reconnected(
+    make_worker: Any, network: FakeNetwork
+) -> None:
+    a, b = await make_worker(1), await make_worker(2)
+    b.register_handler("ok", lambda payload, ctx: "ok")
+    await a.connect(b.address)
+    network.filter = lambda address, frames: address != a.address  # b silent for a while
+    await wait_until(lambda: a.peers[2].state == "lost")
+    network.filter = None
+    assert await a.call(2, "ok") == "ok"
+    assert a.peers[2].state == "alive"
+
+
+async def test_draining_handler_can_still_call_out(make_worker: Any) -> None:
+    a, b, c = await make_worker(1), await make_worker(2), await make_worker(3)
+    release = asyncio.Event()
+    c.register_handler("leaf", lambda payload, ctx: "leaf")
+
+    @b.handler("relay")
+    async def relay(payload: Any, ctx: CallContext) -> Any:
+        await release.wait()
+        return await b.call(3, "leaf")
+
+    await a.connect(b.address)
+    await b.connect(c.address)
+    call = asyncio.ensure_future(a.call(2, "relay"))
+    await wait_until(lambda: b.stats()["handlers_running"] == 1)
+    closing = asyncio.ensure_future(b.close(grace=5))
+    await wait_until(lambda: a.peers[2].state == "draining")
+    release.set()
+    assert await call == "leaf"
+    await closing
+
+
+async def test_connecting_to_itself_is_refused(make_worker: Any) -> None:
+    a = await make_worker(1)
+    with pytest.raises(PeerUnreachable, match="itself"):
+        await a.connect(a.address)
+    assert a.peers == {}
+
+
+async def test_close_lifecycle_edges(make_worker: Any) -> None:
+    idle = Worker(9, transport=FakeNetwork().transport())
+    await idle.close()  # never started
+    await asyncio.wait_for(idle.wait_closed(), 1)
+
+    a = await make_worker(1)
+    waiting = asyncio.ensure_future(a.wait_for_peers(5))
+    await asyncio.sleep(0)
+    await a.close()
+    with pytest.raises(WorkerClosed):
+        await asyncio.wait_for(waiting, 1)
+
+    b, c = await make_worker(2), await make_worker(3)
+
+    @c.handler("shutdown")
+    async def shutdown(payload: Any, ctx: CallContext) -> str:
+        await c.close(grace=5)  # from inside a handler: must not wait for itself
+        return "bye"
+
+    await b.connect(c.address)
+    async with asyncio.timeout(3):
+        with contextlib.suppress(PeerLost, PeerDraining):
+            await b.call(3, "shutdown")
+        await c.wait_closed()

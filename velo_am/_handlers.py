@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CallContext", "Handler", "HandlerRegistry", "HandlerSpec"]
+__all__ = ["CallContext", "Handler", "HandlerRegistry", "HandlerSpec", "OrderedLanes"]
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any, "CallContext"], Any]
 
@@ -91,7 +94,10 @@ class OrderedLanes:
         queue = self._lanes[lane]
         try:
             while queue:
-                await queue[0]()
+                try:
+                    await queue[0]()
+                except Exception:  # jobs report their own failures; never stall the lane
+                    logger.exception("ordered handler job failed")
                 queue.popleft()
         finally:
             del self._lanes[lane]

@@ -157,7 +157,10 @@ class ZmqTransport:
 
     def open_link(self, address: str) -> Link:
         assert self._context is not None, "transport not started"
-        dealer = self._context.socket(zmq.DEALER)
+        try:
+            dealer = self._context.socket(zmq.DEALER)
+        except zmq.ZMQError as error:  # out of sockets or file descriptors
+            raise LinkFull(f"cannot open a socket for {address}: {error}") from None
         dealer.setsockopt(zmq.SNDHWM, self._send_queue)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.RECONNECT_IVL, 100)

@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 _U64: Final = (1 << 64) - 1
 F = TypeVar("F", bound=Handler)
+# Gossip may name many members at once: dial at most this many concurrently.
+_MAX_CONCURRENT_DIALS: Final = 64
+# Room left for the header frame when bounding a payload by max_message_size.
+_HEADER_ALLOWANCE: Final = 512
 PeerLostCallback = Callable[[int, str], None]
 
 
@@ -259,18 +263,23 @@ class Worker:
         """Stop accepting requests (callers get :class:`PeerDraining`), let in-flight handlers
         finish within ``grace`` seconds, say goodbye to peers and close the sockets.
         Closing twice is harmless."""
-        if self._state in ("closing", "closed", "new"):
-            if self._state == "closing":
-                await self._closed.wait()
-            self._state = "closed" if self._state == "new" else self._state
+        if self._state != "running":
+            if self._state == "new":
+                self._state = "closed"
+                self._closed.set()
+            await self._closed.wait()
             return
         grace = self.close_grace if grace is None else grace
-        self._state = "closing"
+        # Draining: inbound requests are refused, but in-flight handlers may still call out.
+        self._state = "draining"
+        self._membership_changed.set()  # wake wait_for_peers(), which then raises
         try:
             self._broadcast(lambda peer: p.Draining(*self._envelope(peer)))
-            if self._handler_tasks:
-                await asyncio.wait(set(self._handler_tasks), timeout=grace)
-            for task in list(self._handler_tasks):
+            in_flight = self._handler_tasks - {asyncio.current_task()}  # a handler closing us
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=grace)
+            self._state = "closing"
+            for task in in_flight:
                 task.cancel()
             for future, _ in list(self._calls.values()):
                 if not future.done():
@@ -300,10 +309,12 @@ class Worker:
             if self._discovery is not None:
                 with contextlib.suppress(OSError):
                     self._discovery.unregister(self.worker_id, self.incarnation)
-            await self._transport.close()
-            self._state = "closed"
-            self._closed.set()
-            logger.info("worker %#x closed", self.worker_id)
+            try:
+                await self._transport.close()
+            finally:
+                self._state = "closed"
+                self._closed.set()
+                logger.info("worker %#x closed", self.worker_id)
 
     async def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM (then return, so ``async with`` closes gracefully) or
@@ -367,6 +378,7 @@ class Worker:
         background). Raises ``TimeoutError`` after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             while self._alive_peer_count() < count:
+                self._check_running()
                 self._membership_changed.clear()
                 await self._membership_changed.wait()
 
@@ -435,10 +447,19 @@ class Worker:
         """The live peer for ``worker_id``, connecting through discovery if needed."""
         self._check_running()
         peer = self._peers.get(worker_id)
-        if peer is None and self._dialing:
-            # A mesh join may be in progress: give pending handshakes their chance.
-            await asyncio.wait(set(self._dialing.values()), timeout=self.handshake_timeout)
+        deadline = time.monotonic() + self.handshake_timeout
+        while peer is None and self._dialing and time.monotonic() < deadline:
+            # A mesh join may be in progress: wait for handshakes until this one is known.
+            await asyncio.wait(
+                set(self._dialing.values()),
+                timeout=deadline - time.monotonic(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             peer = self._peers.get(worker_id)
+        if peer is not None and peer.state == "lost":
+            with contextlib.suppress(PeerUnreachable):  # maybe it is back: one handshake
+                await self.connect(peer.address)
+            peer = self._peers.get(worker_id, peer)
         if (peer is None or peer.state in ("lost", "closed")) and self._discovery is not None:
             entry = self._discovery.lookup(worker_id)
             if entry is not None:
@@ -457,7 +478,7 @@ class Worker:
 
     async def _live_peer(self, peer_id: int) -> _Peer:
         peer = self._peers.get(peer_id)
-        if peer is None or peer.state != "alive" or self._state != "running":
+        if peer is None or peer.state != "alive" or self._state not in ("running", "draining"):
             peer = await self._route(peer_id)  # the slow path: discovery, errors, draining
             if peer.state == "draining":
                 raise PeerDraining(f"{peer.describe()} is shutting down")
@@ -467,9 +488,10 @@ class Worker:
         """Fire-and-forget: returns once the message is handed to the transport. Raises
         :class:`PeerUnreachable` (unknown or unreachable peer) or :class:`PeerDraining`."""
         peer = await self._live_peer(peer_id)
+        body = self._pack_bounded(payload, "payload")
         msg_id = next(self._message_ids)
         frames = p.encode_request(
-            self.worker_id, self.incarnation, peer.incarnation, msg_id, name, False, _pack(payload)
+            self.worker_id, self.incarnation, peer.incarnation, msg_id, name, False, body
         )
         self._send_frames(peer, frames)
 
@@ -488,7 +510,7 @@ class Worker:
         peer = await self._live_peer(peer_id)
         loop = self._loop
         assert loop is not None
-        body = _pack(payload)
+        body = self._pack_bounded(payload, "payload")
         msg_id = next(self._message_ids)
         frames = p.encode_request(
             self.worker_id, self.incarnation, peer.incarnation, msg_id, name, True, body
@@ -512,6 +534,15 @@ class Worker:
             del self._calls[msg_id]
             peer.calls.discard(msg_id)
 
+    def _pack_bounded(self, value: Any, what: str) -> bytes:
+        """msgpack ``value``; a message a receiver would drop fails here, loudly, instead."""
+        body = _pack(value)
+        if len(body) + _HEADER_ALLOWANCE > self.max_message_size:
+            raise ValueError(
+                f"{what} of {len(body)} bytes exceeds max_message_size ({self.max_message_size})"
+            )
+        return body
+
     def _envelope(self, peer: _Peer) -> tuple[int, int, int]:
         return (self.worker_id, self.incarnation, peer.incarnation)
 
@@ -530,7 +561,7 @@ class Worker:
     def _send_quietly(self, peer: _Peer, msg: p.Message) -> None:
         try:
             self._send(peer, msg)
-        except PeerUnreachable as error:
+        except (PeerUnreachable, p.ProtocolError) as error:
             self._log.warning("send", "dropping %s: %s", type(msg).__name__, error)
 
     def _broadcast(self, make: Callable[[_Peer], p.Message]) -> None:
@@ -539,7 +570,9 @@ class Worker:
                 self._send_quietly(peer, make(peer))
 
     def _check_running(self) -> None:
-        if self._state != "running":
+        """Outgoing traffic is allowed while running and while draining (in-flight handlers
+        may need to call out to finish)."""
+        if self._state not in ("running", "draining"):
             raise WorkerClosed(f"worker {self.worker_id:#x} is {self._state}")
 
     # -- inbound --------------------------------------------------------------------------
@@ -552,6 +585,9 @@ class Worker:
             self.counters["dropped_malformed"] += 1
             self._log.warning("malformed", "dropping malformed message: %s", error)
             return
+        if isinstance(msg, p.Hello | p.HelloAck):  # a handshake may name any incarnation
+            self._on_hello(msg)
+            return
         if msg.dst_incarnation not in (0, self.incarnation):
             self.counters["dropped_wrong_incarnation"] += 1
             self._log.warning(
@@ -559,15 +595,19 @@ class Worker:
             )
             self._refuse_stale(msg)
             return
-        if isinstance(msg, p.Hello | p.HelloAck):
-            self._on_hello(msg)
-            return
         peer = self._peers.get(msg.src)
         if peer is None or peer.incarnation != msg.src_incarnation:
             self.counters["dropped_unknown_peer"] += 1
             self._log.warning(
                 "unknown", "dropping %s from unknown %#x", type(msg).__name__, msg.src
             )
+            return
+        if peer.state == "lost":
+            # It was silent too long but is alive after all: shake hands again (its calls
+            # in flight were failed already; what it sends now waits for the new link).
+            self.counters["dropped_unknown_peer"] += 1
+            if self._state == "running" and peer.address not in self._dialing:
+                self._spawn_background(self._dial_quietly(peer.address))
             return
         peer.last_seen = time.monotonic()
         if self._goodbye_acks:
@@ -594,10 +634,14 @@ class Worker:
     def _refuse_stale(self, msg: p.Message) -> None:
         peer = self._peers.get(msg.src)
         if isinstance(msg, p.Request) and msg.reply and peer is not None:
+            # Sent in the predecessor's name (the incarnation the caller addressed), so the
+            # caller matches it to its call and fails it at once instead of at its timeout.
             self._send_quietly(
                 peer,
                 p.ErrorResponse(
-                    *self._envelope(peer),
+                    self.worker_id,
+                    msg.dst_incarnation,
+                    peer.incarnation,
                     msg.msg_id,
                     p.ErrorCode.WRONG_INCARNATION,
                     "PeerLost",
@@ -608,6 +652,18 @@ class Worker:
 
     def _on_hello(self, msg: p.Hello | p.HelloAck) -> None:
         dial = self._dials.pop(msg.token, None) if isinstance(msg, p.HelloAck) else None
+        if msg.src == self.worker_id:
+            if msg.src_incarnation != self.incarnation:
+                logger.error("another live worker uses this worker's id %#x", msg.src)
+            elif dial is None:
+                dial = self._dials.pop(msg.token, None)  # our own Hello came back to us
+            if dial is not None:
+                dial.link.close(0)
+                if not dial.future.done():
+                    dial.future.set_exception(
+                        PeerUnreachable(f"{dial.address} is this worker ({msg.src:#x}) itself")
+                    )
+            return
         peer = self._peers.get(msg.src)
         joined = peer is None or peer.incarnation != msg.src_incarnation or peer.link is None
         if joined:
@@ -653,9 +709,13 @@ class Worker:
                 continue
             known = self._peers.get(info.worker_id)
             if known is not None and (
-                known.state in ("alive", "draining") or known.incarnation == info.incarnation
+                known.state in ("alive", "draining")
+                or (known.state == "closed" and known.incarnation == info.incarnation)
             ):
                 continue
+            if len(self._dialing) >= _MAX_CONCURRENT_DIALS:
+                self._log.warning("dials", "too many handshakes in progress; not dialing more")
+                return
             if info.address not in self._dialing:
                 self._spawn_background(self._dial_quietly(info.address))
 
@@ -697,21 +757,23 @@ class Worker:
         the receive loop's drain: as far from the receive loop as a task each (a sync handler
         holds the loop while it runs either way), at a fraction of the cost."""
         jobs = self._sync_jobs
-        while jobs:
-            spec, peer, msg = jobs[0]
-            try:
-                result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
-            except _BadRequest:
-                continue
-            except Exception as error:
-                self._handler_failed(spec, peer, msg, error)
-                continue
-            finally:
-                jobs.popleft()
-            if inspect.isawaitable(result):  # a sync function returning an awaitable
-                self._spawn_handler(self._finish(spec, peer, msg, result))
-            else:
-                self._reply(spec, peer, msg, result)
+        try:
+            while jobs:
+                spec, peer, msg = jobs.popleft()
+                try:
+                    result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
+                except _BadRequest:
+                    continue
+                except (Exception, asyncio.CancelledError) as error:
+                    self._handler_failed(spec, peer, msg, error)
+                    continue
+                if inspect.isawaitable(result):  # a sync function returning an awaitable
+                    self._spawn_handler(self._finish(spec, peer, msg, result))
+                else:
+                    self._reply(spec, peer, msg, result)
+        finally:
+            if jobs:  # left by an escaping BaseException: the rest still run
+                self._loop.call_soon(self._run_sync_jobs)  # type: ignore[union-attr]
 
     async def _run(self, spec: HandlerSpec, peer: _Peer, msg: p.Request) -> None:
         try:
@@ -728,6 +790,12 @@ class Worker:
             if inspect.isawaitable(result):
                 result = await result
         except Exception as error:
+            self._handler_failed(spec, peer, msg, error)
+            return
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker is cancelling this handler (close): not the handler's doing
             self._handler_failed(spec, peer, msg, error)
             return
         self._reply(spec, peer, msg, result)
@@ -751,8 +819,8 @@ class Worker:
         if not msg.reply:
             return
         try:
-            body = _pack(result)
-        except TypeError as error:
+            body = self._pack_bounded(result, "result")
+        except (TypeError, ValueError) as error:
             self._handler_failed(spec, peer, msg, error)
             return
         frames = p.encode_response(
@@ -764,7 +832,7 @@ class Worker:
             self._log.warning("send", "dropping the response to %#x: %s", peer.worker_id, error)
 
     def _handler_failed(
-        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, error: Exception
+        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, error: BaseException
     ) -> None:
         if not msg.reply:
             logger.error(
@@ -792,10 +860,13 @@ class Worker:
         message: str,
         remote_traceback: str = "",
     ) -> None:
-        error = p.ErrorResponse(
-            *self._envelope(peer), msg_id, code, error_type, message, remote_traceback
-        )
-        self._send_quietly(peer, error)
+        # Exception texts may hold lone surrogates (undecodable file names), which UTF-8
+        # cannot carry: escape them rather than lose the reply.
+        texts = [
+            text.encode("utf-8", "backslashreplace").decode("utf-8")
+            for text in (error_type, message, remote_traceback)
+        ]
+        self._send_quietly(peer, p.ErrorResponse(*self._envelope(peer), msg_id, code, *texts))
 
     def _on_response(
         self, peer: _Peer, msg_id: int, payload: bytes, error: p.ErrorResponse | None
@@ -847,7 +918,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         tick = min(self.heartbeat_interval, self.heartbeat_timeout / 4)
         last_refresh = time.monotonic()
-        while self._state in ("running", "closing"):
+        while self._state in ("running", "draining", "closing"):
             await asyncio.sleep(tick)
             now = time.monotonic()
             for peer in list(self._peers.values()):

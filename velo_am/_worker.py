@@ -37,6 +37,7 @@ from ._errors import (
     RemoteError,
     WorkerClosed,
 )
+from ._events import DistributedEvents
 from ._handlers import CallContext, Handler, HandlerRegistry, HandlerSpec, OrderedLanes
 from ._transport import Link, LinkFull, Transport, ZmqTransport
 
@@ -211,6 +212,8 @@ class Worker:
         self._membership_changed = asyncio.Event()
         self._closed = asyncio.Event()
         self._log = _RateLimitedLog()
+        #: The mesh's events: this worker's own, and any other worker's by routing.
+        self.events = DistributedEvents(self)
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "messages_in",
@@ -274,6 +277,8 @@ class Worker:
         self._state = "draining"
         self._membership_changed.set()  # wake wait_for_peers(), which then raises
         try:
+            # Remote waiters on our events learn the shutdown reason before the goodbye.
+            self.events.close(f"worker {self.worker_id:#x} shutting down")
             self._broadcast(lambda peer: p.Draining(*self._envelope(peer)))
             in_flight = self._handler_tasks - {asyncio.current_task()}  # a handler closing us
             if in_flight:
@@ -373,7 +378,7 @@ class Worker:
             for peer in self._peers.values()
         }
 
-    async def wait_for_peers(self, count: int, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_for_peers(self, count: int, timeout: float | None = None) -> None:
         """Wait until at least ``count`` peers are alive (a mesh join completes in the
         background). Raises ``TimeoutError`` after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
@@ -500,7 +505,7 @@ class Worker:
         peer_id: int,
         name: str,
         payload: Any = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - part of the API: a per-call override
+        timeout: float | None = None,
     ) -> Any:
         """Run handler ``name`` on the peer and return its result. ``timeout`` defaults to the
         worker's ``call_timeout``. Raises :class:`RemoteError` (the handler raised),
@@ -533,6 +538,20 @@ class Worker:
             timer.cancel()
             del self._calls[msg_id]
             peer.calls.discard(msg_id)
+
+    def send_nowait(self, peer_id: int, name: str, payload: Any = None) -> None:
+        """:meth:`send` to a connected peer, without awaiting (for runtime layers and loop
+        callbacks). Raises :class:`PeerUnreachable` if the peer is not connected now."""
+        self._check_running()
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.state not in ("alive", "draining"):
+            raise PeerUnreachable(f"worker {peer_id:#x} is not connected")
+        body = self._pack_bounded(payload, "payload")
+        msg_id = next(self._message_ids)
+        frames = p.encode_request(
+            self.worker_id, self.incarnation, peer.incarnation, msg_id, name, False, body
+        )
+        self._send_frames(peer, frames)
 
     def _pack_bounded(self, value: Any, what: str) -> bytes:
         """msgpack ``value``; a message a receiver would drop fails here, loudly, instead."""
@@ -724,7 +743,10 @@ class Worker:
             await self.connect(address)
 
     def _on_request(self, peer: _Peer, msg: p.Request) -> None:
-        if self._state != "running":
+        # Runtime traffic (names starting with "_") still flows while draining.
+        if self._state != "running" and not (
+            self._state == "draining" and msg.handler.startswith("_")
+        ):
             self.counters["refused_draining"] += 1
             if msg.reply:
                 self._send_error(peer, msg.msg_id, p.ErrorCode.DRAINING, "PeerDraining", "draining")

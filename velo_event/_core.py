@@ -66,8 +66,8 @@ class _Slot:
 
     __slots__ = ("active", "last", "poisons", "waiters")
 
-    def __init__(self) -> None:
-        self.last = 0
+    def __init__(self, first_generation: int) -> None:
+        self.last = first_generation - 1
         self.active = 0
         self.waiters: _Waiters | None = None
         self.poisons: dict[int, str] | None = None
@@ -85,9 +85,18 @@ def _wake(waiters: _Waiters, reason: str | None) -> None:
 class EventCore:
     """All slots of one event system (one ``worker_id``)."""
 
-    def __init__(self, system_id: int, *, local: bool) -> None:
+    def __init__(self, system_id: int, *, local: bool, first_generation: int = 1) -> None:
+        """``first_generation`` > 1 marks every lower generation (but 0) as minted by an
+        earlier incarnation of the same system id: such handles read as poisoned with
+        :attr:`stale_reason`, never as a success."""
         if not 0 < system_id < 1 << 64:
             raise ValueError(f"system id must be a non-zero 64-bit integer, got {system_id}")
+        if not 1 <= first_generation < MAX_GENERATION:
+            raise ValueError(f"first_generation must be in 1..{MAX_GENERATION - 1}")
+        self._first_generation = first_generation
+        self.stale_reason: Final = (
+            f"handle minted by an earlier incarnation of worker {system_id:#x}"
+        )
         self.system_id: Final = system_id
         self.local: Final = local
         self._prefix = system_id << 64 | (LOCAL_FLAG << 32 if local else 0)
@@ -142,14 +151,18 @@ class EventCore:
         if generation <= slot.last:
             if slot.poisons is not None and generation in slot.poisons:
                 return None  # poison after poison: the first reason stands
+            if 0 < generation < self._first_generation:
+                raise InvalidGenerationError(f"{self.stale_reason}: {EventHandle.from_int(handle)}")
             raise AlreadyTriggeredError(
                 f"Event {EventHandle.from_int(handle)} generation {generation} "
                 "already completed successfully"
             )
         raise self._invalid_generation(handle, slot)
 
-    @staticmethod
-    def _outcome(slot: _Slot, generation: int) -> str | None:
+    def _outcome(self, slot: _Slot, generation: int) -> str | None:
+        """The outcome of a completed generation (``generation <= slot.last``)."""
+        if 0 < generation < self._first_generation:
+            return self.stale_reason
         poisons = slot.poisons
         return poisons.get(generation) if poisons is not None else None
 
@@ -173,7 +186,7 @@ class EventCore:
                     raise EventError(
                         f"Local event index space exhausted ({self._max_index + 1} entries)"
                     )
-                slot = _Slot()
+                slot = _Slot(self._first_generation)
                 self._slots.append(slot)
             slot.active = generation = slot.last + 1
         finally:

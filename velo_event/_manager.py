@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Final
 
 from ._awaiter import READY_AWAITER, EventAwaiter
-from ._core import PENDING, EventCore
+from ._core import PENDING, EventCore, Outcome, WakeCallback
 from ._errors import EventError, EventPoison, EventStatus
 from ._handle import EventHandle
 from ._merge import start_merge
@@ -231,12 +231,29 @@ class CoreEventManager(EventManager):
     def new_event(self) -> Event:
         return Event(self, self._core.new_event())
 
+    # Where a handle's state lives. A subclass that serves other workers' handles too (the
+    # distributed manager of velo_am) overrides these four and inherits everything else.
+
+    def _awaitable(self, handle: EventHandle) -> Outcome:
+        return self._core.awaitable(handle)
+
+    def _status(self, handle: EventHandle) -> Outcome:
+        return self._core.status(handle)
+
+    def _add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+        return self._core.add_waiter(handle, key, callback)
+
+    def _remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
+        self._core.remove_waiter(handle, key)
+
+    def _check_inputs(self, handles: list[EventHandle]) -> None:
+        self._core.check_owned(handles)
+
     def awaiter(self, handle: EventHandle) -> EventAwaiter:
-        core = self._core
-        outcome = core.awaitable(handle)
+        outcome = self._awaitable(handle)
         if outcome is None:
             return READY_AWAITER
-        return EventAwaiter(handle, outcome, core.add_waiter, core.remove_waiter)
+        return EventAwaiter(handle, outcome, self._add_waiter, self._remove_waiter)
 
     def trigger(self, handle: EventHandle) -> None:
         self._core.trigger(handle)
@@ -248,7 +265,7 @@ class CoreEventManager(EventManager):
         self._core.poison_soon(handle, reason)
 
     def poll(self, handle: EventHandle) -> EventStatus:
-        outcome = self._core.status(handle)
+        outcome = self._status(handle)
         if outcome is None:
             return EventStatus.READY
         if outcome is PENDING:
@@ -257,7 +274,7 @@ class CoreEventManager(EventManager):
 
     def poison_reason(self, handle: EventHandle) -> str | None:
         """The reason the handle's generation was poisoned with, or ``None``."""
-        outcome = self._core.status(handle)
+        outcome = self._status(handle)
         return outcome if isinstance(outcome, str) else None
 
     def merge_events(
@@ -266,9 +283,8 @@ class CoreEventManager(EventManager):
         inputs = list(handles)
         if not inputs:
             raise EventError("Cannot merge empty event list")
-        self._core.check_owned(inputs)
-        core = self._core
-        return start_merge(core, inputs, fail_fast, core.add_waiter, core.remove_waiter)
+        self._check_inputs(inputs)
+        return start_merge(self._core, inputs, fail_fast, self._add_waiter, self._remove_waiter)
 
     def force_shutdown(self, reason: str) -> None:
         self._core.force_shutdown(reason)
@@ -279,14 +295,14 @@ class CoreEventManager(EventManager):
                 "wait() would block the running event loop; use `await manager.awaiter(handle)`"
             )
         waiter = _ThreadWaiter()
-        outcome = self._core.add_waiter(handle, waiter, waiter.wake)
+        outcome = self._add_waiter(handle, waiter, waiter.wake)
         if outcome is PENDING:
             if waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
                 outcome = waiter.reasons[0]
             else:
-                self._core.remove_waiter(handle, waiter)
+                self._remove_waiter(handle, waiter)
                 # Completed meanwhile, its wake-up maybe not delivered yet: the outcome stands.
-                outcome = waiter.reasons[0] if waiter.reasons else self._core.status(handle)
+                outcome = waiter.reasons[0] if waiter.reasons else self._status(handle)
                 if outcome is PENDING:
                     raise TimeoutError(f"event {handle} still pending after {timeout} s")
         if outcome is not None:

@@ -646,7 +646,9 @@ class Worker:
                 peer.state = "draining"
         elif isinstance(msg, p.Goodbye):
             self._send_quietly(peer, p.Heartbeat(*self._envelope(peer)))  # the goodbye's ack
-            self._lose(peer, "closed", state="closed")
+            # After the sync handlers already queued for this peer's earlier messages (its
+            # last event updates among them): they arrived first, so they land first.
+            self._loop.call_soon(self._lose, peer, "closed", "closed")  # type: ignore[union-attr]
         elif isinstance(msg, p.EventMessage):
             self._log.warning("event", "no events layer for %s", msg)
 
@@ -916,7 +918,7 @@ class Worker:
 
     # -- liveness -------------------------------------------------------------------------
 
-    def _lose(self, peer: _Peer, reason: str, *, state: str) -> None:
+    def _lose(self, peer: _Peer, reason: str, state: str) -> None:
         if peer.state in ("lost", "closed"):
             return
         peer.state = state

@@ -1,0 +1,234 @@
+"""Distributed events over the in-process fake transport: the protocol's corner cases."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from support import wait_until
+
+from velo_am import Worker
+from velo_am._transport import FakeNetwork
+from velo_event import (
+    EventPoison,
+    EventStatus,
+    ForeignHandleError,
+    InvalidGenerationError,
+    LocalEventSystem,
+    UnknownEventError,
+)
+
+FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.3, "handshake_timeout": 0.5}
+
+
+@pytest.fixture
+def network() -> FakeNetwork:
+    return FakeNetwork()
+
+
+@pytest.fixture
+async def mesh(network: FakeNetwork) -> AsyncIterator[Callable[..., Any]]:
+    workers: list[Worker] = []
+
+    async def make(*ids: int, **options: Any) -> list[Worker]:
+        made = []
+        for worker_id in ids:
+            worker = Worker(worker_id, transport=network.transport(), **{**FAST, **options})
+            await worker.start()
+            for other in workers:
+                await worker.connect(other.address)
+            workers.append(worker)
+            made.append(worker)
+        return made
+
+    yield make
+    for worker in workers:
+        await worker.close(grace=0)
+
+
+async def poisoned(awaitable: Any) -> str:
+    with pytest.raises(EventPoison) as caught:
+        await asyncio.wait_for(awaitable, 5)
+    return caught.value.reason
+
+
+async def test_many_local_waiters_one_subscription(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    event = b.events.new_event()
+    waiters = [asyncio.ensure_future(a.events.awaiter(event.handle)) for _ in range(5)]
+    await wait_until(lambda: b.events.stats()["served"] == 1)
+    event.trigger()
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert a.events.stats()["subscriptions_sent"] == 1
+    assert a.events.poll(event.handle) is EventStatus.READY
+    assert b.events.stats()["served"] == 0  # the owner's bookkeeping is dropped on completion
+
+
+async def test_late_subscription_gets_the_original_reason(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    ready, failed = b.events.new_event(), b.events.new_event()
+    ready.trigger()
+    failed.poison("weights checksum mismatch")
+    await asyncio.wait_for(a.events.awaiter(ready.handle), 5)
+    assert await poisoned(a.events.awaiter(failed.handle)) == "weights checksum mismatch"
+
+
+async def test_known_completions_resolve_without_traffic(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    event = b.events.new_event()
+    event.trigger()
+    await asyncio.wait_for(a.events.awaiter(event.handle), 5)
+    sent = a.stats()["messages_out"]
+    await a.events.awaiter(event.handle)
+    awaiter = a.events.awaiter(event.handle)
+    await awaiter
+    assert a.stats()["messages_out"] == sent
+
+
+async def test_past_generations_answer_their_own_outcome(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    first = b.events.new_event()
+    first.poison("gen one failed")
+    second = b.events.new_event()  # the same slot, next generation
+    assert second.handle.index == first.handle.index
+    second.trigger()
+    await asyncio.wait_for(a.events.awaiter(second.handle), 5)
+    assert await poisoned(a.events.awaiter(first.handle)) == "gen one failed"
+
+
+async def test_remote_trigger_and_poison_both_forms(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    fired, confirmed, poisoned_event = (b.events.new_event() for _ in range(3))
+    a.events.trigger(fired.handle)  # fire-and-forget
+    await wait_until(lambda: b.events.poll(fired.handle) is EventStatus.READY)
+    await a.events.trigger_confirmed(confirmed.handle)
+    assert b.events.poll(confirmed.handle) is EventStatus.READY
+    with pytest.raises(InvalidGenerationError):
+        await a.events.trigger_confirmed(confirmed.handle)
+    await a.events.poison_confirmed(poisoned_event.handle, "from afar")
+    assert b.events.poison_reason(poisoned_event.handle) == "from afar"
+    assert await a.events.poll_remote(poisoned_event.handle) is EventStatus.POISONED
+    unknown = confirmed.handle.with_generation(0)
+    unknown = type(unknown).from_parts(2, 999, 1)
+    with pytest.raises(UnknownEventError):
+        await a.events.trigger_confirmed(unknown)
+
+
+async def test_completing_a_remote_handle_this_worker_awaits(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    event = b.events.new_event()
+    waiter = asyncio.ensure_future(a.events.awaiter(event.handle))
+    await wait_until(lambda: b.events.stats()["served"] == 1)
+    await a.events.trigger_confirmed(event.handle)
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_merge_of_local_and_remote_handles_across_three_workers(mesh: Any) -> None:
+    a, b, c, d = await mesh(1, 2, 3, 4)
+    weights, tokenizer = a.events.new_event(), b.events.new_event()
+    config = c.events.new_event()
+    loaded = c.events.merge_events([weights.handle, tokenizer.handle])
+    ready = c.events.merge_events([loaded, config.handle])
+    waiter = asyncio.ensure_future(d.events.awaiter(ready))  # a fourth worker awaits
+    weights.trigger()
+    config.trigger()
+    assert not waiter.done()
+    tokenizer.trigger()
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_merge_reasons_and_fail_fast_with_remote_inputs(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    slow, failing = a.events.new_event(), b.events.new_event()
+    gate = a.events.merge_events([slow.handle, failing.handle])
+    fast = a.events.merge_events([slow.handle, failing.handle], fail_fast=True)
+    failing.poison("tokenizer missing")
+    reason = await poisoned(a.events.awaiter(fast))
+    assert reason == f"Merge dependency {failing.handle} poisoned: tokenizer missing"
+    assert a.events.poll(gate) is EventStatus.PENDING  # waits for every input by default
+    slow.trigger()
+    assert await poisoned(a.events.awaiter(gate)) == reason
+
+
+async def test_owner_loss_poisons_waiters_naming_the_owner(mesh: Any, network: FakeNetwork) -> None:
+    a, b = await mesh(1, 2)
+    event = b.events.new_event()
+    waiter = asyncio.ensure_future(a.events.awaiter(event.handle))
+    await wait_until(lambda: b.events.stats()["served"] == 1)
+    network.filter = lambda address, frames: address != a.address  # b goes silent
+    reason = await poisoned(waiter)
+    assert reason.startswith("owner lost: worker 0x2 at fake://")
+    await wait_until(lambda: b.events.stats()["served"] == 0)  # b dropped the lost subscriber
+
+
+async def test_graceful_close_poisons_remote_waiters_at_once(mesh: Any) -> None:
+    a, b = await mesh(1, 2, heartbeat_timeout=30.0)
+    event = b.events.new_event()
+    waiter = asyncio.ensure_future(a.events.awaiter(event.handle))
+    await wait_until(lambda: b.events.stats()["served"] == 1)
+    await b.close()
+    assert await poisoned(waiter) == "worker 0x2 shutting down"
+
+
+async def test_unknown_owner_is_a_prompt_poison(mesh: Any) -> None:
+    (a,) = await mesh(1)
+    stranger = LocalEventSystem().new_event().handle
+    with pytest.raises(ForeignHandleError):
+        a.events.awaiter(stranger)  # local-only handles never travel
+    ghost = type(stranger).from_parts(0x77, 0, 5)
+    reason = await poisoned(a.events.awaiter(ghost))
+    assert reason.startswith("owner unreachable: unknown worker 0x77")
+
+
+async def test_a_restarted_owner_never_answers_for_its_predecessor(
+    mesh: Any, network: FakeNetwork
+) -> None:
+    (a,) = await mesh(1)
+    old = Worker(2, transport=network.transport("fake://owner"), **FAST)
+    await old.start()
+    await a.connect(old.address)
+    minted = [old.events.new_event().handle for _ in range(3)]
+    await old.close(grace=0)
+    new = Worker(2, transport=network.transport("fake://owner"), **FAST)
+    await new.start()
+    try:
+        await a.connect(new.address)
+        fresh = new.events.new_event()  # slot 0 again, at another generation
+        for handle in minted:
+            reason = await poisoned(a.events.awaiter(handle))
+            assert "earlier incarnation" in reason or "refused" in reason, reason
+        assert new.events.poll(fresh.handle) is EventStatus.PENDING
+    finally:
+        await new.close(grace=0)
+
+
+async def test_blocking_wait_from_a_thread_on_a_remote_handle(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    event = b.events.new_event()
+    outcome: list[str] = []
+
+    def wait_in_thread() -> None:
+        a.events.wait(event.handle, timeout=5)
+        outcome.append("ready")
+
+    thread = threading.Thread(target=wait_in_thread)
+    thread.start()
+    await wait_until(lambda: b.events.stats()["served"] == 1)
+    event.trigger()
+    await asyncio.to_thread(thread.join, 5)
+    assert outcome == ["ready"]
+
+
+async def test_ten_thousand_remote_events_one_subscription_each(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    events = [b.events.new_event() for _ in range(10_000)]
+    waiters = [asyncio.ensure_future(a.events.awaiter(e.handle)) for e in events]
+    await wait_until(lambda: b.events.stats()["served"] == 10_000, 20)
+    for event in events:
+        event.trigger()
+    await asyncio.wait_for(asyncio.gather(*waiters), 20)
+    assert a.events.stats()["subscriptions_sent"] == 10_000
+    assert a.events.stats()["remote_awaited"] == 0

@@ -20,11 +20,12 @@ a random generation: handles of its predecessor read as poisoned, never as a suc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from velo_event import (
@@ -76,11 +77,16 @@ class DistributedEvents(CoreEventManager):
     """
 
     def __init__(self, worker: Worker, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        # A random first generation per incarnation: a predecessor's handles read as stale.
-        first_generation = secrets.randbelow(1 << 30) + (1 << 20)
-        super().__init__(
-            EventCore(worker.worker_id, local=False, first_generation=first_generation)
+        # Per incarnation, a random index tag and a random first generation: a predecessor's
+        # handle names no slot here (unless the 8-bit tags collide) and, even then, most
+        # likely a generation never issued here. Either way it reads as stale.
+        core = EventCore(
+            worker.worker_id,
+            local=False,
+            first_generation=secrets.randbelow(1 << 30) + (1 << 20),
+            index_tag=worker.incarnation % 255 + 1,
         )
+        super().__init__(core)
         self._worker = worker
         self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
         self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
@@ -284,6 +290,9 @@ class DistributedEvents(CoreEventManager):
         key = (ctx.sender, handle)
         try:
             outcome = self._core.add_waiter(handle, key, self._notify)
+        except (UnknownEventError, InvalidGenerationError):
+            # No slot or generation of this incarnation: only a predecessor minted it.
+            outcome = self._core.stale_reason
         except EventError as error:
             outcome = f"owner refused the subscription: {error}"
         if outcome is PENDING:
@@ -314,13 +323,27 @@ class DistributedEvents(CoreEventManager):
         self.counters["updates_sent"] += 1
 
     def _on_trigger(self, payload: list[Any], ctx: CallContext) -> None:
-        self._core.trigger(EventHandle.from_bytes(payload[0]))
+        handle = EventHandle.from_bytes(payload[0])
+        with self._stale_as_invalid(handle):
+            self._core.trigger(handle)
 
     def _on_poison(self, payload: list[Any], ctx: CallContext) -> None:
-        self._core.poison(EventHandle.from_bytes(payload[0]), payload[1])
+        handle = EventHandle.from_bytes(payload[0])
+        with self._stale_as_invalid(handle):
+            self._core.poison(handle, payload[1])
+
+    @contextlib.contextmanager
+    def _stale_as_invalid(self, handle: EventHandle) -> Iterator[None]:
+        try:
+            yield
+        except UnknownEventError:
+            raise InvalidGenerationError(f"{self._core.stale_reason}: {handle}") from None
 
     def _on_status(self, payload: bytes, ctx: CallContext) -> list[Any]:
-        outcome = self._core.status(EventHandle.from_bytes(payload))
+        try:
+            outcome = self._core.status(EventHandle.from_bytes(payload))
+        except UnknownEventError:
+            outcome = self._core.stale_reason
         if outcome is PENDING:
             return [0, None]
         return [1, None] if outcome is None else [2, outcome]

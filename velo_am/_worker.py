@@ -925,7 +925,7 @@ class Worker:
         self._membership_changed.set()
         self.counters["peers_lost"] += 1
         text = f"{peer.describe()} {reason}"
-        logger.warning("peer %s", text)
+        (logger.info if state == "closed" else logger.warning)("peer %s", text)
         for msg_id in list(peer.calls):
             future = self._calls[msg_id][0]
             if not future.done():

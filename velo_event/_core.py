@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 MAX_REASON_LENGTH: Final = 16 * 1024
 
 _U32: Final = 0xFFFF_FFFF
+# A tagged core keeps the tag in the top 8 of the 31 index bits (8 M slots remain).
+_TAG_SHIFT: Final = 23
+_MAX_TAG: Final = 255
 
 
 class _Pending:
@@ -85,9 +88,13 @@ def _wake(waiters: _Waiters, reason: str | None) -> None:
 class EventCore:
     """All slots of one event system (one ``worker_id``)."""
 
-    def __init__(self, system_id: int, *, local: bool, first_generation: int = 1) -> None:
-        """``first_generation`` > 1 marks every lower generation (but 0) as minted by an
-        earlier incarnation of the same system id: such handles read as poisoned with
+    def __init__(
+        self, system_id: int, *, local: bool, first_generation: int = 1, index_tag: int = 0
+    ) -> None:
+        """For a system id that outlives its process (a worker restarted under the same id):
+        ``index_tag`` (1..255) fills the top bits of every slot index, so handles of another
+        incarnation name no slot here, and ``first_generation`` > 1 marks every lower
+        generation (but 0) as not issued here; such handles read as poisoned with
         :attr:`stale_reason`, never as a success."""
         if not 0 < system_id < 1 << 64:
             raise ValueError(f"system id must be a non-zero 64-bit integer, got {system_id}")
@@ -99,14 +106,17 @@ class EventCore:
         )
         self.system_id: Final = system_id
         self.local: Final = local
+        if not 0 <= index_tag <= _MAX_TAG:
+            raise ValueError(f"index_tag must be in 0..{_MAX_TAG}")
         self._prefix = system_id << 64 | (LOCAL_FLAG << 32 if local else 0)
+        self._prefix |= index_tag << (32 + _TAG_SHIFT)
         self._slots: list[_Slot] = []
         self._free: deque[int] = deque()
         self._lock = threading.Lock()
         self._shutdown_reason: str | None = None
         # Poisons requested by garbage-collected guards while the lock was busy (see poison_soon).
         self._deferred: deque[tuple[EventHandle, str]] = deque()
-        self._max_index = MAX_INDEX
+        self._max_index = (1 << _TAG_SHIFT) - 2 if index_tag else MAX_INDEX
 
     # -- lookups (call with the lock held) -------------------------------------------------
 

@@ -1,0 +1,121 @@
+"""A start-up gated on a precondition graph that spans four processes.
+
+    python examples/precondition_graph.py --role weights --bind tcp://127.0.0.1:5800
+    python examples/precondition_graph.py --role tokenizer --seed tcp://127.0.0.1:5800
+    python examples/precondition_graph.py --role merge --seed tcp://127.0.0.1:5800
+    python examples/precondition_graph.py --role serve --seed tcp://127.0.0.1:5800
+
+The ``weights`` (worker 0xa) and ``tokenizer`` (0xb) loaders each own an event, completed when
+their loading ends (``--delay S``) — or poisoned with ``--fail REASON``. ``merge`` (0xc) asks
+both loaders for their handles, merges them into an event of its own and prints ``MERGED
+<handle>``. ``serve`` (0xd) asks ``merge`` for the merged handle, awaits it and prints
+``SERVING after <seconds>`` or ``POISONED <reason>``, then exits. Handles travel as 16 bytes in
+call results; every other role prints ``READY <id> <address>`` and serves until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from velo_am import CallContext, PeerUnreachable, Worker
+from velo_event import EventHandle, EventPoison
+
+WORKER_IDS = {"weights": 0xA, "tokenizer": 0xB, "merge": 0xC, "serve": 0xD}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", required=True, choices=WORKER_IDS)
+    parser.add_argument("--bind", default="tcp://127.0.0.1:0")
+    parser.add_argument("--seed", action="append", default=[], help="a member's address")
+    parser.add_argument("--delay", type=float, default=0.5, help="loading time (s)")
+    parser.add_argument("--fail", metavar="REASON", help="a loader fails with REASON")
+    parser.add_argument("--heartbeat-timeout", type=float, default=5.0, help="liveness (s)")
+    parser.add_argument("--timeout", type=float, default=20.0, help="to find the other roles")
+    return parser.parse_args()
+
+
+async def call_member(worker: Worker, member: int, name: str, timeout: float) -> Any:
+    """Call a member by id once the mesh join has reached it (members may start in any order)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await worker.call(member, name)
+            except PeerUnreachable:
+                await asyncio.sleep(0.1)
+
+
+def load(worker: Worker, args: argparse.Namespace) -> None:
+    """A loader: its event is ready once loading ends (after ``--delay``), poisoned if it fails."""
+    event = worker.events.new_event()
+
+    @worker.handler("handle")
+    def handle(payload: Any, ctx: CallContext) -> bytes:
+        return event.handle.to_bytes()  # 16 bytes: msgpack has no 128-bit integers
+
+    def loaded() -> None:
+        if args.fail is None:
+            event.trigger()
+            print(f"LOADED {args.role}", flush=True)
+        else:
+            event.poison(args.fail)
+            print(f"FAILED {args.role}: {args.fail}", flush=True)
+
+    print(f"HANDLE {event.handle}", flush=True)
+    asyncio.get_running_loop().call_later(args.delay, loaded)  # loading, simulated
+
+
+async def merge(worker: Worker, args: argparse.Namespace) -> None:
+    """The merge: one event of this worker over the loaders' events on two other workers."""
+    merged: asyncio.Future[EventHandle] = asyncio.get_running_loop().create_future()
+
+    @worker.handler("merged")
+    async def merged_handle(payload: Any, ctx: CallContext) -> bytes:
+        return (await merged).to_bytes()
+
+    inputs = [
+        EventHandle.from_bytes(await call_member(worker, WORKER_IDS[role], "handle", args.timeout))
+        for role in ("weights", "tokenizer")
+    ]
+    merged.set_result(worker.events.merge_events(inputs))
+    print(f"MERGED {merged.result()} from {' '.join(map(str, inputs))}", flush=True)
+
+
+async def serve(worker: Worker, args: argparse.Namespace) -> None:
+    """The server: waits on the merged event, wherever its inputs live."""
+    started = time.perf_counter()
+    gate = await call_member(worker, WORKER_IDS["merge"], "merged", args.timeout)
+    try:
+        await worker.events.awaiter(EventHandle.from_bytes(gate))
+    except EventPoison as poison:
+        print(f"POISONED {poison.reason}", flush=True)
+    else:
+        print(f"SERVING after {time.perf_counter() - started:.2f} s", flush=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    timeout = args.heartbeat_timeout
+    async with Worker(
+        WORKER_IDS[args.role],
+        bind=args.bind,
+        peers=args.seed,
+        heartbeat_interval=min(1.0, timeout / 5),
+        heartbeat_timeout=timeout,
+    ) as worker:
+        print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
+        if args.role == "serve":
+            await serve(worker, args)
+            return
+        if args.role == "merge":
+            await merge(worker, args)
+        else:
+            load(worker, args)
+        await worker.serve_forever()  # the others may still need this worker's events
+    print("CLOSED", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

@@ -4,11 +4,12 @@ The worker's own events live in a local :class:`~velo_event._core.EventCore` who
 carry the worker id. Any other distributed handle is served by its owner over runtime
 handlers:
 
-* ``_ev.sub`` (subscriber → owner, once per handle however many local waiters): the owner
-  registers a waiter and answers with ``_ev.done`` when the generation completes — at once if
-  it already has, with the original poison reason either way.
-* ``_ev.done`` (owner → subscriber): ``[handle, reason or None]``; resolves every local waiter
-  of that handle and enters a bounded cache, so later awaits need no traffic.
+* ``_ev.updates``: a list of items, each ``[0, handle]`` (subscribe: subscriber → owner, once
+  per handle however many local waiters) or ``[1, handle, reason or None]`` (done: owner →
+  subscriber, when the generation completes — at once if it already has — with the original
+  poison reason). A done item resolves every local waiter of the handle and enters a bounded
+  cache, so later awaits need no traffic. Items for one peer queued during one loop
+  iteration travel as one message.
 * ``_ev.trigger`` / ``_ev.poison`` / ``_ev.status``: remote completion and polling.
 
 When an owner is lost (heartbeats), closes or cannot be reached, every local waiter on its
@@ -94,10 +95,12 @@ class DistributedEvents(CoreEventManager):
         self._cache_size = cache_size
         # Owner side: what each subscriber waits on here, dropped when it completes or is lost.
         self._served: dict[int, set[EventHandle]] = {}
+        # Subscribe/done items per peer, flushed as one message per loop iteration.
+        self._outbox: dict[int, list[list[Any]]] = {}
+        self._flush_scheduled = False
         self.counters = {"subscriptions_sent": 0, "updates_received": 0, "updates_sent": 0}
         for name, handler in (
-            ("_ev.sub", self._on_subscribe),
-            ("_ev.done", self._on_done),
+            ("_ev.updates", self._on_updates),
             ("_ev.trigger", self._on_trigger),
             ("_ev.poison", self._on_poison),
             ("_ev.status", self._on_status),
@@ -241,28 +244,62 @@ class DistributedEvents(CoreEventManager):
 
     # -- subscriber side -------------------------------------------------------------------
 
+    def _post(self, peer_id: int, item: list[Any]) -> bool:
+        """Queue an update item for a connected peer; one callback per loop iteration sends
+        each peer's items as one message (half the messages under load). False if the peer
+        is not connected now."""
+        if not self._worker.is_connected(peer_id):
+            return False
+        items = self._outbox.get(peer_id)
+        if items is None:
+            self._outbox[peer_id] = [item]
+        else:
+            items.append(item)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._worker._loop.call_soon(self._flush)  # type: ignore[union-attr]
+        return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, {}
+        for peer_id, items in outbox.items():
+            try:
+                self._worker.send_nowait(peer_id, "_ev.updates", items)
+            except AMError as error:
+                logger.info("cannot send event updates to worker %#x: %s", peer_id, error)
+                for item in items:
+                    if item[0] == 0:  # nobody will answer these subscriptions
+                        handle = EventHandle.from_bytes(item[1])
+                        self._resolve(handle, f"owner unreachable: {error}", cache=False)
+
+    def _on_updates(self, items: list[list[Any]], ctx: CallContext) -> None:
+        for item in items:
+            if item[0] == 0:
+                self._on_subscribe(EventHandle.from_bytes(item[1]), ctx.sender)
+            else:
+                self._on_done(EventHandle.from_bytes(item[1]), item[2], ctx.sender)
+
     def _subscribe(self, owner: int, handle: EventHandle) -> None:
-        try:
-            self._worker.send_nowait(owner, "_ev.sub", handle.to_bytes())
-        except AMError:  # not connected yet: route (mesh, discovery) in the background
+        if not self._post(owner, [0, handle.to_bytes()]):
+            # Not connected yet: route (mesh, discovery) in the background.
             self._worker._spawn_background(self._subscribe_routed(owner, handle))
             return
         self.counters["subscriptions_sent"] += 1
 
     async def _subscribe_routed(self, owner: int, handle: EventHandle) -> None:
         try:
-            await self._worker.send(owner, "_ev.sub", handle.to_bytes())
+            await self._worker.send(owner, "_ev.updates", [[0, handle.to_bytes()]])
         except AMError as error:
             self._resolve(handle, f"owner unreachable: {error}", cache=False)
             return
         self.counters["subscriptions_sent"] += 1
 
-    def _on_done(self, payload: list[Any], ctx: CallContext) -> None:
-        handle = EventHandle.from_bytes(payload[0])
-        if handle >> 64 != ctx.sender:
+    def _on_done(self, handle: EventHandle, reason: str | None, sender: int) -> None:
+        if handle >> 64 != sender:
             return  # only the owner speaks for its events
         self.counters["updates_received"] += 1
-        self._resolve(handle, payload[1], cache=True)
+        self._resolve(handle, reason, cache=True)
 
     def _resolve(self, handle: EventHandle, reason: str | None, *, cache: bool) -> None:
         with self._lock:
@@ -285,9 +322,8 @@ class DistributedEvents(CoreEventManager):
 
     # -- owner side ------------------------------------------------------------------------
 
-    def _on_subscribe(self, payload: bytes, ctx: CallContext) -> None:
-        handle = EventHandle.from_bytes(payload)
-        key = (ctx.sender, handle)
+    def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
+        key = (subscriber, handle)
         try:
             outcome = self._core.add_waiter(handle, key, self._notify)
         except (UnknownEventError, InvalidGenerationError):
@@ -296,9 +332,9 @@ class DistributedEvents(CoreEventManager):
         except EventError as error:
             outcome = f"owner refused the subscription: {error}"
         if outcome is PENDING:
-            self._served.setdefault(ctx.sender, set()).add(handle)
+            self._served.setdefault(subscriber, set()).add(handle)
         else:
-            self._send_done(ctx.sender, handle, outcome)
+            self._send_done(subscriber, handle, outcome)
 
     def _notify(self, key: Hashable, reason: str | None) -> None:
         subscriber: int
@@ -315,12 +351,12 @@ class DistributedEvents(CoreEventManager):
         self._send_done(subscriber, handle, reason)
 
     def _send_done(self, subscriber: int, handle: EventHandle, reason: Outcome) -> None:
-        try:
-            self._worker.send_nowait(subscriber, "_ev.done", [handle.to_bytes(), reason])
-        except AMError as error:
-            logger.info("cannot tell worker %#x that %s completed: %s", subscriber, handle, error)
-            return
-        self.counters["updates_sent"] += 1
+        if self._post(subscriber, [1, handle.to_bytes(), reason]):
+            self.counters["updates_sent"] += 1
+        else:
+            logger.info(
+                "cannot tell worker %#x that %s completed: not connected", subscriber, handle
+            )
 
     def _on_trigger(self, payload: list[Any], ctx: CallContext) -> None:
         handle = EventHandle.from_bytes(payload[0])
@@ -369,6 +405,7 @@ class DistributedEvents(CoreEventManager):
             pending = list(self._remote)
         for handle in pending:
             self._resolve(handle, reason, cache=False)
+        self._flush()  # the poisons go out now, before the goodbye
 
     def stats(self) -> dict[str, int]:
         with self._lock:

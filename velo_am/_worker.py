@@ -539,13 +539,18 @@ class Worker:
             del self._calls[msg_id]
             peer.calls.discard(msg_id)
 
+    def is_connected(self, peer_id: int) -> bool:
+        """Whether ``peer_id`` is a live peer now (alive or draining)."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.state in ("alive", "draining")
+
     def send_nowait(self, peer_id: int, name: str, payload: Any = None) -> None:
         """:meth:`send` to a connected peer, without awaiting (for runtime layers and loop
         callbacks). Raises :class:`PeerUnreachable` if the peer is not connected now."""
         self._check_running()
-        peer = self._peers.get(peer_id)
-        if peer is None or peer.state not in ("alive", "draining"):
+        if not self.is_connected(peer_id):
             raise PeerUnreachable(f"worker {peer_id:#x} is not connected")
+        peer = self._peers[peer_id]
         body = self._pack_bounded(payload, "payload")
         msg_id = next(self._message_ids)
         frames = p.encode_request(

@@ -494,7 +494,9 @@ async def velo_benchmark(args: argparse.Namespace, cases: list[Case]) -> str:
                     case.runs.append(await run_case(case, clients, args))
                 print(f"  velo/raw repetition {repetition + 1}/{args.repeat} done", file=sys.stderr)
             header, payload = (len(frame) for frame in clients.frames)
-            return f"raw messages: 2 frames, {header} B header + {payload} B payload (as _ev.done)"
+            return (
+                f"raw messages: 2 frames, {header} B header + {payload} B payload (as _ev.updates)"
+            )
     finally:
         stop_servers(servers)
 

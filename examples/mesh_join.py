@@ -28,20 +28,22 @@ def parse_args() -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with Worker(args.id, bind=args.bind, peers=args.seed) as worker:
+    worker = Worker(args.id, bind=args.bind, peers=args.seed)
 
-        @worker.handler("whoami")
-        def whoami(payload: Any, ctx: CallContext) -> int:
-            return worker.worker_id
+    # Handlers first: once the worker joins the mesh, any member may call them.
+    @worker.handler("whoami")
+    def whoami(payload: Any, ctx: CallContext) -> int:
+        return worker.worker_id
 
-        @worker.handler("relay")
-        async def relay(path: list[int], ctx: CallContext) -> list[int]:
-            """Call the next worker of ``path`` with the rest; return the ids visited."""
-            if not path:
-                return [worker.worker_id]
-            rest: list[int] = await worker.call(path[0], "relay", path[1:])
-            return [worker.worker_id, *rest]
+    @worker.handler("relay")
+    async def relay(path: list[int], ctx: CallContext) -> list[int]:
+        """Call the next worker of ``path`` with the rest; return the ids visited."""
+        if not path:
+            return [worker.worker_id]
+        rest: list[int] = await worker.call(path[0], "relay", path[1:])
+        return [worker.worker_id, *rest]
 
+    async with worker:
         print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
         await worker.wait_for_peers(args.expect - 1, timeout=args.timeout)
         others = [peer for peer in worker.peers if peer != worker.worker_id]

@@ -68,14 +68,21 @@ def load(worker: Worker, args: argparse.Namespace) -> None:
     asyncio.get_running_loop().call_later(args.delay, loaded)  # loading, simulated
 
 
-async def merge(worker: Worker, args: argparse.Namespace) -> None:
-    """The merge: one event of this worker over the loaders' events on two other workers."""
+def serve_merged(worker: Worker) -> asyncio.Future[EventHandle]:
+    """The merge's handler, answering once the merged event exists."""
     merged: asyncio.Future[EventHandle] = asyncio.get_running_loop().create_future()
 
     @worker.handler("merged")
     async def merged_handle(payload: Any, ctx: CallContext) -> bytes:
         return (await merged).to_bytes()
 
+    return merged
+
+
+async def merge(
+    worker: Worker, args: argparse.Namespace, merged: asyncio.Future[EventHandle]
+) -> None:
+    """The merge: one event of this worker over the loaders' events on two other workers."""
     inputs = [
         EventHandle.from_bytes(await call_member(worker, WORKER_IDS[role], "handle", args.timeout))
         for role in ("weights", "tokenizer")
@@ -98,21 +105,24 @@ async def serve(worker: Worker, args: argparse.Namespace) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     timeout = args.heartbeat_timeout
-    async with Worker(
+    worker = Worker(
         WORKER_IDS[args.role],
         bind=args.bind,
         peers=args.seed,
         heartbeat_interval=min(1.0, timeout / 5),
         heartbeat_timeout=timeout,
-    ) as worker:
+    )
+    # Handlers first: once the worker joins the mesh, any member may call them.
+    if args.role in ("weights", "tokenizer"):
+        load(worker, args)
+    merged = serve_merged(worker) if args.role == "merge" else None
+    async with worker:
         print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
         if args.role == "serve":
             await serve(worker, args)
             return
-        if args.role == "merge":
-            await merge(worker, args)
-        else:
-            load(worker, args)
+        if merged is not None:
+            await merge(worker, args, merged)
         await worker.serve_forever()  # the others may still need this worker's events
     print("CLOSED", flush=True)
 

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from velo_am import CallContext, PeerUnreachable, Worker
-from velo_event import EventHandle, EventPoison
+from velo_event import Event, EventHandle, EventPoison
 
 WORKER_IDS = {"weights": 0xA, "tokenizer": 0xB, "merge": 0xC, "serve": 0xD}
 
@@ -48,7 +48,7 @@ async def call_member(worker: Worker, member: int, name: str, timeout: float) ->
                 await asyncio.sleep(0.1)
 
 
-def load(worker: Worker, args: argparse.Namespace) -> None:
+def load(worker: Worker, args: argparse.Namespace) -> Event:
     """A loader: its event is ready once loading ends (after ``--delay``), poisoned if it fails."""
     event = worker.events.new_event()
 
@@ -64,8 +64,8 @@ def load(worker: Worker, args: argparse.Namespace) -> None:
             event.poison(args.fail)
             print(f"FAILED {args.role}: {args.fail}", flush=True)
 
-    print(f"HANDLE {event.handle}", flush=True)
     asyncio.get_running_loop().call_later(args.delay, loaded)  # loading, simulated
+    return event
 
 
 def serve_merged(worker: Worker) -> asyncio.Future[EventHandle]:
@@ -113,11 +113,12 @@ async def main(args: argparse.Namespace) -> None:
         heartbeat_timeout=timeout,
     )
     # Handlers first: once the worker joins the mesh, any member may call them.
-    if args.role in ("weights", "tokenizer"):
-        load(worker, args)
+    loading = load(worker, args) if args.role in ("weights", "tokenizer") else None
     merged = serve_merged(worker) if args.role == "merge" else None
     async with worker:
         print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
+        if loading is not None:
+            print(f"HANDLE {loading.handle}", flush=True)
         if args.role == "serve":
             await serve(worker, args)
             return

@@ -32,6 +32,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import zmq
@@ -250,18 +251,23 @@ def main() -> None:
         serve_sync(args.bind, args.max_seconds)
         return
     serve = {"asyncio": serve_asyncio, "drain": serve_drain, "velo": serve_velo}[args.mode]
-    if args.profile is None:
-        asyncio.run(serve(args.bind, args.max_seconds))
+    run_profiled(serve(args.bind, args.max_seconds), args.profile)
+
+
+def run_profiled(main: Coroutine[Any, Any, None], profile: str | None) -> None:
+    """``asyncio.run(main)``, under cProfile when ``profile`` names an output file."""
+    if profile is None:
+        asyncio.run(main)
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(serve(args.bind, args.max_seconds))
+        asyncio.run(main)
     finally:
         profiler.disable()
-        profiler.dump_stats(args.profile)
+        profiler.dump_stats(profile)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from _am_peer import _QuietGracefulClose, ready, stop_event
+from _am_peer import _QuietGracefulClose, ready, run_profiled, stop_event
 
 from velo_am import CallContext, Worker
 from velo_event import Event, EventError, EventHandle
@@ -167,18 +167,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--profile", default=None, help="cProfile output file")
     args = parser.parse_args()
-    if args.profile is None:
-        asyncio.run(serve(args.bind, args.max_seconds))
-        return
-    import cProfile
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        asyncio.run(serve(args.bind, args.max_seconds))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(args.profile)
+    run_profiled(serve(args.bind, args.max_seconds), args.profile)
 
 
 if __name__ == "__main__":

@@ -95,22 +95,27 @@ class Server:
 
 
 def start_server(mode: str, bind: str, profile: str | None = None) -> Server:
+    command = [str(_PEER_SCRIPT), mode, "--bind", bind]
+    if profile is not None:
+        command += ["--profile", profile]
+    return launch_server(mode, command)
+
+
+def launch_server(name: str, arguments: list[str]) -> Server:
+    """Run ``python *arguments`` and wait (bounded) for its ``READY <address>`` line."""
     env = dict(os.environ)
     root = str(_HERE.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, str(_PEER_SCRIPT), mode, "--bind", bind]
-    if profile is not None:
-        command += ["--profile", profile]
     # Own session: a Ctrl-C in the terminal reaches only us, and we stop the servers. Their
     # stdin is a pipe from us: if we die without cleaning up, they see EOF and exit.
     process = subprocess.Popen(
-        command,
+        [sys.executable, *arguments],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
         start_new_session=True,
     )
-    server = Server(mode, process)
+    server = Server(name, process)
     assert process.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT
     line = b""
@@ -118,7 +123,7 @@ def start_server(mode: str, bind: str, profile: str | None = None) -> Server:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or process.poll() is not None:
             stop_servers([server])
-            raise RuntimeError(f"{mode} server did not start (output so far: {line!r})")
+            raise RuntimeError(f"{name} server did not start (output so far: {line!r})")
         readable, _, _ = select.select([process.stdout], [], [], remaining)
         if readable:
             chunk = process.stdout.readline()
@@ -128,7 +133,7 @@ def start_server(mode: str, bind: str, profile: str | None = None) -> Server:
     word, _, address = line.decode().strip().partition(" ")
     if word != "READY" or not address:
         stop_servers([server])
-        raise RuntimeError(f"{mode} server said {line!r}")
+        raise RuntimeError(f"{name} server said {line!r}")
     server.address = address
     return server
 

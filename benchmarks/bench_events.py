@@ -80,10 +80,8 @@ import datetime
 import importlib
 import os
 import platform
-import select
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -102,6 +100,7 @@ from bench_am import (
     ThroughputRun,
     _dealer,
     _latency,
+    launch_server,
     print_profiles,
     start_server,
     stop_servers,
@@ -130,38 +129,11 @@ MAX_WINDOW = 10_000  # well below the sockets' queue sizes (100,000)
 
 
 def start_events_peer(bind: str, profile: str | None = None) -> Server:
-    """Start ``_events_peer.py`` as bench_am starts its servers: own session, stdin a pipe
-    (EOF tells it we died), READY line read with a deadline."""
-    env = dict(os.environ)
-    root = str(_HERE.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, str(_EVENTS_PEER), "--bind", bind]
+    """Start ``_events_peer.py`` as bench_am starts its servers."""
+    command = [str(_EVENTS_PEER), "--bind", bind]
     if profile is not None:
         command += ["--profile", profile]
-    process = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True
-    )
-    server = Server("events", process)
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or process.poll() is not None:
-            stop_servers([server])
-            raise RuntimeError(f"events peer did not start (output so far: {line!r})")
-        readable, _, _ = select.select([process.stdout], [], [], remaining)
-        if readable:
-            chunk = process.stdout.readline()
-            if not chunk:
-                continue  # EOF: the poll() above notices the exit
-            line += chunk
-    word, _, address = line.decode().strip().partition(" ")
-    if word != "READY" or not address:
-        stop_servers([server])
-        raise RuntimeError(f"events peer said {line!r}")
-    server.address = address
-    return server
+    return launch_server("events", command)
 
 
 # -- clients -----------------------------------------------------------------------------------

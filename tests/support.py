@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Liveness settings for this process's worker in multi-process tests: a dead peer is lost
+#: within about a second.
+FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:

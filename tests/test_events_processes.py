@@ -6,41 +6,19 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Script, wait_until
+from support import FAST, Script, wait_until
 
 from velo_am import Worker
 from velo_event import EventHandle, EventPoison, EventStatus
 
 pytestmark = pytest.mark.timeout(90)
-FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
 TWO = "examples/events_two_workers.py"
 GRAPH = "examples/precondition_graph.py"
-
-
-@pytest.fixture
-def launch() -> Iterator[Callable[..., Script]]:
-    scripts: list[Script] = []
-
-    def start(*args: str) -> Script:
-        script = Script(*args)
-        scripts.append(script)
-        return script
-
-    yield start
-    for script in scripts:
-        script.reap()
-    assert all(script.process.returncode is not None for script in scripts)
-
-
-@pytest.fixture
-async def worker() -> AsyncIterator[Worker]:
-    async with Worker(**FAST) as local:  # type: ignore[arg-type]
-        yield local
 
 
 def start_owner(launch: Callable[..., Script], *args: str) -> tuple[Script, int, str, str]:

@@ -457,9 +457,14 @@ def print_table(cases: dict[str, Case]) -> None:
                 met,
             )
         )
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for i, line in enumerate([header, *lines]):
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    print_aligned([header, *lines])
+
+
+def print_aligned(rows: list[tuple[str, ...]]) -> None:
+    """Print rows as left-aligned columns, a rule under the first (the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * width for width in widths))
 

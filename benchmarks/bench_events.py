@@ -101,6 +101,7 @@ from bench_am import (
     _dealer,
     _latency,
     launch_server,
+    print_aligned,
     print_profiles,
     start_server,
     stop_servers,
@@ -687,11 +688,7 @@ def print_table(cases: list[Case], args: argparse.Namespace) -> None:
                 met,
             )
         )
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for i, line in enumerate([header, *lines]):
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * width for width in widths))
+    print_aligned([header, *lines])
 
 
 def print_runs(cases: list[Case]) -> None:

@@ -1,14 +1,16 @@
-"""Fixtures of the multi-process tests: example scripts as OS processes, and this test
-process as one more worker of the mesh."""
+"""Shared fixtures: workers on the in-process fake network; for multi-process tests, example
+scripts as OS processes and this test process as one more worker of the mesh."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
-from support import FAST, Script
+from support import FAKE_FAST, FAST, Script
 
 from velo_am import Worker
+from velo_am._transport import FakeNetwork
 
 
 @pytest.fixture
@@ -30,3 +32,25 @@ def launch() -> Iterator[Callable[..., Script]]:
 async def worker() -> AsyncIterator[Worker]:
     async with Worker(**FAST) as local:  # type: ignore[arg-type]
         yield local
+
+
+@pytest.fixture
+def network() -> FakeNetwork:
+    return FakeNetwork()
+
+
+@pytest.fixture
+async def make_worker(network: FakeNetwork) -> AsyncIterator[Callable[..., Any]]:
+    """Start workers on the in-process fake network; all are closed after the test."""
+    workers: list[Worker] = []
+
+    async def make(worker_id: int | None = None, **options: Any) -> Worker:
+        options = {**FAKE_FAST, **options}
+        worker = Worker(worker_id, transport=network.transport(), **options)
+        await worker.start()
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        await worker.close(grace=0)

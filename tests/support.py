@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Liveness settings for this process's worker in multi-process tests: a dead peer is lost
 #: within about a second.
 FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
+#: The same for in-process fake-network tests, where nothing is slow.
+FAKE_FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.3, "handshake_timeout": 0.5}
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:

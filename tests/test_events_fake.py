@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import FAKE_FAST, wait_until
 
 from velo_am import Worker
 from velo_am._transport import FakeNetwork
@@ -20,32 +20,23 @@ from velo_event import (
     LocalEventSystem,
 )
 
-FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.3, "handshake_timeout": 0.5}
-
 
 @pytest.fixture
-def network() -> FakeNetwork:
-    return FakeNetwork()
-
-
-@pytest.fixture
-async def mesh(network: FakeNetwork) -> AsyncIterator[Callable[..., Any]]:
+async def mesh(make_worker: Callable[..., Any]) -> Callable[..., Any]:
+    """Start workers that all know each other."""
     workers: list[Worker] = []
 
     async def make(*ids: int, **options: Any) -> list[Worker]:
         made = []
         for worker_id in ids:
-            worker = Worker(worker_id, transport=network.transport(), **{**FAST, **options})
-            await worker.start()
+            worker = await make_worker(worker_id, **options)
             for other in workers:
                 await worker.connect(other.address)
             workers.append(worker)
             made.append(worker)
         return made
 
-    yield make
-    for worker in workers:
-        await worker.close(grace=0)
+    return make
 
 
 async def poisoned(awaitable: Any) -> str:
@@ -185,12 +176,12 @@ async def test_a_restarted_owner_never_answers_for_its_predecessor(
     mesh: Any, network: FakeNetwork
 ) -> None:
     (a,) = await mesh(1)
-    old = Worker(2, transport=network.transport("fake://owner"), **FAST)
+    old = Worker(2, transport=network.transport("fake://owner"), **FAKE_FAST)
     await old.start()
     await a.connect(old.address)
     minted = [old.events.new_event().handle for _ in range(3)]
     await old.close(grace=0)
-    new = Worker(2, transport=network.transport("fake://owner"), **FAST)
+    new = Worker(2, transport=network.transport("fake://owner"), **FAKE_FAST)
     await new.start()
     try:
         await a.connect(new.address)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -23,29 +22,6 @@ from velo_am import (
 )
 from velo_am import _protocol as p
 from velo_am._transport import FakeNetwork
-
-FAST = {"heartbeat_interval": 0.05, "heartbeat_timeout": 0.3, "handshake_timeout": 0.5}
-
-
-@pytest.fixture
-def network() -> FakeNetwork:
-    return FakeNetwork()
-
-
-@pytest.fixture
-async def make_worker(network: FakeNetwork) -> AsyncIterator[Callable[..., Any]]:
-    workers: list[Worker] = []
-
-    async def make(worker_id: int | None = None, **options: Any) -> Worker:
-        options = {**FAST, **options}
-        worker = Worker(worker_id, transport=network.transport(), **options)
-        await worker.start()
-        workers.append(worker)
-        return worker
-
-    yield make
-    for worker in workers:
-        await worker.close(grace=0)
 
 
 async def test_connect_makes_both_sides_know_each_other(make_worker: Any) -> None:

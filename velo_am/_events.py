@@ -11,6 +11,8 @@ handlers:
   cache, so later awaits need no traffic. Items for one peer queued during one loop
   iteration travel as one message.
 * ``_ev.trigger`` / ``_ev.poison`` / ``_ev.status``: remote completion and polling.
+* ``_ev.new`` / ``_ev.merge``: create an event (or a merge) owned by this worker on behalf of
+  a process that will not stay (the CLI), returning its handle.
 
 When an owner is lost (heartbeats), closes or cannot be reached, every local waiter on its
 handles is poisoned with a reason naming it. A closing worker first poisons its own pending
@@ -26,11 +28,12 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from velo_event import (
     AlreadyTriggeredError,
+    Event,
     EventError,
     EventHandle,
     EventStatus,
@@ -54,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 #: Completed remote generations remembered, so awaiting them again costs no traffic.
 DEFAULT_CACHE_SIZE: Final = 10_000
+#: Labels are for people reading `velo-am inspect`: bounded, like poison reasons.
+MAX_LABEL_LENGTH: Final = 200
 _REMOTE_ERRORS: Final[dict[str, type[EventError]]] = {
     cls.__name__: cls
     for cls in (
@@ -98,12 +103,16 @@ class DistributedEvents(CoreEventManager):
         # Subscribe/done items per peer, flushed as one message per loop iteration.
         self._outbox: dict[int, list[list[Any]]] = {}
         self._flush_scheduled = False
+        # Labels of this worker's events, for inspection; pruned as their events complete.
+        self._labels: dict[EventHandle, str] = {}
         self.counters = {"subscriptions_sent": 0, "updates_received": 0, "updates_sent": 0}
         for name, handler in (
             ("_ev.updates", self._on_updates),
             ("_ev.trigger", self._on_trigger),
             ("_ev.poison", self._on_poison),
             ("_ev.status", self._on_status),
+            ("_ev.new", self._on_new),
+            ("_ev.merge", self._on_merge),
         ):
             worker.register_internal_handler(name, handler)
         worker.on_peer_lost(self._on_peer_lost)
@@ -171,6 +180,100 @@ class DistributedEvents(CoreEventManager):
             if waiters is not None:
                 waiters.pop(key, None)
         # The subscription stays: the owner drops it when the generation completes.
+
+    # -- creation, with labels ---------------------------------------------------------------
+
+    def new_event(self, label: str | None = None) -> Event:
+        """A new pending event owned by this worker. ``label`` names it in ``velo-am inspect``
+        and the graph views (at most 200 characters; kept while the event is pending)."""
+        event = super().new_event()
+        if label is not None:
+            self._label(event.handle, label)
+        return event
+
+    def merge_events(
+        self,
+        handles: Iterable[EventHandle],
+        *,
+        fail_fast: bool = False,
+        label: str | None = None,
+    ) -> EventHandle:
+        """A merge of any workers' handles, owned by this worker (see
+        :meth:`~velo_event.EventManager.merge_events`); ``label`` as for :meth:`new_event`."""
+        merged = super().merge_events(handles, fail_fast=fail_fast)
+        if label is not None:
+            self._label(merged, label)
+        return merged
+
+    def label_of(self, handle: EventHandle) -> str | None:
+        """The label this worker gave one of its events, while the event is pending."""
+        return self._labels.get(handle)
+
+    def _label(self, handle: EventHandle, label: str) -> None:
+        if not isinstance(label, str):
+            raise TypeError(f"a label is a str, got {type(label).__name__}")
+        with self._lock:
+            if len(self._labels) >= 2 * max(self._core.pending_count(), 1024):
+                self._prune_labels()
+            self._labels[handle] = label[:MAX_LABEL_LENGTH]
+
+    def _prune_labels(self) -> None:
+        """Drop the labels of completed events (called with ``_lock`` held)."""
+        for handle in list(self._labels):
+            if self._core.status(handle) is not PENDING:
+                del self._labels[handle]
+
+    def labels(self) -> dict[EventHandle, str]:
+        """The labels of this worker's pending events."""
+        with self._lock:
+            self._prune_labels()
+            return dict(self._labels)
+
+    def _on_new(self, payload: dict[str, Any], ctx: CallContext) -> bytes:
+        return self.new_event(payload.get("label")).handle.to_bytes()
+
+    def _on_merge(self, payload: dict[str, Any], ctx: CallContext) -> bytes:
+        handles = [EventHandle.from_bytes(data) for data in payload["handles"]]
+        merged = self.merge_events(
+            handles, fail_fast=bool(payload.get("fail_fast")), label=payload.get("label")
+        )
+        return merged.to_bytes()
+
+    async def new_event_on(
+        self, owner: int, label: str | None = None, timeout: float | None = None
+    ) -> EventHandle:
+        """Have worker ``owner`` create (and own) a new event; returns its handle. For a
+        process that will not outlive the event (a script, the CLI). Raises
+        ``PeerUnreachable``, ``PeerLost``, ``CallTimeout`` when the owner cannot answer."""
+        if owner == self._core.system_id:
+            return self.new_event(label).handle
+        data = await self._worker.call(owner, "_ev.new", {"label": label}, timeout)
+        return EventHandle.from_bytes(data)
+
+    async def merge_events_on(
+        self,
+        owner: int,
+        handles: Iterable[EventHandle],
+        *,
+        fail_fast: bool = False,
+        label: str | None = None,
+        timeout: float | None = None,
+    ) -> EventHandle:
+        """Have worker ``owner`` create (and own) a merge of ``handles``; errors as
+        :meth:`new_event_on`, plus the owner's ``EventError`` for an empty merge."""
+        inputs = list(handles)
+        if owner == self._core.system_id:
+            return self.merge_events(inputs, fail_fast=fail_fast, label=label)
+        payload = {
+            "handles": [handle.to_bytes() for handle in inputs],
+            "fail_fast": fail_fast,
+            "label": label,
+        }
+        try:
+            data = await self._worker.call(owner, "_ev.merge", payload, timeout)
+        except RemoteError as error:
+            raise _REMOTE_ERRORS.get(error.error_type, EventError)(error.message) from None
+        return EventHandle.from_bytes(data)
 
     # -- remote completion -----------------------------------------------------------------
 
@@ -412,4 +515,10 @@ class DistributedEvents(CoreEventManager):
             remote = len(self._remote)
             cached = len(self._completed)
         served = sum(len(handles) for handles in self._served.values())
-        return {**self.counters, "remote_awaited": remote, "cached": cached, "served": served}
+        return {
+            **self.counters,
+            "pending": self._core.pending_count(),
+            "remote_awaited": remote,
+            "cached": cached,
+            "served": served,
+        }

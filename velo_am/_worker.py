@@ -26,6 +26,7 @@ from typing import Any, Final, TypeVar
 import msgpack  # type: ignore[import-untyped]
 
 from . import _protocol as p
+from ._config import resolve
 from ._discovery import DirectoryDiscovery, DiscoveryEntry, parse_discovery
 from ._errors import (
     AMError,
@@ -38,7 +39,15 @@ from ._errors import (
     WorkerClosed,
 )
 from ._events import DistributedEvents
-from ._handlers import CallContext, Handler, HandlerRegistry, HandlerSpec, OrderedLanes
+from ._handlers import (
+    CallContext,
+    Handler,
+    HandlerRegistry,
+    HandlerSpec,
+    HandlerStats,
+    OrderedLanes,
+)
+from ._inspect import DEFAULT_LIMIT, snapshot
 from ._transport import Link, LinkFull, Transport, ZmqTransport
 
 __all__ = ["PeerStatus", "Worker"]
@@ -52,6 +61,8 @@ _MAX_CONCURRENT_DIALS: Final = 64
 # Room left for the header frame when bounding a payload by max_message_size.
 _HEADER_ALLOWANCE: Final = 512
 PeerLostCallback = Callable[[int, str], None]
+#: Seconds a closed or lost peer stays listed in ``peers`` (at least 10 heartbeat timeouts).
+_FORGET_PEERS_AFTER: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,61 +151,71 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def _env_peers() -> tuple[str, ...]:
-    value = os.environ.get("VELO_PEERS", "")
-    return tuple(address.strip() for address in value.split(",") if address.strip())
-
-
 class Worker:
     """A worker of a velo mesh: binds one ROUTER, reaches peers by worker id, serves handlers.
 
     Use as ``async with Worker(...) as w:`` (or ``await w.start()`` / ``await w.close()``).
 
-    Options (keyword): ``heartbeat_interval`` (1.0 s), ``heartbeat_timeout`` (5.0 s: a peer
-    silent that long is lost), ``call_timeout`` (30.0 s), ``handshake_timeout`` (5.0 s),
-    ``close_grace`` (5.0 s), ``max_message_size`` (64 MiB), ``transport`` (a transport
-    object, for tests). ``discovery`` defaults to ``$VELO_DISCOVERY`` and ``peers`` to the
-    comma-separated ``$VELO_PEERS``.
+    Every option is keyword-only, and one left out (``None``) is read from its environment
+    variable, else takes its default (see :data:`velo_am._config.OPTIONS` and the README's
+    configuration table): ``worker_id`` (``VELO_WORKER_ID``, random), ``bind``
+    (``VELO_BIND``, ``tcp://127.0.0.1:0``), ``peers`` (``VELO_PEERS``, comma-separated seeds),
+    ``discovery`` (``VELO_DISCOVERY``, ``dir:PATH``), ``heartbeat_interval`` (1.0 s),
+    ``heartbeat_timeout`` (5.0 s: a peer silent that long is lost), ``call_timeout``
+    (30.0 s), ``handshake_timeout`` (5.0 s), ``close_grace`` (5.0 s), ``max_message_size``
+    (64 MiB), ``metrics_port`` (off; Prometheus exposition, needs ``velo[metrics]``),
+    ``metrics_host`` (127.0.0.1). ``transport`` replaces the ZeroMQ transport (tests).
+    Invalid values raise ``ValueError`` (naming the variable when it came from one).
     """
 
     def __init__(
         self,
         worker_id: int | None = None,
         *,
-        bind: str = "tcp://127.0.0.1:0",
-        peers: Iterable[str] = (),
+        bind: str | None = None,
+        peers: Iterable[str] | None = None,
         discovery: str | DirectoryDiscovery | None = None,
-        heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 5.0,
-        call_timeout: float = 30.0,
-        handshake_timeout: float = 5.0,
-        close_grace: float = 5.0,
-        max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE,
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
+        call_timeout: float | None = None,
+        handshake_timeout: float | None = None,
+        close_grace: float | None = None,
+        max_message_size: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
         transport: Transport | None = None,
     ) -> None:
+        worker_id = resolve("worker_id", worker_id)
         if worker_id is None:
             worker_id = secrets.randbits(64) or 1
         if isinstance(worker_id, bool) or not isinstance(worker_id, int):
             raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
         if not 0 < worker_id <= _U64:
             raise ValueError(f"worker_id must be a non-zero 64-bit integer, got {worker_id}")
+        heartbeat_interval = resolve("heartbeat_interval", heartbeat_interval)
+        heartbeat_timeout = resolve("heartbeat_timeout", heartbeat_timeout)
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
         self.worker_id: Final = worker_id
         #: Random per start of a process: tells a restarted worker from its predecessor.
         self.incarnation: Final = secrets.randbits(64) or 1
-        self._seeds = tuple(peers) or _env_peers()
-        discovery = discovery if discovery is not None else os.environ.get("VELO_DISCOVERY")
+        self._seeds = tuple(peers) if peers else resolve("peers", None)
+        discovery = resolve("discovery", discovery)
         self._discovery = parse_discovery(discovery) if isinstance(discovery, str) else discovery
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.call_timeout = call_timeout
-        self.handshake_timeout = handshake_timeout
-        self.close_grace = close_grace
-        self.max_message_size = max_message_size
-        self._transport = transport or ZmqTransport(bind, max_message_size=max_message_size)
+        self.heartbeat_interval: float = heartbeat_interval
+        self.heartbeat_timeout: float = heartbeat_timeout
+        self.call_timeout: float = resolve("call_timeout", call_timeout)
+        self.handshake_timeout: float = resolve("handshake_timeout", handshake_timeout)
+        self.close_grace: float = resolve("close_grace", close_grace)
+        self.max_message_size: int = resolve("max_message_size", max_message_size)
+        self.metrics_port: int | None = resolve("metrics_port", metrics_port)
+        self.metrics_host: str = resolve("metrics_host", metrics_host)
+        bind = resolve("bind", bind)
+        self._transport = transport or ZmqTransport(bind, max_message_size=self.max_message_size)
         self._address = ""
         self._state = "new"
+        #: ``time.monotonic()`` at :meth:`start`.
+        self.started_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._peers: dict[int, _Peer] = {}
         self._dials: dict[int, _Dial] = {}
@@ -214,11 +235,13 @@ class Worker:
         self._log = _RateLimitedLog()
         #: The mesh's events: this worker's own, and any other worker's by routing.
         self.events = DistributedEvents(self)
+        self.register_internal_handler("_inspect", self._on_inspect)
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "messages_in",
                 "messages_out",
                 "requests_handled",
+                "requests_failed",
                 "calls_sent",
                 "dropped_malformed",
                 "dropped_wrong_incarnation",
@@ -231,6 +254,12 @@ class Worker:
         )
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``draining`` (closing: refusing requests, handlers finishing),
+        ``closing`` or ``closed``."""
+        return self._state
 
     @property
     def address(self) -> str:
@@ -252,6 +281,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._address = self._transport.start(self._loop, self._on_frames)
         self._state = "running"
+        self.started_at = time.monotonic()
         self._register_in_discovery()
         self._spawn_background(self._heartbeat_loop())
         try:
@@ -386,6 +416,35 @@ class Worker:
                 self._check_running()
                 self._membership_changed.clear()
                 await self._membership_changed.wait()
+
+    async def wait_for_peer(self, worker_id: int, timeout: float | None = None) -> PeerStatus:
+        """Wait until worker ``worker_id`` is a live peer (joined through the mesh, or found
+        in discovery) and return its status. Raises :class:`PeerUnreachable` if it is not
+        within ``timeout`` seconds (default: ``handshake_timeout``), :class:`WorkerClosed`
+        if this worker closes meanwhile."""
+        timeout = self.handshake_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        looked_up = False
+        while True:
+            self._check_running()
+            peer = self._peers.get(worker_id)
+            if peer is not None and peer.state == "alive":
+                return self.peers[worker_id]
+            if not looked_up and self._discovery is not None:
+                looked_up = True
+                entry = self._discovery.lookup(worker_id)
+                if entry is not None:
+                    self._spawn_background(self._dial_quietly(entry.address))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state = "not known" if peer is None else peer.state
+                raise PeerUnreachable(
+                    f"worker {worker_id:#x} is not a live peer after {timeout} s ({state})"
+                )
+            self._membership_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._membership_changed.wait()
 
     def _alive_peer_count(self) -> int:
         return sum(1 for peer in self._peers.values() if peer.state in ("alive", "draining"))
@@ -789,45 +848,49 @@ class Worker:
         try:
             while jobs:
                 spec, peer, msg = jobs.popleft()
+                started = time.perf_counter()
                 try:
                     result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
                 except _BadRequest:
                     continue
                 except (Exception, asyncio.CancelledError) as error:
-                    self._handler_failed(spec, peer, msg, error)
+                    self._handler_failed(spec, peer, msg, error, started)
                     continue
                 if inspect.isawaitable(result):  # a sync function returning an awaitable
-                    self._spawn_handler(self._finish(spec, peer, msg, result))
+                    self._spawn_handler(self._finish(spec, peer, msg, result, started))
                 else:
-                    self._reply(spec, peer, msg, result)
+                    self._reply(spec, peer, msg, result, started)
         finally:
             if jobs:  # left by an escaping BaseException: the rest still run
                 self._loop.call_soon(self._run_sync_jobs)  # type: ignore[union-attr]
 
     async def _run(self, spec: HandlerSpec, peer: _Peer, msg: p.Request) -> None:
+        started = time.perf_counter()
         try:
             result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
         except _BadRequest:
             return
         except Exception as error:
-            self._handler_failed(spec, peer, msg, error)
+            self._handler_failed(spec, peer, msg, error, started)
             return
-        await self._finish(spec, peer, msg, result)
+        await self._finish(spec, peer, msg, result, started)
 
-    async def _finish(self, spec: HandlerSpec, peer: _Peer, msg: p.Request, result: Any) -> None:
+    async def _finish(
+        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, result: Any, started: float
+    ) -> None:
         try:
             if inspect.isawaitable(result):
                 result = await result
         except Exception as error:
-            self._handler_failed(spec, peer, msg, error)
+            self._handler_failed(spec, peer, msg, error, started)
             return
         except asyncio.CancelledError as error:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the worker is cancelling this handler (close): not the handler's doing
-            self._handler_failed(spec, peer, msg, error)
+            self._handler_failed(spec, peer, msg, error, started)
             return
-        self._reply(spec, peer, msg, result)
+        self._reply(spec, peer, msg, result, started)
 
     @staticmethod
     def _context(peer: _Peer, msg: p.Request) -> CallContext:
@@ -843,15 +906,20 @@ class Worker:
                 )
             raise _BadRequest from error
 
-    def _reply(self, spec: HandlerSpec, peer: _Peer, msg: p.Request, result: Any) -> None:
-        self.counters["requests_handled"] += 1
+    def _reply(
+        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, result: Any, started: float
+    ) -> None:
         if not msg.reply:
+            self.counters["requests_handled"] += 1
+            spec.timer.record(time.perf_counter() - started, False)
             return
         try:
             body = self._pack_bounded(result, "result")
         except (TypeError, ValueError) as error:
-            self._handler_failed(spec, peer, msg, error)
+            self._handler_failed(spec, peer, msg, error, started)
             return
+        self.counters["requests_handled"] += 1
+        spec.timer.record(time.perf_counter() - started, False)
         frames = p.encode_response(
             self.worker_id, self.incarnation, peer.incarnation, msg.msg_id, body
         )
@@ -861,8 +929,15 @@ class Worker:
             self._log.warning("send", "dropping the response to %#x: %s", peer.worker_id, error)
 
     def _handler_failed(
-        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, error: BaseException
+        self,
+        spec: HandlerSpec,
+        peer: _Peer,
+        msg: p.Request,
+        error: BaseException,
+        started: float,
     ) -> None:
+        self.counters["requests_failed"] += 1
+        spec.timer.record(time.perf_counter() - started, True)
         if not msg.reply:
             logger.error(
                 "handler %r failed on a send from %#x",
@@ -946,12 +1021,15 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         tick = min(self.heartbeat_interval, self.heartbeat_timeout / 4)
+        forget_after = max(_FORGET_PEERS_AFTER, 10 * self.heartbeat_timeout)
         last_refresh = time.monotonic()
         while self._state in ("running", "draining", "closing"):
             await asyncio.sleep(tick)
             now = time.monotonic()
             for peer in list(self._peers.values()):
                 if peer.state not in ("alive", "draining"):
+                    if now - peer.last_seen > forget_after:  # short-lived members (the CLI)
+                        del self._peers[peer.worker_id]
                     continue
                 if now - peer.last_seen > self.heartbeat_timeout:
                     self._lose(peer, f"lost: silent for {self.heartbeat_timeout} s", state="lost")
@@ -980,12 +1058,27 @@ class Worker:
     # -- introspection --------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """A snapshot of the message counters and current gauges."""
+        """A snapshot of this worker's counters (monotonic: messages, requests, drops, peers
+        lost, event subscriptions and updates) and gauges (peers alive, calls in flight,
+        handlers running, pending events, remote subscriptions); see :data:`COUNTERS` and
+        :data:`GAUGES` for every name. Call it on the worker's loop."""
         snapshot = dict(self.counters)
         snapshot["peers_alive"] = self._alive_peer_count()
         snapshot["calls_in_flight"] = len(self._calls)
         snapshot["handlers_running"] = len(self._handler_tasks)
+        for name, value in self.events.stats().items():
+            snapshot[f"events_{name}"] = value
         return snapshot
+
+    def handler_stats(self, *, internal: bool = False) -> dict[str, HandlerStats]:
+        """Per handler: runs, failures and a latency histogram (runtime ``_`` handlers too
+        with ``internal=True``)."""
+        return self._handlers.stats(internal=internal)
+
+    def _on_inspect(self, payload: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        """``velo-am inspect``: this worker's state as plain data (see ``_inspect.snapshot``)."""
+        limit = (payload or {}).get("limit", DEFAULT_LIMIT)
+        return snapshot(self, limit=limit)
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id:#x} {self._state} at {self._address or '-'}>"

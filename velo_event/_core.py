@@ -112,6 +112,7 @@ class EventCore:
         self._prefix |= index_tag << (32 + _TAG_SHIFT)
         self._slots: list[_Slot] = []
         self._free: deque[int] = deque()
+        self._retired = 0
         self._lock = threading.Lock()
         self._shutdown_reason: str | None = None
         # Poisons requested by garbage-collected guards while the lock was busy (see poison_soon).
@@ -147,7 +148,8 @@ class EventCore:
         slot.waiters = None
         if generation < MAX_GENERATION:
             self._free.append((handle - self._prefix) >> 32)
-        # else: the slot retires (generations never wrap); old handles keep answering.
+        else:  # the slot retires (generations never wrap); old handles keep answering
+            self._retired += 1
         return waiters
 
     def _poison_locked(self, handle: int, reason: str) -> _Waiters | None:
@@ -382,6 +384,28 @@ class EventCore:
     @property
     def shutdown_reason(self) -> str | None:
         return self._shutdown_reason
+
+    def pending_count(self) -> int:
+        """Events pending now (a snapshot: other threads may change it at once)."""
+        if self._shutdown_reason is not None:
+            return 0
+        return len(self._slots) - len(self._free) - self._retired
+
+    def pending_waiters(self) -> list[tuple[EventHandle, list[Hashable]]]:
+        """Every pending event and the keys of its waiters, for inspection (O(slots))."""
+        try:
+            with self._lock:
+                return [
+                    (
+                        int.__new__(EventHandle, self._prefix | index << 32 | slot.active),
+                        list(slot.waiters or ()),
+                    )
+                    for index, slot in enumerate(self._slots)
+                    if slot.active
+                ]
+        finally:
+            if self._deferred:
+                self._drain_deferred()
 
     def slot_count(self) -> int:
         """Slots ever allocated: the high-water mark of simultaneously pending events."""

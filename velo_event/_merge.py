@@ -11,12 +11,13 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 from ._core import MAX_REASON_LENGTH, PENDING, EventCore, Outcome, WakeCallback, cap_reason
 from ._errors import EventError
 from ._handle import EventHandle
 
-__all__ = ["merge_reason", "start_merge"]
+__all__ = ["MergeView", "merge_reason", "merge_view", "start_merge"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,28 @@ class _Merge:
         if self.remaining:  # fail-fast decided: inputs still pending keep a waiter of ours
             self.release()
         _complete(self.core, self.handle, outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeView:
+    """What inspection shows of a pending merge: its handle, its inputs, and the positions of
+    the inputs that failed so far."""
+
+    handle: EventHandle
+    inputs: Sequence[EventHandle]
+    failed: frozenset[int]
+    fail_fast: bool
+
+
+def merge_view(key: Hashable) -> tuple[MergeView, int] | None:
+    """If ``key`` is a waiter key of a merge (it waits on one of the merge's inputs), that
+    merge's view and the input's position; else ``None``."""
+    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], _Merge)):
+        return None
+    merge: _Merge = key[0]
+    with merge.lock:
+        failed = frozenset(position for position, _ in merge.failures)
+    return MergeView(merge.handle, merge.inputs, failed, merge.fail_fast), key[1]
 
 
 _completing = threading.local()

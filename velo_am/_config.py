@@ -1,0 +1,114 @@
+"""Worker options: one table of every option, its default and its environment variable.
+
+A :class:`~velo_am.Worker` option given in code wins; an option left out is read from its
+environment variable, then falls back to the default. Environment variables suit the usual
+deployment, one worker per process (two workers of one process sharing ``VELO_BIND`` with a
+fixed port would collide). The README's configuration table and the CLI's flags come from
+:data:`OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["OPTIONS", "Option", "option", "resolve"]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number of seconds >= 0")
+    return value
+
+
+def _int(text: str) -> int:
+    return int(text, 0)  # 0x… hex, as worker ids are printed, or decimal
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port, 0..65535 (0: any free port)")
+    return value
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    return tuple(address.strip() for address in text.split(",") if address.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One worker option: its keyword, environment variable, default, parser and meaning."""
+
+    name: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+    #: How the default reads in docs and ``--help``.
+    default_text: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: Final = (
+    Option("worker_id", "VELO_WORKER_ID", None, _int,
+           "this worker's id, a non-zero 64-bit integer (decimal or 0x hex)", "random"),
+    Option("bind", "VELO_BIND", "tcp://127.0.0.1:0", str,
+           "the ZeroMQ endpoint to listen on (port 0: any free port)", "tcp://127.0.0.1:0"),
+    Option("peers", "VELO_PEERS", (), _addresses,
+           "seed addresses to join the mesh through (comma-separated in the variable)", "none"),
+    Option("discovery", "VELO_DISCOVERY", None, str,
+           "where workers find each other by id: dir:PATH, a shared directory", "none"),
+    Option("heartbeat_interval", "VELO_HEARTBEAT_INTERVAL", 1.0, _positive_float,
+           "seconds between heartbeats to each peer", "1.0"),
+    Option("heartbeat_timeout", "VELO_HEARTBEAT_TIMEOUT", 5.0, _positive_float,
+           "a peer silent this many seconds is lost: its calls fail, its events poison", "5.0"),
+    Option("call_timeout", "VELO_CALL_TIMEOUT", 30.0, _positive_float,
+           "default timeout of call() in seconds", "30.0"),
+    Option("handshake_timeout", "VELO_HANDSHAKE_TIMEOUT", 5.0, _positive_float,
+           "seconds to wait for a peer to answer a connection handshake", "5.0"),
+    Option("close_grace", "VELO_CLOSE_GRACE", 5.0, _non_negative_float,
+           "seconds close() lets in-flight handlers finish", "5.0"),
+    Option("max_message_size", "VELO_MAX_MESSAGE_SIZE", 64 * 1024 * 1024, _int,
+           "largest message in bytes, either way; larger payloads raise ValueError",
+           "67108864 (64 MiB)"),
+    Option("metrics_port", "VELO_METRICS_PORT", None, _port,
+           "serve Prometheus metrics on this port (needs velo[metrics]; 0: any free port)",
+           "off"),
+    Option("metrics_host", "VELO_METRICS_HOST", "127.0.0.1", str,
+           "the interface the metrics endpoint listens on", "127.0.0.1"),
+)  # fmt: skip
+
+_BY_NAME: Final = {opt.name: opt for opt in OPTIONS}
+
+
+def option(name: str) -> Option:
+    return _BY_NAME[name]
+
+
+def resolve(name: str, given: Any) -> Any:
+    """``given`` unless it is ``None``; else the environment variable's value, parsed; else
+    the default. A malformed variable raises ``ValueError`` naming it."""
+    if given is not None:
+        return given
+    opt = _BY_NAME[name]
+    text = os.environ.get(opt.env, "").strip()
+    if not text:
+        return opt.default
+    try:
+        return opt.parse(text)
+    except ValueError as error:
+        raise ValueError(f"environment variable {opt.env}={text!r}: {error}") from None

@@ -28,7 +28,7 @@ from velo_event import EventError, EventHandle, EventPoison, EventStatus
 
 from ._config import OPTIONS, option
 from ._demo import run_demo
-from ._errors import AMError
+from ._errors import AMError, RemoteError
 from ._inspect import build_graph, render_dot, render_mermaid, render_text
 from ._worker import Worker
 
@@ -117,6 +117,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+
+
 def _discovery(text: str) -> str:
     return text if text.startswith("dir:") else f"dir:{text}"
 
@@ -160,6 +167,24 @@ def _add_mesh_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--log-level``/``--log-format``, accepted before and after the command name."""
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VELO_LOG_LEVEL") if top else argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log level on stderr (default: $VELO_LOG_LEVEL, else INFO for worker, "
+        "WARNING for the rest)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("VELO_LOG_FORMAT", "text") if top else argparse.SUPPRESS,
+        choices=["text", "json"],
+        help="json: one object per line, with the structured fields (worker, peer, handle)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="velo-am",
@@ -174,30 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
         """)
         + "\n\nexit codes: 0 ok, 1 poisoned or refused, 2 wait timed out, 3 any other error",
     )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("VELO_LOG_LEVEL"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        help="log level on stderr (default: $VELO_LOG_LEVEL, else INFO for worker, "
-        "WARNING for the rest)",
-    )
-    parser.add_argument(
-        "--log-format",
-        default=os.environ.get("VELO_LOG_FORMAT", "text"),
-        choices=["text", "json"],
-        help="json: one object per line, with the structured fields (peer, handle)",
-    )
+    _add_logging_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str, examples: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+        sub = commands.add_parser(
             name,
             help=help,
             description=help,
             epilog=_examples(examples),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        _add_logging_options(sub, top=False)
+        return sub
 
     demo = command(
         "demo",
@@ -310,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, metavar="S", help="give up after S seconds (default: never)"
     )
     _add_mesh_options(wait)
+
+    call = command(
+        "call",
+        "run a handler on a worker and print its result as JSON (exit 1 if it raised)",
+        """
+        velo-am call 0x2 ping '{"n": 1}' --seed tcp://127.0.0.1:5555
+        """,
+    )
+    call.add_argument("worker", type=_worker_id, metavar="WORKER_ID")
+    call.add_argument("handler", metavar="HANDLER")
+    call.add_argument(
+        "payload", nargs="?", default="null", type=_json, metavar="JSON", help="default: null"
+    )
+    call.add_argument("--timeout", type=_seconds, metavar="S", help="default: 30")
+    _add_mesh_options(call)
 
     inspect = command(
         "inspect",
@@ -466,6 +495,23 @@ async def _cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_call(args: argparse.Namespace) -> int:
+    async with _member(args) as worker:
+        await _owner_ready(worker, args.worker, args.connect_timeout)
+        try:
+            result = await worker.call(args.worker, args.handler, args.payload, args.timeout)
+        except RemoteError as error:
+            raise CommandError(f"the handler raised {error}", EXIT_POISONED) from None
+    print(json.dumps(result, default=_bytes_as_hex))
+    return EXIT_OK
+
+
+def _bytes_as_hex(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 async def _cmd_inspect(args: argparse.Namespace) -> int:
     args.seed = [args.address]
     args.discovery = None
@@ -547,6 +593,7 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace], Any]]] = {
     "status": _cmd_status,
     "wait": _cmd_wait,
     "inspect": _cmd_inspect,
+    "call": _cmd_call,
 }
 
 

@@ -343,7 +343,13 @@ class DistributedEvents(CoreEventManager):
         try:
             await self._worker.send(owner, name, payload)
         except AMError as error:
-            logger.warning("could not forward %s to worker %#x: %s", name, owner, error)
+            logger.warning(
+                "could not forward %s to worker %#x: %s",
+                name,
+                owner,
+                error,
+                extra={"peer": f"{owner:#x}", "handle": str(EventHandle.from_bytes(payload[0]))},
+            )
 
     # -- subscriber side -------------------------------------------------------------------
 
@@ -370,7 +376,12 @@ class DistributedEvents(CoreEventManager):
             try:
                 self._worker.send_nowait(peer_id, "_ev.updates", items)
             except AMError as error:
-                logger.info("cannot send event updates to worker %#x: %s", peer_id, error)
+                logger.info(
+                    "cannot send event updates to worker %#x: %s",
+                    peer_id,
+                    error,
+                    extra={"peer": f"{peer_id:#x}"},
+                )
                 for item in items:
                     if item[0] == 0:  # nobody will answer these subscriptions
                         handle = EventHandle.from_bytes(item[1])
@@ -458,7 +469,10 @@ class DistributedEvents(CoreEventManager):
             self.counters["updates_sent"] += 1
         else:
             logger.info(
-                "cannot tell worker %#x that %s completed: not connected", subscriber, handle
+                "cannot tell worker %#x that %s completed: not connected",
+                subscriber,
+                handle,
+                extra={"peer": f"{subscriber:#x}", "handle": str(handle)},
             )
 
     def _on_trigger(self, payload: list[Any], ctx: CallContext) -> None:

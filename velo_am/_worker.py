@@ -48,6 +48,7 @@ from ._handlers import (
     OrderedLanes,
 )
 from ._inspect import DEFAULT_LIMIT, snapshot
+from ._metrics import MetricsServer, start_metrics_server
 from ._transport import Link, LinkFull, Transport, ZmqTransport
 
 __all__ = ["PeerStatus", "Worker"]
@@ -103,13 +104,15 @@ class _Dial:
 
 
 class _RateLimitedLog:
-    """At most one warning per category per second, saying how many were suppressed."""
+    """At most one warning per category per second, saying how many were suppressed. Records
+    carry the structured field ``worker`` (and ``peer`` when given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker_id: int) -> None:
+        self._worker = f"{worker_id:#x}"
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, category: str, message: str, *args: object) -> None:
+    def warning(self, category: str, message: str, *args: object, peer: int = 0) -> None:
         now = time.monotonic()
         if now - self._last.get(category, -1e9) < 1.0:
             self._suppressed[category] = self._suppressed.get(category, 0) + 1
@@ -117,7 +120,10 @@ class _RateLimitedLog:
         self._last[category] = now
         suppressed = self._suppressed.pop(category, 0)
         suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
-        logger.warning(message + suffix, *args)
+        extra = {"worker": self._worker, "category": category}
+        if peer:
+            extra["peer"] = f"{peer:#x}"
+        logger.warning(message + suffix, *args, extra=extra)
 
 
 _packers = threading.local()
@@ -210,6 +216,8 @@ class Worker:
         self.max_message_size: int = resolve("max_message_size", max_message_size)
         self.metrics_port: int | None = resolve("metrics_port", metrics_port)
         self.metrics_host: str = resolve("metrics_host", metrics_host)
+        #: The Prometheus endpoint while running with ``metrics_port`` (``.url``, ``.port``).
+        self.metrics: MetricsServer | None = None
         bind = resolve("bind", bind)
         self._transport = transport or ZmqTransport(bind, max_message_size=self.max_message_size)
         self._address = ""
@@ -232,7 +240,9 @@ class Worker:
         self._all_acked = asyncio.Event()
         self._membership_changed = asyncio.Event()
         self._closed = asyncio.Event()
-        self._log = _RateLimitedLog()
+        self._log = _RateLimitedLog(worker_id)
+        #: Structured fields of this worker's log records (``peer`` is added per record).
+        self._extra = {"worker": f"{worker_id:#x}"}
         #: The mesh's events: this worker's own, and any other worker's by routing.
         self.events = DistributedEvents(self)
         self.register_internal_handler("_inspect", self._on_inspect)
@@ -285,12 +295,14 @@ class Worker:
         self._register_in_discovery()
         self._spawn_background(self._heartbeat_loop())
         try:
+            if self.metrics_port is not None:
+                self.metrics = start_metrics_server(self, self.metrics_port, self.metrics_host)
             for seed in self._seeds:
                 await self.connect(seed)
         except BaseException:
             await self.close(grace=0)
             raise
-        logger.info("worker %#x listening on %s", self.worker_id, self._address)
+        logger.info("worker %#x listening on %s", self.worker_id, self._address, extra=self._extra)
 
     async def close(self, grace: float | None = None) -> None:
         """Stop accepting requests (callers get :class:`PeerDraining`), let in-flight handlers
@@ -344,12 +356,14 @@ class Worker:
             if self._discovery is not None:
                 with contextlib.suppress(OSError):
                     self._discovery.unregister(self.worker_id, self.incarnation)
+            if self.metrics is not None:
+                self.metrics.close()
             try:
                 await self._transport.close()
             finally:
                 self._state = "closed"
                 self._closed.set()
-                logger.info("worker %#x closed", self.worker_id)
+                logger.info("worker %#x closed", self.worker_id, extra=self._extra)
 
     async def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM (then return, so ``async with`` closes gracefully) or
@@ -626,6 +640,9 @@ class Worker:
             )
         return body
 
+    def _peer_extra(self, peer_id: int) -> dict[str, str]:
+        return {**self._extra, "peer": f"{peer_id:#x}"}
+
     def _envelope(self, peer: _Peer) -> tuple[int, int, int]:
         return (self.worker_id, self.incarnation, peer.incarnation)
 
@@ -682,7 +699,7 @@ class Worker:
         if peer is None or peer.incarnation != msg.src_incarnation:
             self.counters["dropped_unknown_peer"] += 1
             self._log.warning(
-                "unknown", "dropping %s from unknown %#x", type(msg).__name__, msg.src
+                "unknown", "dropping %s from unknown %#x", type(msg).__name__, msg.src, peer=msg.src
             )
             return
         if peer.state == "lost":
@@ -739,7 +756,9 @@ class Worker:
         dial = self._dials.pop(msg.token, None) if isinstance(msg, p.HelloAck) else None
         if msg.src == self.worker_id:
             if msg.src_incarnation != self.incarnation:
-                logger.error("another live worker uses this worker's id %#x", msg.src)
+                logger.error(
+                    "another live worker uses this worker's id %#x", msg.src, extra=self._extra
+                )
             elif dial is None:
                 dial = self._dials.pop(msg.token, None)  # our own Hello came back to us
             if dial is not None:
@@ -757,7 +776,7 @@ class Worker:
             try:
                 link = dial.link if dial is not None else self._transport.open_link(msg.address)
             except LinkFull as error:
-                self._log.warning("hello", "cannot answer %#x: %s", msg.src, error)
+                self._log.warning("hello", "cannot answer %#x: %s", msg.src, error, peer=msg.src)
                 return
             peer = _Peer(msg.src, msg.src_incarnation, msg.address, link)
             self._peers[msg.src] = peer
@@ -777,7 +796,7 @@ class Worker:
         self._learn(msg.peers)
         if joined:
             self._membership_changed.set()
-            logger.info("peer %s joined", peer.describe())
+            logger.info("peer %s joined", peer.describe(), extra=self._peer_extra(peer.worker_id))
             others = [other for other in self._peers.values() if other is not peer]
             if others:
                 known = self._known_peers()
@@ -926,7 +945,13 @@ class Worker:
         try:
             self._send_frames(peer, frames)
         except PeerUnreachable as error:
-            self._log.warning("send", "dropping the response to %#x: %s", peer.worker_id, error)
+            self._log.warning(
+                "send",
+                "dropping the response to %#x: %s",
+                peer.worker_id,
+                error,
+                peer=peer.worker_id,
+            )
 
     def _handler_failed(
         self,
@@ -944,6 +969,7 @@ class Worker:
                 spec.name,
                 peer.worker_id,
                 exc_info=error,
+                extra={**self._peer_extra(peer.worker_id), "handler": spec.name},
             )
             return
         self._send_error(
@@ -1005,7 +1031,8 @@ class Worker:
         self._membership_changed.set()
         self.counters["peers_lost"] += 1
         text = f"{peer.describe()} {reason}"
-        (logger.info if state == "closed" else logger.warning)("peer %s", text)
+        log = logger.info if state == "closed" else logger.warning
+        log("peer %s", text, extra=self._peer_extra(peer.worker_id))
         for msg_id in list(peer.calls):
             future = self._calls[msg_id][0]
             if not future.done():
@@ -1017,7 +1044,9 @@ class Worker:
             try:
                 callback(peer.worker_id, text)
             except Exception:
-                logger.exception("peer-lost callback %r failed", callback)
+                logger.exception(
+                    "peer-lost callback %r failed", callback, extra=self._peer_extra(peer.worker_id)
+                )
 
     async def _heartbeat_loop(self) -> None:
         tick = min(self.heartbeat_interval, self.heartbeat_timeout / 4)
@@ -1060,8 +1089,8 @@ class Worker:
     def stats(self) -> dict[str, int]:
         """A snapshot of this worker's counters (monotonic: messages, requests, drops, peers
         lost, event subscriptions and updates) and gauges (peers alive, calls in flight,
-        handlers running, pending events, remote subscriptions); see :data:`COUNTERS` and
-        :data:`GAUGES` for every name. Call it on the worker's loop."""
+        handlers running, pending events, remote subscriptions); every name is described in
+        ``velo_am._metrics.STAT_METRICS``. Call it on the worker's loop."""
         snapshot = dict(self.counters)
         snapshot["peers_alive"] = self._alive_peer_count()
         snapshot["calls_in_flight"] = len(self._calls)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pydot
 import pytest
+from support import ROOT, Script
 
-from tests.support import ROOT, Script
 from velo_event import EventHandle
 
 CLI_TIMEOUT = 60.0

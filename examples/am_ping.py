@@ -56,8 +56,10 @@ async def serve(args: argparse.Namespace) -> None:
         def stats(payload: Any, ctx: CallContext) -> dict[str, int]:
             return {**worker.stats(), "pid": os.getpid(), "incarnation": worker.incarnation}
 
-        print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
-        await worker.serve_forever()
+        # READY once SIGINT/SIGTERM are handled: a signal right after it closes gracefully.
+        await worker.serve_forever(
+            ready=lambda: print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
+        )
     print("CLOSED", flush=True)
 
 

@@ -65,11 +65,13 @@ async def owner(args: argparse.Namespace) -> None:
         def stats(payload: Any, ctx: CallContext) -> dict[str, int]:
             return worker.events.stats()
 
-        print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
-        print(f"HANDLE {events[0].handle}", flush=True)
+        def ready() -> None:  # once SIGINT/SIGTERM are handled
+            print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
+            print(f"HANDLE {events[0].handle}", flush=True)
+
         if args.delay is not None:
             asyncio.get_running_loop().call_later(args.delay, complete)
-        await worker.serve_forever()
+        await worker.serve_forever(ready=ready)
     print("CLOSED", flush=True)
 
 

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from support import FAKE_FAST, wait_until
 
-from velo_am import Worker
+from velo_am import AMError, Worker
 from velo_am._transport import FakeNetwork
 from velo_event import (
+    EventGuard,
+    EventHandle,
     EventPoison,
     EventStatus,
     ForeignHandleError,
@@ -221,3 +223,22 @@ async def test_ten_thousand_remote_events_one_subscription_each(mesh: Any) -> No
     await asyncio.wait_for(asyncio.gather(*waiters), 20)
     assert a.events.stats()["subscriptions_sent"] == 10_000
     assert a.events.stats()["remote_awaited"] == 0
+
+
+async def test_a_subscription_that_cannot_go_out_leaves_no_trace(network: FakeNetwork) -> None:
+    """Before start there is no loop to subscribe on: every await says so, none hangs."""
+    idle = Worker(0x5, transport=network.transport(), **FAKE_FAST)
+    remote = EventHandle.from_parts(0x6, 0, 1)
+    for _ in range(2):
+        with pytest.raises(AMError, match="not started"):
+            await asyncio.wait_for(idle.events.awaiter(remote), 5)
+    assert idle.events.stats()["remote_awaited"] == 0
+    await idle.close()
+
+
+async def test_a_dropped_guard_poisons_another_workers_event(mesh: Any) -> None:
+    a, b = await mesh(1, 2)
+    event = b.events.new_event()
+    guard = EventGuard(a.events, event.handle, "producer on worker 1 vanished")
+    del guard  # collected while armed
+    assert "vanished" in await poisoned(b.events.awaiter(event.handle))

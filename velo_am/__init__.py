@@ -2,6 +2,8 @@
 
 Workers reach each other by worker id and run named handlers on each other; a dead peer is an
 error within the liveness window, never a hang. Every public coroutine documents what it raises.
+``SyncWorker`` is the same surface with blocking methods, for plain scripts and threads; the
+``velo-am`` command line (``python -m velo_am``) runs workers, demos and inspections.
 """
 
 from ._errors import (
@@ -16,6 +18,7 @@ from ._errors import (
 )
 from ._handlers import CallContext
 from ._protocol import ProtocolError
+from ._sync import SyncEvents, SyncWorker
 from ._worker import PeerStatus, Worker
 
 __all__ = [
@@ -29,6 +32,8 @@ __all__ = [
     "PeerUnreachable",
     "ProtocolError",
     "RemoteError",
+    "SyncEvents",
+    "SyncWorker",
     "Worker",
     "WorkerClosed",
 ]

@@ -576,8 +576,9 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     except (AMError, OSError) as error:
         raise CommandError(f"cannot start the worker: {error}") from None
     try:
-        print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
-        await worker.serve_forever()
+        await worker.serve_forever(
+            ready=lambda: print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
+        )
     finally:
         await worker.close()
     print("CLOSED", flush=True)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE
+
 __all__ = ["OPTIONS", "Option", "option", "resolve"]
 
 
@@ -82,7 +84,7 @@ OPTIONS: Final = (
            "seconds to wait for a peer to answer a connection handshake", "5.0"),
     Option("close_grace", "VELO_CLOSE_GRACE", 5.0, _non_negative_float,
            "seconds close() lets in-flight handlers finish", "5.0"),
-    Option("max_message_size", "VELO_MAX_MESSAGE_SIZE", 64 * 1024 * 1024, _int,
+    Option("max_message_size", "VELO_MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE, _int,
            "largest message in bytes, either way; larger payloads raise ValueError",
            "67108864 (64 MiB)"),
     Option("metrics_port", "VELO_METRICS_PORT", None, _port,

@@ -168,7 +168,13 @@ class DistributedEvents(CoreEventManager):
             else:
                 waiters[key] = callback
         if first:
-            self._in_loop(self._subscribe, owner, handle)
+            try:
+                self._in_loop(self._subscribe, owner, handle)
+            except BaseException:
+                # No subscription went out: later waiters must not join one that never will.
+                with self._lock:
+                    self._remote.pop(handle, None)
+                raise
         return PENDING
 
     def _remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
@@ -295,6 +301,21 @@ class DistributedEvents(CoreEventManager):
             self._core.poison(handle, reason)
         else:
             self._in_loop(self._forward, owner, "_ev.poison", [handle.to_bytes(), reason])
+
+    def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
+        """A dropped guard: this worker's events are poisoned in the core (deferred if its
+        lock is busy), another worker's through its owner. Never raises, never blocks."""
+        try:
+            owner = self._owner(handle)
+            if owner is None:
+                self._core.poison_soon(handle, reason)
+            else:
+                loop = self._worker._loop
+                if loop is not None and not loop.is_closed():
+                    payload = [handle.to_bytes(), reason]
+                    loop.call_soon_threadsafe(self._forward, owner, "_ev.poison", payload)
+        except Exception:
+            logger.debug("could not poison dropped guard's event %s", handle, exc_info=True)
 
     async def trigger_confirmed(self, handle: EventHandle, timeout: float | None = None) -> None:
         """Trigger and wait for the owner's verdict: raises the owner's ``EventError``

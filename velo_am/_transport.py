@@ -185,7 +185,12 @@ class ZmqTransport:
         router.close(linger=0)
         for link in list(self._links):  # normally closed by the worker already; term needs all
             link.close(0)
-        await asyncio.to_thread(context.term)
+        try:
+            await asyncio.to_thread(context.term)
+        except RuntimeError:
+            # At interpreter exit (a worker closed by an atexit hook) executors refuse new
+            # jobs. Every socket is closed with linger 0, so term() returns at once anyway.
+            context.term()
 
 
 class _FakeLink:

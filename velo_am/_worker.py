@@ -365,14 +365,17 @@ class Worker:
                 self._closed.set()
                 logger.info("worker %#x closed", self.worker_id, extra=self._extra)
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, ready: Callable[[], object] | None = None) -> None:
         """Run until SIGINT or SIGTERM (then return, so ``async with`` closes gracefully) or
-        until the worker is closed."""
+        until the worker is closed. ``ready()`` is called once the signal handlers are in
+        place: a script that prints "ready" there can be stopped by a signal right after."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if ready is not None:
+                ready()
             closed = asyncio.ensure_future(self._closed.wait())
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)

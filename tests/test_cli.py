@@ -243,6 +243,7 @@ def test_demo_with_three_workers_exits_0() -> None:
     assert "speculative decoding POISONED" in out
     assert "draft model checkpoint not found" in out
     assert "root cause: 'draft model' on worker 0x3" in out
+    assert "problem:" not in out, "every child drained and exited 0"
     assert re.search(r"│  ├─ all weights loaded\s+ready", out), "the tree of who waited on whom"
     assert re.search(r"└─ draft model\s+POISONED", out)
     assert all(_gone(pid) for pid in _pids(demo.lines))
@@ -257,6 +258,7 @@ def test_demo_ctrl_c_stops_every_child() -> None:
         demo.expect("interrupted")
     finally:
         demo.reap()
+    assert not any("problem:" in line for line in demo.lines), "every child stopped cleanly"
     pids = _pids(demo.lines)
     assert len(pids) == 3
     assert all(_gone(pid) for pid in pids), "the demo reaps its workers before it exits"

@@ -205,14 +205,14 @@ class _Demo:
                 out("")
                 out("stopping the workers (SIGTERM: each drains and says goodbye)")
                 problems = await children.stop()
-        finally:
-            problems_on_exit = await children.stop(timeout=5.0)
-        for problem in problems + problems_on_exit:
+        except BaseException:  # interrupted or failed: every child still stops, and says so
+            for problem in await children.stop(timeout=5.0):
+                out(f"  problem: {problem}")
+            raise
+        for problem in problems:
             out(f"  problem: {problem}")
         self.summary(totals)
-        if problems:
-            return 1
-        return result
+        return 1 if problems else result
 
     async def build_and_watch(self, coordinator: Worker) -> int:
         out = self.out

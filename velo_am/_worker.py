@@ -172,6 +172,10 @@ class Worker:
     (64 MiB), ``metrics_port`` (off; Prometheus exposition, needs ``velo[metrics]``),
     ``metrics_host`` (127.0.0.1). ``transport`` replaces the ZeroMQ transport (tests).
     Invalid values raise ``ValueError`` (naming the variable when it came from one).
+
+    A ``Worker`` belongs to the event loop that started it: use it from that loop's thread
+    (``w.events`` is the exception: its operations are thread-safe). From plain threads, use
+    :class:`~velo_am.SyncWorker`.
     """
 
     def __init__(
@@ -417,6 +421,8 @@ class Worker:
 
     @property
     def peers(self) -> dict[int, PeerStatus]:
+        """Every peer this worker knows, by id (closed and lost ones for a while). Like every
+        method of ``Worker``, read it on the worker's loop; other threads use ``SyncWorker``."""
         now = time.monotonic()
         return {
             peer.worker_id: PeerStatus(
@@ -622,7 +628,8 @@ class Worker:
 
     def send_nowait(self, peer_id: int, name: str, payload: Any = None) -> None:
         """:meth:`send` to a connected peer, without awaiting (for runtime layers and loop
-        callbacks). Raises :class:`PeerUnreachable` if the peer is not connected now."""
+        callbacks, on the worker's loop: its sockets are not thread-safe). Raises
+        :class:`PeerUnreachable` if the peer is not connected now."""
         self._check_running()
         if not self.is_connected(peer_id):
             raise PeerUnreachable(f"worker {peer_id:#x} is not connected")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect as pyinspect
+import io
 import ipaddress
 import json
 import logging
@@ -600,6 +601,9 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace], Any]]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``velo-am`` entry point; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # ✔, µs, … on a terminal that cannot show them
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
     _configure_logging(level, args.log_format)
@@ -611,7 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"velo-am {args.command}: {error}", file=sys.stderr)
         return error.code
-    except (AMError, EventError, TypeError, ValueError) as error:
+    except Exception as error:  # any other error: exit 3, said in one line
+        logger.debug("velo-am %s failed", args.command, exc_info=True)
         print(f"velo-am {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

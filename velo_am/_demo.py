@@ -189,7 +189,8 @@ class _Demo:
 
     async def run(self) -> int:
         out = self.out
-        out(f"velo demo: an LLM server starting up across {self.count} worker processes")
+        noun = "process" if self.count == 1 else "processes"
+        out(f"velo demo: an LLM server starting up across {self.count} worker {noun}")
         out("")
         children = _Children()
         try:

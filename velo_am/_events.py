@@ -314,7 +314,7 @@ class DistributedEvents(CoreEventManager):
                 if loop is not None and not loop.is_closed():
                     payload = [handle.to_bytes(), reason]
                     loop.call_soon_threadsafe(self._forward, owner, "_ev.poison", payload)
-        except Exception:
+        except Exception:  # a finalizer must not raise
             logger.debug("could not poison dropped guard's event %s", handle, exc_info=True)
 
     async def trigger_confirmed(self, handle: EventHandle, timeout: float | None = None) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from velo_event import EventHandle
-from velo_event._merge import merge_view
+from velo_event._merge import MergeView, merge_view
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -88,7 +88,7 @@ class _GraphBuilder:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.edges: set[tuple[str, str]] = set()
         self.waiting: set[tuple[str, int]] = set()  # (merge handle, input position) still waiting
-        self.merges: dict[str, Any] = {}
+        self.merges: dict[str, MergeView] = {}
 
     def node(self, handle: EventHandle, status: str, reason: str | None = None) -> None:
         name = str(handle)
@@ -105,7 +105,7 @@ class _GraphBuilder:
     def edge(self, source: EventHandle, target: str) -> None:
         self.edges.add((str(source), target))
 
-    def add_merge(self, view: Any, position: int) -> None:
+    def add_merge(self, view: MergeView, position: int) -> None:
         name = str(view.handle)
         self.waiting.add((name, position))
         self.merges[name] = view

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +33,13 @@ async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None
 class Script:
     """An example script running as its own OS process, its stdout read line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, launcher: Sequence[str] = ()
+    ) -> None:
+        """``launcher`` goes before the interpreter (``ip netns exec NAME``: another host)."""
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in reap()
         self.process = subprocess.Popen(
-            [sys.executable, "-u", *args],
+            [*launcher, sys.executable, "-u", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=self._stderr,

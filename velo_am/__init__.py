@@ -17,9 +17,10 @@ from ._errors import (
     WorkerClosed,
 )
 from ._handlers import CallContext
+from ._peers import PeerStatus
 from ._protocol import ProtocolError
 from ._sync import SyncEvents, SyncWorker
-from ._worker import PeerStatus, Worker
+from ._worker import Worker
 
 __all__ = [
     "AMError",

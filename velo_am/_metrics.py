@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
-    from ._worker import PeerStatus, Worker
+    from ._peers import PeerStatus
+    from ._worker import Worker
 
 __all__ = [
     "DEFAULT_SCRAPE_TIMEOUT",

@@ -45,8 +45,9 @@ from velo_event._core import PENDING
 from ._errors import AMError, WorkerClosed
 from ._events import DistributedEvents
 from ._handlers import Handler, HandlerStats
+from ._peers import PeerStatus
 from ._sync_runtime import CLOSE_MARGIN, BlockedThread, Runtime, track
-from ._worker import PeerLostCallback, PeerStatus, Worker
+from ._worker import PeerLostCallback, Worker
 
 __all__ = ["SyncEvents", "SyncWorker"]
 

@@ -1,31 +1,25 @@
 """`Worker`: one process's endpoint in a mesh — peers, handlers, calls, liveness, shutdown.
 
 Everything runs on the event loop that started the worker: the transport hands inbound frames
-to :meth:`Worker._on_frames`, which decodes and dispatches without awaiting; handlers run as
-their own tasks; a heartbeat task watches liveness.
+to :meth:`Worker._on_frames`, which decodes and dispatches without awaiting; handlers run
+through :class:`~velo_am._execution.HandlerExecution`; a heartbeat task watches liveness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import os
 import secrets
 import signal
-import threading
 import time
-import traceback
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
-
 from . import _protocol as p
+from ._codec import pack, unpack
 from ._config import resolve
 from ._discovery import DirectoryDiscovery, DiscoveryEntry, parse_discovery
 from ._errors import (
@@ -39,19 +33,19 @@ from ._errors import (
     WorkerClosed,
 )
 from ._events import DistributedEvents
+from ._execution import HandlerExecution
 from ._handlers import (
     CallContext,
     Handler,
     HandlerRegistry,
-    HandlerSpec,
     HandlerStats,
-    OrderedLanes,
 )
 from ._inspect import DEFAULT_LIMIT, snapshot
 from ._metrics import MetricsServer, start_metrics_server
-from ._transport import Link, LinkFull, Transport, ZmqTransport
+from ._peers import Dial, Peer, PeerStatus
+from ._transport import LinkFull, Transport, ZmqTransport
 
-__all__ = ["PeerStatus", "Worker"]
+__all__ = ["PeerLostCallback", "Worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,43 +58,6 @@ _HEADER_ALLOWANCE: Final = 512
 PeerLostCallback = Callable[[int, str], None]
 #: Seconds a closed or lost peer stays listed in ``peers`` (at least 10 heartbeat timeouts).
 _FORGET_PEERS_AFTER: Final = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    """What a worker knows of one peer. ``state`` is ``alive``, ``draining``, ``lost`` or
-    ``closed``; ``silent_for`` is seconds since its last message."""
-
-    worker_id: int
-    address: str
-    incarnation: int
-    state: str
-    silent_for: float
-
-
-class _Peer:
-    __slots__ = ("address", "calls", "incarnation", "last_seen", "link", "state", "worker_id")
-
-    def __init__(self, worker_id: int, incarnation: int, address: str, link: Link) -> None:
-        self.worker_id = worker_id
-        self.incarnation = incarnation
-        self.address = address
-        self.link: Link | None = link
-        self.state = "alive"
-        self.last_seen = time.monotonic()
-        self.calls: set[int] = set()
-
-    def describe(self) -> str:
-        return f"worker {self.worker_id:#x} at {self.address}"
-
-
-class _Dial:
-    __slots__ = ("address", "future", "link")
-
-    def __init__(self, address: str, link: Link, future: asyncio.Future[int]) -> None:
-        self.address = address
-        self.link = link
-        self.future = future
 
 
 class _RateLimitedLog:
@@ -126,24 +83,6 @@ class _RateLimitedLog:
         logger.warning(message + suffix, *args, extra=extra)
 
 
-_packers = threading.local()
-
-
-def _pack(value: Any) -> bytes:
-    # A Packer reused per thread: msgpack.packb builds a new one on every call.
-    packer = getattr(_packers, "packer", None)
-    if packer is None:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    try:
-        return packer.pack(value)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as error:
-        raise TypeError(f"payload cannot be encoded with msgpack: {error}") from error
-
-
-class _BadRequest(Exception):
-    """The request's payload could not be decoded (the caller was told)."""
-
-
 class _CallExpired(Exception):
     """Set on a call's future by its timer; turned into CallTimeout by the caller."""
 
@@ -151,10 +90,6 @@ class _CallExpired(Exception):
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(_CallExpired())
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 class Worker:
@@ -229,15 +164,13 @@ class Worker:
         #: ``time.monotonic()`` at :meth:`start`.
         self.started_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._peers: dict[int, _Peer] = {}
-        self._dials: dict[int, _Dial] = {}
+        self._peers: dict[int, Peer] = {}
+        self._dials: dict[int, Dial] = {}
         self._dialing: dict[str, asyncio.Task[int]] = {}
-        self._calls: dict[int, tuple[asyncio.Future[Any], _Peer]] = {}
+        self._calls: dict[int, tuple[asyncio.Future[Any], Peer]] = {}
         self._message_ids = itertools.count(1)
         self._handlers = HandlerRegistry()
-        self._lanes = OrderedLanes(self._spawn_handler)
-        self._handler_tasks: set[asyncio.Task[None]] = set()
-        self._sync_jobs: deque[tuple[HandlerSpec, _Peer, p.Request]] = deque()
+        self._execution = HandlerExecution(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._peer_lost_callbacks: list[PeerLostCallback] = []
         self._goodbye_acks: set[int] = set()
@@ -326,7 +259,7 @@ class Worker:
             # Remote waiters on our events learn the shutdown reason before the goodbye.
             self.events.close(f"worker {self.worker_id:#x} shutting down")
             self._broadcast(lambda peer: p.Draining(*self._envelope(peer)))
-            in_flight = self._handler_tasks - {asyncio.current_task()}  # a handler closing us
+            in_flight = self._execution.tasks - {asyncio.current_task()}  # a handler closing us
             if in_flight:
                 await asyncio.wait(in_flight, timeout=grace)
             self._state = "closing"
@@ -504,7 +437,7 @@ class Worker:
             link = self._transport.open_link(address)
         except LinkFull as error:
             raise PeerUnreachable(f"cannot connect to {address}: {error}") from None
-        dial = _Dial(address, link, self._loop.create_future())
+        dial = Dial(address, link, self._loop.create_future())
         self._dials[token] = dial
         hello = p.Hello(
             self.worker_id, self.incarnation, 0, token, self._address, self._known_peers()
@@ -530,7 +463,7 @@ class Worker:
             if peer.state in ("alive", "draining")
         )
 
-    async def _route(self, worker_id: int) -> _Peer:
+    async def _route(self, worker_id: int) -> Peer:
         """The live peer for ``worker_id``, connecting through discovery if needed."""
         self._check_running()
         peer = self._peers.get(worker_id)
@@ -563,7 +496,7 @@ class Worker:
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def _live_peer(self, peer_id: int) -> _Peer:
+    async def _live_peer(self, peer_id: int) -> Peer:
         peer = self._peers.get(peer_id)
         if peer is None or peer.state != "alive" or self._state not in ("running", "draining"):
             peer = await self._route(peer_id)  # the slow path: discovery, errors, draining
@@ -643,7 +576,7 @@ class Worker:
 
     def _pack_bounded(self, value: Any, what: str) -> bytes:
         """msgpack ``value``; a message a receiver would drop fails here, loudly, instead."""
-        body = _pack(value)
+        body = pack(value)
         if len(body) + _HEADER_ALLOWANCE > self.max_message_size:
             raise ValueError(
                 f"{what} of {len(body)} bytes exceeds max_message_size ({self.max_message_size})"
@@ -653,13 +586,13 @@ class Worker:
     def _peer_extra(self, peer_id: int) -> dict[str, str]:
         return {**self._extra, "peer": f"{peer_id:#x}"}
 
-    def _envelope(self, peer: _Peer) -> tuple[int, int, int]:
+    def _envelope(self, peer: Peer) -> tuple[int, int, int]:
         return (self.worker_id, self.incarnation, peer.incarnation)
 
-    def _send(self, peer: _Peer, msg: p.Message) -> None:
+    def _send(self, peer: Peer, msg: p.Message) -> None:
         self._send_frames(peer, p.encode(msg))
 
-    def _send_frames(self, peer: _Peer, frames: list[bytes]) -> None:
+    def _send_frames(self, peer: Peer, frames: list[bytes]) -> None:
         if peer.link is None:
             raise PeerUnreachable(f"{peer.describe()} is not connected")
         try:
@@ -668,13 +601,13 @@ class Worker:
             raise PeerUnreachable(f"cannot send to {peer.describe()}: {error}") from None
         self.counters["messages_out"] += 1
 
-    def _send_quietly(self, peer: _Peer, msg: p.Message) -> None:
+    def _send_quietly(self, peer: Peer, msg: p.Message) -> None:
         try:
             self._send(peer, msg)
         except (PeerUnreachable, p.ProtocolError) as error:
             self._log.warning("send", "dropping %s: %s", type(msg).__name__, error)
 
-    def _broadcast(self, make: Callable[[_Peer], p.Message]) -> None:
+    def _broadcast(self, make: Callable[[Peer], p.Message]) -> None:
         for peer in list(self._peers.values()):
             if peer.state in ("alive", "draining") and peer.link is not None:
                 self._send_quietly(peer, make(peer))
@@ -788,7 +721,7 @@ class Worker:
             except LinkFull as error:
                 self._log.warning("hello", "cannot answer %#x: %s", msg.src, error, peer=msg.src)
                 return
-            peer = _Peer(msg.src, msg.src_incarnation, msg.address, link)
+            peer = Peer(msg.src, msg.src_incarnation, msg.address, link)
             self._peers[msg.src] = peer
         else:
             assert peer is not None
@@ -837,7 +770,7 @@ class Worker:
         with contextlib.suppress(AMError):
             await self.connect(address)
 
-    def _on_request(self, peer: _Peer, msg: p.Request) -> None:
+    def _on_request(self, peer: Peer, msg: p.Request) -> None:
         # Runtime traffic (names starting with "_") still flows while draining.
         if self._state != "running" and not (
             self._state == "draining" and msg.handler.startswith("_")
@@ -854,146 +787,11 @@ class Worker:
             else:
                 self._log.warning("handler", "no handler named %r for a send", msg.handler)
             return
-        if spec.ordered:
-            self._lanes.submit((spec.name, peer.worker_id), lambda: self._run(spec, peer, msg))
-        elif spec.is_async:
-            self._spawn_handler(self._run(spec, peer, msg))
-        else:
-            self._sync_jobs.append((spec, peer, msg))
-            if len(self._sync_jobs) == 1:
-                self._loop.call_soon(self._run_sync_jobs)  # type: ignore[union-attr]
-
-    def _spawn_handler(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
-        return task
-
-    def _run_sync_jobs(self) -> None:
-        """Sync handlers of a burst run one after another in one loop callback, scheduled after
-        the receive loop's drain: as far from the receive loop as a task each (a sync handler
-        holds the loop while it runs either way), at a fraction of the cost."""
-        jobs = self._sync_jobs
-        try:
-            while jobs:
-                spec, peer, msg = jobs.popleft()
-                started = time.perf_counter()
-                try:
-                    result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
-                except _BadRequest:
-                    continue
-                except (Exception, asyncio.CancelledError) as error:
-                    self._handler_failed(spec, peer, msg, error, started)
-                    continue
-                if inspect.isawaitable(result):  # a sync function returning an awaitable
-                    self._spawn_handler(self._finish(spec, peer, msg, result, started))
-                else:
-                    self._reply(spec, peer, msg, result, started)
-        finally:
-            if jobs:  # left by an escaping BaseException: the rest still run
-                self._loop.call_soon(self._run_sync_jobs)  # type: ignore[union-attr]
-
-    async def _run(self, spec: HandlerSpec, peer: _Peer, msg: p.Request) -> None:
-        started = time.perf_counter()
-        try:
-            result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
-        except _BadRequest:
-            return
-        except Exception as error:
-            self._handler_failed(spec, peer, msg, error, started)
-            return
-        await self._finish(spec, peer, msg, result, started)
-
-    async def _finish(
-        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, result: Any, started: float
-    ) -> None:
-        try:
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as error:
-            self._handler_failed(spec, peer, msg, error, started)
-            return
-        except asyncio.CancelledError as error:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the worker is cancelling this handler (close): not the handler's doing
-            self._handler_failed(spec, peer, msg, error, started)
-            return
-        self._reply(spec, peer, msg, result, started)
-
-    @staticmethod
-    def _context(peer: _Peer, msg: p.Request) -> CallContext:
-        return CallContext(peer.worker_id, msg.msg_id, msg.reply)
-
-    def _payload(self, peer: _Peer, msg: p.Request) -> Any:
-        try:
-            return _unpack(msg.payload)
-        except Exception as error:
-            if msg.reply:
-                self._send_error(
-                    peer, msg.msg_id, p.ErrorCode.BAD_REQUEST, type(error).__name__, str(error)
-                )
-            raise _BadRequest from error
-
-    def _reply(
-        self, spec: HandlerSpec, peer: _Peer, msg: p.Request, result: Any, started: float
-    ) -> None:
-        if not msg.reply:
-            self.counters["requests_handled"] += 1
-            spec.timer.record(time.perf_counter() - started, False)
-            return
-        try:
-            body = self._pack_bounded(result, "result")
-        except (TypeError, ValueError) as error:
-            self._handler_failed(spec, peer, msg, error, started)
-            return
-        self.counters["requests_handled"] += 1
-        spec.timer.record(time.perf_counter() - started, False)
-        frames = p.encode_response(
-            self.worker_id, self.incarnation, peer.incarnation, msg.msg_id, body
-        )
-        try:
-            self._send_frames(peer, frames)
-        except PeerUnreachable as error:
-            self._log.warning(
-                "send",
-                "dropping the response to %#x: %s",
-                peer.worker_id,
-                error,
-                peer=peer.worker_id,
-            )
-
-    def _handler_failed(
-        self,
-        spec: HandlerSpec,
-        peer: _Peer,
-        msg: p.Request,
-        error: BaseException,
-        started: float,
-    ) -> None:
-        self.counters["requests_failed"] += 1
-        spec.timer.record(time.perf_counter() - started, True)
-        if not msg.reply:
-            logger.error(
-                "handler %r failed on a send from %#x",
-                spec.name,
-                peer.worker_id,
-                exc_info=error,
-                extra={**self._peer_extra(peer.worker_id), "handler": spec.name},
-            )
-            return
-        self._send_error(
-            peer,
-            msg.msg_id,
-            p.ErrorCode.HANDLER_ERROR,
-            type(error).__name__,
-            str(error),
-            "".join(traceback.format_exception(error)),
-        )
+        self._execution.submit(spec, peer, msg)
 
     def _send_error(
         self,
-        peer: _Peer,
+        peer: Peer,
         msg_id: int,
         code: p.ErrorCode,
         error_type: str,
@@ -1009,7 +807,7 @@ class Worker:
         self._send_quietly(peer, p.ErrorResponse(*self._envelope(peer), msg_id, code, *texts))
 
     def _on_response(
-        self, peer: _Peer, msg_id: int, payload: bytes, error: p.ErrorResponse | None
+        self, peer: Peer, msg_id: int, payload: bytes, error: p.ErrorResponse | None
     ) -> None:
         entry = self._calls.get(msg_id)
         if entry is None or entry[1] is not peer or entry[0].done():
@@ -1018,7 +816,7 @@ class Worker:
         future = entry[0]
         if error is None:
             try:
-                future.set_result(_unpack(payload))
+                future.set_result(unpack(payload))
             except Exception as unpack_error:
                 future.set_exception(RemoteError("BadResponse", str(unpack_error)))
             return
@@ -1034,7 +832,7 @@ class Worker:
 
     # -- liveness -------------------------------------------------------------------------
 
-    def _lose(self, peer: _Peer, reason: str, state: str) -> None:
+    def _lose(self, peer: Peer, reason: str, state: str) -> None:
         if peer.state in ("lost", "closed"):
             return
         peer.state = state
@@ -1104,7 +902,7 @@ class Worker:
         snapshot = dict(self.counters)
         snapshot["peers_alive"] = self._alive_peer_count()
         snapshot["calls_in_flight"] = len(self._calls)
-        snapshot["handlers_running"] = len(self._handler_tasks)
+        snapshot["handlers_running"] = len(self._execution.tasks)
         for name, value in self.events.stats().items():
             snapshot[f"events_{name}"] = value
         return snapshot

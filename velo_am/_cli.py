@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn
 
 from velo_event import EventError, EventHandle, EventPoison, EventStatus
 
-from ._config import OPTIONS, option
+from ._config import OPTIONS, resolve
 from ._demo import run_demo
 from ._errors import AMError, RemoteError
 from ._inspect import build_graph, render_dot, render_mermaid, render_text
@@ -389,8 +389,8 @@ def _local_endpoint_towards(addresses: Sequence[str]) -> str:
 @contextlib.asynccontextmanager
 async def _member(args: argparse.Namespace) -> AsyncIterator[Worker]:
     """A worker for one command: joins through the seeds (or discovery), then leaves."""
-    seeds = args.seed or list(option("peers").parse(os.environ.get("VELO_PEERS", "")))
-    discovery = args.discovery or os.environ.get("VELO_DISCOVERY") or None
+    seeds = _seeds(args)
+    discovery = args.discovery or resolve("discovery", None)
     if not seeds and not discovery:
         raise CommandError("no mesh to join: give --seed ADDR or --discovery DIR")
     worker = Worker(
@@ -410,6 +410,11 @@ async def _member(args: argparse.Namespace) -> AsyncIterator[Worker]:
         await worker.close()
 
 
+def _seeds(args: argparse.Namespace) -> list[str]:
+    """``--seed`` addresses, else ``$VELO_PEERS``."""
+    return list(args.seed or resolve("peers", None))
+
+
 async def _owner_ready(worker: Worker, owner: int, timeout: float) -> None:
     if owner != worker.worker_id:
         await worker.wait_for_peer(owner, timeout)
@@ -419,7 +424,7 @@ async def _default_owner(worker: Worker, args: argparse.Namespace) -> int:
     """``--on``, else the first seed (a handshake names it)."""
     if args.on is not None:
         return int(args.on)
-    seeds = args.seed or list(option("peers").parse(os.environ.get("VELO_PEERS", "")))
+    seeds = _seeds(args)
     if not seeds:
         raise CommandError("which worker should own it? give --on WORKER_ID (or --seed ADDR)")
     return await worker.connect(seeds[0])

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE
 
-__all__ = ["OPTIONS", "Option", "option", "resolve"]
+__all__ = ["OPTIONS", "Option", "resolve"]
 
 
 def _positive_float(text: str) -> float:
@@ -95,10 +95,6 @@ OPTIONS: Final = (
 )  # fmt: skip
 
 _BY_NAME: Final = {opt.name: opt for opt in OPTIONS}
-
-
-def option(name: str) -> Option:
-    return _BY_NAME[name]
 
 
 def resolve(name: str, given: Any) -> Any:

@@ -134,25 +134,25 @@ class HandlerExecution:
     def _reply(
         self, spec: HandlerSpec, peer: Peer, msg: p.Request, result: Any, started: float
     ) -> None:
-        if not msg.reply:
-            self._worker.counters["requests_handled"] += 1
-            spec.timer.record(time.perf_counter() - started, False)
-            return
-        try:
-            body = self._worker._pack_bounded(result, "result")
-        except (TypeError, ValueError) as error:
-            self._handler_failed(spec, peer, msg, error, started)
-            return
-        self._worker.counters["requests_handled"] += 1
-        spec.timer.record(time.perf_counter() - started, False)
         worker = self._worker
+        body = b""
+        if msg.reply:
+            try:
+                body = worker._pack_bounded(result, "result")
+            except (TypeError, ValueError) as error:
+                self._handler_failed(spec, peer, msg, error, started)
+                return
+        worker.counters["requests_handled"] += 1
+        spec.timer.record(time.perf_counter() - started, False)
+        if not msg.reply:
+            return
         frames = p.encode_response(
             worker.worker_id, worker.incarnation, peer.incarnation, msg.msg_id, body
         )
         try:
-            self._worker._send_frames(peer, frames)
+            worker._send_frames(peer, frames)
         except PeerUnreachable as error:
-            self._worker._log.warning(
+            worker._log.warning(
                 "send",
                 "dropping the response to %#x: %s",
                 peer.worker_id,

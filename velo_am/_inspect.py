@@ -10,6 +10,7 @@ more workers (each worker's view of its own events wins), and :func:`render_dot`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Hashable, Iterable
@@ -249,10 +250,10 @@ def build_graph(snapshots: Iterable[dict[str, Any]]) -> Graph:
             known = graph.nodes.get(node.name)
             if known is None or (data["owner"] == reporter and known.owner != reporter):
                 if known is not None and node.label is None:
-                    node = GraphNode(**{**_fields(node), "label": known.label})
+                    node = dataclasses.replace(node, label=known.label)
                 graph.nodes[node.name] = node
             elif known.label is None and node.label is not None:
-                graph.nodes[node.name] = GraphNode(**{**_fields(known), "label": node.label})
+                graph.nodes[node.name] = dataclasses.replace(known, label=node.label)
         for source, target in snap["graph"]["edges"]:
             graph.edges.add((source, target))
     # "worker X awaits this" stands for a worker whose own view is missing; with it, the
@@ -264,10 +265,6 @@ def build_graph(snapshots: Iterable[dict[str, Any]]) -> Graph:
             owner = int(target.split()[1], 16)
             graph.nodes[target] = GraphNode(target, owner, "subscriber", "worker")
     return graph
-
-
-def _fields(node: GraphNode) -> dict[str, Any]:
-    return {name: getattr(node, name) for name in GraphNode.__slots__}
 
 
 def blocking_leaves(graph: Graph) -> list[tuple[GraphNode, int]]:

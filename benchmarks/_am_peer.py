@@ -217,7 +217,7 @@ async def serve_velo(bind: str, max_seconds: float) -> None:
     from velo_am import CallContext, Worker
 
     logging.basicConfig(format="[velo server] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("velo_am._worker").addFilter(_QuietGracefulClose())
+    logging.getLogger("velo_am._shell").addFilter(_QuietGracefulClose())
     stop = stop_event(max_seconds)
     count = 0
 

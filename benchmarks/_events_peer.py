@@ -52,7 +52,7 @@ def split_handles(blob: bytes) -> list[EventHandle]:
 
 async def serve(bind: str, max_seconds: float) -> None:
     logging.basicConfig(format="[velo events peer] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("velo_am._worker").addFilter(_QuietGracefulClose())
+    logging.getLogger("velo_am._shell").addFilter(_QuietGracefulClose())
     stop = stop_event(max_seconds)
     pairs: list[tuple[EventHandle, Event]] = []
     created: list[Event] = []

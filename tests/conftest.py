@@ -10,7 +10,7 @@ import pytest
 from support import FAKE_FAST, FAST, Script
 
 from velo_am import Worker
-from velo_am._transport import FakeNetwork
+from velo_am.transport import FakeNetwork
 
 
 @pytest.fixture

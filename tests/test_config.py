@@ -7,7 +7,7 @@ from support import ROOT
 
 from velo_am import Worker
 from velo_am._config import OPTIONS, resolve
-from velo_am._transport import FakeNetwork
+from velo_am.transport import FakeNetwork
 
 
 def test_environment_fills_what_code_leaves_out(monkeypatch: pytest.MonkeyPatch) -> None:

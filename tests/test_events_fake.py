@@ -11,7 +11,7 @@ import pytest
 from support import FAKE_FAST, wait_until
 
 from velo_am import AMError, Worker
-from velo_am._transport import FakeNetwork
+from velo_am.transport import FakeNetwork
 from velo_event import (
     EventGuard,
     EventHandle,

@@ -197,7 +197,7 @@ async def test_handler_stats_count_runs_failures_and_latency(make_worker: MakeWo
     assert (stats["echo"].calls, stats["echo"].errors) == (3, 0)
     assert (stats["fail"].calls, stats["fail"].errors) == (1, 1)
     assert 0 < stats["echo"].quantile(0.5) <= stats["echo"].max_seconds
-    assert "_ev.updates" in a.handler_stats(internal=True)
+    assert "_ev.status" in a.handler_stats(internal=True)
     assert a.stats()["requests_failed"] == 1
 
 

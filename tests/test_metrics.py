@@ -24,7 +24,7 @@ from velo_am._metrics import (
     render_metrics,
     start_metrics_server,
 )
-from velo_am._transport import FakeNetwork
+from velo_am.transport import FakeNetwork
 
 #: No heartbeat traffic during a test, so counters hold still between a scrape and stats().
 QUIET = {"heartbeat_interval": 10.0, "heartbeat_timeout": 30.0}

@@ -19,7 +19,8 @@ from velo_am._protocol import (
     Draining,
     ErrorCode,
     ErrorResponse,
-    EventMessage,
+    EventDone,
+    EventUpdates,
     Goodbye,
     Heartbeat,
     Hello,
@@ -34,9 +35,13 @@ from velo_am._protocol import (
     decode,
     encode,
 )
+from velo_event import EventHandle
 
 U64 = 2**64 - 1
 INC = 0x0123456789ABCDEF  # a typical random incarnation
+V = PROTOCOL_VERSION
+H1 = EventHandle.from_parts(2, 7, 1)
+H2 = EventHandle.from_parts(U64, 2**31 - 2, 2**32 - 1)
 
 
 def roundtrip(msg: Message) -> Message:
@@ -68,7 +73,7 @@ def decode_or_error(frames: Any) -> Message | None:
 
 
 def test_constants_and_enums() -> None:
-    assert PROTOCOL_VERSION == 1
+    assert PROTOCOL_VERSION == 2
     assert DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     assert {k.name: int(k) for k in Kind} == {
         "HELLO": 1,
@@ -80,7 +85,7 @@ def test_constants_and_enums() -> None:
         "ERROR_RESPONSE": 7,
         "GOODBYE": 8,
         "DRAINING": 9,
-        "EVENT": 16,
+        "EVENT_UPDATES": 16,
     }
     assert {c.name: int(c) for c in ErrorCode} == {
         "HANDLER_ERROR": 1,
@@ -122,15 +127,15 @@ EXAMPLES: list[Message] = [
     Goodbye(U64, U64, U64),
     Draining(1, INC, 0),
     Draining(U64, U64, U64),
-    EventMessage(1, INC, 0, 0, b""),
-    EventMessage(U64, U64, U64, 255, b"\x01\x02"),
+    EventUpdates(1, INC, 0, (), ()),
+    EventUpdates(U64, U64, U64, (H1, H2), (EventDone(H1, None), EventDone(H2, "ünïcødé 😀"))),
 ]
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)
 def test_roundtrip_examples(msg: Message) -> None:
     frames = encode(msg)
-    expected_frames = 2 if isinstance(msg, Request | Response | EventMessage) else 1
+    expected_frames = 2 if isinstance(msg, Request | Response) else 1
     assert len(frames) == expected_frames
     assert msgpack.unpackb(frames[0])[:2] == [PROTOCOL_VERSION, int(msg.KIND)]
     roundtrip(msg)
@@ -162,13 +167,55 @@ def test_golden_bytes_of_documented_example() -> None:
     )
     frames = encode(msg)
     assert frames[0].hex(" ") == (
-        "98 01 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
+        "98 02 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
     )
     assert frames[1].hex(" ") == "81 a1 78 01"
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     assert frames[0].hex(" ") in doc
     assert frames[1].hex(" ") in doc
+
+
+def test_golden_bytes_of_documented_event_updates() -> None:
+    # The EventUpdates example of docs/protocol.md: worker 2 subscribes to worker 3's event
+    # and tells it that one of its own was poisoned.
+    theirs = EventHandle.from_parts(3, 0, 1)
+    mine = EventHandle.from_parts(2, 1, 5)
+    msg = EventUpdates(2, 0x22, 0x33, (theirs,), (EventDone(mine, "disk full"),))
+    frames = encode(msg)
+    assert len(frames) == 1
+    assert decode(frames) == msg
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    hexed = frames[0].hex(" ")
+    assert hexed.startswith("97 02 10 02 22 33 91 c4 10")
+    assert " ".join(doc.split()).count(hexed) == 1, hexed
+
+
+def test_event_updates_decode_errors_name_the_item() -> None:
+    good = H1.to_bytes()
+    cases = [
+        ([V, 16, 1, 1, 0, "x", []], r"^EventUpdates\.subscribe: expected an array"),
+        ([V, 16, 1, 1, 0, [], {}], r"^EventUpdates\.done: expected an array"),
+        ([V, 16, 1, 1, 0, [good[:15]], []], r"^EventUpdates\.subscribe\[0\]: expected a 16-byte"),
+        ([V, 16, 1, 1, 0, [good, 5], []], r"^EventUpdates\.subscribe\[1\]"),
+        ([V, 16, 1, 1, 0, [], [[good]]], r"^EventUpdates\.done\[0\]: expected \[handle, reason\]"),
+        ([V, 16, 1, 1, 0, [], [[good, 7]]], r"^EventUpdates\.done\[0\]: EventDone\.reason"),
+        ([V, 16, 1, 1, 0, [], [[good, None], [b"x", None]]], r"^EventUpdates\.done\[1\]"),
+    ]
+    for items, match in cases:
+        with pytest.raises(ProtocolError, match=match):
+            decode([header(*items)])
+    local = EventHandle.from_parts(2, 7, 1, local=True).to_bytes()
+    with pytest.raises(ProtocolError, match="distributed"):
+        decode([header(V, 16, 1, 1, 0, [local], [])])
+
+
+def test_event_updates_item_limit() -> None:
+    from velo_am._protocol import MAX_EVENT_ITEMS
+
+    EventUpdates(1, 1, 0, (H1,) * MAX_EVENT_ITEMS, ())
+    with pytest.raises(ProtocolError, match="limit"):
+        EventUpdates(1, 1, 0, (H1,) * MAX_EVENT_ITEMS, (EventDone(H1, None),))
 
 
 def test_decode_accepts_bytes_like_frames() -> None:
@@ -183,7 +230,7 @@ def test_decode_accepts_bytes_like_frames() -> None:
 
 def test_decode_accepts_any_int_encoding() -> None:
     # A peer written in another language may use e.g. uint64 for small values.
-    raw = b"\x98\x01\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
+    raw = b"\x98\x02\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
     raw += b"\x00\xcc\x07\xa1h\xc2"
     assert decode([raw, b""]) == Request(1, 2, 0, 7, "h", False, b"")
 
@@ -262,8 +309,15 @@ def test_encode_is_thread_safe() -> None:
         (lambda: ErrorResponse(1, 1, 0, 1, 1, None, "", ""), "ErrorResponse.error_type"),
         (lambda: ErrorResponse(1, 1, 0, 1, 1, "", b"", ""), "ErrorResponse.message"),
         (lambda: ErrorResponse(1, 1, 0, 1, 1, "", "", 3), "ErrorResponse.traceback"),
-        (lambda: EventMessage(1, 1, 0, 256, b""), "EventMessage.op"),
-        (lambda: EventMessage(1, 1, 0, -1, b""), "EventMessage.op"),
+        (lambda: EventUpdates(1, 1, 0, [H1], ()), "EventUpdates.subscribe"),
+        (lambda: EventUpdates(1, 1, 0, (int(H1),), ()), "EventUpdates.subscribe"),
+        (
+            lambda: EventUpdates(1, 1, 0, (H1.with_generation(0) | 1 << 63,), ()),
+            "EventUpdates.subscribe",
+        ),
+        (lambda: EventUpdates(1, 1, 0, (), ((H1, None),)), "EventUpdates.done"),
+        (lambda: EventDone(int(H1), None), "EventDone.handle"),  # type: ignore[arg-type]
+        (lambda: EventDone(H1, b"reason"), "EventDone.reason"),  # type: ignore[arg-type]
         (lambda: Hello(1, 1, 0, 1, "", ()), "Hello.address"),
         (lambda: Hello(1, 1, 0, -1, "tcp://a:1", ()), "Hello.token"),
         (lambda: HelloAck(1, 1, 0, None, "tcp://a:1", ()), "HelloAck.token"),
@@ -315,9 +369,9 @@ def test_good_request_frames_decode() -> None:
     assert decode(req_frames()) == Request(1, INC, 0, 7, "echo", True, b"payload")
 
 
-@pytest.mark.parametrize("version", [0, 2, 255, 2**64 - 1, -1])
+@pytest.mark.parametrize("version", [0, 1, 3, 255, 2**64 - 1, -1])
 def test_wrong_version_names_seen_and_expected(version: int) -> None:
-    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 1\)"):
+    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 2\)"):
         decode(req_frames(index=0, value=version))
 
 
@@ -328,20 +382,20 @@ def test_version_of_wrong_type(version: Any) -> None:
 
 
 def test_newer_version_with_different_shape_reports_version() -> None:
-    with pytest.raises(ProtocolError, match="version 2"):
-        decode([header(2, "totally", {"different": "layout"})])
-    with pytest.raises(ProtocolError, match="version 2"):
-        decode([header(2)])
-    with pytest.raises(ProtocolError, match=r"version 3 \(expected 1\)"):
-        decode([header(3, 1, 2) + b"trailing"])
-    with pytest.raises(ProtocolError, match="malformed header"):  # version 1 but broken
-        decode([header(1, {"a": 1})])
+    with pytest.raises(ProtocolError, match="version 3"):
+        decode([header(3, "totally", {"different": "layout"})])
+    with pytest.raises(ProtocolError, match="version 3"):
+        decode([header(3)])
+    with pytest.raises(ProtocolError, match=r"version 4 \(expected 2\)"):
+        decode([header(4, 1, 2) + b"trailing"])
+    with pytest.raises(ProtocolError, match="malformed header"):  # version 2 but broken
+        decode([header(V, {"a": 1})])
 
 
 @pytest.mark.parametrize("kind", [0, 10, 15, 17, 31, 32, 255, 2**64 - 1, -5])
 def test_unknown_kind(kind: int) -> None:
     with pytest.raises(ProtocolError, match=f"unknown message kind {kind}"):
-        decode([header(1, kind, 1, 1, 0)])
+        decode([header(V, kind, 1, 1, 0)])
 
 
 @pytest.mark.parametrize("kind", [True, "5", 5.0, None, b"\x05"])
@@ -355,10 +409,10 @@ def test_kind_of_wrong_type(kind: Any) -> None:
     [
         (GOOD_REQ[:-1], 2),
         ([*GOOD_REQ, "extra"], 2),
-        ([1, Kind.HEARTBEAT, 1, 1, 0, 0], 1),
-        ([1, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1"], 1),
-        ([1, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", "m"], 1),
-        ([1, Kind.EVENT, 1, 1, 0, 1, 2], 2),
+        ([V, Kind.HEARTBEAT, 1, 1, 0, 0], 1),
+        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1"], 1),
+        ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", "m"], 1),
+        ([V, Kind.EVENT_UPDATES, 1, 1, 0, []], 1),
     ],
 )
 def test_bad_arity_names_the_kind(items: list[Any], frames: int) -> None:
@@ -367,7 +421,7 @@ def test_bad_arity_names_the_kind(items: list[Any], frames: int) -> None:
         Kind.HEARTBEAT: "Heartbeat",
         Kind.HELLO: "Hello",
         Kind.ERROR_RESPONSE: "ErrorResponse",
-        Kind.EVENT: "EventMessage",
+        Kind.EVENT_UPDATES: "EventUpdates",
     }[items[1]]
     data = [header(*items), b"p"][:frames]
     with pytest.raises(ProtocolError, match=rf"^{name} \(kind \d+\): header must have \d+"):
@@ -418,25 +472,25 @@ def test_int_at_or_above_2_64_is_rejected() -> None:
         Heartbeat(1, 1, 2**64)
     # msgpack cannot express 2**64 as an int; a wider value smuggled as bin is a type error.
     with pytest.raises(ProtocolError, match=r"^Request\.src: "):
-        decode([header(1, 5, (2**64).to_bytes(9, "big"), 1, 0, 7, "h", True), b""])
+        decode([header(V, 5, (2**64).to_bytes(9, "big"), 1, 0, 7, "h", True), b""])
 
 
 @pytest.mark.parametrize(
     ("items", "match"),
     [
-        ([1, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", "notalist"], r"^Hello\.peers: expected an array"),
-        ([1, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", [[1, 2]]], r"^Hello\.peers\[0\]: expected \["),
-        ([1, Kind.HELLO_ACK, 1, 1, 0, 1, "tcp://a:1", [[1, 1, "a"], 7]], r"^HelloAck\.peers\[1\]"),
-        ([1, Kind.PEERS, 1, 1, 0, [[0, 1, "tcp://a:1"]]], r"^Peers\.peers\[0\]: PeerInfo\.worker"),
-        ([1, Kind.PEERS, 1, 1, 0, [[1, True, "tcp://a:1"]]], r"PeerInfo\.incarnation"),
-        ([1, Kind.PEERS, 1, 1, 0, [[1, 1, ""]]], r"PeerInfo\.address: must not be empty"),
-        ([1, Kind.PEERS, 1, 1, 0, [[1, 1, b"tcp"]]], r"PeerInfo\.address: expected str"),
-        ([1, Kind.HELLO, 1, 1, 0, 1, 5, []], r"^Hello\.address: expected str"),
-        ([1, Kind.HELLO, 1, 1, 0, True, "tcp://a:1", []], r"^Hello\.token: expected an int"),
-        ([1, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 0, "e", "m", "t"], r"ErrorResponse\.code"),
-        ([1, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 99, "e", "m", "t"], r"ErrorResponse\.code"),
-        ([1, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", None, "t"], r"ErrorResponse\.message"),
-        ([1, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", "m", b"t"], r"ErrorResponse\.traceback"),
+        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", "notalist"], r"^Hello\.peers: expected an array"),
+        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", [[1, 2]]], r"^Hello\.peers\[0\]: expected \["),
+        ([V, Kind.HELLO_ACK, 1, 1, 0, 1, "tcp://a:1", [[1, 1, "a"], 7]], r"^HelloAck\.peers\[1\]"),
+        ([V, Kind.PEERS, 1, 1, 0, [[0, 1, "tcp://a:1"]]], r"^Peers\.peers\[0\]: PeerInfo\.worker"),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, True, "tcp://a:1"]]], r"PeerInfo\.incarnation"),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, ""]]], r"PeerInfo\.address: must not be empty"),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, b"tcp"]]], r"PeerInfo\.address: expected str"),
+        ([V, Kind.HELLO, 1, 1, 0, 1, 5, []], r"^Hello\.address: expected str"),
+        ([V, Kind.HELLO, 1, 1, 0, True, "tcp://a:1", []], r"^Hello\.token: expected an int"),
+        ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 0, "e", "m", "t"], r"ErrorResponse\.code"),
+        ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 99, "e", "m", "t"], r"ErrorResponse\.code"),
+        ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", None, "t"], r"ErrorResponse\.message"),
+        ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", "m", b"t"], r"ErrorResponse\.traceback"),
     ],
 )
 def test_bad_header_only_fields(items: list[Any], match: str) -> None:
@@ -447,9 +501,7 @@ def test_bad_header_only_fields(items: list[Any], match: str) -> None:
 @pytest.mark.parametrize(
     ("frames", "match"),
     [
-        ([1, Kind.EVENT, 1, 1, 0, 256], r"^EventMessage\.op"),
-        ([1, Kind.EVENT, 1, 1, 0, -1], r"^EventMessage\.op"),
-        ([1, Kind.RESPONSE, 1, 1, 0, "1"], r"^Response\.msg_id"),
+        ([V, Kind.RESPONSE, 1, 1, 0, "1"], r"^Response\.msg_id"),
     ],
 )
 def test_bad_payload_kind_fields(frames: list[Any], match: str) -> None:
@@ -463,7 +515,7 @@ def test_invalid_utf8_string() -> None:
     raw[pos : pos + 2] = b"\xc3\x28"  # invalid 2-byte sequence
     with pytest.raises(ProtocolError, match="malformed header"):
         decode([bytes(raw), b""])
-    surrogate = header(1, 5, 1, 1, 0, 7, "xyz", True).replace(b"xyz", b"\xed\xa0\x80")
+    surrogate = header(V, 5, 1, 1, 0, 7, "xyz", True).replace(b"xyz", b"\xed\xa0\x80")
     with pytest.raises(ProtocolError):
         decode([surrogate, b""])
 
@@ -472,7 +524,7 @@ def test_trailing_bytes_after_header() -> None:
     with pytest.raises(ProtocolError, match="trailing bytes"):
         decode([header(*GOOD_REQ) + b"\x00", b""])
     with pytest.raises(ProtocolError, match="trailing bytes"):
-        decode([header(1, 3, 1, 1, 0) + header(1, 3, 1, 1, 0)])
+        decode([header(V, 3, 1, 1, 0) + header(V, 3, 1, 1, 0)])
 
 
 def test_truncated_header() -> None:
@@ -506,11 +558,11 @@ def test_default_max_size_applies() -> None:
     [
         ([], "expected 1 or 2 frames, got 0"),
         ([b"a", b"b", b"c"], "expected 1 or 2 frames, got 3"),
-        ([header(1, 3, 1, 1, 0), b""], r"Heartbeat \(kind 3\) takes 1 frame"),
-        ([header(1, 8, 1, 1, 0), b"x"], r"Goodbye \(kind 8\) takes 1 frame"),
+        ([header(V, 3, 1, 1, 0), b""], r"Heartbeat \(kind 3\) takes 1 frame"),
+        ([header(V, 8, 1, 1, 0), b"x"], r"Goodbye \(kind 8\) takes 1 frame"),
         ([header(*GOOD_REQ)], r"Request \(kind 5\) takes 2 frames"),
-        ([header(1, 6, 1, 1, 0, 1)], r"Response \(kind 6\) takes 2 frames"),
-        ([header(1, 16, 1, 1, 0, 1)], r"EventMessage \(kind 16\) takes 2 frames"),
+        ([header(V, 6, 1, 1, 0, 1)], r"Response \(kind 6\) takes 2 frames"),
+        ([header(V, 16, 1, 1, 0, [], []), b""], r"EventUpdates \(kind 16\) takes 1 frame"),
     ],
 )
 def test_wrong_frame_count(frames: list[bytes], match: str) -> None:
@@ -535,9 +587,9 @@ def test_non_frame_input(frames: Any) -> None:
         msgpack.packb("x"),
         msgpack.packb(None),
         msgpack.packb([]),
-        msgpack.packb([1, 5, 1, 1, 0, 7, {"h": 1}, True]),
-        msgpack.packb([1, 5, 1, 1, 0, 7, msgpack.ExtType(1, b"x"), True]),
-        msgpack.packb([1, 5, 1, 1, 0, 7, "h", msgpack.Timestamp(1)]),
+        msgpack.packb([V, 5, 1, 1, 0, 7, {"h": 1}, True]),
+        msgpack.packb([V, 5, 1, 1, 0, 7, msgpack.ExtType(1, b"x"), True]),
+        msgpack.packb([V, 5, 1, 1, 0, 7, "h", msgpack.Timestamp(1)]),
         b"",
         b"\xc1",
         b"\x91" * 5000 + b"\x90",  # deep nesting
@@ -555,16 +607,16 @@ def test_hostile_or_odd_headers(raw: bytes) -> None:
 def test_element_budget_bounds_large_headers() -> None:
     # Arrays that are each within limits but hold too many elements in total.
     chunk = [0] * 60_000
-    raw = header(1, Kind.PEERS, 1, 1, 0, [chunk, chunk, chunk, chunk, chunk])
+    raw = header(V, Kind.PEERS, 1, 1, 0, [chunk, chunk, chunk, chunk, chunk])
     with pytest.raises(ProtocolError, match="too many array elements"):
         decode([raw])
     # A single array longer than the peer limit.
-    raw = header(1, Kind.PEERS, 1, 1, 0, [[1, 1, "a"]] * 70_000)
+    raw = header(V, Kind.PEERS, 1, 1, 0, [[1, 1, "a"]] * 70_000)
     with pytest.raises(ProtocolError, match="malformed header"):
         decode([raw])
     # Many empty nested arrays (each a fresh list object when unpacked).
     empties = [[]] * 60_000
-    raw = header(1, Kind.PEERS, 1, 1, 0, [empties, empties, empties, empties, empties])
+    raw = header(V, Kind.PEERS, 1, 1, 0, [empties, empties, empties, empties, empties])
     with pytest.raises(ProtocolError, match="too many array elements"):
         decode([raw])
 
@@ -578,6 +630,9 @@ handlers = st.text(min_size=1, max_size=90).filter(lambda s: len(s.encode()) <= 
 payloads = st.binary(max_size=64)
 peer_lists = st.lists(st.builds(PeerInfo, u64_nonzero, u64_nonzero, nonempty_text), max_size=4)
 peers_st = peer_lists.map(tuple)
+handles_st = st.builds(
+    EventHandle.from_parts, u64, st.integers(0, 2**31 - 1), st.integers(0, 2**32 - 1)
+)
 common = (u64_nonzero, u64_nonzero, u64)
 
 messages: st.SearchStrategy[Message] = st.one_of(
@@ -592,7 +647,12 @@ messages: st.SearchStrategy[Message] = st.one_of(
     ),
     st.builds(Goodbye, *common),
     st.builds(Draining, *common),
-    st.builds(EventMessage, *common, st.integers(0, 255), payloads),
+    st.builds(
+        EventUpdates,
+        *common,
+        st.lists(handles_st, max_size=3).map(tuple),
+        st.lists(st.builds(EventDone, handles_st, st.none() | st.text()), max_size=3).map(tuple),
+    ),
 )
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -21,7 +21,7 @@ from velo_am import (
     WorkerClosed,
 )
 from velo_am import _protocol as p
-from velo_am._transport import FakeNetwork
+from velo_am.transport import FakeNetwork
 
 
 async def test_connect_makes_both_sides_know_each_other(make_worker: Any) -> None:

@@ -15,7 +15,7 @@ import zmq
 from support import wait_until
 
 from velo_am import CallContext, PeerUnreachable, Worker
-from velo_am._discovery import DirectoryDiscovery
+from velo_am.discovery import DirectoryDiscovery
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,6 +4,10 @@ Workers reach each other by worker id and run named handlers on each other; a de
 error within the liveness window, never a hang. Every public coroutine documents what it raises.
 ``SyncWorker`` is the same surface with blocking methods, for plain scripts and threads; the
 ``velo-am`` command line (``python -m velo_am``) runs workers, demos and inspections.
+
+The seams are public subpackages: :mod:`velo_am.transport` (how messages travel, with an
+in-process fake for tests, and socket security) and :mod:`velo_am.discovery` (where workers
+find each other by id).
 """
 
 from ._errors import (
@@ -17,10 +21,11 @@ from ._errors import (
     WorkerClosed,
 )
 from ._handlers import CallContext
-from ._peers import PeerStatus
+from ._membership import PeerState, PeerStatus
 from ._protocol import ProtocolError
-from ._sync import SyncEvents, SyncWorker
-from ._worker import Worker
+from ._sync import SyncWorker
+from ._sync_events import SyncEvents
+from ._worker import Worker, WorkerState
 
 __all__ = [
     "AMError",
@@ -29,6 +34,7 @@ __all__ = [
     "HandlerNotFound",
     "PeerDraining",
     "PeerLost",
+    "PeerState",
     "PeerStatus",
     "PeerUnreachable",
     "ProtocolError",
@@ -37,4 +43,5 @@ __all__ = [
     "SyncWorker",
     "Worker",
     "WorkerClosed",
+    "WorkerState",
 ]

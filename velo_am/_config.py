@@ -10,13 +10,15 @@ fixed port would collide). The README's configuration table and the CLI's flags 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE
+from .discovery import Discovery
 
-__all__ = ["OPTIONS", "Option", "resolve"]
+__all__ = ["OPTIONS", "Option", "WorkerOptions", "resolve"]
 
 
 def _positive_float(text: str) -> float:
@@ -73,7 +75,7 @@ OPTIONS: Final = (
     Option("peers", "VELO_PEERS", (), _addresses,
            "seed addresses to join the mesh through (comma-separated in the variable)", "none"),
     Option("discovery", "VELO_DISCOVERY", None, str,
-           "where workers find each other by id: dir:PATH, a shared directory", "none"),
+           "where workers find each other by id: a discovery URL, e.g. dir:PATH", "none"),
     Option("heartbeat_interval", "VELO_HEARTBEAT_INTERVAL", 1.0, _positive_float,
            "seconds between heartbeats to each peer", "1.0"),
     Option("heartbeat_timeout", "VELO_HEARTBEAT_TIMEOUT", 5.0, _positive_float,
@@ -110,3 +112,38 @@ def resolve(name: str, given: Any) -> Any:
         return opt.parse(text)
     except ValueError as error:
         raise ValueError(f"environment variable {opt.env}={text!r}: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Every option of one :class:`~velo_am.Worker`, resolved and checked."""
+
+    worker_id: int
+    bind: str
+    peers: tuple[str, ...]
+    discovery: str | Discovery | None
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    call_timeout: float
+    handshake_timeout: float
+    close_grace: float
+    max_message_size: int
+    metrics_port: int | None
+    metrics_host: str
+
+    @classmethod
+    def resolve(cls, *, peers: Iterable[str] | None, **given: Any) -> WorkerOptions:
+        """Each option as given, else from its environment variable, else its default; a
+        random worker id if none. ``TypeError`` / ``ValueError`` for a bad value."""
+        values = {opt.name: resolve(opt.name, given.get(opt.name)) for opt in OPTIONS}
+        values["peers"] = tuple(peers) if peers else values["peers"]
+        worker_id = values["worker_id"]
+        if worker_id is None:
+            worker_id = values["worker_id"] = secrets.randbits(64) or 1
+        if isinstance(worker_id, bool) or not isinstance(worker_id, int):
+            raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
+        if not 0 < worker_id < 1 << 64:
+            raise ValueError(f"worker_id must be a non-zero 64-bit integer, got {worker_id}")
+        if not 0 < values["heartbeat_interval"] < values["heartbeat_timeout"]:
+            raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
+        return cls(**values)

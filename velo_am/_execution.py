@@ -1,13 +1,18 @@
-"""Handler execution: runs the handlers of a worker's inbound requests and sends their replies.
+"""Handler execution: decides whether an inbound request runs, runs its handler and sends the
+reply.
 
-Sync handlers of one burst run together in one loop callback scheduled after the receive
-drain; async handlers each get a task; ordered handlers run per (handler, sender) lane. Each
-run is timed into its handler's latency histogram.
+Requests are refused while the worker drains (runtime ``_`` handlers excepted) and answered
+with an error for a handler that does not exist or a predecessor's request. Sync handlers of
+one burst run together in one loop callback scheduled after the receive drain; async handlers
+each get a task; ordered handlers run per (handler, sender) lane. Each run is timed into its
+handler's latency histogram. Replies go out through the worker's
+:class:`~velo_am._outbound.Outbound`; runs and failures are counted in its counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import time
@@ -18,14 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import _protocol as p
 from ._codec import unpack
-from ._errors import PeerUnreachable
-from ._handlers import CallContext, HandlerSpec, OrderedLanes
+from ._handlers import CallContext, HandlerRegistry, HandlerSpec, OrderedLanes
+from ._log import RateLimitedLog, fields
 
 if TYPE_CHECKING:
-    from ._peers import Peer
-    from ._worker import Worker
+    from ._outbound import Addressee, Outbound
 
-__all__ = ["HandlerExecution"]
+__all__ = ["HandlerExecution", "Serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,21 +38,72 @@ class _BadRequest(Exception):
     """The request's payload could not be decoded (the caller was told)."""
 
 
+class Serving(enum.Enum):
+    """Which requests a worker serves: all, runtime handlers only (draining), none (closing)."""
+
+    ALL = "all"
+    RUNTIME = "runtime"
+    NONE = "none"
+
+
 class HandlerExecution:
     """The handlers running for one worker (``tasks``: those with a task of their own)."""
 
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        outbound: Outbound,
+        counters: dict[str, int],
+        log: RateLimitedLog,
+    ) -> None:
+        self._registry = registry
+        self._outbound = outbound
+        self._counters = counters
+        self._log = log
+        #: Set by the worker as it starts and closes.
+        self.serving = Serving.ALL
         self.tasks: set[asyncio.Task[None]] = set()
-        self._jobs: deque[tuple[HandlerSpec, Peer, p.Request]] = deque()
+        self._jobs: deque[tuple[HandlerSpec, Addressee, p.Request]] = deque()
         self._lanes = OrderedLanes(self.spawn)
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._worker._loop
-        assert loop is not None
-        return loop
+    def dispatch(self, peer: Addressee, msg: p.Request) -> None:
+        """An inbound request from ``peer``: run its handler, or refuse it."""
+        serving = self.serving
+        # Runtime traffic (names starting with "_") still flows while draining.
+        if serving is not Serving.ALL and not (
+            serving is Serving.RUNTIME and msg.handler.startswith("_")
+        ):
+            self._counters["refused_draining"] += 1
+            if msg.reply:
+                self._outbound.reply_error(
+                    peer, msg.msg_id, p.ErrorCode.DRAINING, "PeerDraining", "draining"
+                )
+            return
+        spec = self._registry.get(msg.handler)
+        if spec is not None:
+            self.submit(spec, peer, msg)
+        elif msg.reply:
+            text = f"no handler named {msg.handler!r} on worker {self._outbound.worker_id:#x}"
+            self._outbound.reply_error(peer, msg.msg_id, p.ErrorCode.HANDLER_NOT_FOUND, "", text)
+        else:
+            self._log.warning("handler", "no handler named %r for a send", msg.handler)
 
-    def submit(self, spec: HandlerSpec, peer: Peer, msg: p.Request) -> None:
+    def refuse_stale(self, peer: Addressee, msg: p.Request) -> None:
+        """A request meant for an earlier incarnation of this worker: answered in that
+        predecessor's name (the incarnation the caller addressed), so the caller matches it to
+        its call and fails it at once instead of at its timeout."""
+        if msg.reply:
+            me = self._outbound.worker_id
+            self._outbound.reply_error(
+                peer,
+                msg.msg_id,
+                p.ErrorCode.WRONG_INCARNATION,
+                "PeerLost",
+                f"worker {me:#x} restarted; the request was for its predecessor",
+                as_incarnation=msg.dst_incarnation,
+            )
+
+    def submit(self, spec: HandlerSpec, peer: Addressee, msg: p.Request) -> None:
         """Run ``spec`` for ``msg``, the way its kind runs."""
         if spec.ordered:
             self._lanes.submit((spec.name, peer.worker_id), lambda: self._run(spec, peer, msg))
@@ -57,7 +112,7 @@ class HandlerExecution:
         else:
             self._jobs.append((spec, peer, msg))
             if len(self._jobs) == 1:
-                self._loop().call_soon(self._run_sync_jobs)
+                asyncio.get_running_loop().call_soon(self._run_sync_jobs)
 
     def spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
@@ -87,9 +142,9 @@ class HandlerExecution:
                     self._reply(spec, peer, msg, result, started)
         finally:
             if jobs:  # left by an escaping BaseException: the rest still run
-                self._loop().call_soon(self._run_sync_jobs)
+                asyncio.get_running_loop().call_soon(self._run_sync_jobs)
 
-    async def _run(self, spec: HandlerSpec, peer: Peer, msg: p.Request) -> None:
+    async def _run(self, spec: HandlerSpec, peer: Addressee, msg: p.Request) -> None:
         started = time.perf_counter()
         try:
             result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
@@ -101,7 +156,7 @@ class HandlerExecution:
         await self._finish(spec, peer, msg, result, started)
 
     async def _finish(
-        self, spec: HandlerSpec, peer: Peer, msg: p.Request, result: Any, started: float
+        self, spec: HandlerSpec, peer: Addressee, msg: p.Request, result: Any, started: float
     ) -> None:
         try:
             if inspect.isawaitable(result):
@@ -118,57 +173,44 @@ class HandlerExecution:
         self._reply(spec, peer, msg, result, started)
 
     @staticmethod
-    def _context(peer: Peer, msg: p.Request) -> CallContext:
+    def _context(peer: Addressee, msg: p.Request) -> CallContext:
         return CallContext(peer.worker_id, msg.msg_id, msg.reply)
 
-    def _payload(self, peer: Peer, msg: p.Request) -> Any:
+    def _payload(self, peer: Addressee, msg: p.Request) -> Any:
         try:
             return unpack(msg.payload)
         except Exception as error:
             if msg.reply:
-                self._worker._send_error(
+                self._outbound.reply_error(
                     peer, msg.msg_id, p.ErrorCode.BAD_REQUEST, type(error).__name__, str(error)
                 )
             raise _BadRequest from error
 
     def _reply(
-        self, spec: HandlerSpec, peer: Peer, msg: p.Request, result: Any, started: float
+        self, spec: HandlerSpec, peer: Addressee, msg: p.Request, result: Any, started: float
     ) -> None:
-        worker = self._worker
+        outbound = self._outbound
         body = b""
         if msg.reply:
             try:
-                body = worker._pack_bounded(result, "result")
+                body = outbound.pack_bounded(result, "result")
             except (TypeError, ValueError) as error:
                 self._handler_failed(spec, peer, msg, error, started)
                 return
-        worker.counters["requests_handled"] += 1
+        self._counters["requests_handled"] += 1
         spec.timer.record(time.perf_counter() - started, False)
-        if not msg.reply:
-            return
-        frames = p.encode_response(
-            worker.worker_id, worker.incarnation, peer.incarnation, msg.msg_id, body
-        )
-        try:
-            worker._send_frames(peer, frames)
-        except PeerUnreachable as error:
-            worker._log.warning(
-                "send",
-                "dropping the response to %#x: %s",
-                peer.worker_id,
-                error,
-                peer=peer.worker_id,
-            )
+        if msg.reply:
+            outbound.reply(peer, msg.msg_id, body)
 
     def _handler_failed(
         self,
         spec: HandlerSpec,
-        peer: Peer,
+        peer: Addressee,
         msg: p.Request,
         error: BaseException,
         started: float,
     ) -> None:
-        self._worker.counters["requests_failed"] += 1
+        self._counters["requests_failed"] += 1
         spec.timer.record(time.perf_counter() - started, True)
         if not msg.reply:
             logger.error(
@@ -176,10 +218,10 @@ class HandlerExecution:
                 spec.name,
                 peer.worker_id,
                 exc_info=error,
-                extra={**self._worker._peer_extra(peer.worker_id), "handler": spec.name},
+                extra={**fields(self._outbound.worker_id, peer.worker_id), "handler": spec.name},
             )
             return
-        self._worker._send_error(
+        self._outbound.reply_error(
             peer,
             msg.msg_id,
             p.ErrorCode.HANDLER_ERROR,

@@ -13,15 +13,19 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from velo_event import EventHandle
-from velo_event._merge import MergeView, merge_view
+from velo_event.lowlevel import MergeView, merge_view
+
+from ._remote import Subscription
 
 if TYPE_CHECKING:
-    from ._worker import Worker
+    from ._events import DistributedEvents
+    from ._handlers import HandlerStats
+    from ._membership import PeerStatus
 
 __all__ = [
     "Graph",
@@ -41,6 +45,34 @@ _REASON_SHOWN: Final = 300
 
 
 # -- the snapshot (on the worker's loop) ------------------------------------------------------
+
+
+class Inspected(Protocol):
+    """What a snapshot reads of a worker: its public face (a :class:`~velo_am.Worker` is one)."""
+
+    @property
+    def worker_id(self) -> int: ...
+
+    @property
+    def incarnation(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def events(self) -> DistributedEvents: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def peers(self) -> Mapping[int, PeerStatus]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def handler_stats(self, *, internal: bool = False) -> dict[str, HandlerStats]: ...
 
 
 @dataclass
@@ -73,16 +105,16 @@ def _classify(keys: Iterable[Hashable], graph: _GraphBuilder, handle: EventHandl
             waiters.merges.append(str(view.handle))
             graph.add_merge(view, position)
             continue
-        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], int):
-            waiters.subscribers.append(key[0])
-            graph.edge(handle, f"worker {key[0]:#x}")
+        if isinstance(key, Subscription):
+            waiters.subscribers.append(key.subscriber)
+            graph.edge(handle, f"worker {key.subscriber:#x}")
             continue
         waiters.threads += 1
     return waiters
 
 
 class _GraphBuilder:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Inspected) -> None:
         self.events = worker.events
         self.me = worker.worker_id
         self.labels = worker.events.labels()
@@ -125,36 +157,33 @@ class _GraphBuilder:
                     status = "ready"
                 reason = None
                 if status == "poisoned" and source.worker_id == self.me:
-                    outcome = self.events._status(source)
-                    reason = outcome if isinstance(outcome, str) else None
+                    reason = self.events.poison_reason(source)
                 self.node(source, status, reason)
                 self.edge(source, name)
         return {"nodes": list(self.nodes.values()), "edges": sorted(self.edges)}
 
 
-def snapshot(worker: Worker, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+def snapshot(worker: Inspected, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """Everything ``velo-am inspect`` shows of ``worker``, as plain data. Call on its loop."""
     events = worker.events
     graph = _GraphBuilder(worker)
     truncated: dict[str, int] = {}
 
     pending = []
-    for handle, keys in events._core.pending_waiters():
+    for handle, keys in events.pending_waiters():
         graph.node(handle, "pending")
         entry: dict[str, Any] = {"handle": str(handle), "label": graph.labels.get(handle)}
         entry.update(_classify(keys, graph, handle).as_dict())
         pending.append(entry)
-    with events._lock:
-        remote = [(handle, list(keys)) for handle, keys in events._remote.items()]
     awaited = []
-    for handle, keys in remote:
+    for handle, keys in events.remote_waiters():
         graph.node(handle, "pending")
         entry = {"handle": str(handle), "owner": handle.worker_id}
         entry.update(_classify(keys, graph, handle).as_dict())
         awaited.append(entry)
     served = [
         {"subscriber": subscriber, "handles": sorted(str(handle) for handle in handles)}
-        for subscriber, handles in events._served.items()
+        for subscriber, handles in events.served().items()
     ]
     handlers = [
         {
@@ -173,7 +202,7 @@ def snapshot(worker: Worker, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         {
             "worker": status.worker_id,
             "address": status.address,
-            "state": status.state,
+            "state": str(status.state),
             "silent_for": round(status.silent_for, 3),
         }
         for status in worker.peers.values()
@@ -191,7 +220,7 @@ def snapshot(worker: Worker, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         "worker": worker.worker_id,
         "incarnation": worker.incarnation,
         "address": worker.address,
-        "state": worker.state,
+        "state": str(worker.state),
         "pid": os.getpid(),
         "uptime": round(time.monotonic() - worker.started_at, 3),
         "peers": cap("peers", peers),

@@ -42,18 +42,17 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._handlers import LATENCY_BUCKETS, HandlerStats
+from ._membership import PeerState, PeerStatus
+from ._stats import STATS
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
-
-    from ._peers import PeerStatus
-    from ._worker import Worker
 
 __all__ = [
     "DEFAULT_SCRAPE_TIMEOUT",
@@ -70,117 +69,14 @@ DEFAULT_SCRAPE_TIMEOUT: Final = 2.0
 
 _MISSING: Final = "Worker(metrics_port=...) needs prometheus_client: pip install 'velo[metrics]'"
 
-#: ``Worker.stats()`` key -> (Prometheus name, type, help). Counters are monotonic since the
-#: worker started; gauges are the value at the scrape.
+#: ``Worker.stats()`` key -> (Prometheus name, type, help), from the one table of statistics
+#: (:data:`velo_am._stats.STATS`). Counters are monotonic since the worker started; gauges are
+#: the value at the scrape.
 STAT_METRICS: Final[dict[str, tuple[str, str, str]]] = {
-    "messages_in": (
-        "velo_messages_in_total",
-        "counter",
-        "Messages received from peers (every frame set, before decoding).",
-    ),
-    "messages_out": (
-        "velo_messages_out_total",
-        "counter",
-        "Messages handed to the transport for peers.",
-    ),
-    "requests_handled": (
-        "velo_requests_handled_total",
-        "counter",
-        "Inbound requests (calls and sends) whose handler succeeded.",
-    ),
-    "requests_failed": (
-        "velo_requests_failed_total",
-        "counter",
-        "Inbound requests whose handler raised or whose result could not be encoded.",
-    ),
-    "calls_sent": (
-        "velo_calls_sent_total",
-        "counter",
-        "Calls (requests awaiting a result) sent to peers.",
-    ),
-    "dropped_malformed": (
-        "velo_dropped_malformed_total",
-        "counter",
-        "Inbound messages dropped because they could not be decoded.",
-    ),
-    "dropped_wrong_incarnation": (
-        "velo_dropped_wrong_incarnation_total",
-        "counter",
-        "Inbound messages dropped because they were meant for an earlier incarnation.",
-    ),
-    "dropped_unknown_peer": (
-        "velo_dropped_unknown_peer_total",
-        "counter",
-        "Inbound messages dropped because their sender was unknown or lost.",
-    ),
-    "late_responses": (
-        "velo_late_responses_total",
-        "counter",
-        "Responses that arrived after their call had ended (timed out or abandoned).",
-    ),
-    "refused_draining": (
-        "velo_refused_draining_total",
-        "counter",
-        "Inbound requests refused because this worker was shutting down.",
-    ),
-    "peers_lost": (
-        "velo_peers_lost_total",
-        "counter",
-        "Peers that went silent, closed or were otherwise lost.",
-    ),
-    "events_subscriptions_sent": (
-        "velo_events_subscriptions_sent_total",
-        "counter",
-        "Subscriptions sent to other workers for events they own.",
-    ),
-    "events_updates_received": (
-        "velo_events_updates_received_total",
-        "counter",
-        "Completions received from other workers for events awaited here.",
-    ),
-    "events_updates_sent": (
-        "velo_events_updates_sent_total",
-        "counter",
-        "Completions of this worker's events sent to subscribed workers.",
-    ),
-    "peers_alive": (
-        "velo_peers_alive",
-        "gauge",
-        "Peers alive or draining.",
-    ),
-    "calls_in_flight": (
-        "velo_calls_in_flight",
-        "gauge",
-        "Calls sent by this worker still awaiting their result.",
-    ),
-    "handlers_running": (
-        "velo_handlers_running",
-        "gauge",
-        "Handlers running on this worker.",
-    ),
-    "events_pending": (
-        "velo_events_pending",
-        "gauge",
-        "This worker's events not yet completed.",
-    ),
-    "events_remote_awaited": (
-        "velo_events_remote_awaited",
-        "gauge",
-        "Other workers' events awaited on this worker.",
-    ),
-    "events_cached": (
-        "velo_events_cached",
-        "gauge",
-        "Outcomes of other workers' events kept in this worker's cache.",
-    ),
-    "events_served": (
-        "velo_events_served",
-        "gauge",
-        "Subscriptions other workers hold on this worker's events.",
-    ),
+    stat.key: (stat.metric, stat.kind, stat.help) for stat in STATS
 }
 
-_PEER_STATES: Final = ("alive", "draining", "lost", "closed")
+_PEER_STATES: Final = tuple(str(state) for state in PeerState)
 _FIXED_NAMES: Final = frozenset(
     {
         "velo_up",
@@ -207,6 +103,32 @@ class _Snapshot:
     peers: dict[int, PeerStatus]
 
 
+class Worker(Protocol):
+    """What the exposition reads of a worker: its public face (a :class:`~velo_am.Worker`)."""
+
+    @property
+    def worker_id(self) -> int: ...
+
+    @property
+    def incarnation(self) -> int: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+    @property
+    def peers(self) -> dict[int, PeerStatus]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def handler_stats(self, *, internal: bool = False) -> dict[str, HandlerStats]: ...
+
+
 def _require_prometheus() -> None:
     try:
         import prometheus_client  # noqa: F401, PLC0415 - optional; costly to import
@@ -216,7 +138,7 @@ def _require_prometheus() -> None:
 
 def _take_snapshot(worker: Worker) -> _Snapshot | None:
     """On the worker's loop: its statistics now, or None if it is not running."""
-    if worker._state in ("new", "closed"):
+    if worker.state in ("new", "closed"):
         return None
     return _Snapshot(worker.stats(), worker.handler_stats(internal=False), worker.peers)
 
@@ -224,7 +146,7 @@ def _take_snapshot(worker: Worker) -> _Snapshot | None:
 def _snapshot_from_loop(worker: Worker, timeout: float) -> _Snapshot | None:
     """The worker's snapshot, taken on its loop: None if the loop does not answer within
     ``timeout`` seconds (blocked, stopped, closed) or the worker is not running."""
-    loop = worker._loop
+    loop = worker.loop
     if loop is None or loop.is_closed():
         return None
     try:
@@ -323,7 +245,8 @@ def _families(worker: Worker, snapshot: _Snapshot | None) -> Iterator[Metric]:
 
     by_state = dict.fromkeys(_PEER_STATES, 0)
     for status in snapshot.peers.values():
-        by_state[status.state] = by_state.get(status.state, 0) + 1
+        state = str(status.state)
+        by_state[state] = by_state.get(state, 0) + 1
     peers = GaugeMetricFamily("velo_peers", "Known peers by state.", labels=["state"])
     for state, count in by_state.items():
         peers.add_metric([state], count)

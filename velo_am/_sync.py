@@ -21,35 +21,23 @@ close, not get lost), and when it is garbage-collected (with a ``ResourceWarning
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from velo_event import (
-    Event,
-    EventAwaiter,
-    EventError,
-    EventHandle,
-    EventManager,
-    EventPoison,
-    EventStatus,
-)
-from velo_event._core import PENDING
-
 from ._errors import AMError, WorkerClosed
-from ._events import DistributedEvents
 from ._handlers import Handler, HandlerStats
-from ._peers import PeerStatus
-from ._sync_runtime import CLOSE_MARGIN, BlockedThread, Runtime, track
+from ._membership import PeerStatus
+from ._sync_events import SyncEvents
+from ._sync_runtime import CLOSE_MARGIN, Runtime, loop_thread_error, track
 from ._worker import PeerLostCallback, Worker
 
-__all__ = ["SyncEvents", "SyncWorker"]
+__all__ = ["SyncWorker"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +46,6 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Handler)
 
 # -- the public face --------------------------------------------------------------------------
-
-
-class _WouldBlockLoop(EventError, RuntimeError):
-    """``SyncEvents.wait`` on a thread running an event loop: it would freeze that loop."""
-
-
-def _loop_thread_error(name: str) -> RuntimeError:
-    return RuntimeError(
-        f"{name}() blocks, and was called on the worker's own event loop thread (in a handler "
-        "or a callback), which it would wait for forever; there, await the async API "
-        f"instead: make the handler `async def` and `await sync_worker.worker.{name}(...)`"
-    )
 
 
 class SyncWorker:
@@ -107,7 +83,7 @@ class SyncWorker:
         runtime.worker_id = worker.worker_id
         runtime.thread.name = f"velo-am-{worker.worker_id:#x}"
         #: The mesh's events, for threads: see :class:`SyncEvents`.
-        self.events = SyncEvents(self)
+        self.events = SyncEvents(runtime, worker.events, self)
         # Closes the worker if this object is collected while open (not at exit: the hook).
         self._finalizer = weakref.finalize(self, runtime.abandon)
         self._finalizer.atexit = False
@@ -123,7 +99,7 @@ class SyncWorker:
         closed."""
         runtime = self._runtime
         if runtime.on_loop_thread():
-            raise _loop_thread_error("start")
+            raise loop_thread_error("start")
         with runtime.lock:
             if runtime.state != "new":
                 if runtime.state in ("closing", "closed"):
@@ -188,7 +164,7 @@ class SyncWorker:
         gracefully."""
         runtime = self._runtime
         if runtime.on_loop_thread():
-            raise _loop_thread_error("serve_forever")
+            raise loop_thread_error("serve_forever")
         wakeup = threading.Event()
         with runtime.lock:
             if runtime.state in ("closing", "closed"):
@@ -337,233 +313,4 @@ class SyncWorker:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _blocking(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        runtime = self._runtime
-        if runtime.on_loop_thread():
-            raise _loop_thread_error(name)
-        return runtime.run(fn, *args)
-
-
-class SyncEvents(EventManager):
-    """``SyncWorker.events``: the mesh's events for plain threads, an
-    :class:`~velo_event.EventManager` (code written against one works with it).
-
-    Every method takes a handle of any worker of the mesh and may be called from any thread.
-    :meth:`new_event` returns :class:`~velo_event.Event` objects whose ``trigger()`` and
-    ``poison()`` work from any thread. ``trigger``/``poison`` of another worker's handle are
-    fire-and-forget; :meth:`trigger_confirmed`/:meth:`poison_confirmed` wait for the owner's
-    verdict. After the worker closed, this worker's events are poisoned (the shutdown
-    reason), and operations on other workers' handles raise :class:`WorkerClosed`.
-    """
-
-    def __init__(self, sync_worker: SyncWorker) -> None:
-        self._sync_worker = sync_worker  # kept alive while its events are in use
-        self._runtime = sync_worker._runtime
-        self._events: DistributedEvents = sync_worker.worker.events
-
-    @property
-    def worker_id(self) -> int:
-        """The owner id carried by this worker's handles (its worker id)."""
-        return self._events.worker_id
-
-    system_id = worker_id
-
-    # -- non-blocking operations ------------------------------------------------------------
-
-    def new_event(self, label: str | None = None) -> Event:
-        """A new pending event owned by this worker; ``label`` names it in ``velo-am
-        inspect`` while it is pending. Raises ``SystemShutdownError`` once the worker
-        closed."""
-        return Event(self, self._events.new_event(label).handle)
-
-    def label_of(self, handle: EventHandle) -> str | None:
-        """The label this worker gave one of its events, while the event is pending."""
-        return self._events.label_of(handle)
-
-    def labels(self) -> dict[EventHandle, str]:
-        """The labels of this worker's pending events."""
-        return self._events.labels()
-
-    def trigger(self, handle: EventHandle) -> None:
-        """Complete the pending generation successfully (``InvalidGenerationError`` if it is
-        not pending). Another worker's handle is forwarded to its owner without waiting."""
-        self._routed(self._events.trigger, handle)
-
-    def poison(self, handle: EventHandle, reason: str) -> None:
-        """Complete the pending generation as failed with ``reason`` (a poisoned one keeps
-        its first reason; ``AlreadyTriggeredError`` if it was triggered). Another worker's
-        handle is forwarded to its owner without waiting."""
-        self._routed(self._events.poison, handle, reason)
-
-    def poll(self, handle: EventHandle) -> EventStatus:
-        """What this worker knows of the handle's generation now (see :meth:`poll_remote`)."""
-        return self._events.poll(handle)
-
-    def poison_reason(self, handle: EventHandle) -> str | None:
-        """The reason the handle's generation was poisoned with, if known here, or ``None``."""
-        return self._events.poison_reason(handle)
-
-    def merge_events(
-        self,
-        handles: Iterable[EventHandle],
-        *,
-        fail_fast: bool = False,
-        label: str | None = None,
-    ) -> EventHandle:
-        """A new event of this worker that completes once every input (of any worker) has:
-        ready if all were triggered, else poisoned with every failed input's reason (with
-        ``fail_fast``, at the first poison); ``label`` as for :meth:`new_event`."""
-        inputs = list(handles)
-        self._check_routable(inputs)
-        merge = functools.partial(
-            self._events.merge_events, inputs, fail_fast=fail_fast, label=label
-        )
-        return self._routed(merge)
-
-    def awaiter(self, handle: EventHandle) -> EventAwaiter:
-        """For asyncio code on another loop (any thread): ``await events.awaiter(handle)``."""
-        return self._events.awaiter(handle)
-
-    def force_shutdown(self, reason: str) -> None:
-        """Poison every pending event of this worker with ``reason`` and refuse new ones."""
-        self._events.force_shutdown(reason)
-
-    def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
-        """For a garbage-collected guard: never raises, never blocks."""
-        self._events.poison_from_finalizer(handle, reason)
-
-    # -- blocking operations ----------------------------------------------------------------
-
-    def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
-        """Block the calling thread until the handle's generation completes. Raises
-        :class:`~velo_event.EventPoison` with the first poison reason (for another worker's
-        handle also when its owner is lost, closes or cannot be reached, or this worker
-        closes meanwhile), ``TimeoutError`` after ``timeout`` seconds (the event is left
-        pending), :class:`WorkerClosed` for another worker's handle once this worker is
-        closed, and ``RuntimeError`` (an ``EventError`` too) on a thread running an event
-        loop, such as the worker's own (in a handler)."""
-        if asyncio.events._get_running_loop() is not None:
-            where = "the worker's own loop" if self._runtime.on_loop_thread() else "a running loop"
-            raise _WouldBlockLoop(
-                f"wait() would block {where}; there, `await events.awaiter(handle)` instead"
-            )
-        events = self._events
-        runtime = self._runtime
-        remote = events._owner(handle) is not None
-        waiter = BlockedThread()
-        if remote:
-            self._check_routable([handle])
-            with runtime.lock:
-                if runtime.state == "closed":
-                    raise WorkerClosed(runtime.closed_text())
-                runtime.blocked.add(waiter)  # woken when the loop ends, whatever happened
-        try:
-            outcome = self._routed(events._add_waiter, handle, waiter, waiter.wake)
-            if outcome is PENDING:
-                try:
-                    woken = waiter.block(timeout)
-                finally:
-                    if waiter.outcome is PENDING:  # timed out, or interrupted
-                        events._remove_waiter(handle, waiter)
-                if woken:
-                    outcome = waiter.outcome
-                else:
-                    # Completed meanwhile, its wake-up maybe not delivered yet: it stands.
-                    outcome = waiter.outcome
-                    if outcome is PENDING:
-                        outcome = events._status(handle)
-                    if outcome is PENDING:
-                        raise TimeoutError(f"event {handle} still pending after {timeout} s")
-        finally:
-            if remote:
-                with runtime.lock:
-                    runtime.blocked.discard(waiter)
-        if outcome is not None:
-            assert isinstance(outcome, str)
-            raise EventPoison(handle, outcome)
-
-    def trigger_confirmed(self, handle: EventHandle, timeout: float | None = None) -> None:
-        """Trigger and wait for the owner's verdict: raises the owner's ``EventError``
-        (``InvalidGenerationError`` if not pending, ``UnknownEventError``), or
-        :class:`PeerLost` / :class:`PeerUnreachable` / :class:`CallTimeout` when the owner
-        cannot answer, :class:`WorkerClosed` once this worker is closed."""
-        self._sync_worker._blocking(
-            "events.trigger_confirmed", self._events.trigger_confirmed, handle, timeout
-        )
-
-    def poison_confirmed(
-        self, handle: EventHandle, reason: str, timeout: float | None = None
-    ) -> None:
-        """Poison and wait for the owner's verdict (errors as :meth:`trigger_confirmed`,
-        ``AlreadyTriggeredError`` if it was triggered)."""
-        self._sync_worker._blocking(
-            "events.poison_confirmed", self._events.poison_confirmed, handle, reason, timeout
-        )
-
-    def poll_remote(self, handle: EventHandle, timeout: float | None = None) -> EventStatus:
-        """Ask the owner (:meth:`poll` answers from what this worker knows). Raises
-        :class:`PeerLost` / :class:`PeerUnreachable` / :class:`CallTimeout` when the owner
-        cannot answer, :class:`WorkerClosed` once this worker is closed."""
-        status: EventStatus = self._sync_worker._blocking(
-            "events.poll_remote", self._events.poll_remote, handle, timeout
-        )
-        return status
-
-    def new_event_on(
-        self, owner: int, label: str | None = None, timeout: float | None = None
-    ) -> EventHandle:
-        """Have worker ``owner`` create (and own) a new event; returns its handle. Raises
-        :class:`PeerUnreachable` / :class:`PeerLost` / :class:`CallTimeout` when the owner
-        cannot answer, :class:`WorkerClosed` once this worker is closed."""
-        handle: EventHandle = self._sync_worker._blocking(
-            "events.new_event_on", self._events.new_event_on, owner, label, timeout
-        )
-        return handle
-
-    def merge_events_on(
-        self,
-        owner: int,
-        handles: Iterable[EventHandle],
-        *,
-        fail_fast: bool = False,
-        label: str | None = None,
-        timeout: float | None = None,
-    ) -> EventHandle:
-        """Have worker ``owner`` create (and own) a merge of ``handles``; errors as
-        :meth:`new_event_on`, plus the owner's ``EventError`` (an empty merge)."""
-        merge = functools.partial(
-            self._events.merge_events_on,
-            owner,
-            list(handles),
-            fail_fast=fail_fast,
-            label=label,
-            timeout=timeout,
-        )
-        handle: EventHandle = self._sync_worker._blocking("events.merge_events_on", merge)
-        return handle
-
-    def stats(self) -> dict[str, int]:
-        """Subscriptions and updates sent and received, remote handles awaited, cache size,
-        subscriptions served (a snapshot taken on the loop thread)."""
-        return self._runtime.read(self._events.stats)
-
-    def __repr__(self) -> str:
-        return f"<SyncEvents of {self._sync_worker!r}>"
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _check_routable(self, handles: list[EventHandle]) -> None:
-        """Remote handles need a started worker: refuse before anything is registered."""
-        if self._runtime.state == "new" and any(
-            self._events._owner(handle) is not None for handle in handles
-        ):
-            raise AMError(f"{self._runtime.describe()} is not started: start() it first")
-
-    def _routed(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run an operation that may route a remote handle through the worker's loop, which
-        is gone once the worker closed: that is :class:`WorkerClosed`."""
-        try:
-            return fn(*args)
-        except RuntimeError as error:
-            if self._runtime.loop.is_closed() and not isinstance(error, EventError):
-                raise WorkerClosed(self._runtime.closed_text()) from error
-            raise
+        return self._runtime.blocking(name, fn, *args)

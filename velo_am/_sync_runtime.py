@@ -17,15 +17,13 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
-
-from velo_event._core import PENDING, Outcome
 
 from ._errors import WorkerClosed
 from ._worker import Worker
 
-__all__ = ["CLOSE_MARGIN", "BlockedThread", "Runtime", "track"]
+__all__ = ["CLOSE_MARGIN", "Runtime", "loop_thread_error", "track"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +34,14 @@ CLOSE_MARGIN: Final = 5.0
 
 
 # -- the loop thread --------------------------------------------------------------------------
+
+
+def loop_thread_error(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"{name}() blocks, and was called on the worker's own event loop thread (in a handler "
+        "or a callback), which it would wait for forever; there, await the async API "
+        f"instead: make the handler `async def` and `await sync_worker.worker.{name}(...)`"
+    )
 
 
 class _Job:
@@ -84,33 +90,6 @@ class _Job:
             self.future.cancel()
 
 
-_wake_lock = threading.Lock()
-
-
-class BlockedThread:
-    """A thread blocked in :meth:`SyncEvents.wait`: the gate is held until the wake-up
-    releases it. The first outcome stands (the event's, or the worker's close)."""
-
-    __slots__ = ("_gate", "outcome")
-
-    def __init__(self) -> None:
-        self._gate = threading.Lock()
-        self._gate.acquire()
-        self.outcome: Outcome = PENDING
-
-    def wake(self, key: Hashable, reason: str | None) -> None:
-        with _wake_lock:
-            if self.outcome is not PENDING:
-                return
-            self.outcome = reason
-        self._gate.release()
-
-    def block(self, timeout: float | None) -> bool:
-        if timeout is None:
-            return self._gate.acquire()
-        return self._gate.acquire(timeout=min(max(timeout, 0.0), threading.TIMEOUT_MAX))
-
-
 class Runtime:
     """The loop thread and the worker on it. It holds no reference to its :class:`SyncWorker`,
     so a SyncWorker nobody references can be collected (and is then closed).
@@ -128,7 +107,6 @@ class Runtime:
         self.worker_id = 0
         self.grace: float | None = None  # of the close under way
         self.jobs: set[_Job] = set()
-        self.blocked: set[BlockedThread] = set()  # threads waiting on remote handles
         self.wakeups: set[threading.Event] = set()  # serve_forever() calls, set on close
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
@@ -169,6 +147,13 @@ class Runtime:
                 with contextlib.suppress(RuntimeError):
                     self.loop.call_soon_threadsafe(job.abandon)
             raise
+
+    def blocking(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`run` for a blocking method named ``name``, which must not be called on the
+        loop thread (it would wait for itself)."""
+        if self.on_loop_thread():
+            raise loop_thread_error(name)
+        return self.run(fn, *args)
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the loop thread, so it never races with the loop: directly when
@@ -263,14 +248,13 @@ class Runtime:
         with self.lock:  # from now on, nothing is scheduled on the loop by this module
             self.state = "closed"
             jobs, self.jobs = list(self.jobs), set()
-            blocked = list(self.blocked)
             wakeups = list(self.wakeups)
         self.loop.close()
         for job in jobs:  # scheduled, but the loop ended before they ran
             if not job.future.done():
                 job.future.set_exception(WorkerClosed(reason))
-        for waiter in blocked:  # waiting on a remote handle whose subscription never left
-            waiter.wake(waiter, reason)
+        if self.worker is not None:  # threads waiting on remote handles, whatever happened
+            self.worker.events.abandon_remote(reason)
         for wakeup in wakeups:
             wakeup.set()
         _untrack(self)

@@ -13,7 +13,6 @@ from ._handle import EventHandle
 
 __all__ = ["READY_AWAITER", "EventAwaiter", "wake_future"]
 
-_running_loop = asyncio.events._get_running_loop
 # An exhausted iterator: ``await`` of an already-complete event returns through it at once,
 # creating no Future and scheduling no callback.
 _DONE: Generator[Any, None, None] = cast(Generator[Any, None, None], iter(()))
@@ -29,7 +28,11 @@ def wake_future(future: Hashable, reason: str | None) -> None:
     own loop resolves it directly, one from another thread goes through its loop."""
     fut = cast("asyncio.Future[str | None]", future)
     loop = fut.get_loop()
-    if _running_loop() is loop:
+    try:
+        on_its_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:  # a plain thread: no loop runs here
+        on_its_loop = False
+    if on_its_loop:
         _resolve(fut, reason)
         return
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake

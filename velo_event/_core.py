@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Final
 
 from ._errors import (
@@ -26,7 +26,15 @@ from ._errors import (
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
 
-__all__ = ["MAX_REASON_LENGTH", "PENDING", "EventCore", "Outcome", "WakeCallback", "cap_reason"]
+__all__ = [
+    "MAX_REASON_LENGTH",
+    "PENDING",
+    "EventCore",
+    "Outcome",
+    "WakeCallback",
+    "cap_reason",
+    "wake_waiters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +84,9 @@ class _Slot:
         self.poisons: dict[int, str] | None = None
 
 
-def _wake(waiters: _Waiters, reason: str | None) -> None:
-    """Run wake callbacks, outside any lock. A failing callback never stops the others."""
+def wake_waiters(waiters: Mapping[Hashable, WakeCallback], reason: str | None) -> None:
+    """Run wake callbacks ``callback(key, reason)``, outside any lock. A failing callback is
+    logged and never stops the others."""
     for key, callback in waiters.items():
         try:
             callback(key, reason)
@@ -230,7 +239,7 @@ class EventCore:
             if self._deferred:
                 self._drain_deferred()
         if waiters:
-            _wake(waiters, None)
+            wake_waiters(waiters, None)
 
     def poison(self, handle: int, reason: str) -> None:
         if not isinstance(reason, str):
@@ -243,7 +252,7 @@ class EventCore:
             if self._deferred:
                 self._drain_deferred()
         if waiters:
-            _wake(waiters, reason)
+            wake_waiters(waiters, reason)
 
     def poison_soon(self, handle: EventHandle, reason: str) -> None:
         """Poison from a finalizer: never blocks and never raises, on any thread, at any time
@@ -270,7 +279,7 @@ class EventCore:
             finally:
                 self._lock.release()
             for waiters, reason in wakes:
-                _wake(waiters, reason)
+                wake_waiters(waiters, reason)
 
     # Reads of a completed generation take no lock: ``last`` only grows, and a poison reason
     # is recorded before ``last`` moves past its generation, so a reader that sees the
@@ -349,8 +358,9 @@ class EventCore:
             if self._deferred:
                 self._drain_deferred()
 
-    def check_owned(self, handles: Iterable[int]) -> None:
-        """Raise :class:`ForeignHandleError` for the first handle of another system."""
+    def check_inputs(self, handles: Iterable[int]) -> None:
+        """Merge inputs this core alone can serve: raise :class:`ForeignHandleError` for the
+        first handle of another system."""
         for handle in handles:
             if handle >> 64 != self.system_id:
                 try:
@@ -379,7 +389,7 @@ class EventCore:
             if self._deferred:
                 self._drain_deferred()
         for waiters in wakes:
-            _wake(waiters, reason)
+            wake_waiters(waiters, reason)
 
     @property
     def shutdown_reason(self) -> str | None:

@@ -10,7 +10,7 @@ import secrets
 import threading
 from collections.abc import Hashable, Iterable
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 from ._awaiter import READY_AWAITER, EventAwaiter
 from ._core import PENDING, EventCore, Outcome, WakeCallback
@@ -25,6 +25,7 @@ __all__ = [
     "Event",
     "EventGuard",
     "EventManager",
+    "EventSource",
     "LocalEventSystem",
 ]
 
@@ -211,13 +212,56 @@ class _ThreadWaiter:
         waiter.lock.release()
 
 
+class EventSource(Protocol):
+    """Where a :class:`CoreEventManager` finds the state of each handle it is given.
+
+    An :class:`~velo_event.lowlevel.EventCore` is one (it serves its own handles); a runtime
+    that also serves other systems' handles (velo_am's distributed events, which route each
+    handle to its owner) implements these five methods and passes itself as ``source``. Every
+    method may be called from any thread.
+    """
+
+    def awaitable(self, handle: EventHandle) -> Outcome:
+        """The generation's outcome, or ``PENDING``; raise ``EventError`` for a handle nothing
+        could ever complete (unknown, another system's, a generation not issued yet)."""
+        ...
+
+    def status(self, handle: EventHandle) -> Outcome:
+        """Like :meth:`awaitable`, but a generation not issued yet is ``PENDING``."""
+        ...
+
+    def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+        """Register ``callback(key, reason)`` for the generation's completion and return
+        ``PENDING``; if it is complete already, register nothing and return its outcome."""
+        ...
+
+    def remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
+        """Drop the waiter ``key`` (a cancelled wait); unknown keys are ignored."""
+        ...
+
+    def check_inputs(self, handles: Iterable[EventHandle]) -> None:
+        """Raise ``EventError`` for the first handle a merge here cannot take."""
+        ...
+
+
 class CoreEventManager(EventManager):
-    """An :class:`EventManager` serving the handles of one :class:`EventCore`."""
+    """An :class:`EventManager` whose new events live in one :class:`EventCore`.
 
-    __slots__ = ("_core",)
+    ``source`` answers for the handles it is given (awaits, polls, merge inputs); by default
+    the core itself, which serves its own handles only. Completion (``trigger``, ``poison``)
+    goes to the core: a subclass that completes other systems' handles overrides those.
+    """
 
-    def __init__(self, core: EventCore) -> None:
+    __slots__ = ("_core", "_source")
+
+    def __init__(self, core: EventCore, source: EventSource | None = None) -> None:
         self._core = core
+        self._source: EventSource = core if source is None else source
+
+    @property
+    def core(self) -> EventCore:
+        """The core this manager's own events live in."""
+        return self._core
 
     @property
     def system_id(self) -> int:
@@ -231,29 +275,12 @@ class CoreEventManager(EventManager):
     def new_event(self) -> Event:
         return Event(self, self._core.new_event())
 
-    # Where a handle's state lives. A subclass that serves other workers' handles too (the
-    # distributed manager of velo_am) overrides these four and inherits everything else.
-
-    def _awaitable(self, handle: EventHandle) -> Outcome:
-        return self._core.awaitable(handle)
-
-    def _status(self, handle: EventHandle) -> Outcome:
-        return self._core.status(handle)
-
-    def _add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
-        return self._core.add_waiter(handle, key, callback)
-
-    def _remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
-        self._core.remove_waiter(handle, key)
-
-    def _check_inputs(self, handles: list[EventHandle]) -> None:
-        self._core.check_owned(handles)
-
     def awaiter(self, handle: EventHandle) -> EventAwaiter:
-        outcome = self._awaitable(handle)
+        source = self._source
+        outcome = source.awaitable(handle)
         if outcome is None:
             return READY_AWAITER
-        return EventAwaiter(handle, outcome, self._add_waiter, self._remove_waiter)
+        return EventAwaiter(handle, outcome, source.add_waiter, source.remove_waiter)
 
     def trigger(self, handle: EventHandle) -> None:
         self._core.trigger(handle)
@@ -265,7 +292,7 @@ class CoreEventManager(EventManager):
         self._core.poison_soon(handle, reason)
 
     def poll(self, handle: EventHandle) -> EventStatus:
-        outcome = self._status(handle)
+        outcome = self._source.status(handle)
         if outcome is None:
             return EventStatus.READY
         if outcome is PENDING:
@@ -274,7 +301,7 @@ class CoreEventManager(EventManager):
 
     def poison_reason(self, handle: EventHandle) -> str | None:
         """The reason the handle's generation was poisoned with, or ``None``."""
-        outcome = self._status(handle)
+        outcome = self._source.status(handle)
         return outcome if isinstance(outcome, str) else None
 
     def merge_events(
@@ -283,26 +310,33 @@ class CoreEventManager(EventManager):
         inputs = list(handles)
         if not inputs:
             raise EventError("Cannot merge empty event list")
-        self._check_inputs(inputs)
-        return start_merge(self._core, inputs, fail_fast, self._add_waiter, self._remove_waiter)
+        source = self._source
+        source.check_inputs(inputs)
+        return start_merge(self._core, inputs, fail_fast, source.add_waiter, source.remove_waiter)
 
     def force_shutdown(self, reason: str) -> None:
         self._core.force_shutdown(reason)
 
     def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
-        if asyncio.events._get_running_loop() is not None:
+        if _loop_running():
             raise EventError(
                 "wait() would block the running event loop; use `await manager.awaiter(handle)`"
             )
+        source = self._source
         waiter = _ThreadWaiter()
-        outcome = self._add_waiter(handle, waiter, waiter.wake)
+        outcome = source.add_waiter(handle, waiter, waiter.wake)
         if outcome is PENDING:
-            if waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            try:
+                woken = waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+            except BaseException:  # interrupted (KeyboardInterrupt): nobody waits any more
+                source.remove_waiter(handle, waiter)
+                raise
+            if woken:
                 outcome = waiter.reasons[0]
             else:
-                self._remove_waiter(handle, waiter)
+                source.remove_waiter(handle, waiter)
                 # Completed meanwhile, its wake-up maybe not delivered yet: the outcome stands.
-                outcome = waiter.reasons[0] if waiter.reasons else self._status(handle)
+                outcome = waiter.reasons[0] if waiter.reasons else source.status(handle)
                 if outcome is PENDING:
                     raise TimeoutError(f"event {handle} still pending after {timeout} s")
         if outcome is not None:
@@ -310,6 +344,15 @@ class CoreEventManager(EventManager):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} system={self._core.system_id:#x}>"
+
+
+def _loop_running() -> bool:
+    """Whether this thread is running an event loop (which a blocking wait would freeze)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class LocalEventSystem(CoreEventManager):

@@ -1,33 +1,44 @@
-"""Discovery for scripts on one host: a directory with one small JSON file per live worker.
+"""``dir:PATH`` discovery: one JSON file per worker in a shared directory.
 
-``discovery="dir:PATH"`` (or ``VELO_DISCOVERY=dir:PATH``): a worker writes
-``PATH/<worker id in hex>.json`` (id, address, pid, incarnation, last seen) on start, refreshes
-it while it runs and removes it on close. A lookup ignores, and deletes, the entry of a process
-that no longer exists or of one that stopped refreshing it.
+Each worker writes its entry (worker id, address, pid, incarnation, last seen) on start,
+refreshes it while it runs and removes it on close. A lookup ignores, and deletes, the entry of
+a process that no longer exists or of one that stopped refreshing it. Besides the asynchronous
+:class:`~velo_am.discovery.Discovery` methods a worker uses (their file I/O runs on a thread),
+:class:`DirectoryDiscovery` has blocking ones for scripts: ``register``, ``unregister``,
+``lookup`` and ``entries``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["DirectoryDiscovery", "DiscoveryEntry", "parse_discovery"]
+from ._base import DiscoveryEntry
+
+__all__ = ["DirectoryDiscovery"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-@dataclass(frozen=True, slots=True)
-class DiscoveryEntry:
-    worker_id: int
-    address: str
-    pid: int
-    incarnation: int
-    last_seen: float
+
+async def _off_loop(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` on the loop's default executor; directly when that refuses new work
+    (at interpreter exit, where a worker may still be closing)."""
+    try:
+        future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    except RuntimeError:
+        return fn(*args)
+    return await future
 
 
 def _process_exists(pid: int) -> bool:
@@ -41,6 +52,9 @@ def _process_exists(pid: int) -> bool:
 
 
 class DirectoryDiscovery:
+    """Entries in the directory ``path`` (created on first use); an entry not refreshed for
+    ``stale_after`` seconds, or whose process is gone, is dead."""
+
     def __init__(self, path: str | os.PathLike[str], *, stale_after: float = 60.0) -> None:
         self.path = Path(path)
         self.stale_after = stale_after
@@ -111,10 +125,19 @@ class DirectoryDiscovery:
             logger.warning("ignoring unreadable discovery entry %s: %s", path, error)
             return None
 
+    # -- the Discovery protocol ---------------------------------------------------------------
 
-def parse_discovery(spec: str) -> DirectoryDiscovery:
-    """``dir:PATH`` → a :class:`DirectoryDiscovery`; anything else is a ``ValueError``."""
-    scheme, _, rest = spec.partition(":")
-    if scheme != "dir" or not rest:
-        raise ValueError(f"unsupported discovery {spec!r}: expected 'dir:PATH'")
-    return DirectoryDiscovery(rest)
+    async def publish(self, entry: DiscoveryEntry) -> None:
+        await _off_loop(self.register, entry)
+
+    async def withdraw(self, worker_id: int, incarnation: int) -> None:
+        await _off_loop(self.unregister, worker_id, incarnation)
+
+    async def find(self, worker_id: int) -> DiscoveryEntry | None:
+        return await _off_loop(self.lookup, worker_id)
+
+    async def members(self) -> list[DiscoveryEntry]:
+        return await _off_loop(self.entries)
+
+    def __repr__(self) -> str:
+        return f"DirectoryDiscovery({str(self.path)!r})"

@@ -1,6 +1,5 @@
-"""Where the sockets live: one bound ROUTER for everything inbound, one DEALER per peer for
-everything outbound (the ZeroMQ guide's Harmony pattern), and an in-process fake with the same
-surface so most runtime tests need no sockets.
+"""The ZeroMQ transport: one bound ROUTER for everything inbound, one DEALER per peer for
+everything outbound (the ZeroMQ guide's Harmony pattern).
 
 Replies travel on the responder's own DEALER to the requester's ROUTER, so a worker only ever
 *reads* its ROUTER: one reader, driven by the ROUTER's file descriptor on the event loop and
@@ -15,43 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 import zmq
 
-__all__ = ["FakeNetwork", "Link", "LinkFull", "Transport", "ZmqTransport"]
+from ._base import FrameSink, Link, LinkFull
+from ._security import Plaintext, ZmqSecurity
+
+__all__ = ["ZmqTransport"]
 
 logger = logging.getLogger(__name__)
-
-#: Called with the frames of each inbound message (the ROUTER's identity frame removed).
-FrameSink = Callable[[list[bytes]], None]
 
 # Messages handled per loop callback before yielding to other tasks.
 _DRAIN_BATCH = 512
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
-
-
-class LinkFull(Exception):
-    """A send to one peer could not be queued (its queue is full, or the link is closed)."""
-
-
-class Link(Protocol):
-    """The outbound path to one peer."""
-
-    def send(self, frames: list[bytes]) -> None: ...
-
-    def close(self, linger: float) -> None: ...
-
-
-class Transport(Protocol):
-    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
-        """Bind and start reading; returns the address actually bound."""
-        ...
-
-    def open_link(self, address: str) -> Link: ...
-
-    async def close(self) -> None: ...
 
 
 class _ZmqLink:
@@ -81,7 +57,14 @@ class _ZmqLink:
 
 class ZmqTransport:
     """ROUTER/DEALER over real ZeroMQ sockets; the context is created by :meth:`start`, in the
-    process (and on the loop) that uses it."""
+    process (and on the loop) that uses it.
+
+    ``bind`` is the ROUTER's endpoint (``tcp://HOST:PORT``, port 0 for any free one;
+    ``ipc://PATH``); ``max_message_size`` bounds each inbound frame (libzmq drops the
+    connection of a peer that sends a larger one); ``send_queue`` and ``receive_queue`` are the
+    high-water marks of each DEALER and of the ROUTER; ``security`` configures every socket
+    (:class:`Plaintext` by default).
+    """
 
     def __init__(
         self,
@@ -90,8 +73,10 @@ class ZmqTransport:
         max_message_size: int,
         send_queue: int = 100_000,
         receive_queue: int = 100_000,
+        security: ZmqSecurity | None = None,
     ) -> None:
         self._bind = bind
+        self.security: ZmqSecurity = Plaintext() if security is None else security
         self._max_message_size = max_message_size
         self._send_queue = send_queue
         self._receive_queue = receive_queue
@@ -106,15 +91,18 @@ class ZmqTransport:
         self._loop = loop
         self._sink = sink
         self._context = context = zmq.Context()
+        self.security.start(context)
         self._router = router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_message_size)
         router.setsockopt(zmq.RCVHWM, self._receive_queue)
         try:
+            self.security.configure_listener(router)
             router.bind(self._bind)
         except zmq.ZMQError:
             router.close(linger=0)
+            self.security.close()
             context.term()
             raise
         address = router.getsockopt(zmq.LAST_ENDPOINT)
@@ -155,7 +143,7 @@ class ZmqTransport:
                 logger.exception("inbound message handler failed")
         self._schedule_drain()  # more may be queued; let other tasks run first
 
-    def open_link(self, address: str) -> Link:
+    def open_link(self, address: str, peer_id: int | None = None) -> Link:
         assert self._context is not None, "transport not started"
         try:
             dealer = self._context.socket(zmq.DEALER)
@@ -166,6 +154,7 @@ class ZmqTransport:
         dealer.setsockopt(zmq.RECONNECT_IVL, 100)
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         try:
+            self.security.configure_link(dealer, address, peer_id)
             dealer.connect(address)
         except zmq.ZMQError as error:
             dealer.close(linger=0)
@@ -185,87 +174,10 @@ class ZmqTransport:
         router.close(linger=0)
         for link in list(self._links):  # normally closed by the worker already; term needs all
             link.close(0)
+        self.security.close()
         try:
             await asyncio.to_thread(context.term)
         except RuntimeError:
             # At interpreter exit (a worker closed by an atexit hook) executors refuse new
             # jobs. Every socket is closed with linger 0, so term() returns at once anyway.
             context.term()
-
-
-class _FakeLink:
-    __slots__ = ("_address", "_closed", "_network")
-
-    def __init__(self, network: FakeNetwork, address: str) -> None:
-        self._network = network
-        self._address = address
-        self._closed = False
-
-    def send(self, frames: list[bytes]) -> None:
-        if self._closed:
-            raise LinkFull("link closed")
-        self._network.deliver(self._address, list(frames))
-
-    def close(self, linger: float) -> None:
-        self._closed = True
-
-
-class FakeNetwork:
-    """In-process stand-in for ZeroMQ: transports on one network reach each other by address,
-    messages arrive in order through the event loop, and a message to an address nobody
-    listens on is silently lost, as on a real network."""
-
-    def __init__(self) -> None:
-        self._listeners: dict[str, _FakeTransport] = {}
-        self._next = 0
-        #: Hook for tests: ``(address, frames) -> bool``; returning False drops the message.
-        self.filter: Callable[[str, list[bytes]], bool] | None = None
-
-    def transport(self, bind: str = "fake://auto") -> _FakeTransport:
-        return _FakeTransport(self, bind)
-
-    def _bind(self, transport: _FakeTransport, bind: str) -> str:
-        if bind == "fake://auto":
-            self._next += 1
-            bind = f"fake://{self._next}"
-        if bind in self._listeners:
-            raise OSError(f"address in use: {bind}")
-        self._listeners[bind] = transport
-        return bind
-
-    def _unbind(self, address: str) -> None:
-        self._listeners.pop(address, None)
-
-    def deliver(self, address: str, frames: list[bytes]) -> None:
-        if self.filter is not None and not self.filter(address, frames):
-            return
-        target = self._listeners.get(address)
-        if target is not None:
-            target.receive(frames)
-
-
-class _FakeTransport:
-    def __init__(self, network: FakeNetwork, bind: str) -> None:
-        self._network = network
-        self._bind = bind
-        self._address: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sink: FrameSink | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
-        self._loop = loop
-        self._sink = sink
-        self._address = self._network._bind(self, self._bind)
-        return self._address
-
-    def receive(self, frames: list[bytes]) -> None:
-        if self._loop is not None and self._sink is not None:
-            self._loop.call_soon(self._sink, frames)
-
-    def open_link(self, address: str) -> Link:
-        return _FakeLink(self._network, address)
-
-    async def close(self) -> None:
-        if self._address is not None:
-            self._network._unbind(self._address)
-            self._address = None

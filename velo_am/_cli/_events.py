@@ -1,0 +1,195 @@
+"""The event commands: ``new-event``, ``merge``, ``trigger``, ``poison``, ``status``, ``wait``.
+
+Each joins the mesh as a short-lived member; a long-lived worker owns what it creates."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from velo_event import EventError, EventHandle, EventPoison, EventStatus
+
+from ._shared import (
+    EXIT_OK,
+    EXIT_POISONED,
+    EXIT_TIMEOUT,
+    Command,
+    CommandError,
+    add_mesh_options,
+    default_owner,
+    handle_arg,
+    member,
+    owner_ready,
+    seconds,
+    worker_id,
+)
+
+__all__ = ["COMMANDS"]
+
+
+def _configure_new_event(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on", type=worker_id, metavar="WORKER_ID", help="the owner (default: the seed)"
+    )
+    parser.add_argument("--label", help="a name shown by inspect")
+    add_mesh_options(parser)
+
+
+async def _new_event(args: argparse.Namespace) -> int:
+    async with member(args) as worker:
+        owner = await default_owner(worker, args)
+        await owner_ready(worker, owner, args.connect_timeout)
+        handle = await worker.events.new_event_on(owner, args.label, args.connect_timeout)
+    print(handle)
+    return EXIT_OK
+
+
+def _configure_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handles", nargs="+", type=handle_arg, metavar="HANDLE")
+    parser.add_argument("--on", type=worker_id, metavar="WORKER_ID")
+    parser.add_argument("--label")
+    parser.add_argument(
+        "--fail-fast", action="store_true", help="poison at the first poisoned input"
+    )
+    add_mesh_options(parser)
+
+
+async def _merge(args: argparse.Namespace) -> int:
+    async with member(args) as worker:
+        owner = await default_owner(worker, args)
+        await owner_ready(worker, owner, args.connect_timeout)
+        try:
+            handle = await worker.events.merge_events_on(
+                owner,
+                args.handles,
+                fail_fast=args.fail_fast,
+                label=args.label,
+                timeout=args.connect_timeout,
+            )
+        except EventError as error:
+            raise CommandError(f"the owner refused the merge: {error}") from None
+    print(handle)
+    return EXIT_OK
+
+
+def _configure_handle(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handle", type=handle_arg, metavar="HANDLE")
+    add_mesh_options(parser)
+
+
+def _configure_poison(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handle", type=handle_arg, metavar="HANDLE")
+    parser.add_argument("reason", metavar="REASON")
+    add_mesh_options(parser)
+
+
+async def _complete(args: argparse.Namespace) -> int:
+    handle: EventHandle = args.handle
+    async with member(args) as worker:
+        await owner_ready(worker, handle.worker_id, args.connect_timeout)
+        try:
+            if args.command == "trigger":
+                await worker.events.trigger_confirmed(handle, args.connect_timeout)
+            else:
+                await worker.events.poison_confirmed(handle, args.reason, args.connect_timeout)
+        except EventError as error:
+            raise CommandError(f"the owner refused: {error}", EXIT_POISONED) from None
+    return EXIT_OK
+
+
+async def _status(args: argparse.Namespace) -> int:
+    handle: EventHandle = args.handle
+    async with member(args) as worker:
+        await owner_ready(worker, handle.worker_id, args.connect_timeout)
+        status = await worker.events.poll_remote(handle, args.connect_timeout)
+        reason = worker.events.poison_reason(handle) if status is EventStatus.POISONED else None
+    print(status.name.lower() if reason is None else f"poisoned: {reason}")
+    return EXIT_OK
+
+
+def _configure_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handle", type=handle_arg, metavar="HANDLE")
+    parser.add_argument(
+        "--timeout", type=seconds, metavar="S", help="give up after S seconds (default: never)"
+    )
+    add_mesh_options(parser)
+
+
+async def _wait(args: argparse.Namespace) -> int:
+    handle: EventHandle = args.handle
+    started = time.monotonic()
+    async with member(args) as worker:
+        # Asking the owner first turns an unreachable owner or a bad handle into exit 3.
+        await owner_ready(worker, handle.worker_id, args.connect_timeout)
+        await worker.events.poll_remote(handle, args.connect_timeout)
+        remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
+        try:
+            async with asyncio.timeout(remaining):
+                await worker.events.awaiter(handle)
+        except TimeoutError:
+            raise CommandError(
+                f"{handle} still pending after {args.timeout} s", EXIT_TIMEOUT
+            ) from None
+        except EventPoison as poison:
+            raise CommandError(f"poisoned: {poison.reason}", EXIT_POISONED) from None
+    return EXIT_OK
+
+
+COMMANDS = (
+    Command(
+        "new-event",
+        "have a long-lived worker create an event; prints its handle",
+        """
+        H=$(velo-am new-event --seed tcp://127.0.0.1:5555)
+        H=$(velo-am new-event --on 0x2 --label "backup done" --discovery /run/velo)
+        """,
+        _configure_new_event,
+        _new_event,
+    ),
+    Command(
+        "merge",
+        "have a long-lived worker merge events (ready when all are); prints its handle",
+        """
+        M=$(velo-am merge "$H1" "$H2" --label "inputs ready" --seed tcp://127.0.0.1:5555)
+        """,
+        _configure_merge,
+        _merge,
+    ),
+    Command(
+        "trigger",
+        "complete an event successfully (waits for its owner's verdict)",
+        """
+        velo-am trigger "$H" --seed tcp://127.0.0.1:5555
+        """,
+        _configure_handle,
+        _complete,
+    ),
+    Command(
+        "poison",
+        "complete an event as failed, with a reason",
+        """
+        velo-am poison "$H" "backup failed: disk full" --seed tcp://127.0.0.1:5555
+        """,
+        _configure_poison,
+        _complete,
+    ),
+    Command(
+        "status",
+        "print pending, ready, or 'poisoned: REASON', as the owner knows it",
+        """
+        velo-am status "$H" --seed tcp://127.0.0.1:5555
+        """,
+        _configure_handle,
+        _status,
+    ),
+    Command(
+        "wait",
+        "wait for an event: exit 0 ready, 1 poisoned (reason on stderr), 2 timeout, 3 error",
+        """
+        velo-am wait "$H" --timeout 600 --seed tcp://127.0.0.1:5555 && ./run-next-step
+        """,
+        _configure_wait,
+        _wait,
+    ),
+)

@@ -1,0 +1,100 @@
+"""``velo-am worker``: a long-lived worker, with handlers loaded from the user's modules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .._config import OPTIONS
+from .._errors import AMError
+from .._worker import Worker
+from ._shared import EXIT_OK, Command, CommandError, discovery_url, worker_id
+
+__all__ = ["COMMANDS"]
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--id", dest="worker_id", type=worker_id, help="default: random")
+    parser.add_argument("--seed", action="append", metavar="ADDR", help="repeatable")
+    parser.add_argument(
+        "--discovery",
+        type=discovery_url,
+        metavar="URL",
+        help="a discovery URL (dir:PATH) or a shared directory (default: $VELO_DISCOVERY)",
+    )
+    parser.add_argument(
+        "--load",
+        action="append",
+        metavar="MODULE:FUNCTION",
+        help="call FUNCTION(worker) before joining, to register handlers (repeatable)",
+    )
+    for opt in OPTIONS:
+        if opt.name in ("worker_id", "peers", "discovery"):
+            continue
+        parser.add_argument(
+            opt.flag,
+            dest=opt.name,
+            type=opt.parse,
+            metavar=opt.name.split("_")[-1].upper(),
+            help=f"{opt.doc} (default: ${opt.env} or {opt.default_text})",
+        )
+
+
+def _load(spec: str) -> Callable[[Worker], Any]:
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise CommandError(f"--load wants MODULE:FUNCTION, got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the user's own modules
+    try:
+        module = importlib.import_module(module_name)
+        function: Callable[[Worker], Any] = getattr(module, function_name)
+    except (ImportError, AttributeError) as error:
+        raise CommandError(f"--load {spec}: {error}") from None
+    return function
+
+
+async def _run(args: argparse.Namespace) -> int:
+    options = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
+    options["peers"] = args.seed
+    options["discovery"] = args.discovery
+    try:
+        worker = Worker(**options)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    for spec in args.load or ():
+        result = _load(spec)(worker)
+        if inspect.isawaitable(result):
+            await result
+    try:
+        await worker.start()
+    except (AMError, OSError) as error:
+        raise CommandError(f"cannot start the worker: {error}") from None
+    try:
+        await worker.serve_forever(
+            ready=lambda: print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
+        )
+    finally:
+        await worker.close()
+    print("CLOSED", flush=True)
+    return EXIT_OK
+
+
+COMMANDS = (
+    Command(
+        "worker",
+        "run a long-lived worker; prints 'READY <id> <address>' once it listens",
+        """
+        velo-am worker --id 0x1 --bind tcp://127.0.0.1:5555
+        velo-am worker --id 0x2 --bind tcp://127.0.0.1:5556 --seed tcp://127.0.0.1:5555
+        velo-am worker --id 0x3 --discovery /run/velo --load myapp.handlers:register
+        """,
+        _configure,
+        _run,
+    ),
+)

@@ -1,0 +1,359 @@
+"""The wire protocol's message types: frozen, self-validating values (in the style of h11).
+
+One frozen dataclass per message kind, positional fields in header order (the common
+envelope first, ``payload`` last), each validating itself on construction, so that an invalid
+message can be neither built nor decoded; :mod:`velo_am._protocol` encodes and decodes them.
+``docs/protocol.md`` is the normative spec. Hot kinds test a cheap sufficient condition first
+and run the exact field-by-field check (which words the error) only if that fails.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, TypeAlias
+
+from velo_event import EventHandle
+
+from ._errors import AMError
+
+__all__ = ["PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE", "ProtocolError", "Kind", "ErrorCode"]
+__all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "Response"]
+__all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
+__all__ += ["EventStatusCode", "MAX_EVENT_ITEMS"]
+
+#: Version 2: kind 16 carries the events layer's subscriptions and completions.
+PROTOCOL_VERSION: Final = 2
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+
+U64_MAX: Final = 2**64 - 1
+MAX_HANDLER_BYTES: Final = 255
+#: Most peers one header may list; also the largest array msgpack may build while decoding.
+MAX_PEERS: Final = 65_536
+#: Most subscriptions plus completions in one EventUpdates (senders split larger batches).
+MAX_EVENT_ITEMS: Final = 16_384
+_HANDLE_BYTES: Final = 16
+
+
+class ProtocolError(AMError):
+    """Raised when frames are not a valid protocol message (or a message is invalid)."""
+
+
+class Kind(enum.IntEnum):
+    """Message kind, the second element of every header.  16-31 belong to the events layer."""
+
+    HELLO = 1
+    HELLO_ACK = 2
+    HEARTBEAT = 3
+    PEERS = 4
+    REQUEST = 5
+    RESPONSE = 6
+    ERROR_RESPONSE = 7
+    GOODBYE = 8
+    DRAINING = 9
+    EVENT_UPDATES = 16
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a request failed, carried by :class:`ErrorResponse`."""
+
+    HANDLER_ERROR = 1
+    HANDLER_NOT_FOUND = 2
+    DRAINING = 3
+    BAD_REQUEST = 4
+    WRONG_INCARNATION = 5
+
+
+_ERROR_CODES: Final = frozenset(int(c) for c in ErrorCode)
+
+
+class EventStatusCode(enum.IntEnum):
+    """What an owner answers ``_ev.status`` with, first element of ``[code, reason]``."""
+
+    PENDING = 0
+    READY = 1
+    POISONED = 2
+
+
+# --------------------------------------------------------------------------- validation
+# A checker returns None when a value is fine, else a description of the problem.
+_Checker: TypeAlias = Callable[[Any], "str | None"]
+
+
+def short_repr(v: object) -> str:
+    """``repr(v)``, cut to 60 characters (for error messages)."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _int_in(lo: int, hi: int) -> _Checker:
+    problem = f"expected an int in {lo}..{'2**64-1' if hi == U64_MAX else hi}, got "
+    return lambda v: None if type(v) is int and lo <= v <= hi else problem + short_repr(v)
+
+
+def _type_is(t: type) -> _Checker:
+    return lambda v: None if type(v) is t else f"expected {t.__name__}, got {type(v).__name__}"
+
+
+def _nonempty_str(v: Any) -> str | None:
+    return _str(v) or (None if v else "must not be empty")
+
+
+def _handler(v: Any) -> str | None:
+    if problem := _nonempty_str(v):
+        return problem
+    size = len(v.encode(errors="surrogatepass"))
+    return None if size <= MAX_HANDLER_BYTES else f"is {size} UTF-8 bytes, limit is 255"
+
+
+def _code(v: Any) -> str | None:
+    ok = type(v) is ErrorCode or (type(v) is int and v in _ERROR_CODES)
+    return None if ok else f"unknown error code {short_repr(v)}"
+
+
+def _peers(v: Any) -> str | None:
+    if type(v) is not tuple:
+        return f"expected a tuple of PeerInfo, got {type(v).__name__}"
+    bad = [i for i, p in enumerate(v) if type(p) is not PeerInfo]
+    return f"element {bad[0]} is not a PeerInfo" if bad else None
+
+
+def _handle(v: Any) -> str | None:
+    ok = type(v) is EventHandle and v.is_distributed
+    return None if ok else f"expected a distributed EventHandle, got {short_repr(v)}"
+
+
+def _reason(v: Any) -> str | None:
+    return None if v is None or type(v) is str else f"expected str or None, got {short_repr(v)}"
+
+
+def _handles(v: Any) -> str | None:
+    if type(v) is not tuple:
+        return f"expected a tuple of EventHandle, got {type(v).__name__}"
+    for i, h in enumerate(v):
+        if problem := _handle(h):
+            return f"element {i}: {problem}"
+    return None
+
+
+def _dones(v: Any) -> str | None:
+    if type(v) is not tuple:
+        return f"expected a tuple of EventDone, got {type(v).__name__}"
+    bad = [i for i, d in enumerate(v) if type(d) is not EventDone]
+    return f"element {bad[0]} is not an EventDone" if bad else None
+
+
+_u64, _u64_nonzero = _int_in(0, U64_MAX), _int_in(1, U64_MAX)
+_str, _bytes, _bool = (_type_is(t) for t in (str, bytes, bool))
+_Spec: TypeAlias = tuple[tuple[str, _Checker], ...]
+_COMMON: Final[_Spec] = (
+    ("src", _u64_nonzero),
+    ("src_incarnation", _u64_nonzero),
+    ("dst_incarnation", _u64),
+)
+
+
+def _spec(**checks: _Checker) -> _Spec:
+    """The (field, checker) pairs of a message: the common fields, then ``checks``."""
+    return _COMMON + tuple(checks.items())
+
+
+def _diagnose(obj: Any) -> None:
+    """Exact validation: raise ProtocolError naming the first bad field, if any."""
+    for name, check in obj.CHECKS:
+        problem = check(getattr(obj, name))
+        if problem is not None:
+            raise ProtocolError(f"{type(obj).__name__}.{name}: {problem}")
+
+
+def _fast_ok(m: _Envelope, v: object, hi: int) -> bool:
+    """Cheap sufficient check of the common fields plus one int field ``v`` in 0..hi."""
+    s, si, di = m.src, m.src_incarnation, m.dst_incarnation
+    return (
+        type(s) is type(si) is type(di) is type(v) is int
+        and 0 < s <= U64_MAX
+        and 0 < si <= U64_MAX
+        and 0 <= di <= U64_MAX
+        and 0 <= v <= hi
+    )
+
+
+# ----------------------------------------------------------------------------- messages
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A mesh member as gossiped in Hello/HelloAck/Peers: ``[worker_id, incarnation, address]``."""
+
+    CHECKS: ClassVar[_Spec] = tuple(
+        {"worker_id": _u64_nonzero, "incarnation": _u64_nonzero, "address": _nonempty_str}.items()
+    )
+    worker_id: int
+    incarnation: int
+    address: str
+
+    def __post_init__(self) -> None:
+        _diagnose(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """Fields common to every message; subclasses list theirs in ``CHECKS``."""
+
+    KIND: ClassVar[Kind]
+    CHECKS: ClassVar[_Spec] = _COMMON
+    src: int
+    src_incarnation: int
+    dst_incarnation: int
+
+    def __post_init__(self) -> None:  # header-only kinds have a fast path, the others diagnose
+        if len(self.CHECKS) > 3 or not _fast_ok(self, 0, 0):
+            _diagnose(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_Envelope):
+    """Handshake opener: a dialer-chosen ``token`` (echoed by the HelloAck, so the dialer can
+    match the answer to its dial), the sender's bound endpoint and the members it knows."""
+
+    KIND: ClassVar[Kind] = Kind.HELLO
+    CHECKS: ClassVar[_Spec] = _spec(token=_u64, address=_nonempty_str, peers=_peers)
+    token: int
+    address: str
+    peers: tuple[PeerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAck(_Envelope):
+    """Answer to :class:`Hello`: same fields, ``token`` copied from the Hello."""
+
+    KIND: ClassVar[Kind] = Kind.HELLO_ACK
+    CHECKS: ClassVar[_Spec] = Hello.CHECKS
+    token: int
+    address: str
+    peers: tuple[PeerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(_Envelope):
+    """Liveness signal, sent to a peer that got no other traffic for a while."""
+
+    KIND: ClassVar[Kind] = Kind.HEARTBEAT
+
+
+@dataclass(frozen=True, slots=True)
+class Peers(_Envelope):
+    """Membership gossip, sent when the sender's view of the mesh changes."""
+
+    KIND: ClassVar[Kind] = Kind.PEERS
+    CHECKS: ClassVar[_Spec] = _spec(peers=_peers)
+    peers: tuple[PeerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request(_Envelope):
+    """Invoke ``handler`` with ``payload``; ``reply`` False means fire-and-forget."""
+
+    KIND: ClassVar[Kind] = Kind.REQUEST
+    CHECKS: ClassVar[_Spec] = _spec(msg_id=_u64, handler=_handler, reply=_bool, payload=_bytes)
+    msg_id: int
+    handler: str
+    reply: bool
+    payload: bytes
+
+    def __post_init__(self) -> None:  # cheap sufficient check first, exact one if it fails
+        h = self.handler
+        ok = type(h) is str and 0 < len(h) <= MAX_HANDLER_BYTES // 4  # <= 4 bytes per char
+        ok = ok and type(self.reply) is bool and type(self.payload) is bytes
+        if not (ok and _fast_ok(self, self.msg_id, U64_MAX)):
+            _diagnose(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Response(_Envelope):
+    """Successful result of the Request ``msg_id``; ``payload`` is the encoded result."""
+
+    KIND: ClassVar[Kind] = Kind.RESPONSE
+    CHECKS: ClassVar[_Spec] = _spec(msg_id=_u64, payload=_bytes)
+    msg_id: int
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if not (type(self.payload) is bytes and _fast_ok(self, self.msg_id, U64_MAX)):
+            _diagnose(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse(_Envelope):
+    """Failure of the Request ``msg_id``.  An int ``code`` is converted to :class:`ErrorCode`."""
+
+    KIND: ClassVar[Kind] = Kind.ERROR_RESPONSE
+    CHECKS: ClassVar[_Spec] = _spec(
+        msg_id=_u64, code=_code, error_type=_str, message=_str, traceback=_str
+    )
+    msg_id: int
+    code: ErrorCode
+    error_type: str
+    message: str
+    traceback: str
+
+    def __post_init__(self) -> None:
+        _diagnose(self)
+        if type(self.code) is not ErrorCode:
+            object.__setattr__(self, "code", ErrorCode(self.code))
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(_Envelope):
+    """Last message of a closing worker: stop sending to it, fail in-flight calls now."""
+
+    KIND: ClassVar[Kind] = Kind.GOODBYE
+
+
+@dataclass(frozen=True, slots=True)
+class Draining(_Envelope):
+    """The sender began draining: it refuses new requests but finishes running ones."""
+
+    KIND: ClassVar[Kind] = Kind.DRAINING
+
+
+@dataclass(frozen=True, slots=True)
+class EventDone:
+    """One completion in :class:`EventUpdates`: the owner's ``handle`` (that generation)
+    completed, triggered (``reason`` None) or poisoned with its first ``reason``."""
+
+    CHECKS: ClassVar[_Spec] = (("handle", _handle), ("reason", _reason))
+    handle: EventHandle
+    reason: str | None
+
+    def __post_init__(self) -> None:
+        r = self.reason
+        h = self.handle
+        if not (type(h) is EventHandle and (r is None or type(r) is str) and h.is_distributed):
+            _diagnose(self)
+
+
+@dataclass(frozen=True, slots=True)
+class EventUpdates(_Envelope):
+    """The events layer between two workers: ``subscribe``, handles of the *receiver's*
+    events the sender awaits (the receiver answers each with an :class:`EventDone`, at once if
+    it is complete already); ``done``, completions of the *sender's* events the receiver
+    subscribed to. Items produced in one loop iteration travel together (at most
+    :data:`MAX_EVENT_ITEMS` in all)."""
+
+    KIND: ClassVar[Kind] = Kind.EVENT_UPDATES
+    CHECKS: ClassVar[_Spec] = _spec(subscribe=_handles, done=_dones)
+    subscribe: tuple[EventHandle, ...]
+    done: tuple[EventDone, ...]
+
+    def __post_init__(self) -> None:
+        _diagnose(self)
+        if len(self.subscribe) + len(self.done) > MAX_EVENT_ITEMS:
+            raise ProtocolError(
+                f"EventUpdates: {len(self.subscribe) + len(self.done)} items, "
+                f"limit is {MAX_EVENT_ITEMS}"
+            )
+
+
+Message: TypeAlias = (
+    Hello | HelloAck | Heartbeat | Peers | Request | Response | ErrorResponse | Goodbye | Draining
+) | EventUpdates

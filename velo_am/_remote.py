@@ -1,0 +1,346 @@
+"""Subscriptions: how a worker awaits other workers' events, and serves its own to them.
+
+:class:`RemoteEvents` is the :class:`~velo_event.lowlevel.EventSource` of ``w.events``: this
+worker's handles go to its :class:`~velo_event.lowlevel.EventCore`; any other distributed
+handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates` messages:
+
+* **Subscriber side.** The first local waiter of a remote handle sends one *subscribe* item
+  to the owner, however many waiters follow. The owner's *done* item (its triggered or
+  poisoned outcome, with the original reason) resolves every waiter and enters a bounded
+  cache, so later awaits need no traffic. When the owner is lost or closes, or cannot be
+  reached, the waiters are poisoned with a reason naming it.
+* **Owner side.** A subscription registers a waiter on the core; the generation's completion
+  (at once if it is complete already) is sent back as a done item. A handle this incarnation
+  never issued is answered as stale.
+
+Items for one peer queued during one loop iteration travel as one message. Waiters may be
+added from any thread; everything that sends runs on the worker's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from velo_event import (
+    EventError,
+    EventHandle,
+    ForeignHandleError,
+    InvalidGenerationError,
+    UnknownEventError,
+)
+from velo_event.lowlevel import PENDING, EventCore, Outcome, WakeCallback, wake_waiters
+
+from . import _protocol as p
+from ._errors import AMError
+
+__all__ = ["Messenger", "RemoteEvents", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Messenger:
+    """What the events layer needs of its worker, and nothing more."""
+
+    #: The worker's event loop, or ``None`` before it starts.
+    loop: Callable[[], asyncio.AbstractEventLoop | None]
+    is_connected: Callable[[int], bool]
+    #: Send update items to a connected peer now (raises ``AMError``).
+    post: Callable[[int, Sequence[EventHandle], Sequence[p.EventDone]], None]
+    #: Fire-and-forget a runtime handler on a connected peer now (raises ``AMError``).
+    send_now: Callable[[int, str, Any], None]
+    #: Connect to a worker by id: mesh, discovery (raises ``AMError``).
+    route: Callable[[int], Awaitable[object]]
+    #: ``Worker.call`` of a runtime handler.
+    call: Callable[[int, str, Any, float | None], Awaitable[Any]]
+    #: Run a coroutine in the background, on the loop (cancelled when the worker closes).
+    spawn: Callable[[Awaitable[Any]], None]
+
+
+class Subscription(NamedTuple):
+    """The owner side's waiter key: worker ``subscriber`` awaits ``handle``."""
+
+    subscriber: int
+    handle: EventHandle
+
+
+def _sendable(reason: str | None) -> str | None:
+    """A poison reason UTF-8 can carry (lone surrogates escaped)."""
+    if reason is None or reason.isascii():
+        return reason
+    return reason.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class RemoteEvents:
+    """Routes each handle to the core (this worker's) or to its owner (any other's)."""
+
+    def __init__(
+        self, core: EventCore, messenger: Messenger, counters: dict[str, int], cache_size: int
+    ) -> None:
+        self._core = core
+        self._messenger = messenger
+        self._counters = counters
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
+        self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
+        self._completed: OrderedDict[EventHandle, str | None] = OrderedDict()
+        # Owner side: what each subscriber waits on here, dropped when it completes or is lost.
+        self._served: dict[int, set[EventHandle]] = {}
+        # Subscribe and done items per peer, flushed as one message per loop iteration.
+        self._outbox: dict[int, tuple[list[EventHandle], list[p.EventDone]]] = {}
+        self._flush_scheduled = False
+
+    # -- routing (the EventSource protocol) ---------------------------------------------------
+
+    def owner_of(self, handle: EventHandle) -> int | None:
+        """``None`` for this worker's own handles, else the owner's worker id;
+        ``ForeignHandleError`` for another process's local-only handle."""
+        owner = handle >> 64
+        if owner == self._core.system_id:
+            return None
+        if handle.is_local:
+            raise ForeignHandleError(
+                f"Handle {handle} is local to another process's LocalEventSystem; "
+                "only distributed handles travel between workers"
+            )
+        return owner
+
+    def awaitable(self, handle: EventHandle) -> Outcome:
+        if self.owner_of(handle) is None:
+            return self._core.awaitable(handle)
+        return self._known(handle)
+
+    def status(self, handle: EventHandle) -> Outcome:
+        if self.owner_of(handle) is None:
+            return self._core.status(handle)
+        return self._known(handle)
+
+    def _known(self, handle: EventHandle) -> Outcome:
+        if not handle.generation:
+            return None  # generation 0 is always complete
+        with self._lock:
+            return self._completed.get(handle, PENDING)
+
+    def check_inputs(self, handles: Iterable[EventHandle]) -> None:
+        for handle in handles:
+            self.owner_of(handle)  # local-only handles of other processes are refused
+
+    def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+        owner = self.owner_of(handle)
+        if owner is None:
+            return self._core.add_waiter(handle, key, callback)
+        if not handle.generation:
+            return None
+        with self._lock:
+            outcome = self._completed.get(handle, PENDING)
+            if outcome is not PENDING:
+                return outcome
+            waiters = self._remote.get(handle)
+            first = waiters is None
+            if waiters is None:
+                self._remote[handle] = {key: callback}
+            else:
+                waiters[key] = callback
+        if first:
+            try:
+                self.in_loop(self._subscribe, owner, handle)
+            except BaseException:
+                # No subscription went out: later waiters must not join one that never will.
+                with self._lock:
+                    self._remote.pop(handle, None)
+                raise
+        return PENDING
+
+    def remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
+        if self.owner_of(handle) is None:
+            self._core.remove_waiter(handle, key)
+            return
+        with self._lock:
+            waiters = self._remote.get(handle)
+            if waiters is not None:
+                waiters.pop(key, None)
+        # The subscription stays: the owner drops it when the generation completes.
+
+    def in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the worker's loop: at once on the loop's own thread (so
+        updates keep their order), through the loop from any other thread."""
+        loop = self._messenger.loop()
+        if loop is None:
+            raise AMError("the worker is not started")
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:  # a plain thread
+            here = False
+        if here:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    # -- the outbox ---------------------------------------------------------------------------
+
+    def _post(self, peer_id: int, handle: EventHandle, done: p.EventDone | None = None) -> bool:
+        """Queue a subscribe item (``done`` None) or a done item for a connected peer; one
+        callback per loop iteration sends each peer's items as one message. False if the
+        peer is not connected now."""
+        if not self._messenger.is_connected(peer_id):
+            return False
+        items = self._outbox.get(peer_id)
+        if items is None:
+            items = self._outbox[peer_id] = ([], [])
+        if done is None:
+            items[0].append(handle)
+        else:
+            items[1].append(done)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._messenger.loop()
+            assert loop is not None
+            loop.call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Send every queued item now."""
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, {}
+        for peer_id, (subscribe, done) in outbox.items():
+            try:
+                self._messenger.post(peer_id, subscribe, done)
+            except AMError as error:
+                logger.info(
+                    "cannot send event updates to worker %#x: %s",
+                    peer_id,
+                    error,
+                    extra={"peer": f"{peer_id:#x}"},
+                )
+                for handle in subscribe:  # nobody will answer these subscriptions
+                    self.resolve(handle, f"owner unreachable: {error}", cache=False)
+
+    # -- subscriber side ------------------------------------------------------------------------
+
+    def _subscribe(self, owner: int, handle: EventHandle) -> None:
+        if self._post(owner, handle):
+            self._counters["events_subscriptions_sent"] += 1
+        else:  # not connected yet: route (mesh, discovery) in the background
+            self._messenger.spawn(self._subscribe_routed(owner, handle))
+
+    async def _subscribe_routed(self, owner: int, handle: EventHandle) -> None:
+        try:
+            await self._messenger.route(owner)
+            self._messenger.post(owner, (handle,), ())
+        except AMError as error:
+            self.resolve(handle, f"owner unreachable: {error}", cache=False)
+            return
+        self._counters["events_subscriptions_sent"] += 1
+
+    def _on_done(self, handle: EventHandle, reason: str | None, sender: int) -> None:
+        if handle >> 64 != sender:
+            return  # only the owner speaks for its events
+        self._counters["events_updates_received"] += 1
+        self.resolve(handle, reason, cache=True)
+
+    def resolve(self, handle: EventHandle, reason: str | None, *, cache: bool) -> None:
+        """Wake every local waiter of a remote handle with its outcome (``cache``: remember
+        it, the owner's verdict; not for a local failure such as a lost owner)."""
+        with self._lock:
+            waiters = self._remote.pop(handle, None)
+            if cache:
+                self._completed[handle] = reason
+                self._completed.move_to_end(handle)
+                while len(self._completed) > self._cache_size:
+                    self._completed.popitem(last=False)
+        if waiters:
+            wake_waiters(waiters, reason)
+
+    def abandon(self, reason: str) -> None:
+        """Poison every local waiter of a remote handle with ``reason`` (this worker closes;
+        safe from any thread, also once its loop is gone)."""
+        with self._lock:
+            pending = list(self._remote)
+        for handle in pending:
+            self.resolve(handle, reason, cache=False)
+
+    def on_peer_lost(self, worker_id: int, text: str) -> None:
+        """Poison the waiters of the lost owner's handles; drop what it subscribed to here."""
+        with self._lock:
+            orphaned = [handle for handle in self._remote if handle >> 64 == worker_id]
+        for handle in orphaned:
+            self.resolve(handle, f"owner lost: {text}", cache=False)
+        for handle in self._served.pop(worker_id, ()):
+            self._core.remove_waiter(handle, Subscription(worker_id, handle))
+
+    # -- owner side -----------------------------------------------------------------------------
+
+    def on_updates(self, sender: int, msg: p.EventUpdates) -> None:
+        """An EventUpdates message from connected peer ``sender``."""
+        for handle in msg.subscribe:
+            self._on_subscribe(handle, sender)
+        for item in msg.done:
+            self._on_done(item.handle, item.reason, sender)
+
+    def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
+        try:
+            outcome = self._core.add_waiter(handle, Subscription(subscriber, handle), self._notify)
+        except (UnknownEventError, InvalidGenerationError):
+            # No slot or generation of this incarnation: only a predecessor minted it.
+            outcome = self._core.stale_reason
+        except EventError as error:
+            outcome = f"owner refused the subscription: {error}"
+        if outcome is PENDING:
+            self._served.setdefault(subscriber, set()).add(handle)
+        else:
+            self._send_done(subscriber, handle, outcome)  # type: ignore[arg-type]
+
+    def _notify(self, key: Hashable, reason: str | None) -> None:
+        assert isinstance(key, Subscription)
+        self.in_loop(self._notify_in_loop, key.subscriber, key.handle, reason)
+
+    def _notify_in_loop(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:
+        served = self._served.get(subscriber)
+        if served is not None:
+            served.discard(handle)
+            if not served:
+                del self._served[subscriber]
+        self._send_done(subscriber, handle, reason)
+
+    def _send_done(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:
+        if self._post(subscriber, handle, p.EventDone(handle, _sendable(reason))):
+            self._counters["events_updates_sent"] += 1
+        else:
+            logger.info(
+                "cannot tell worker %#x that %s completed: not connected",
+                subscriber,
+                handle,
+                extra={"peer": f"{subscriber:#x}", "handle": str(handle)},
+            )
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    def remote_waiters(self) -> list[tuple[EventHandle, list[Hashable]]]:
+        """Each remote handle awaited here, with the keys of its local waiters."""
+        with self._lock:
+            return [(handle, list(keys)) for handle, keys in self._remote.items()]
+
+    def served(self) -> dict[int, list[EventHandle]]:
+        """Each subscriber, with this worker's handles it awaits (call on the loop)."""
+        return {subscriber: sorted(handles) for subscriber, handles in self._served.items()}
+
+    def counts(self) -> dict[str, int]:
+        """This layer's counters (subscriptions and updates sent, updates received) and the
+        sizes of its tables (``remote_awaited``, ``cached``, ``served``)."""
+        counters = self._counters
+        with self._lock:
+            remote, cached = len(self._remote), len(self._completed)
+        return {
+            "subscriptions_sent": counters["events_subscriptions_sent"],
+            "updates_received": counters["events_updates_received"],
+            "updates_sent": counters["events_updates_sent"],
+            "remote_awaited": remote,
+            "cached": cached,
+            "served": sum(len(handles) for handles in self._served.values()),
+        }

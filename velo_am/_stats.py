@@ -1,0 +1,84 @@
+"""The one table of a worker's statistics: every counter and gauge, its Prometheus name and
+its meaning. ``Worker.stats()``, the metrics endpoint and ``velo-am inspect`` all read it.
+
+Counters are monotonic since the worker started and live in one dict (:func:`new_counters`)
+shared by the layers that count (the worker, the outbound path, the handler executor, the
+events layer); gauges are computed when a snapshot is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = ["COUNTERS", "GAUGES", "STATS", "Stat", "new_counters"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """One key of ``Worker.stats()``: its Prometheus name, type and help text."""
+
+    key: str
+    metric: str
+    kind: Literal["counter", "gauge"]
+    help: str
+
+
+def _counter(key: str, help: str) -> Stat:
+    return Stat(key, f"velo_{key}_total", "counter", help)
+
+
+def _gauge(key: str, help: str) -> Stat:
+    return Stat(key, f"velo_{key}", "gauge", help)
+
+
+STATS: Final = (
+    _counter("messages_in", "Messages received from peers (every frame set, before decoding)."),
+    _counter("messages_out", "Messages handed to the transport for peers."),
+    _counter("requests_handled", "Inbound requests (calls and sends) whose handler succeeded."),
+    _counter(
+        "requests_failed",
+        "Inbound requests whose handler raised or whose result could not be encoded.",
+    ),
+    _counter("calls_sent", "Calls (requests awaiting a result) sent to peers."),
+    _counter("dropped_malformed", "Inbound messages dropped because they could not be decoded."),
+    _counter(
+        "dropped_wrong_incarnation",
+        "Inbound messages dropped because they were meant for an earlier incarnation.",
+    ),
+    _counter(
+        "dropped_unknown_peer",
+        "Inbound messages dropped because their sender was unknown or lost.",
+    ),
+    _counter(
+        "late_responses",
+        "Responses that arrived after their call had ended (timed out or abandoned).",
+    ),
+    _counter("refused_draining", "Inbound requests refused because this worker was shutting down."),
+    _counter("peers_lost", "Peers that went silent, closed or were otherwise lost."),
+    _counter(
+        "events_subscriptions_sent", "Subscriptions sent to other workers for events they own."
+    ),
+    _counter(
+        "events_updates_received",
+        "Completions received from other workers for events awaited here.",
+    ),
+    _counter(
+        "events_updates_sent", "Completions of this worker's events sent to subscribed workers."
+    ),
+    _gauge("peers_alive", "Peers alive or draining."),
+    _gauge("calls_in_flight", "Calls sent by this worker still awaiting their result."),
+    _gauge("handlers_running", "Handlers running on this worker."),
+    _gauge("events_pending", "This worker's events not yet completed."),
+    _gauge("events_remote_awaited", "Other workers' events awaited on this worker."),
+    _gauge("events_cached", "Outcomes of other workers' events kept in this worker's cache."),
+    _gauge("events_served", "Subscriptions other workers hold on this worker's events."),
+)
+
+COUNTERS: Final = tuple(stat.key for stat in STATS if stat.kind == "counter")
+GAUGES: Final = tuple(stat.key for stat in STATS if stat.kind == "gauge")
+
+
+def new_counters() -> dict[str, int]:
+    """A worker's counters, all zero: one dict that every layer increments by key."""
+    return dict.fromkeys(COUNTERS, 0)

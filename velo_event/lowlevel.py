@@ -1,0 +1,48 @@
+"""The building blocks beneath :class:`~velo_event.EventManager`, for runtimes built on top.
+
+Most code wants the top-level API (``LocalEventSystem``, ``EventManager``, ``Event``…). This
+module is for code that serves handles in ways of its own, as velo_am's distributed events do:
+a manager whose handles live in an :class:`EventCore` but whose awaits and merges route other
+systems' handles elsewhere, through an :class:`EventSource` passed to
+:class:`CoreEventManager`.
+
+* :class:`EventCore`: the synchronous, thread-safe slot state machine of one system id.
+  Completion wakes waiters, ``(key, callback)`` pairs, after its lock is released.
+* :data:`Outcome`: what is known of a generation: ``None`` (triggered), the poison reason
+  (``str``), or :data:`PENDING`.
+* :func:`wake_waiters`: run wake callbacks as the core does (a failing one is logged, the
+  others still run); :func:`wake_future`: the wake callback of an asyncio future, from any
+  thread.
+* :class:`EventSource`: the five questions a manager asks about a handle.
+* :func:`merge_view`: what inspection shows of the merge a waiter key belongs to.
+* :func:`cap_reason` and :data:`MAX_REASON_LENGTH`: how long poison reasons are bounded.
+"""
+
+from ._awaiter import wake_future
+from ._core import (
+    MAX_REASON_LENGTH,
+    PENDING,
+    EventCore,
+    Outcome,
+    WakeCallback,
+    cap_reason,
+    wake_waiters,
+)
+from ._manager import CoreEventManager, EventSource
+from ._merge import MergeView, merge_reason, merge_view
+
+__all__ = [
+    "MAX_REASON_LENGTH",
+    "PENDING",
+    "CoreEventManager",
+    "EventCore",
+    "EventSource",
+    "MergeView",
+    "Outcome",
+    "WakeCallback",
+    "cap_reason",
+    "merge_reason",
+    "merge_view",
+    "wake_future",
+    "wake_waiters",
+]

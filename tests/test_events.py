@@ -27,10 +27,10 @@ from velo_event import (
     SystemShutdownError,
     UnknownEventError,
 )
-from velo_event._awaiter import READY_AWAITER, wake_future
-from velo_event._core import PENDING as CORE_PENDING
-from velo_event._core import EventCore, _Slot
-from velo_event._manager import CoreEventManager
+from velo_event._awaiter import READY_AWAITER  # white-box: the shared ready awaiter
+from velo_event._core import _Slot  # white-box: a slot's fields
+from velo_event.lowlevel import PENDING as CORE_PENDING
+from velo_event.lowlevel import CoreEventManager, EventCore, wake_future
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
 MAX_GEN = 2**32 - 1

@@ -21,7 +21,8 @@ from velo_event import (
     LocalEventSystem,
     SystemShutdownError,
 )
-from velo_event._merge import _Merge, merge_reason
+from velo_event._merge import _Merge  # white-box: a merge's bookkeeping
+from velo_event.lowlevel import merge_reason
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
 CUT = "more characters cut]"

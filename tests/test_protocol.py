@@ -199,7 +199,10 @@ def test_event_updates_decode_errors_name_the_item() -> None:
         ([V, 16, 1, 1, 0, [good[:15]], []], r"^EventUpdates\.subscribe\[0\]: expected a 16-byte"),
         ([V, 16, 1, 1, 0, [good, 5], []], r"^EventUpdates\.subscribe\[1\]"),
         ([V, 16, 1, 1, 0, [], [[good]]], r"^EventUpdates\.done\[0\]: expected \[handle, reason\]"),
-        ([V, 16, 1, 1, 0, [], [[good, 7]]], r"^EventUpdates\.done\[0\]: EventDone\.reason"),
+        (
+            [V, 16, 1, 1, 0, [], [[good, 7]]],
+            r"^EventUpdates\.done\[0\]\.reason: expected str or None",
+        ),
         ([V, 16, 1, 1, 0, [], [[good, None], [b"x", None]]], r"^EventUpdates\.done\[1\]"),
     ]
     for items, match in cases:
@@ -316,8 +319,8 @@ def test_encode_is_thread_safe() -> None:
             "EventUpdates.subscribe",
         ),
         (lambda: EventUpdates(1, 1, 0, (), ((H1, None),)), "EventUpdates.done"),
-        (lambda: EventDone(int(H1), None), "EventDone.handle"),  # type: ignore[arg-type]
-        (lambda: EventDone(H1, b"reason"), "EventDone.reason"),  # type: ignore[arg-type]
+        (lambda: EventUpdates(1, 1, 0, (), (EventDone(int(H1), None),)), "EventUpdates.done"),  # type: ignore[arg-type]
+        (lambda: EventUpdates(1, 1, 0, (), (EventDone(H1, b"x"),)), "EventUpdates.done"),  # type: ignore[arg-type]
         (lambda: Hello(1, 1, 0, 1, "", ()), "Hello.address"),
         (lambda: Hello(1, 1, 0, -1, "tcp://a:1", ()), "Hello.token"),
         (lambda: HelloAck(1, 1, 0, None, "tcp://a:1", ()), "HelloAck.token"),

@@ -138,8 +138,7 @@ class PlainSecurity:
 
 
 def zmq_worker(worker_id: int, security: ZmqSecurity, **options: Any) -> Worker:
-    transport = ZmqTransport("tcp://127.0.0.1:0", max_message_size=1 << 20, security=security)
-    return Worker(worker_id, transport=transport, **FAST, **options)  # type: ignore[arg-type]
+    return Worker(worker_id, security=security, **FAST, **options)  # type: ignore[arg-type]
 
 
 async def test_socket_security_applies_to_every_socket() -> None:
@@ -151,6 +150,13 @@ async def test_socket_security_applies_to_every_socket() -> None:
         assert "link 2" in first.calls, "a's link to b knows b's id"
         assert "link None" in second.calls, "b dialed a before it knew a's id"
     assert first.calls[-1] == second.calls[-1] == "close"
+
+
+def test_security_belongs_to_the_transport_it_configures() -> None:
+    with pytest.raises(ValueError, match="give security to the transport"):
+        Worker(1, transport=FakeNetwork().transport(), security=Plaintext())
+    transport = ZmqTransport("tcp://127.0.0.1:0", max_message_size=1024, security=Plaintext())
+    assert isinstance(transport.security, Plaintext)
 
 
 @pytest.mark.parametrize("security", [Plaintext(), PlainSecurity(password=b"guess")])

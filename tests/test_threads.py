@@ -25,7 +25,7 @@ from velo_event import (
     InvalidGenerationError,
     LocalEventSystem,
 )
-from velo_event._core import PENDING
+from velo_event.lowlevel import PENDING
 
 DEADLINE = 10.0
 PENDING_STATUS, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED

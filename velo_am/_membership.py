@@ -244,7 +244,10 @@ class PeerTable:
 
     def is_connected(self, peer_id: int) -> bool:
         peer = self._peers.get(peer_id)
-        return peer is not None and peer.state.connected
+        if peer is None:
+            return False
+        state = peer.state  # identity tests: the hot path of every event update
+        return state is PeerState.ALIVE or state is PeerState.DRAINING
 
     def connected_count(self) -> int:
         return sum(1 for peer in self._peers.values() if peer.state.connected)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 
 from velo_event import EventHandle
 
@@ -119,8 +119,11 @@ def _peers(v: Any) -> str | None:
     return f"element {bad[0]} is not a PeerInfo" if bad else None
 
 
+_LOCAL_BIT: Final = 1 << 63  # a handle's local-only flag (the top bit of its index field)
+
+
 def _handle(v: Any) -> str | None:
-    ok = type(v) is EventHandle and v.is_distributed
+    ok = type(v) is EventHandle and not v & _LOCAL_BIT
     return None if ok else f"expected a distributed EventHandle, got {short_repr(v)}"
 
 
@@ -140,8 +143,29 @@ def _handles(v: Any) -> str | None:
 def _dones(v: Any) -> str | None:
     if type(v) is not tuple:
         return f"expected a tuple of EventDone, got {type(v).__name__}"
-    bad = [i for i, d in enumerate(v) if type(d) is not EventDone]
-    return f"element {bad[0]} is not an EventDone" if bad else None
+    for i, d in enumerate(v):
+        if type(d) is not EventDone:
+            return f"element {i} is not an EventDone"
+        if problem := _handle(d.handle) or _reason(d.reason):
+            return f"element {i}: {problem}"
+    return None
+
+
+def _valid_items(subscribe: object, done: object) -> bool:
+    """Cheap sufficient check of an EventUpdates' items (the exact one words the error)."""
+    if type(subscribe) is not tuple or type(done) is not tuple:
+        return False
+    handle_type, local = EventHandle, _LOCAL_BIT
+    for h in subscribe:
+        if type(h) is not handle_type or h & local:
+            return False
+    for d in done:
+        if type(d) is not EventDone:
+            return False
+        h, r = d
+        if type(h) is not handle_type or h & local or (r is not None and type(r) is not str):
+            return False
+    return True
 
 
 _u64, _u64_nonzero = _int_in(0, U64_MAX), _int_in(1, U64_MAX)
@@ -177,6 +201,13 @@ def _fast_ok(m: _Envelope, v: object, hi: int) -> bool:
         and 0 <= di <= U64_MAX
         and 0 <= v <= hi
     )
+
+
+def check_envelope(msg: Any) -> None:
+    """Raise :class:`ProtocolError` if a message's common fields are invalid (for builders
+    that validated the other fields themselves)."""
+    if not _fast_ok(msg, 0, 0):
+        _diagnose(msg)
 
 
 # ----------------------------------------------------------------------------- messages
@@ -316,20 +347,13 @@ class Draining(_Envelope):
     KIND: ClassVar[Kind] = Kind.DRAINING
 
 
-@dataclass(frozen=True, slots=True)
-class EventDone:
+class EventDone(NamedTuple):
     """One completion in :class:`EventUpdates`: the owner's ``handle`` (that generation)
-    completed, triggered (``reason`` None) or poisoned with its first ``reason``."""
+    completed, triggered (``reason`` None) or poisoned with its first ``reason``. A plain
+    immutable pair, checked by the message that carries it."""
 
-    CHECKS: ClassVar[_Spec] = (("handle", _handle), ("reason", _reason))
     handle: EventHandle
     reason: str | None
-
-    def __post_init__(self) -> None:
-        r = self.reason
-        h = self.handle
-        if not (type(h) is EventHandle and (r is None or type(r) is str) and h.is_distributed):
-            _diagnose(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +370,8 @@ class EventUpdates(_Envelope):
     done: tuple[EventDone, ...]
 
     def __post_init__(self) -> None:
-        _diagnose(self)
+        if not (_valid_items(self.subscribe, self.done) and _fast_ok(self, 0, 0)):
+            _diagnose(self)
         if len(self.subscribe) + len(self.done) > MAX_EVENT_ITEMS:
             raise ProtocolError(
                 f"EventUpdates: {len(self.subscribe) + len(self.done)} items, "

@@ -204,10 +204,12 @@ def _chunks(
     """Split update items into messages of at most ``MAX_EVENT_ITEMS`` items and
     ``max_size`` bytes; the common case is one message."""
     limit, budget = p.MAX_EVENT_ITEMS, max_size - HEADER_ALLOWANCE
-    total = _ITEM_BYTES * len(subscribe) + sum(_cost(item) for item in done)
-    if len(subscribe) + len(done) <= limit and total <= budget:
-        yield tuple(subscribe), tuple(done)
-        return
+    count = len(subscribe) + len(done)
+    if count <= limit:
+        characters = sum([len(reason) for _, reason in done if reason])
+        if count * _ITEM_BYTES + 4 * characters <= budget:
+            yield tuple(subscribe), tuple(done)
+            return
     part_subscribe: list[EventHandle] = []
     part_done: list[p.EventDone] = []
     size = 0

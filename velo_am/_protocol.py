@@ -54,6 +54,7 @@ from ._messages import (
     ProtocolError,
     Request,
     Response,
+    check_envelope,
     short_repr,
 )
 
@@ -106,8 +107,9 @@ def encode(msg: Message) -> list[bytes]:
     if last == "peers":
         header[-1] = [[p.worker_id, p.incarnation, p.address] for p in header[-1]]
     elif last == "done":
-        header[-2] = [int.to_bytes(h, 16, "big") for h in header[-2]]
-        header[-1] = [[int.to_bytes(d.handle, 16, "big"), d.reason] for d in header[-1]]
+        to_bytes = int.to_bytes
+        header[-2] = [to_bytes(h, 16, "big") for h in header[-2]]
+        header[-1] = [(to_bytes(h, 16, "big"), reason) for h, reason in header[-1]]
     try:
         packed = _local.pack(header)
     except Exception as exc:  # only reachable with strings msgpack cannot encode
@@ -179,10 +181,11 @@ def _decode_peers(kind: str, raw: Any) -> tuple[PeerInfo, ...]:
     return tuple(peers)
 
 
-def _builder(cls: Any) -> Callable[..., Message]:
+def _builder(cls: Any, *, check: bool = True) -> Callable[..., Message]:
     """``cls(*values)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
     per field, the costliest part of a decode): set the slots directly, then run the same
-    ``__post_init__`` validation. Callers pass exactly one value per field."""
+    ``__post_init__`` validation (with ``check=False``, only the common fields': the caller
+    validated the others). Callers pass exactly one value per field."""
     setters = [getattr(cls, field.name).__set__ for field in fields(cls)]
     post_init = cls.__post_init__
     new = object.__new__
@@ -191,40 +194,50 @@ def _builder(cls: Any) -> Callable[..., Message]:
         msg = new(cls)
         for setter, value in zip(setters, values, strict=True):
             setter(msg, value)
-        post_init(msg)
+        if check:
+            post_init(msg)
+        else:  # the decoder checked the rest
+            check_envelope(msg)
         return msg  # type: ignore[no-any-return]
 
     return build
 
 
-def _decode_handle(where: str, raw: Any) -> EventHandle:
-    if type(raw) is not bytes or len(raw) != 16:
-        raise ProtocolError(f"{where}: expected a 16-byte handle, got {_describe(raw)}")
-    return int.__new__(EventHandle, int.from_bytes(raw, "big"))
+def _bad_handle(where: str, raw: Any) -> ProtocolError:
+    if type(raw) is bytes and len(raw) == 16:
+        return ProtocolError(f"{where}: expected a distributed EventHandle (local flag set)")
+    got = f"{len(raw)} bytes" if type(raw) is bytes else type(raw).__name__
+    return ProtocolError(f"{where}: expected a 16-byte handle, got {got}")
 
 
-def _describe(raw: Any) -> str:
-    return f"{len(raw)} bytes" if type(raw) is bytes else type(raw).__name__
-
-
-def _decode_updates(header: list[Any], _: bytes | None) -> EventUpdates:
+def _decode_updates(header: list[Any], _: bytes | None) -> Message:
+    """Items are checked as they are decoded; the message is then built without checking
+    them again (the common fields still are)."""
     raw_subscribe, raw_done = header[5], header[6]
     if type(raw_subscribe) is not list:
         raise ProtocolError("EventUpdates.subscribe: expected an array")
     if type(raw_done) is not list:
         raise ProtocolError("EventUpdates.done: expected an array")
-    subscribe = tuple(
-        _decode_handle(f"EventUpdates.subscribe[{i}]", raw) for i, raw in enumerate(raw_subscribe)
-    )
+    if len(raw_subscribe) + len(raw_done) > MAX_EVENT_ITEMS:
+        raise ProtocolError(f"EventUpdates: more than {MAX_EVENT_ITEMS} items")
+    new_handle, from_bytes, handle_type, local = int.__new__, int.from_bytes, EventHandle, 1 << 63
+    new_item = tuple.__new__
+    subscribe = []
+    for i, raw in enumerate(raw_subscribe):
+        if type(raw) is not bytes or len(raw) != 16 or (value := from_bytes(raw)) & local:
+            raise _bad_handle(f"EventUpdates.subscribe[{i}]", raw)
+        subscribe.append(new_handle(handle_type, value))
     done = []
     for i, item in enumerate(raw_done):
         if type(item) is not list or len(item) != 2:
             raise ProtocolError(f"EventUpdates.done[{i}]: expected [handle, reason]")
-        try:
-            done.append(EventDone(_decode_handle("handle", item[0]), item[1]))
-        except ProtocolError as exc:
-            raise ProtocolError(f"EventUpdates.done[{i}]: {exc}") from None
-    return EventUpdates(header[2], header[3], header[4], subscribe, tuple(done))
+        raw, reason = item
+        if type(raw) is not bytes or len(raw) != 16 or (value := from_bytes(raw)) & local:
+            raise _bad_handle(f"EventUpdates.done[{i}].handle", raw)
+        if reason is not None and type(reason) is not str:
+            raise ProtocolError(f"EventUpdates.done[{i}].reason: expected str or None")
+        done.append(new_item(EventDone, (new_handle(handle_type, value), reason)))
+    return _build_updates(header[2], header[3], header[4], tuple(subscribe), tuple(done))
 
 
 def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
@@ -237,6 +250,8 @@ def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
         return lambda h, payload: build(*h[2:], payload)
     return lambda h, _: cls(*h[2:])
 
+
+_build_updates: Final = _builder(EventUpdates, check=False)
 
 # kind -> (decoder, class name, header length, has payload frame)
 _DECODERS: Final[dict[int, tuple[_Decoder, str, int, bool]]] = {

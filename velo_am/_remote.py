@@ -70,10 +70,11 @@ class Subscription(NamedTuple):
     handle: EventHandle
 
 
-def _sendable(reason: str | None) -> str | None:
+_new_tuple = tuple.__new__
+
+
+def _sendable(reason: str) -> str:
     """A poison reason UTF-8 can carry (lone surrogates escaped)."""
-    if reason is None or reason.isascii():
-        return reason
     return reason.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -188,10 +189,10 @@ class RemoteEvents:
         """Queue a subscribe item (``done`` None) or a done item for a connected peer; one
         callback per loop iteration sends each peer's items as one message. False if the
         peer is not connected now."""
-        if not self._messenger.is_connected(peer_id):
-            return False
         items = self._outbox.get(peer_id)
-        if items is None:
+        if items is None:  # the first item for this peer in this iteration
+            if not self._messenger.is_connected(peer_id):
+                return False
             items = self._outbox[peer_id] = ([], [])
         if done is None:
             items[0].append(handle)
@@ -272,7 +273,7 @@ class RemoteEvents:
         for handle in orphaned:
             self.resolve(handle, f"owner lost: {text}", cache=False)
         for handle in self._served.pop(worker_id, ()):
-            self._core.remove_waiter(handle, Subscription(worker_id, handle))
+            self._core.remove_waiter(handle, _new_tuple(Subscription, (worker_id, handle)))
 
     # -- owner side -----------------------------------------------------------------------------
 
@@ -280,12 +281,13 @@ class RemoteEvents:
         """An EventUpdates message from connected peer ``sender``."""
         for handle in msg.subscribe:
             self._on_subscribe(handle, sender)
-        for item in msg.done:
-            self._on_done(item.handle, item.reason, sender)
+        for handle, reason in msg.done:
+            self._on_done(handle, reason, sender)
 
     def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
+        key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed
         try:
-            outcome = self._core.add_waiter(handle, Subscription(subscriber, handle), self._notify)
+            outcome = self._core.add_waiter(handle, key, self._notify)
         except (UnknownEventError, InvalidGenerationError):
             # No slot or generation of this incarnation: only a predecessor minted it.
             outcome = self._core.stale_reason
@@ -309,7 +311,9 @@ class RemoteEvents:
         self._send_done(subscriber, handle, reason)
 
     def _send_done(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:
-        if self._post(subscriber, handle, p.EventDone(handle, _sendable(reason))):
+        if reason is not None and not reason.isascii():
+            reason = _sendable(reason)
+        if self._post(subscriber, handle, _new_tuple(p.EventDone, (handle, reason))):
             self._counters["events_updates_sent"] += 1
         else:
             logger.info(

@@ -35,7 +35,7 @@ from ._routes import Routes
 from ._shell import PeerLostCallback, Shell
 from ._stats import new_counters
 from .discovery import Discovery, open_discovery
-from .transport import Transport, ZmqTransport
+from .transport import Transport, ZmqSecurity, ZmqTransport
 
 __all__ = ["PeerLostCallback", "Worker", "WorkerState"]
 
@@ -72,9 +72,10 @@ class Worker:
     ``heartbeat_timeout`` (5.0 s: a peer silent that long is lost), ``call_timeout``
     (30.0 s), ``handshake_timeout`` (5.0 s), ``close_grace`` (5.0 s), ``max_message_size``
     (64 MiB), ``metrics_port`` (off; Prometheus exposition, needs ``velo[metrics]``),
-    ``metrics_host`` (127.0.0.1). ``transport`` replaces the ZeroMQ transport (e.g. a
-    :class:`~velo_am.transport.FakeNetwork`'s in tests). Invalid values raise ``ValueError``
-    (naming the variable when it came from one).
+    ``metrics_host`` (127.0.0.1). ``security`` configures the sockets of the ZeroMQ transport
+    (a :class:`~velo_am.transport.ZmqSecurity`; default: plaintext); ``transport`` replaces
+    that transport altogether (e.g. a :class:`~velo_am.transport.FakeNetwork`'s in tests).
+    Invalid values raise ``ValueError`` (naming the variable when it came from one).
 
     A ``Worker`` belongs to the event loop that started it: use it from that loop's thread
     (``w.events`` is the exception: its operations are thread-safe). From plain threads, use
@@ -96,6 +97,7 @@ class Worker:
         max_message_size: int | None = None,
         metrics_port: int | None = None,
         metrics_host: str | None = None,
+        security: ZmqSecurity | None = None,
         transport: Transport | None = None,
     ) -> None:
         options = WorkerOptions.resolve(
@@ -128,7 +130,11 @@ class Worker:
         given = options.discovery
         discovery = open_discovery(given) if isinstance(given, str) else given
         size = options.max_message_size
-        self._transport = transport or ZmqTransport(options.bind, max_message_size=size)
+        if transport is not None and security is not None:
+            raise ValueError("give security to the transport you pass, not to the Worker")
+        self._transport = transport or ZmqTransport(
+            options.bind, max_message_size=size, security=security
+        )
         self._address = ""
         self._state = WorkerState.NEW
         self._loop: asyncio.AbstractEventLoop | None = None

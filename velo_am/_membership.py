@@ -75,6 +75,11 @@ class PeerState(enum.StrEnum):
         return self is PeerState.ALIVE or self is PeerState.DRAINING
 
 
+# The hot paths (every message admitted, every call) compare states by identity.
+_ALIVE: Final = PeerState.ALIVE
+_DRAINING: Final = PeerState.DRAINING
+
+
 @dataclass(frozen=True, slots=True)
 class PeerStatus:
     """What a worker knows of one peer. ``state`` is a :class:`PeerState` (equal to its
@@ -240,14 +245,11 @@ class PeerTable:
     def alive(self, peer_id: int) -> Peer | None:
         """The peer if it is ``ALIVE`` (the fast path of every call and send)."""
         peer = self._peers.get(peer_id)
-        return peer if peer is not None and peer.state is PeerState.ALIVE else None
+        return peer if peer is not None and peer.state is _ALIVE else None
 
     def is_connected(self, peer_id: int) -> bool:
         peer = self._peers.get(peer_id)
-        if peer is None:
-            return False
-        state = peer.state  # identity tests: the hot path of every event update
-        return state is PeerState.ALIVE or state is PeerState.DRAINING
+        return peer is not None and (peer.state is _ALIVE or peer.state is _DRAINING)
 
     def connected_count(self) -> int:
         return sum(1 for peer in self._peers.values() if peer.state.connected)
@@ -387,7 +389,7 @@ class PeerTable:
         if peer is None or peer.incarnation != src_incarnation:
             return UNKNOWN
         state = peer.state
-        if not state.connected:
+        if state is not _ALIVE and state is not _DRAINING:
             if state is PeerState.LOST and self.accepting and peer.address not in self._dialing:
                 # Silent too long but alive after all: shake hands again (what it sends now
                 # waits for the new link; its calls in flight were failed already).

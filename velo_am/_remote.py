@@ -34,7 +34,14 @@ from velo_event import (
     InvalidGenerationError,
     UnknownEventError,
 )
-from velo_event.lowlevel import PENDING, EventCore, Outcome, WakeCallback, wake_waiters
+from velo_event.lowlevel import (
+    PENDING,
+    EventCore,
+    Outcome,
+    WakeCallback,
+    running_loop,
+    wake_waiters,
+)
 
 from . import _protocol as p
 from ._errors import AMError
@@ -174,11 +181,7 @@ class RemoteEvents:
         loop = self._messenger.loop()
         if loop is None:
             raise AMError("the worker is not started")
-        try:
-            here = asyncio.get_running_loop() is loop
-        except RuntimeError:  # a plain thread
-            here = False
-        if here:
+        if running_loop() is loop:
             fn(*args)
         else:
             loop.call_soon_threadsafe(fn, *args)

@@ -7,7 +7,6 @@ worker's loop (``*_confirmed``, ``poll_remote``, ``*_on``) or for the event (``w
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from velo_event import (
     EventManager,
     EventStatus,
 )
+from velo_event.lowlevel import running_loop
 
 from ._errors import AMError, WorkerClosed
 from ._events import DistributedEvents
@@ -32,14 +32,6 @@ T = TypeVar("T")
 
 class _WouldBlockLoop(EventError, RuntimeError):
     """``SyncEvents.wait`` on a thread running an event loop: it would freeze that loop."""
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class SyncEvents(EventManager):
@@ -140,7 +132,7 @@ class SyncEvents(EventManager):
         pending), :class:`WorkerClosed` for another worker's handle once this worker is
         closed, and ``RuntimeError`` (an ``EventError`` too) on a thread running an event
         loop, such as the worker's own (in a handler)."""
-        if _loop_running():
+        if running_loop() is not None:
             where = "the worker's own loop" if self._runtime.on_loop_thread() else "a running loop"
             raise _WouldBlockLoop(
                 f"wait() would block {where}; there, `await events.awaiter(handle)` instead"

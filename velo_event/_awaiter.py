@@ -11,11 +11,19 @@ from ._core import PENDING, Outcome, WakeCallback
 from ._errors import EventPoison
 from ._handle import EventHandle
 
-__all__ = ["READY_AWAITER", "EventAwaiter", "wake_future"]
+__all__ = ["READY_AWAITER", "EventAwaiter", "running_loop", "wake_future"]
 
 # An exhausted iterator: ``await`` of an already-complete event returns through it at once,
 # creating no Future and scheduling no callback.
 _DONE: Generator[Any, None, None] = cast(Generator[Any, None, None], iter(()))
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread, or ``None`` on a plain thread."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _resolve(future: asyncio.Future[str | None], reason: str | None) -> None:
@@ -28,11 +36,11 @@ def wake_future(future: Hashable, reason: str | None) -> None:
     own loop resolves it directly, one from another thread goes through its loop."""
     fut = cast("asyncio.Future[str | None]", future)
     loop = fut.get_loop()
-    try:
-        on_its_loop = asyncio.get_running_loop() is loop
-    except RuntimeError:  # a plain thread: no loop runs here
-        on_its_loop = False
-    if on_its_loop:
+    try:  # inline, not running_loop(): this is the hot path of every wake-up
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
         _resolve(fut, reason)
         return
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake

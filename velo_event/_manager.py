@@ -4,7 +4,6 @@ concrete systems, `LocalEventSystem` and `DistributedEventFactory`."""
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import secrets
 import threading
@@ -12,7 +11,7 @@ from collections.abc import Hashable, Iterable
 from types import TracebackType
 from typing import Final, Protocol
 
-from ._awaiter import READY_AWAITER, EventAwaiter
+from ._awaiter import READY_AWAITER, EventAwaiter, running_loop
 from ._core import PENDING, EventCore, Outcome, WakeCallback
 from ._errors import EventError, EventPoison, EventStatus
 from ._handle import EventHandle
@@ -318,7 +317,7 @@ class CoreEventManager(EventManager):
         self._core.force_shutdown(reason)
 
     def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
-        if _loop_running():
+        if running_loop() is not None:
             raise EventError(
                 "wait() would block the running event loop; use `await manager.awaiter(handle)`"
             )
@@ -344,15 +343,6 @@ class CoreEventManager(EventManager):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} system={self._core.system_id:#x}>"
-
-
-def _loop_running() -> bool:
-    """Whether this thread is running an event loop (which a blocking wait would freeze)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class LocalEventSystem(CoreEventManager):

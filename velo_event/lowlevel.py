@@ -12,13 +12,13 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
   (``str``), or :data:`PENDING`.
 * :func:`wake_waiters`: run wake callbacks as the core does (a failing one is logged, the
   others still run); :func:`wake_future`: the wake callback of an asyncio future, from any
-  thread.
+  thread; :func:`running_loop`: the loop running on this thread, if any.
 * :class:`EventSource`: the five questions a manager asks about a handle.
 * :func:`merge_view`: what inspection shows of the merge a waiter key belongs to.
 * :func:`cap_reason` and :data:`MAX_REASON_LENGTH`: how long poison reasons are bounded.
 """
 
-from ._awaiter import wake_future
+from ._awaiter import running_loop, wake_future
 from ._core import (
     MAX_REASON_LENGTH,
     PENDING,
@@ -43,6 +43,7 @@ __all__ = [
     "cap_reason",
     "merge_reason",
     "merge_view",
+    "running_loop",
     "wake_future",
     "wake_waiters",
 ]

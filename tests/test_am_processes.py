@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import FAST, Script, wait_until
 
-from velo_am import PeerDraining, PeerLost, Worker
+from velo_am import PeerDraining, PeerLost, PeerUnreachable, Worker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -104,7 +104,9 @@ async def test_restarted_worker_is_reachable_and_never_gets_predecessor_messages
         before = await local.call(0x77, "stats")
         first.signal(signal.SIGKILL)
         await asyncio.to_thread(first.wait)
-        await local.send(0x77, "record", "for the dead predecessor")
+        # Its link reports the kill at once: the message is refused, not queued for it.
+        with pytest.raises(PeerUnreachable, match="lost"):
+            await local.send(0x77, "record", "for the dead predecessor")
         second = launch("examples/am_ping.py", "serve", "--id", "0x77", "--bind", address)
         second.ready()
         assert await local.connect(address) == 0x77

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from velo_am._codec import pack
 from velo_am._log import RateLimitedLog
 from velo_am._outbound import Outbound
 from velo_am._stats import new_counters
-from velo_am.transport import LinkFull
+from velo_am.transport import LinkClosed, LinkFull
 from velo_event import EventHandle
 
 ME, MY_INC = 1, 0x11
@@ -36,115 +37,171 @@ class Peer:
     incarnation: int
 
 
-class RecordingLink:
-    def __init__(self, full: bool = False) -> None:
-        self.sent: list[list[bytes]] = []
-        self.closed: float | None = None
-        self.full = full
+class RecordingTransport:
+    """The transport seam, recording what is sent on which link."""
 
-    def send(self, frames: list[bytes]) -> None:
-        if self.full:
-            raise LinkFull("peer queue is full")
-        self.sent.append(frames)
+    def __init__(self) -> None:
+        self.sent: dict[bytes, list[list[bytes]]] = {}
+        self.connected: dict[bytes, str] = {}
+        self.full: set[bytes] = set()
+        self.gone: set[bytes] = set()
+        self._next = 0
 
-    def close(self, linger: float) -> None:
-        self.closed = linger
+    def start(self, *args: Any, **kwargs: Any) -> str:
+        return "test://me"
 
-    def messages(self) -> list[p.Message]:
-        return [p.decode(frames) for frames in self.sent]
+    def connect(self, address: str, peer_id: int | None = None) -> bytes:
+        for link, known in self.connected.items():
+            if known == address:
+                return link
+        self._next += 1
+        link = b"o%d" % self._next
+        self.connected[link] = address
+        return link
+
+    def send(self, link: bytes, frames: list[bytes]) -> None:
+        if link in self.full:
+            raise LinkFull("the peer's queue is full")
+        if link in self.gone:
+            raise LinkClosed("no such connection")
+        self.sent.setdefault(link, []).append(frames)
+
+    def disconnect(self, link: bytes) -> None:
+        self.connected.pop(link, None)
+
+    async def close(self) -> None:
+        pass
+
+    def messages(self, link: bytes) -> list[p.Message]:
+        return [p.decode(frames) for frames in self.sent.get(link, [])]
 
 
-def outbound(max_message_size: int = 1 << 20) -> tuple[Outbound, dict[str, int]]:
+ADDRESSES = {2: "test://2", 3: "test://3", 4: "test://4"}
+INTRO = p.Hello(ME, MY_INC, 0, 0, "test://me", 0, 1, ())
+
+
+def outbound(
+    max_message_size: int = 1 << 20, **options: Any
+) -> tuple[Outbound, RecordingTransport, dict[str, int]]:
     counters = new_counters()
     log = RateLimitedLog(logging.getLogger("test"), ME)
-    return Outbound(ME, MY_INC, max_message_size, counters=counters, log=log), counters
+    transport = RecordingTransport()
+    out = Outbound(
+        ME,
+        MY_INC,
+        max_message_size,
+        transport=transport,
+        locate=ADDRESSES.get,
+        introduction=lambda: p.encode(INTRO),
+        counters=counters,
+        log=log,
+        **options,
+    )
+    return out, transport, counters
 
 
-def test_every_send_is_enveloped_encoded_and_counted() -> None:
-    out, counters = outbound()
-    link = RecordingLink()
-    out.attach(2, link)
+def test_a_link_opens_on_first_business_and_is_introduced() -> None:
+    out, transport, counters = outbound()
     peer = Peer(2, 0x22)
     out.request(peer, 7, "echo", {"x": 1}, reply=True)
-    out.reply(peer, 8, pack("done"))
     out.send_quietly(2, p.Heartbeat(ME, MY_INC, 0x22))
-    request, response, heartbeat = link.messages()
+    (link,) = transport.connected
+    assert transport.connected[link] == "test://2"
+    hello, request, heartbeat = transport.messages(link)
+    assert hello == INTRO, "a new link starts with who we are"
     assert request == p.Request(ME, MY_INC, 0x22, 7, "echo", True, pack({"x": 1}))
-    assert response == p.Response(ME, MY_INC, 0x22, 8, pack("done"))
     assert isinstance(heartbeat, p.Heartbeat)
     assert counters["messages_out"] == 3
+    assert out.own_links() == 1 and out.linked() == {2}
+
+
+def test_an_answer_goes_back_on_the_link_its_request_came_on() -> None:
+    out, transport, _ = outbound()
+    out.heard(3, b"their-link", now=1.0)  # worker 3 opened a link to us
+    out.reply(Peer(3, 0x33), b"their-link", 5, pack("done"))
+    assert transport.messages(b"their-link") == [p.Response(ME, MY_INC, 0x33, 5, pack("done"))]
+    assert not transport.connected, "answering opened no link of ours"
+    out.send_quietly(3, p.Heartbeat(ME, MY_INC, 0x33))
+    assert len(transport.sent[b"their-link"]) == 2, "with no link of ours, theirs carries sends"
+    transport.gone.add(b"their-link")
+    out.reply(Peer(3, 0x33), b"their-link", 6, pack("late"))
+    (link,) = transport.connected
+    assert transport.messages(link)[-1] == p.Response(ME, MY_INC, 0x33, 6, pack("late"))
 
 
 def test_payload_bound_and_unreachable_peers_fail_loudly() -> None:
-    out, counters = outbound(max_message_size=2048)
-    out.attach(2, RecordingLink())
+    out, transport, counters = outbound(max_message_size=2048)
     with pytest.raises(ValueError, match="exceeds max_message_size"):
         out.request(Peer(2, 0x22), 1, "h", b"x" * 4096, reply=False)
     with pytest.raises(TypeError, match="msgpack"):
         out.request(Peer(2, 0x22), 1, "h", object(), reply=False)
     with pytest.raises(PeerUnreachable, match="not connected"):
-        out.request(Peer(3, 0x33), 1, "h", None, reply=False)
-    out.attach(4, RecordingLink(full=True))
+        out.request(Peer(9, 0x99), 1, "h", None, reply=False)  # nowhere to reach it
+    with pytest.raises(PeerUnreachable, match="not connected"):
+        out.send(2, p.Heartbeat(ME, MY_INC, 0x22), dial=False)  # no link, and none opened
+    out.request(Peer(4, 0x44), 1, "h", None, reply=False)
+    transport.full.update(transport.connected)
     with pytest.raises(PeerUnreachable, match="queue is full"):
-        out.request(Peer(4, 0x44), 1, "h", None, reply=False)
-    assert counters["messages_out"] == 0
-    out.reply(Peer(4, 0x44), 9, b"\xc0")  # a reply that cannot go out is dropped, not raised
+        out.request(Peer(4, 0x44), 2, "h", None, reply=False)
+    assert counters["messages_out"] == 2
 
 
 def test_error_replies_escape_what_utf8_cannot_carry_and_can_speak_for_a_predecessor() -> None:
-    out, _ = outbound()
-    link = RecordingLink()
-    out.attach(2, link)
-    out.reply_error(Peer(2, 0x22), 5, p.ErrorCode.HANDLER_ERROR, "ValueError", "bad \udcff")
+    out, transport, _ = outbound()
+    peer = Peer(2, 0x22)
+    out.reply_error(peer, b"l", 5, p.ErrorCode.HANDLER_ERROR, "ValueError", "bad \udcff")
     out.reply_error(
-        Peer(2, 0x22), 6, p.ErrorCode.WRONG_INCARNATION, "PeerLost", "old", as_incarnation=0x10
+        peer, b"l", 6, p.ErrorCode.WRONG_INCARNATION, "PeerLost", "old", as_incarnation=0x10
     )
-    first, second = link.messages()
+    first, second = transport.messages(b"l")
     assert isinstance(first, p.ErrorResponse) and first.message == "bad \\udcff"
     assert isinstance(second, p.ErrorResponse) and second.src_incarnation == 0x10
 
 
-def test_links_are_replaced_and_closed() -> None:
-    out, _ = outbound()
-    first, second = RecordingLink(), RecordingLink()
-    out.attach(2, first)
-    out.attach(2, second)
-    assert first.closed == 0 and second.closed is None
-    out.detach(2, closed=True)
-    assert second.closed and second.closed > 0, "a goodbye's acknowledgement may still go out"
-    out.attach(3, third := RecordingLink())
+def test_idle_links_close_unless_business_pins_them_and_the_cap_holds() -> None:
+    out, transport, _ = outbound(link_idle=10.0, max_links=2)
+    for peer_id in (2, 3):
+        out.heard(peer_id, out.dial(ADDRESSES[peer_id], peer_id, now=0.0), now=0.0)
+    out.tick(now=5.0, interest=set())
+    assert out.own_links() == 2, "not idle long enough"
+    out.tick(now=11.0, interest={2})
+    assert out.linked() == {2}, "3 was idle and nobody had business with it"
+    out.tick(now=12.0, interest={2})
+    out.dial(ADDRESSES[3], 3, now=12.0)
+    out.dial(ADDRESSES[4], 4, now=12.5)
+    assert out.own_links() == 2, "the cap closes the least recently used link"
+    assert 4 in out.linked()
+    out.forget(4)
     out.close()
-    assert third.closed == 0
+    assert out.own_links() == 0 and not transport.connected
 
 
 def test_event_updates_split_by_item_limit_and_by_size() -> None:
-    out, _ = outbound(max_message_size=64 * 1024)
-    link = RecordingLink()
-    out.attach(2, link)
+    out, transport, _ = outbound(max_message_size=64 * 1024)
     handles = [EventHandle.from_parts(2, i, 1) for i in range(p.MAX_EVENT_ITEMS + 10)]
     done = [p.EventDone(EventHandle.from_parts(ME, i, 1), "x" * 100) for i in range(500)]
     out.event_updates(Peer(2, 0x22), handles, done)
-    messages = [m for m in link.messages() if isinstance(m, p.EventUpdates)]
+    (link,) = transport.connected
+    messages = [m for m in transport.messages(link) if isinstance(m, p.EventUpdates)]
     assert len(messages) > 2
     assert [h for m in messages for h in m.subscribe] == handles, "all, in order"
     assert [d for m in messages for d in m.done] == done
-    assert all(sum(map(len, frames)) <= 64 * 1024 for frames in link.sent)
-    link.sent.clear()
+    assert all(sum(map(len, frames)) <= 64 * 1024 for frames in transport.sent[link])
+    before = len(transport.sent[link])
     out.event_updates(Peer(2, 0x22), handles[:3], done[:3])
-    assert len(link.sent) == 1, "the common case is one message"
+    assert len(transport.sent[link]) == before + 1, "the common case is one message"
 
 
 def test_a_reason_larger_than_a_message_is_cut_to_fit() -> None:
-    out, _ = outbound(max_message_size=4096)
-    link = RecordingLink()
-    out.attach(2, link)
+    out, transport, _ = outbound(max_message_size=4096)
     handle = EventHandle.from_parts(ME, 0, 1)
     out.event_updates(Peer(2, 0x22), (), [p.EventDone(handle, "é" * 16_000)])
-    (message,) = link.messages()
+    (link,) = transport.connected
+    _, message = transport.messages(link)
     assert isinstance(message, p.EventUpdates)
     (item,) = message.done
     assert item.reason is not None and item.reason.endswith("[cut to fit max_message_size]")
-    assert sum(map(len, link.sent[0])) <= 4096
+    assert sum(map(len, transport.sent[link][-1])) <= 4096
 
 
 # -- calls in flight ------------------------------------------------------------------------------

@@ -102,14 +102,14 @@ def test_constants_and_enums() -> None:
 
 PEERS = (
     PeerInfo(2, U64, "tcp://127.0.0.1:5555"),
-    PeerInfo(U64, 1, "ipc:///tmp/velo-ß-😀"),
+    PeerInfo(U64, 1, "ipc:///tmp/velo-ß-😀", U64, 2),
 )
 
 EXAMPLES: list[Message] = [
-    Hello(1, INC, 0, 0, "tcp://127.0.0.1:5555", ()),
-    Hello(U64, U64, U64, U64, "ipc:///tmp/x", PEERS),
-    HelloAck(7, 1, INC, 12345, "tcp://[::1]:1", PEERS),
-    HelloAck(7, 1, 0, 1, "inproc://a", ()),
+    Hello(1, INC, 0, 0, "tcp://127.0.0.1:5555", 0, 1, ()),
+    Hello(U64, U64, U64, U64, "ipc:///tmp/x", 255, U64, PEERS),
+    HelloAck(7, 1, INC, 12345, "tcp://[::1]:1", 2, 9, PEERS),
+    HelloAck(7, 1, 0, 1, "inproc://a", 0, 0, ()),
     Heartbeat(1, 1, 0),
     Heartbeat(U64, U64, U64),
     Peers(5, INC, INC, ()),
@@ -248,10 +248,10 @@ def test_error_code_int_is_normalised() -> None:
 
 
 def test_messages_are_frozen_and_hashable() -> None:
-    m = Hello(1, 2, 0, 9, "tcp://a:1", PEERS)
+    m = Hello(1, 2, 0, 9, "tcp://a:1", 0, 1, PEERS)
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.src = 5  # type: ignore[misc]
-    assert hash(m) == hash(Hello(1, 2, 0, 9, "tcp://a:1", PEERS))
+    assert hash(m) == hash(Hello(1, 2, 0, 9, "tcp://a:1", 0, 1, PEERS))
     assert not hasattr(m, "__dict__")
 
 
@@ -263,7 +263,7 @@ def test_large_peer_list_round_trips() -> None:
     msg = Peers(1, 2, 0, peers)
     assert len(encode(msg)[0]) > 1024
     roundtrip(msg)
-    roundtrip(Hello(1, 2, 0, 3, "tcp://h:1", peers))
+    roundtrip(Hello(1, 2, 0, 3, "tcp://h:1", 0, 1, peers))
 
 
 def test_encode_is_thread_safe() -> None:
@@ -321,10 +321,13 @@ def test_encode_is_thread_safe() -> None:
         (lambda: EventUpdates(1, 1, 0, (), ((H1, None),)), "EventUpdates.done"),
         (lambda: EventUpdates(1, 1, 0, (), (EventDone(int(H1), None),)), "EventUpdates.done"),  # type: ignore[arg-type]
         (lambda: EventUpdates(1, 1, 0, (), (EventDone(H1, b"x"),)), "EventUpdates.done"),  # type: ignore[arg-type]
-        (lambda: Hello(1, 1, 0, 1, "", ()), "Hello.address"),
-        (lambda: Hello(1, 1, 0, -1, "tcp://a:1", ()), "Hello.token"),
-        (lambda: HelloAck(1, 1, 0, None, "tcp://a:1", ()), "HelloAck.token"),
-        (lambda: HelloAck(1, 1, 0, 1, "tcp://a:1", list(PEERS)), "HelloAck.peers"),
+        (lambda: Hello(1, 1, 0, 1, "", 0, 1, ()), "Hello.address"),
+        (lambda: Hello(1, 1, 0, -1, "tcp://a:1", 0, 1, ()), "Hello.token"),
+        (lambda: Hello(1, 1, 0, 1, "tcp://a:1", 256, 1, ()), "Hello.flags"),
+        (lambda: Hello(1, 1, 0, 1, "tcp://a:1", 0, -1, ()), "Hello.seq"),
+        (lambda: HelloAck(1, 1, 0, None, "tcp://a:1", 0, 1, ()), "HelloAck.token"),
+        (lambda: HelloAck(1, 1, 0, 1, "tcp://a:1", 0, 1, list(PEERS)), "HelloAck.peers"),
+        (lambda: PeerInfo(1, 1, "tcp://a:1", 1, 3), "PeerInfo.state"),
         (lambda: Peers(1, 1, 0, ((2, 2, "tcp://b:1"),)), "Peers.peers"),
         (lambda: PeerInfo(0, 1, "tcp://a:1"), "PeerInfo.worker_id"),
         (lambda: PeerInfo(1, 0, "tcp://a:1"), "PeerInfo.incarnation"),
@@ -413,7 +416,7 @@ def test_kind_of_wrong_type(kind: Any) -> None:
         (GOOD_REQ[:-1], 2),
         ([*GOOD_REQ, "extra"], 2),
         ([V, Kind.HEARTBEAT, 1, 1, 0, 0], 1),
-        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1"], 1),
+        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", 0, 1], 1),
         ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", "m"], 1),
         ([V, Kind.EVENT_UPDATES, 1, 1, 0, []], 1),
     ],
@@ -481,15 +484,28 @@ def test_int_at_or_above_2_64_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("items", "match"),
     [
-        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", "notalist"], r"^Hello\.peers: expected an array"),
-        ([V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", [[1, 2]]], r"^Hello\.peers\[0\]: expected \["),
-        ([V, Kind.HELLO_ACK, 1, 1, 0, 1, "tcp://a:1", [[1, 1, "a"], 7]], r"^HelloAck\.peers\[1\]"),
-        ([V, Kind.PEERS, 1, 1, 0, [[0, 1, "tcp://a:1"]]], r"^Peers\.peers\[0\]: PeerInfo\.worker"),
-        ([V, Kind.PEERS, 1, 1, 0, [[1, True, "tcp://a:1"]]], r"PeerInfo\.incarnation"),
-        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, ""]]], r"PeerInfo\.address: must not be empty"),
-        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, b"tcp"]]], r"PeerInfo\.address: expected str"),
-        ([V, Kind.HELLO, 1, 1, 0, 1, 5, []], r"^Hello\.address: expected str"),
-        ([V, Kind.HELLO, 1, 1, 0, True, "tcp://a:1", []], r"^Hello\.token: expected an int"),
+        (
+            [V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", 0, 1, "notalist"],
+            r"^Hello\.peers: expected an array",
+        ),
+        (
+            [V, Kind.HELLO, 1, 1, 0, 1, "tcp://a:1", 0, 1, [[1, 2]]],
+            r"^Hello\.peers\[0\]: expected \[",
+        ),
+        (
+            [V, Kind.HELLO_ACK, 1, 1, 0, 1, "tcp://a:1", 0, 1, [[1, 1, "a", 0, 0], 7]],
+            r"^HelloAck\.peers\[1\]",
+        ),
+        (
+            [V, Kind.PEERS, 1, 1, 0, [[0, 1, "tcp://a:1", 0, 0]]],
+            r"^Peers\.peers\[0\]: PeerInfo\.worker",
+        ),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, True, "tcp://a:1", 0, 0]]], r"PeerInfo\.incarnation"),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, "", 0, 0]]], r"PeerInfo\.address: must not be empty"),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, b"tcp", 0, 0]]], r"PeerInfo\.address: expected str"),
+        ([V, Kind.PEERS, 1, 1, 0, [[1, 1, "a", 0, 7]]], r"PeerInfo\.state"),
+        ([V, Kind.HELLO, 1, 1, 0, 1, 5, 0, 1, []], r"^Hello\.address: expected str"),
+        ([V, Kind.HELLO, 1, 1, 0, True, "tcp://a:1", 0, 1, []], r"^Hello\.token: expected an int"),
         ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 0, "e", "m", "t"], r"ErrorResponse\.code"),
         ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 99, "e", "m", "t"], r"ErrorResponse\.code"),
         ([V, Kind.ERROR_RESPONSE, 1, 1, 0, 1, 1, "e", None, "t"], r"ErrorResponse\.message"),
@@ -610,16 +626,16 @@ def test_hostile_or_odd_headers(raw: bytes) -> None:
 def test_element_budget_bounds_large_headers() -> None:
     # Arrays that are each within limits but hold too many elements in total.
     chunk = [0] * 60_000
-    raw = header(V, Kind.PEERS, 1, 1, 0, [chunk, chunk, chunk, chunk, chunk])
+    raw = header(V, Kind.PEERS, 1, 1, 0, [chunk] * 7)  # 420,000 > 6 x 65,536 + 16
     with pytest.raises(ProtocolError, match="too many array elements"):
         decode([raw])
     # A single array longer than the peer limit.
-    raw = header(V, Kind.PEERS, 1, 1, 0, [[1, 1, "a"]] * 70_000)
+    raw = header(V, Kind.PEERS, 1, 1, 0, [[1, 1, "a", 0, 0]] * 70_000)
     with pytest.raises(ProtocolError, match="malformed header"):
         decode([raw])
     # Many empty nested arrays (each a fresh list object when unpacked).
     empties = [[]] * 60_000
-    raw = header(V, Kind.PEERS, 1, 1, 0, [empties, empties, empties, empties, empties])
+    raw = header(V, Kind.PEERS, 1, 1, 0, [empties] * 7)
     with pytest.raises(ProtocolError, match="too many array elements"):
         decode([raw])
 
@@ -631,7 +647,10 @@ u64_nonzero = st.integers(1, U64)
 nonempty_text = st.text(min_size=1, max_size=40)
 handlers = st.text(min_size=1, max_size=90).filter(lambda s: len(s.encode()) <= 255)
 payloads = st.binary(max_size=64)
-peer_lists = st.lists(st.builds(PeerInfo, u64_nonzero, u64_nonzero, nonempty_text), max_size=4)
+peer_lists = st.lists(
+    st.builds(PeerInfo, u64_nonzero, u64_nonzero, nonempty_text, u64, st.integers(0, 2)),
+    max_size=4,
+)
 peers_st = peer_lists.map(tuple)
 handles_st = st.builds(
     EventHandle.from_parts, u64, st.integers(0, 2**31 - 1), st.integers(0, 2**32 - 1)
@@ -639,8 +658,8 @@ handles_st = st.builds(
 common = (u64_nonzero, u64_nonzero, u64)
 
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Hello, *common, u64, nonempty_text, peers_st),
-    st.builds(HelloAck, *common, u64, nonempty_text, peers_st),
+    st.builds(Hello, *common, u64, nonempty_text, st.integers(0, 255), u64, peers_st),
+    st.builds(HelloAck, *common, u64, nonempty_text, st.integers(0, 255), u64, peers_st),
     st.builds(Heartbeat, *common),
     st.builds(Peers, *common, peers_st),
     st.builds(Request, *common, u64, handlers, st.booleans(), payloads),
@@ -728,7 +747,18 @@ def test_fuzz_arbitrary_msgpack_header(obj: Any, with_payload: bool) -> None:
 
 # Values that sit on the edges of every validation rule.
 EDGE_SCALARS = [0, 1, 2, 255, 256, -1, U64, -(2**63), True, False, None, 1.0]
-EDGE_OTHERS = ["", "x", "tcp://a:1", "h" * 256, b"", b"x", [], [[1, 1, "a"]], [[0, 1, "a"]], {}]
+EDGE_OTHERS = [
+    "",
+    "x",
+    "tcp://a:1",
+    "h" * 256,
+    b"",
+    b"x",
+    [],
+    [[1, 1, "a", 0, 0]],
+    [[0, 1, "a"]],
+    {},
+]
 edge_values = st.sampled_from([*EDGE_SCALARS, *EDGE_OTHERS, [[1, 1]]]) | msgpack_objects
 
 

@@ -483,7 +483,7 @@ def test_remote_handles_need_a_started_worker(make: Callable[..., SyncWorker]) -
 def test_a_failed_start_raises_and_leaves_no_thread() -> None:
     before = loop_threads()
     with pytest.raises(PeerUnreachable):
-        SyncWorker(peers=["tcp://127.0.0.1:9"], handshake_timeout=0.3, **OPTIONS)
+        SyncWorker(peers=["tcp://127.0.0.1:9"], join_timeout=0.3, **OPTIONS)
     with pytest.raises(TypeError):
         SyncWorker(no_such_option=1)
     assert loop_threads() <= before

@@ -60,6 +60,10 @@ class CallTable:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def peers(self) -> set[int]:
+        """The workers this one has calls in flight to."""
+        return set(self._by_peer)
+
     def next_id(self) -> int:
         """A fresh message id (also for requests that expect no answer)."""
         return next(self._ids)

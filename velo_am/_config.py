@@ -9,6 +9,7 @@ fixed port would collide). The README's configuration table and the CLI's flags 
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -32,6 +33,19 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise ValueError("must be a number of seconds >= 0")
+    return value
+
+
+def _forever_or_seconds(text: str) -> float:
+    if text.lower() in ("forever", "inf"):
+        return math.inf
+    return _positive_float(text)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
     return value
 
 
@@ -77,13 +91,26 @@ OPTIONS: Final = (
     Option("discovery", "VELO_DISCOVERY", None, str,
            "where workers find each other by id: a discovery URL, e.g. dir:PATH", "none"),
     Option("heartbeat_interval", "VELO_HEARTBEAT_INTERVAL", 1.0, _positive_float,
-           "seconds between heartbeats to each peer", "1.0"),
+           "seconds between heartbeats on each watched link (answered below the application)",
+           "1.0"),
     Option("heartbeat_timeout", "VELO_HEARTBEAT_TIMEOUT", 5.0, _positive_float,
-           "a peer silent this many seconds is lost: its calls fail, its events poison", "5.0"),
+           "a watched peer silent this many seconds is lost: its calls fail, its events poison",
+           "5.0"),
     Option("call_timeout", "VELO_CALL_TIMEOUT", 30.0, _positive_float,
            "default timeout of call() in seconds", "30.0"),
     Option("handshake_timeout", "VELO_HANDSHAKE_TIMEOUT", 5.0, _positive_float,
            "seconds to wait for a peer to answer a connection handshake", "5.0"),
+    Option("join_timeout", "VELO_JOIN_TIMEOUT", 300.0, _forever_or_seconds,
+           "seconds start() keeps retrying the seeds until one answers (forever, or inf)",
+           "300"),
+    Option("forget_after", "VELO_FORGET_AFTER", 60.0, _positive_float,
+           "seconds a lost or closed member stays listed in peers", "60.0"),
+    Option("link_idle", "VELO_LINK_IDLE", 60.0, _positive_float,
+           "seconds an idle link with no business is kept open", "60.0"),
+    Option("max_links", "VELO_MAX_LINKS", 256, _positive_int,
+           "links this worker keeps open at most (the idle ones go first)", "256"),
+    Option("gossip_fanout", "VELO_GOSSIP_FANOUT", 3, _positive_int,
+           "gossip neighbors each member keeps (news of members spreads through them)", "3"),
     Option("close_grace", "VELO_CLOSE_GRACE", 5.0, _non_negative_float,
            "seconds close() lets in-flight handlers finish", "5.0"),
     Option("max_message_size", "VELO_MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE, _int,
@@ -126,6 +153,11 @@ class WorkerOptions:
     heartbeat_timeout: float
     call_timeout: float
     handshake_timeout: float
+    join_timeout: float
+    forget_after: float
+    link_idle: float
+    max_links: int
+    gossip_fanout: int
     close_grace: float
     max_message_size: int
     metrics_port: int | None

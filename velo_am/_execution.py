@@ -28,6 +28,7 @@ from ._log import RateLimitedLog, fields
 
 if TYPE_CHECKING:
     from ._outbound import Addressee, Outbound
+    from .transport import LinkId
 
 __all__ = ["HandlerExecution", "Serving"]
 
@@ -63,11 +64,12 @@ class HandlerExecution:
         #: Set by the worker as it starts and closes.
         self.serving = Serving.ALL
         self.tasks: set[asyncio.Task[None]] = set()
-        self._jobs: deque[tuple[HandlerSpec, Addressee, p.Request]] = deque()
+        self._jobs: deque[tuple[HandlerSpec, Addressee, p.Request, LinkId]] = deque()
         self._lanes = OrderedLanes(self.spawn)
 
-    def dispatch(self, peer: Addressee, msg: p.Request) -> None:
-        """An inbound request from ``peer``: run its handler, or refuse it."""
+    def dispatch(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
+        """An inbound request from ``peer`` on ``link`` (its answer goes back there): run its
+        handler, or refuse it."""
         serving = self.serving
         # Runtime traffic (names starting with "_") still flows while draining.
         if serving is not Serving.ALL and not (
@@ -76,19 +78,20 @@ class HandlerExecution:
             self._counters["refused_draining"] += 1
             if msg.reply:
                 self._outbound.reply_error(
-                    peer, msg.msg_id, p.ErrorCode.DRAINING, "PeerDraining", "draining"
+                    peer, link, msg.msg_id, p.ErrorCode.DRAINING, "PeerDraining", "draining"
                 )
             return
         spec = self._registry.get(msg.handler)
         if spec is not None:
-            self.submit(spec, peer, msg)
+            self.submit(spec, peer, msg, link)
         elif msg.reply:
             text = f"no handler named {msg.handler!r} on worker {self._outbound.worker_id:#x}"
-            self._outbound.reply_error(peer, msg.msg_id, p.ErrorCode.HANDLER_NOT_FOUND, "", text)
+            code = p.ErrorCode.HANDLER_NOT_FOUND
+            self._outbound.reply_error(peer, link, msg.msg_id, code, "", text)
         else:
             self._log.warning("handler", "no handler named %r for a send", msg.handler)
 
-    def refuse_stale(self, peer: Addressee, msg: p.Request) -> None:
+    def refuse_stale(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         """A request meant for an earlier incarnation of this worker: answered in that
         predecessor's name (the incarnation the caller addressed), so the caller matches it to
         its call and fails it at once instead of at its timeout."""
@@ -96,6 +99,7 @@ class HandlerExecution:
             me = self._outbound.worker_id
             self._outbound.reply_error(
                 peer,
+                link,
                 msg.msg_id,
                 p.ErrorCode.WRONG_INCARNATION,
                 "PeerLost",
@@ -103,14 +107,15 @@ class HandlerExecution:
                 as_incarnation=msg.dst_incarnation,
             )
 
-    def submit(self, spec: HandlerSpec, peer: Addressee, msg: p.Request) -> None:
+    def submit(self, spec: HandlerSpec, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         """Run ``spec`` for ``msg``, the way its kind runs."""
         if spec.ordered:
-            self._lanes.submit((spec.name, peer.worker_id), lambda: self._run(spec, peer, msg))
+            lane = (spec.name, peer.worker_id)
+            self._lanes.submit(lane, lambda: self._run(spec, peer, msg, link))
         elif spec.is_async:
-            self.spawn(self._run(spec, peer, msg))
+            self.spawn(self._run(spec, peer, msg, link))
         else:
-            self._jobs.append((spec, peer, msg))
+            self._jobs.append((spec, peer, msg, link))
             if len(self._jobs) == 1:
                 asyncio.get_running_loop().call_soon(self._run_sync_jobs)
 
@@ -127,67 +132,79 @@ class HandlerExecution:
         jobs = self._jobs
         try:
             while jobs:
-                spec, peer, msg = jobs.popleft()
+                spec, peer, msg, link = jobs.popleft()
                 started = time.perf_counter()
                 try:
-                    result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
+                    result = spec.fn(self._payload(peer, msg, link), self._context(peer, msg))
                 except _BadRequest:
                     continue
                 except (Exception, asyncio.CancelledError) as error:
-                    self._handler_failed(spec, peer, msg, error, started)
+                    self._handler_failed(spec, peer, msg, link, error, started)
                     continue
                 if inspect.isawaitable(result):  # a sync function returning an awaitable
-                    self.spawn(self._finish(spec, peer, msg, result, started))
+                    self.spawn(self._finish(spec, peer, msg, link, result, started))
                 else:
-                    self._reply(spec, peer, msg, result, started)
+                    self._reply(spec, peer, msg, link, result, started)
         finally:
             if jobs:  # left by an escaping BaseException: the rest still run
                 asyncio.get_running_loop().call_soon(self._run_sync_jobs)
 
-    async def _run(self, spec: HandlerSpec, peer: Addressee, msg: p.Request) -> None:
+    async def _run(self, spec: HandlerSpec, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         started = time.perf_counter()
         try:
-            result = spec.fn(self._payload(peer, msg), self._context(peer, msg))
+            result = spec.fn(self._payload(peer, msg, link), self._context(peer, msg))
         except _BadRequest:
             return
         except Exception as error:
-            self._handler_failed(spec, peer, msg, error, started)
+            self._handler_failed(spec, peer, msg, link, error, started)
             return
-        await self._finish(spec, peer, msg, result, started)
+        await self._finish(spec, peer, msg, link, result, started)
 
     async def _finish(
-        self, spec: HandlerSpec, peer: Addressee, msg: p.Request, result: Any, started: float
+        self,
+        spec: HandlerSpec,
+        peer: Addressee,
+        msg: p.Request,
+        link: LinkId,
+        result: Any,
+        started: float,
     ) -> None:
         try:
             if inspect.isawaitable(result):
                 result = await result
         except Exception as error:
-            self._handler_failed(spec, peer, msg, error, started)
+            self._handler_failed(spec, peer, msg, link, error, started)
             return
         except asyncio.CancelledError as error:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the worker is cancelling this handler (close): not the handler's doing
-            self._handler_failed(spec, peer, msg, error, started)
+            self._handler_failed(spec, peer, msg, link, error, started)
             return
-        self._reply(spec, peer, msg, result, started)
+        self._reply(spec, peer, msg, link, result, started)
 
     @staticmethod
     def _context(peer: Addressee, msg: p.Request) -> CallContext:
         return CallContext(peer.worker_id, msg.msg_id, msg.reply)
 
-    def _payload(self, peer: Addressee, msg: p.Request) -> Any:
+    def _payload(self, peer: Addressee, msg: p.Request, link: LinkId) -> Any:
         try:
             return unpack(msg.payload)
         except Exception as error:
             if msg.reply:
-                self._outbound.reply_error(
-                    peer, msg.msg_id, p.ErrorCode.BAD_REQUEST, type(error).__name__, str(error)
-                )
+                code = p.ErrorCode.BAD_REQUEST
+                error_type = type(error).__name__
+                self._outbound.reply_error(peer, link, msg.msg_id, code, error_type, str(error))
             raise _BadRequest from error
 
     def _reply(
-        self, spec: HandlerSpec, peer: Addressee, msg: p.Request, result: Any, started: float
+        self,
+        spec: HandlerSpec,
+        peer: Addressee,
+        msg: p.Request,
+        link: LinkId,
+        result: Any,
+        started: float,
     ) -> None:
         outbound = self._outbound
         body = b""
@@ -195,18 +212,19 @@ class HandlerExecution:
             try:
                 body = outbound.pack_bounded(result, "result")
             except (TypeError, ValueError) as error:
-                self._handler_failed(spec, peer, msg, error, started)
+                self._handler_failed(spec, peer, msg, link, error, started)
                 return
         self._counters["requests_handled"] += 1
         spec.timer.record(time.perf_counter() - started, False)
         if msg.reply:
-            outbound.reply(peer, msg.msg_id, body)
+            outbound.reply(peer, link, msg.msg_id, body)
 
     def _handler_failed(
         self,
         spec: HandlerSpec,
         peer: Addressee,
         msg: p.Request,
+        link: LinkId,
         error: BaseException,
         started: float,
     ) -> None:
@@ -223,6 +241,7 @@ class HandlerExecution:
             return
         self._outbound.reply_error(
             peer,
+            link,
             msg.msg_id,
             p.ErrorCode.HANDLER_ERROR,
             type(error).__name__,

@@ -1,461 +1,550 @@
-"""Membership: who a worker's peers are and what state each is in, as pure rules (sans-IO).
+"""Membership: who the mesh's members are and how news of them spreads, as pure rules (sans-IO).
 
 :class:`PeerTable` is a state machine in the style of h11's ``_state.py``: it takes events
-(a handshake, any message's proof of life, a peer's gossip, draining or goodbye, the passing
-of time) and returns *effects*, the things the worker must now do (send a message, dial an
-address, treat a peer as gone). It touches no socket, runs no loop and reads no clock: the
-time is an argument. :class:`~velo_am.Worker` feeds it and applies what it returns.
+(handshakes, messages, gossip, a link that went down, draining, goodbye, the passing of time)
+and returns *effects*, the things the worker must now do (send, answer on a link, dial,
+treat a peer as gone). It touches no socket, runs no loop, reads no clock (time is an
+argument) and draws its randomness from the ``random.Random`` it is given.
+:class:`~velo_am.Worker` feeds it and applies what it returns; docs/architecture.md explains
+who watches whom, and why.
 
-Rules, briefly (docs/protocol.md §9-§11 has the wire side):
+The rules, briefly:
 
-* A handshake (``Hello`` / ``HelloAck``) from a worker not connected yet, or from a new
-  incarnation of one, makes it ``ALIVE`` (a new incarnation first loses the old one); the
-  members it lists that we do not know are dialed. A worker accepting members answers a
-  ``Hello`` with a ``HelloAck`` and tells its other peers of the newcomer.
-* Any message from a peer proves it alive. ``Draining`` makes it ``DRAINING``; ``Goodbye``
-  makes it ``CLOSED`` (its goodbye is acknowledged with a heartbeat).
-* Each tick heartbeats every live peer; one silent for ``heartbeat_timeout`` is ``LOST``.
-  Lost and closed peers are forgotten after ``forget_after``; a lost one that speaks again
-  is redialed.
-* A peer leaving ``ALIVE``/``DRAINING`` is reported once, as :class:`Lost`.
+* **Joining.** A newcomer's ``Hello`` is answered at once, on the link it came on, with every
+  member the acceptor knows. The newcomer is *pending* until its advertised address answers
+  a ``Hello`` of the acceptor's own (so an address nobody listens on is never spread); then
+  it is a member, announced once, as a delta. Handshakes from unknown workers are
+  rate-limited and the pending ones capped; a ``Hello`` never evicts a live member.
+* **Spreading news.** Each member keeps a few *gossip neighbors* (``fanout``, symmetric,
+  at most twice that). News of a member (joined, lost, closed: a :class:`PeerInfo` with
+  its ``seq``) is forwarded once to every neighbor but the one it came from: a join costs
+  O(N) messages and reaches everyone in O(log N) hops. Newer ``seq`` wins; at one ``seq``,
+  lost or closed beats alive; a member told it was lost announces itself again, ``seq + 1``.
+* **Liveness by interest.** Nothing is heartbeated here. A member is lost when a link this
+  worker opened to it goes down (the transport watches its links below the application, so a
+  busy worker is not dead), when a dial to it gets no answer, or when gossip says so. The
+  worker watches who it has business with: its neighbors, and the peers of its calls,
+  awaited events and served subscriptions.
+* **Healing.** A worker without a live neighbor redials its seeds, else lost members, with
+  back-off; lost and closed members are forgotten after ``forget_after``.
+* **Observers** (short-lived members such as the command line) are answered but never
+  verified, gossiped nor remembered after they leave.
 """
 
 from __future__ import annotations
 
-import enum
-import secrets
-from collections.abc import Iterable
+import random
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final
 
 from . import _messages as m
+from ._gossip import Gossip
+from ._peers import (
+    FROM_LOST,
+    STALE,
+    UNKNOWN,
+    Dial,
+    DialAnswered,
+    DialRefused,
+    Effect,
+    Joined,
+    Lost,
+    Member,
+    Note,
+    PeerState,
+    PeerStatus,
+    Purpose,
+    Rejected,
+    Reply,
+    ScheduleGossip,
+    Send,
+    new_incarnation,
+)
+from .transport import LinkId
 
 __all__ = [
-    "MAX_CONCURRENT_DIALS",
     "STALE",
     "UNKNOWN",
-    "Connect",
     "Dial",
     "DialAnswered",
     "DialRefused",
     "Effect",
     "Joined",
     "Lost",
+    "Member",
     "Note",
-    "Peer",
     "PeerState",
     "PeerStatus",
     "PeerTable",
+    "Purpose",
     "Rejected",
+    "Reply",
+    "ScheduleGossip",
     "Send",
     "new_incarnation",
 ]
 
-#: Gossip may name many members at once: at most this many handshakes run concurrently.
-MAX_CONCURRENT_DIALS: Final = 64
-
-
-def new_incarnation() -> int:
-    """A random non-zero 64-bit incarnation: one per start of a worker's process."""
-    return secrets.randbits(64) or 1
-
-
-class PeerState(enum.StrEnum):
-    """Where a peer stands. ``ALIVE`` and ``DRAINING`` peers are connected; ``LOST`` (silent
-    past the window, or replaced by a new incarnation) and ``CLOSED`` (said goodbye) are kept
-    for a while for inspection, then forgotten."""
-
-    ALIVE = "alive"
-    DRAINING = "draining"
-    LOST = "lost"
-    CLOSED = "closed"
-
-    @property
-    def connected(self) -> bool:
-        return self is PeerState.ALIVE or self is PeerState.DRAINING
-
-
-# The hot paths (every message admitted, every call) compare states by identity.
 _ALIVE: Final = PeerState.ALIVE
 _DRAINING: Final = PeerState.DRAINING
 
 
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    """What a worker knows of one peer. ``state`` is a :class:`PeerState` (equal to its
-    string: ``"alive"``, ``"draining"``, ``"lost"`` or ``"closed"``); ``silent_for`` is
-    seconds since its last message."""
+@dataclass(slots=True)
+class _Pending:
+    """A newcomer whose address is being checked, and its handshakes waiting for answers."""
 
-    worker_id: int
-    address: str
-    incarnation: int
-    state: PeerState
-    silent_for: float
-
-
-class Peer:
-    """A peer as the table tracks it. Others read it; only the table changes it."""
-
-    __slots__ = ("address", "incarnation", "last_seen", "state", "worker_id")
-
-    def __init__(self, worker_id: int, incarnation: int, address: str, now: float) -> None:
-        self.worker_id = worker_id
-        self.incarnation = incarnation
-        self.address = address
-        self.state = PeerState.ALIVE
-        self.last_seen = now
-
-    def describe(self) -> str:
-        return f"worker {self.worker_id:#x} at {self.address}"
-
-    def status(self, now: float) -> PeerStatus:
-        return PeerStatus(
-            self.worker_id, self.address, self.incarnation, self.state, now - self.last_seen
-        )
-
-
-# -- effects ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``message`` to connected peer ``peer_id`` (drop it quietly if that fails)."""
-
-    peer_id: int
-    message: m.Message
-
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """The link opened for this handshake (the dial's own, or a new one to the sender's
-    address) now carries everything sent to ``peer_id``."""
-
-    peer_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Dial:
-    """Start a handshake with the worker at ``address`` (in the background)."""
-
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class DialAnswered:
-    """Our handshake with token ``token`` was answered by worker ``peer_id``."""
-
+    member: Member
+    waiting: list[tuple[LinkId, m.Hello]]
     token: int
-    peer_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class DialRefused:
-    """Our handshake with token ``token`` fails: the address ``why`` (e.g. is this worker)."""
-
-    token: int
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """``peer_id`` became a connected peer; ``text`` describes it."""
-
-    peer_id: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """``peer_id`` stopped being connected: fail its calls in flight, close its link, poison
-    what waits on its events, tell the peer-lost callbacks. ``text`` names the peer and why;
-    ``closed`` is True for a goodbye (an orderly close), False for a loss."""
-
-    peer_id: int
-    text: str
-    closed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something to log: ``error`` is True for an error, else a rate-limited warning."""
-
-    category: str
-    text: str
-    error: bool = False
-
-
-Effect: TypeAlias = Send | Connect | Dial | DialAnswered | DialRefused | Joined | Lost | Note
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Why a message from ``src`` was not admitted: the counter it goes to, a log category and
-    text (``None``: not logged), and what to do about it."""
-
-    counter: str
-    category: str | None
-    text: str
-    effects: tuple[Effect, ...] = ()
-
-
-#: The message names another incarnation of this worker (a predecessor's traffic).
-STALE: Final = Rejected(
-    "dropped_wrong_incarnation", "incarnation", "meant for an earlier incarnation"
-)
-#: The sender has not completed a handshake (or it is a later incarnation than we know).
-UNKNOWN: Final = Rejected("dropped_unknown_peer", "unknown", "from an unknown worker")
-_FROM_LOST: Final = Rejected("dropped_unknown_peer", None, "from a lost worker")
+@dataclass(slots=True)
+class _Dial:
+    address: str
+    purpose: Purpose
+    started: float
+    peer_id: int | None = None  # VERIFY: the newcomer; PROBE: the member
 
 
 # -- the table --------------------------------------------------------------------------------
 
 
-class PeerTable:
-    """The peers of worker ``worker_id`` (incarnation ``incarnation``) and the rules that
-    change them. Every method runs on the worker's loop; none blocks or does I/O."""
+class PeerTable(Gossip):
+    """The members known to worker ``worker_id`` (incarnation ``incarnation``) and the rules
+    that change them. Every method runs on the worker's loop; none blocks or does I/O."""
 
     def __init__(
         self,
         worker_id: int,
         incarnation: int,
         *,
-        heartbeat_timeout: float,
+        handshake_timeout: float,
         forget_after: float,
-        max_dials: int = MAX_CONCURRENT_DIALS,
+        rng: random.Random,
+        seeds: Iterable[str] = (),
+        observer: bool = False,
+        fanout: int = 3,
+        max_pending: int = 256,
+        hello_rate: float = 200.0,
+        hello_burst: float = 400.0,
+        max_backoff: float = 30.0,
     ) -> None:
-        self.worker_id: Final = worker_id
-        self.incarnation: Final = incarnation
-        self.heartbeat_timeout = heartbeat_timeout
+        super().__init__(
+            worker_id, incarnation, fanout=fanout, observer=observer, max_backoff=max_backoff
+        )
+        self.handshake_timeout = handshake_timeout
         self.forget_after = forget_after
-        self.max_dials = max_dials
-        #: The address peers reach this worker at; set by :meth:`bind`.
-        self.address = ""
-        #: False once draining: no new members, no handshake answers, no redials.
+        self.max_pending = max_pending
+        self.hello_rate = hello_rate
+        self.hello_burst = hello_burst
+        self.seeds = tuple(seeds)
+        self._rng = rng
+        #: False once draining: no new members, no handshake answers, no dials.
         self.accepting = False
-        self._peers: dict[int, Peer] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._observers: dict[int, Member] = {}
+        self._dials: dict[int, _Dial] = {}
         self._dialing: set[str] = set()
-        self._awaiting_acks: set[int] = set()
+        self._tokens = hello_burst
+        self._refilled = 0.0
+        self._next_rejoin = 0.0
+        self._rejoin_delay = 0.5
 
     # -- queries ----------------------------------------------------------------------------
 
-    def get(self, peer_id: int) -> Peer | None:
-        """The peer, in any state, or ``None`` if unknown (or forgotten)."""
-        return self._peers.get(peer_id)
+    def get(self, peer_id: int) -> Member | None:
+        """The member (any state), pending newcomer or observer; ``None`` if unknown."""
+        member = self._members.get(peer_id)
+        if member is not None:
+            return member
+        pending = self._pending.get(peer_id)
+        return pending.member if pending is not None else self._observers.get(peer_id)
 
-    def alive(self, peer_id: int) -> Peer | None:
-        """The peer if it is ``ALIVE`` (the fast path of every call and send)."""
-        peer = self._peers.get(peer_id)
-        return peer if peer is not None and peer.state is _ALIVE else None
+    def member(self, peer_id: int) -> Member | None:
+        return self._members.get(peer_id)
+
+    def alive(self, peer_id: int) -> Member | None:
+        """The peer if it can be called now (the fast path of every call and send)."""
+        peer = self._members.get(peer_id)
+        if peer is not None:
+            return peer if peer.state is _ALIVE else None
+        pending = self._pending.get(peer_id)
+        return pending.member if pending is not None else self._observers.get(peer_id)
 
     def is_connected(self, peer_id: int) -> bool:
-        peer = self._peers.get(peer_id)
-        return peer is not None and (peer.state is _ALIVE or peer.state is _DRAINING)
+        peer = self._members.get(peer_id)
+        if peer is not None:
+            return peer.state is _ALIVE or peer.state is _DRAINING
+        return peer_id in self._pending or peer_id in self._observers
 
     def connected_count(self) -> int:
-        return sum(1 for peer in self._peers.values() if peer.state.connected)
+        return sum(1 for peer in self._members.values() if peer.state.connected)
 
     def statuses(self, now: float) -> dict[int, PeerStatus]:
-        return {peer_id: peer.status(now) for peer_id, peer in self._peers.items()}
-
-    def known_peers(self) -> tuple[m.PeerInfo, ...]:
-        """The members this worker vouches for: its connected peers."""
-        return tuple(
-            m.PeerInfo(peer.worker_id, peer.incarnation, peer.address)
-            for peer in self._peers.values()
-            if peer.state.connected
-        )
+        """Every member (observers and pending newcomers are not)."""
+        return {peer_id: peer.status(now) for peer_id, peer in self._members.items()}
 
     def is_dialing(self, address: str) -> bool:
         return address in self._dialing
 
     @property
     def dials_in_progress(self) -> int:
-        return len(self._dialing)
+        return len(self._dials)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     @property
     def goodbyes_acknowledged(self) -> bool:
         """Every peer told goodbye has answered since (see :meth:`begin_goodbye`)."""
         return not self._awaiting_acks
 
-    def needs_link(self, msg: m.Hello | m.HelloAck) -> bool:
-        """Whether admitting this handshake connects its sender anew (the worker opens, or
-        takes over, the link that :class:`Connect` will hand to it)."""
-        if msg.src == self.worker_id:
-            return False
-        peer = self._peers.get(msg.src)
-        return peer is None or peer.incarnation != msg.src_incarnation or not peer.state.connected
-
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def bind(self, address: str) -> None:
-        """The worker listens at ``address`` and accepts members from now on."""
+    def bind(self, address: str, now: float) -> None:
+        """The worker listens at ``address`` and takes part from now on."""
         self.address = address
         self.accepting = True
+        self._refilled = now
 
-    def begin_drain(self) -> list[Effect]:
-        """The worker began closing: tell every connected peer, accept no new members."""
+    def begin_drain(self, linked: Collection[int]) -> list[Effect]:
+        """The worker began closing: tell the peers it has links to; accept no newcomer."""
         self.accepting = False
-        return self._broadcast(m.Draining)
-
-    def begin_goodbye(self) -> list[Effect]:
-        """The worker's last word to each connected peer; their acknowledgements are awaited
-        (:attr:`goodbyes_acknowledged`)."""
-        effects = self._broadcast(m.Goodbye)
-        self._awaiting_acks = {effect.peer_id for effect in effects if isinstance(effect, Send)}
-        return effects
-
-    def _broadcast(self, kind: type[m.Heartbeat | m.Draining | m.Goodbye]) -> list[Effect]:
         me, inc = self.worker_id, self.incarnation
         return [
-            Send(peer.worker_id, kind(me, inc, peer.incarnation))
-            for peer in self._peers.values()
-            if peer.state.connected
+            Send(peer.worker_id, m.Draining(me, inc, peer.incarnation), dial=False)
+            for peer in self._linked(linked)
         ]
+
+    def begin_goodbye(self, linked: Collection[int]) -> list[Effect]:
+        """The worker's last word to each peer it has a link to; their acknowledgements are
+        awaited (:attr:`goodbyes_acknowledged`)."""
+        me, inc = self.worker_id, self.incarnation
+        peers = list(self._linked(linked))
+        self._awaiting_acks = {peer.worker_id for peer in peers}
+        return [
+            Send(peer.worker_id, m.Goodbye(me, inc, peer.incarnation), dial=False) for peer in peers
+        ]
+
+    def _linked(self, linked: Collection[int]) -> Iterable[Member]:
+        for peer_id in linked:
+            peer = self.get(peer_id)
+            if peer is not None and (peer.observer or peer.state.connected):
+                yield peer
 
     # -- dials --------------------------------------------------------------------------------
 
-    def hello(self, token: int) -> m.Hello:
-        """The opener of a handshake this worker dials, ``token`` identifying the dial."""
-        return m.Hello(self.worker_id, self.incarnation, 0, token, self.address, self.known_peers())
-
-    def dial_started(self, address: str) -> None:
+    def start_dial(
+        self, address: str, purpose: Purpose, now: float, peer_id: int | None = None
+    ) -> Dial:
+        """A dial this worker makes: its ``Hello`` (its token names the dial)."""
+        token = self._rng.getrandbits(64) or 1
+        self._dials[token] = _Dial(address, purpose, now, peer_id)
         self._dialing.add(address)
+        flags = m.HelloFlags.NONE
+        if purpose is Purpose.VERIFY:
+            flags |= m.HelloFlags.VERIFY
+        elif self.observer:
+            flags |= m.HelloFlags.OBSERVER
+        elif purpose in (Purpose.JOIN, Purpose.NEIGHBOR) and len(self.neighbors) < self.fanout:
+            flags |= m.HelloFlags.NEIGHBOR
+        # What we know goes with a join (it heals a partition both ways); others stay small.
+        peers = self.known_peers() if purpose is Purpose.JOIN and not self.observer else ()
+        hello = m.Hello(
+            self.worker_id, self.incarnation, 0, token, self.address, int(flags), self.seq, peers
+        )
+        return Dial(address, hello, peer_id)
 
-    def dial_ended(self, address: str) -> None:
-        self._dialing.discard(address)
+    def dial_failed(self, token: int, now: float) -> list[Effect]:
+        """Dial ``token`` got no answer in time (or could not be made)."""
+        dial = self._end_dial(token)
+        if dial is None:
+            return []
+        if dial.purpose is Purpose.VERIFY and dial.peer_id is not None:
+            pending = self._pending.get(dial.peer_id)
+            if pending is not None and pending.token == token:
+                del self._pending[dial.peer_id]
+                text = f"{pending.member.describe()} did not answer at its address"
+                return [Note("verify", f"not admitting {text}")]
+        if dial.purpose is Purpose.PROBE and dial.peer_id is not None:
+            self._backoff_probe(dial.peer_id, now)
+        return []
 
-    # -- events -------------------------------------------------------------------------------
+    def _end_dial(self, token: int) -> _Dial | None:
+        dial = self._dials.pop(token, None)
+        if dial is not None and not any(d.address == dial.address for d in self._dials.values()):
+            self._dialing.discard(dial.address)
+        return dial
 
-    def on_hello(self, msg: m.Hello | m.HelloAck, now: float) -> list[Effect]:
-        """A handshake, either way: admit (or re-admit) its sender, answer a ``Hello``, and
-        learn the members it lists."""
-        if msg.src == self.worker_id:
+    def introduction(self) -> m.Hello:
+        """The first message on a link opened for business: who this worker is (token 0:
+        nobody waits for an answer)."""
+        flags = m.HelloFlags.OBSERVER if self.observer else m.HelloFlags.NONE
+        return m.Hello(
+            self.worker_id, self.incarnation, 0, 0, self.address, int(flags), self.seq, ()
+        )
+
+    # -- handshakes ---------------------------------------------------------------------------
+
+    def on_hello(self, msg: m.Hello, link: LinkId, now: float) -> list[Effect]:
+        """A ``Hello`` arrived on ``link``. A member (or an observer) is answered there at
+        once; a newcomer only once its own address has answered (so, when its ``connect``
+        returns, both sides know each other); a verification at once, and nothing else."""
+        src, inc = msg.src, msg.src_incarnation
+        if src == self.worker_id:
             return self._hello_from_self(msg)
-        peer = self._peers.get(msg.src)
-        joined = self.needs_link(msg)
+        if not self.accepting:
+            return []
+        flags = m.HelloFlags(msg.flags)
+        if flags & m.HelloFlags.VERIFY:
+            return [Reply(link, self._ack(msg, m.HelloFlags.NONE, peers=()))]
+        if flags & m.HelloFlags.OBSERVER:
+            effects: list[Effect] = []
+            if src not in self._observers:
+                observer = Member(src, inc, msg.address, msg.seq, now)
+                observer.observer = True
+                self._observers[src] = observer
+                effects.append(Joined(src, f"{observer.describe()} (an observer)"))
+            if msg.token:
+                effects.insert(0, Reply(link, self._ack(msg, m.HelloFlags.NONE)))
+            return effects
+        known = self._members.get(src)
+        if known is not None and known.incarnation == inc:
+            effects = self._heard_from(known, msg.address, msg.seq, now)
+            effects += self._merge(msg.peers, src, now)
+            return [*self._answer(msg, link), *effects]
+        pending = self._pending.get(src)
+        if pending is not None and pending.member.incarnation == inc:
+            pending.waiting.append((link, msg))  # answered once verified
+            return []
+        if not self._take_token(now):
+            return [Note("hello", f"handshake rate limit: not answering {src:#x}")]
+        if len(self._pending) >= self.max_pending:
+            return [Note("hello", f"too many unverified newcomers: ignoring {src:#x}")]
+        verify = self.start_dial(msg.address, Purpose.VERIFY, now, src)
+        newcomer = Member(src, inc, msg.address, msg.seq, now)
+        self._pending[src] = _Pending(newcomer, [(link, msg)], verify.hello.token)
+        return [verify]
+
+    def _answer(self, msg: m.Hello, link: LinkId) -> list[Effect]:
+        """The answer to a member's ``Hello`` (none for an introduction, token 0)."""
+        if not msg.token:
+            return []
+        answer = m.HelloFlags.NONE
+        if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and self._has_room(msg.src):
+            answer |= m.HelloFlags.NEIGHBOR
+            self._add_neighbor(msg.src)
+        return [Reply(link, self._ack(msg, answer))]
+
+    def _ack(
+        self, msg: m.Hello, flags: m.HelloFlags, peers: tuple[m.PeerInfo, ...] | None = None
+    ) -> m.HelloAck:
+        known = self.known_peers() if peers is None else peers
+        me, inc = self.worker_id, self.incarnation
+        return m.HelloAck(
+            me, inc, msg.src_incarnation, msg.token, self.address, int(flags), self.seq, known
+        )
+
+    def on_hello_ack(self, msg: m.HelloAck, now: float) -> list[Effect]:
+        """The answer to one of this worker's dials (or a stray one, ignored)."""
+        src, inc = msg.src, msg.src_incarnation
+        dial = self._end_dial(msg.token)
+        if src == self.worker_id:
+            if dial is None:
+                return []
+            why = f"is this worker ({src:#x}) itself"
+            return [*self._hello_from_self(msg), DialRefused(msg.token, why)]
+        if dial is None:
+            return []
         effects: list[Effect] = []
-        if joined:
-            if peer is not None and peer.state.connected:
-                effects += self._lose(peer, "restarted as a new incarnation", PeerState.LOST)
-            peer = Peer(msg.src, msg.src_incarnation, msg.address, now)
-            self._peers[msg.src] = peer
-            effects.append(Connect(msg.src))
+        if dial.purpose is Purpose.VERIFY:
+            pending = self._pending.get(src)
+            if pending is None or pending.member.incarnation != inc or dial.peer_id != src:
+                return []
+            del self._pending[src]
+            return self._admit_verified(pending, now)
         else:
-            assert peer is not None
-            peer.last_seen = now
-        if isinstance(msg, m.Hello):
-            if self.accepting:
-                ack = m.HelloAck(
-                    self.worker_id,
-                    self.incarnation,
-                    peer.incarnation,
-                    msg.token,
-                    self.address,
-                    self.known_peers(),
-                )
-                effects.append(Send(msg.src, ack))
-        else:
-            effects.append(DialAnswered(msg.token, msg.src))
-        effects += self._learn(msg.peers)
-        if joined:
-            effects.append(Joined(msg.src, peer.describe()))
-            known = self.known_peers()
-            me, inc = self.worker_id, self.incarnation
-            effects += [
-                Send(other.worker_id, m.Peers(me, inc, other.incarnation, known))
-                for other in self._peers.values()
-                if other is not peer and other.state.connected
-            ]
+            member = self._members.get(src)
+            if member is not None and member.incarnation != inc:
+                if member.state.connected and member.address != msg.address:
+                    text = f"another live worker uses id {src:#x} ({msg.address})"
+                    return [Note("identity", text, error=True), DialRefused(msg.token, text)]
+                effects += self._lose(member, "restarted as a new incarnation", PeerState.LOST)
+                member = None
+            if member is None:
+                member = Member(src, inc, msg.address, msg.seq, now)
+                self._members[src] = member
+                effects += self._announce(member, exclude=src)
+                effects.append(Joined(src, member.describe()))
+            else:
+                effects += self._heard_from(member, msg.address, msg.seq, now)
+            self._probed.pop(src, None)
+            if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and not self.observer:
+                self._add_neighbor(src)
+        effects += self._merge(msg.peers, src, now)
+        effects.append(DialAnswered(msg.token, src))
+        return effects
+
+    def _admit_verified(self, pending: _Pending, now: float) -> list[Effect]:
+        """A pending newcomer answered at its address: it is a member now, its handshakes
+        are answered, and everyone hears of it. A live member of its id is replaced only if
+        the newcomer answers at that member's very address (one endpoint cannot host both:
+        the old one is gone)."""
+        newcomer = pending.member
+        effects: list[Effect] = []
+        old = self._members.get(newcomer.worker_id)
+        if old is not None and old.incarnation != newcomer.incarnation:
+            if old.state.connected and old.address != newcomer.address:
+                text = f"another live worker uses id {old.worker_id:#x} ({newcomer.address})"
+                return [Note("identity", text, error=True)]
+            effects += self._lose(old, "restarted as a new incarnation", PeerState.LOST)
+        newcomer.last_seen = newcomer.changed_at = now
+        self._members[newcomer.worker_id] = newcomer
+        effects += self._announce(newcomer, exclude=newcomer.worker_id)
+        effects.append(Joined(newcomer.worker_id, newcomer.describe()))
+        for link, hello in pending.waiting:
+            effects = [*self._answer(hello, link), *effects]
+            effects += self._merge(hello.peers, newcomer.worker_id, now)
         return effects
 
     def _hello_from_self(self, msg: m.Hello | m.HelloAck) -> list[Effect]:
-        effects: list[Effect] = []
         if msg.src_incarnation != self.incarnation:
             text = f"another live worker uses this worker's id {msg.src:#x}"
-            effects.append(Note("identity", text, error=True))
-        if isinstance(msg, m.HelloAck) or msg.src_incarnation == self.incarnation:
-            # Our own dial reached us (its Hello came back, or we answered it ourselves).
-            effects.append(DialRefused(msg.token, f"is this worker ({msg.src:#x}) itself"))
-        return effects
+            return [Note("identity", text, error=True)]
+        if isinstance(msg, m.Hello) and self._end_dial(msg.token) is not None:
+            # Our own dial reached us: its Hello came back.
+            return [DialRefused(msg.token, f"is this worker ({msg.src:#x}) itself")]
+        return []
+
+    def _take_token(self, now: float) -> bool:
+        self._tokens = min(
+            self.hello_burst, self._tokens + (now - self._refilled) * self.hello_rate
+        )
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    # -- messages -----------------------------------------------------------------------------
 
     def admit(
         self, src: int, src_incarnation: int, dst_incarnation: int, now: float
-    ) -> Peer | Rejected:
-        """Any message but a handshake: its sender, if it is a connected peer this message
-        proves alive, else why it is rejected."""
+    ) -> Member | Rejected:
+        """Any message but a handshake: its sender, if it may speak to this worker (a live
+        member, a pending newcomer or an observer, of that incarnation), else why not."""
         if dst_incarnation and dst_incarnation != self.incarnation:
             return STALE
-        peer = self._peers.get(src)
-        if peer is None or peer.incarnation != src_incarnation:
+        peer = self._members.get(src)
+        if peer is None:
+            pending = self._pending.get(src)
+            peer = pending.member if pending is not None else self._observers.get(src)
+            if peer is None or peer.incarnation != src_incarnation:
+                return UNKNOWN
+        elif peer.incarnation != src_incarnation:
             return UNKNOWN
         state = peer.state
         if state is not _ALIVE and state is not _DRAINING:
             if state is PeerState.LOST and self.accepting and peer.address not in self._dialing:
-                # Silent too long but alive after all: shake hands again (what it sends now
-                # waits for the new link; its calls in flight were failed already).
-                self._dialing.add(peer.address)
-                return Rejected(_FROM_LOST.counter, None, _FROM_LOST.text, (Dial(peer.address),))
-            return _FROM_LOST if state is PeerState.LOST else UNKNOWN
+                # Lost, but it speaks: shake hands again (what it sends meanwhile is dropped;
+                # its calls in flight were failed already).
+                probe = self.start_dial(peer.address, Purpose.PROBE, now, src)
+                return Rejected(FROM_LOST.counter, None, FROM_LOST.text, (probe,))
+            return FROM_LOST if state is PeerState.LOST else UNKNOWN
         peer.last_seen = now
         if self._awaiting_acks:
             self._awaiting_acks.discard(src)
         return peer
 
-    def on_peers(self, infos: Iterable[m.PeerInfo]) -> list[Effect]:
-        """A peer's gossip: dial the members it lists that we do not know."""
-        return self._learn(infos)
+    def on_peers(self, infos: Iterable[m.PeerInfo], sender: int, now: float) -> list[Effect]:
+        """Gossip from ``sender``: what it knows of some members."""
+        return self._merge(infos, sender, now)
 
-    def on_draining(self, peer: Peer) -> None:
-        if peer.state is PeerState.ALIVE:
+    def on_draining(self, peer: Member) -> None:
+        if peer.state is _ALIVE:
             peer.state = PeerState.DRAINING
 
-    def on_goodbye(self, peer: Peer) -> list[Effect]:
-        """The peer's last message: acknowledge it (the closing side waits for that), then it
-        is closed."""
+    def on_goodbye(self, peer: Member, link: LinkId) -> list[Effect]:
+        """The peer's last message: acknowledge it on its link (the closing side waits for
+        that), then it is closed, and everyone hears so."""
         ack = m.Heartbeat(self.worker_id, self.incarnation, peer.incarnation)
-        return [Send(peer.worker_id, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
+        if peer.observer:
+            self._observers.pop(peer.worker_id, None)
+            return [Reply(link, ack)]
+        if peer.worker_id in self._pending:
+            del self._pending[peer.worker_id]
+            return [Reply(link, ack)]
+        return [Reply(link, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
 
-    def tick(self, now: float) -> list[Effect]:
-        """Time passes: heartbeat the live peers, lose the silent ones, forget old entries."""
-        effects: list[Effect] = []
-        me, inc, timeout = self.worker_id, self.incarnation, self.heartbeat_timeout
-        for peer in list(self._peers.values()):
-            if not peer.state.connected:
-                if now - peer.last_seen > self.forget_after:  # short-lived members (the CLI)
-                    del self._peers[peer.worker_id]
-            elif now - peer.last_seen > timeout:
-                effects += self._lose(peer, f"lost: silent for {timeout} s", PeerState.LOST)
-            else:
-                effects.append(Send(peer.worker_id, m.Heartbeat(me, inc, peer.incarnation)))
+    def on_link_down(self, peer_id: int, why: str, now: float) -> list[Effect]:
+        """A link this worker opened to ``peer_id`` stopped reaching it."""
+        peer = self._members.get(peer_id)
+        if peer is None:
+            if self._pending.pop(peer_id, None) is not None:
+                return []
+            observer = self._observers.pop(peer_id, None)
+            if observer is not None:
+                return [Lost(peer_id, f"{observer.describe()} lost: {why}", closed=False)]
+            return []
+        effects = self._lose(peer, f"lost: {why}", PeerState.LOST)
+        if effects:
+            self._backoff_probe(peer_id, now)
         return effects
 
-    # -- rules --------------------------------------------------------------------------------
+    # -- time ---------------------------------------------------------------------------------
 
-    def _lose(self, peer: Peer, reason: str, state: PeerState) -> list[Effect]:
-        if not peer.state.connected:
-            return []
-        peer.state = state
-        self._awaiting_acks.discard(peer.worker_id)
-        return [Lost(peer.worker_id, f"{peer.describe()} {reason}", state is PeerState.CLOSED)]
-
-    def _learn(self, infos: Iterable[m.PeerInfo]) -> list[Effect]:
-        """Mesh join: dial every member we do not know (or know only as a dead incarnation)."""
-        if not self.accepting:
-            return []
+    def tick(self, now: float, interest: Collection[int]) -> list[Effect]:
+        """Time passes: expire dials and forget old entries; keep ``fanout`` neighbors; with
+        no live neighbor, rejoin through the seeds; redial lost members of interest."""
         effects: list[Effect] = []
-        for info in infos:
-            if info.worker_id == self.worker_id:
-                continue
-            known = self._peers.get(info.worker_id)
-            if known is not None and (
-                known.state.connected
-                or (known.state is PeerState.CLOSED and known.incarnation == info.incarnation)
+        for token, dial in list(self._dials.items()):
+            if now - dial.started > self.handshake_timeout:
+                effects += self.dial_failed(token, now)
+        for peer in list(self._members.values()):
+            if not peer.state.connected and now - peer.changed_at > self.forget_after:
+                del self._members[peer.worker_id]
+                self._probed.pop(peer.worker_id, None)
+        if not self.accepting or self.observer:
+            return effects
+        live_neighbors = [n for n in self.neighbors if self.is_connected(n)]
+        if len(live_neighbors) < self.fanout:
+            effects += self._recruit(now)
+        if not live_neighbors and self.seeds and now >= self._next_rejoin:
+            self._next_rejoin = now + self._rejoin_delay
+            self._rejoin_delay = min(self._rejoin_delay * 2, self.max_backoff)
+            effects += [
+                self.start_dial(seed, Purpose.JOIN, now)
+                for seed in self.seeds
+                if seed not in self._dialing
+            ]
+        elif live_neighbors:
+            self._rejoin_delay = 0.5
+        for peer_id, (due, _) in list(self._probed.items()):
+            lost = self._members.get(peer_id)
+            if lost is None or lost.state is not PeerState.LOST:
+                del self._probed[peer_id]
+            elif (
+                now >= due
+                and lost.address not in self._dialing
+                and (peer_id in interest or not live_neighbors)
             ):
-                continue
-            if len(self._dialing) >= self.max_dials:
-                effects.append(Note("dials", "too many handshakes in progress; not dialing more"))
-                break
-            if info.address not in self._dialing:
-                self._dialing.add(info.address)
-                effects.append(Dial(info.address))
+                self._backoff_probe(peer_id, now)
+                effects.append(self.start_dial(lost.address, Purpose.PROBE, now, peer_id))
         return effects
+
+    def _recruit(self, now: float) -> list[Effect]:
+        wanted = self.fanout - len([n for n in self.neighbors if self.is_connected(n)])
+        candidates = [
+            peer
+            for peer in self._members.values()
+            if peer.state is _ALIVE
+            and peer.worker_id not in self.neighbors
+            and peer.address not in self._dialing
+        ]
+        if wanted <= 0 or not candidates:
+            return []
+        chosen = self._rng.sample(candidates, min(wanted, len(candidates)))
+        return [
+            self.start_dial(peer.address, Purpose.NEIGHBOR, now, peer.worker_id) for peer in chosen
+        ]

@@ -21,7 +21,7 @@ from ._errors import AMError
 __all__ = ["PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE", "ProtocolError", "Kind", "ErrorCode"]
 __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "Response"]
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
-__all__ += ["EventStatusCode", "MAX_EVENT_ITEMS"]
+__all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState"]
 
 #: Version 2: kind 16 carries the events layer's subscriptions and completions.
 PROTOCOL_VERSION: Final = 2
@@ -211,16 +211,43 @@ def check_envelope(msg: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- messages
+class MemberState(enum.IntEnum):
+    """What a :class:`PeerInfo` says of its member."""
+
+    ALIVE = 0
+    LOST = 1  # a worker that watched it lost it (it may come back with a higher seq)
+    CLOSED = 2  # it said goodbye: final for its incarnation
+
+
+class HelloFlags(enum.IntFlag):
+    """Flags of a handshake."""
+
+    NONE = 0
+    OBSERVER = 1  # a short-lived member (a command line): answered, never gossiped nor dialed
+    NEIGHBOR = 2  # Hello: be my gossip neighbor; HelloAck: accepted
+    VERIFY = 4  # Hello: only say you are here (a newcomer's address is checked before it joins)
+
+
 @dataclass(frozen=True, slots=True)
 class PeerInfo:
-    """A mesh member as gossiped in Hello/HelloAck/Peers: ``[worker_id, incarnation, address]``."""
+    """A mesh member as gossiped in Hello/HelloAck/Peers:
+    ``[worker_id, incarnation, address, seq, state]``. ``seq`` orders what is said of one
+    incarnation: it grows each time the member announces itself again."""
 
     CHECKS: ClassVar[_Spec] = tuple(
-        {"worker_id": _u64_nonzero, "incarnation": _u64_nonzero, "address": _nonempty_str}.items()
+        {
+            "worker_id": _u64_nonzero,
+            "incarnation": _u64_nonzero,
+            "address": _nonempty_str,
+            "seq": _int_in(0, U64_MAX),
+            "state": _int_in(0, 2),
+        }.items()
     )
     worker_id: int
     incarnation: int
     address: str
+    seq: int = 0
+    state: int = 0  # a MemberState
 
     def __post_init__(self) -> None:
         _diagnose(self)
@@ -244,23 +271,31 @@ class _Envelope:
 @dataclass(frozen=True, slots=True)
 class Hello(_Envelope):
     """Handshake opener: a dialer-chosen ``token`` (echoed by the HelloAck, so the dialer can
-    match the answer to its dial), the sender's bound endpoint and the members it knows."""
+    match the answer to its dial), the sender's advertised endpoint, its :class:`HelloFlags`,
+    its ``seq`` and the members it knows."""
 
     KIND: ClassVar[Kind] = Kind.HELLO
-    CHECKS: ClassVar[_Spec] = _spec(token=_u64, address=_nonempty_str, peers=_peers)
+    CHECKS: ClassVar[_Spec] = _spec(
+        token=_u64, address=_nonempty_str, flags=_int_in(0, 255), seq=_u64, peers=_peers
+    )
     token: int
     address: str
+    flags: int
+    seq: int
     peers: tuple[PeerInfo, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class HelloAck(_Envelope):
-    """Answer to :class:`Hello`: same fields, ``token`` copied from the Hello."""
+    """Answer to :class:`Hello` on the link it came on: same fields, ``token`` copied from
+    the Hello."""
 
     KIND: ClassVar[Kind] = Kind.HELLO_ACK
     CHECKS: ClassVar[_Spec] = Hello.CHECKS
     token: int
     address: str
+    flags: int
+    seq: int
     peers: tuple[PeerInfo, ...]
 
 

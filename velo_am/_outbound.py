@@ -1,16 +1,22 @@
-"""The one outbound path: every message a worker sends to a peer goes through :class:`Outbound`.
+"""The one outbound path: every message a worker sends goes through :class:`Outbound`.
 
-It holds the link of each connected peer and does, in one place, what every send needs: the
-size bound on payloads, the envelope (this worker's id and incarnation, the peer's
-incarnation), encoding, the transport send and its failure, and the ``messages_out`` count.
-Requests, replies (success and error), event updates and membership messages all use it;
-``send_quietly`` and ``broadcast`` are the variants that drop (and log) instead of raising.
+It keeps the worker's links and does, in one place, what every send needs: the size bound on
+payloads, the envelope (this worker's id and incarnation, the peer's incarnation), encoding,
+the choice of link, the transport send and its failure, and the ``messages_out`` count.
+
+**Links on demand.** A message to a peer goes on this worker's own link to it, opened when
+there is first business with that peer (and introduced with a ``Hello``); without one, on a
+link the peer opened to this worker. An answer (``Response``, ``ErrorResponse``) goes back on
+the link its request came on, so a worker serving many callers holds no link of its own to
+each. Links this worker opened are closed after ``link_idle`` seconds without traffic unless
+its business with the peer goes on (``interest``), and at most ``max_links`` stay open: past
+that, the least recently used idle one is closed first.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from velo_event import EventHandle
@@ -19,23 +25,21 @@ from . import _protocol as p
 from ._codec import pack
 from ._errors import PeerUnreachable
 from ._log import RateLimitedLog
-from .transport import Link, LinkFull
+from .transport import LinkClosed, LinkError, LinkFull, LinkId, Transport
 
-__all__ = ["HEADER_ALLOWANCE", "Outbound", "Addressee"]
+__all__ = ["HEADER_ALLOWANCE", "Addressee", "Outbound"]
 
 logger = logging.getLogger(__name__)
 
 #: Room left for the header frame when bounding a payload by ``max_message_size``.
 HEADER_ALLOWANCE: Final = 512
-# A goodbye's acknowledgement must get out before the link to the closing peer closes.
-_CLOSED_PEER_LINGER: Final = 0.1
 # An update item's bytes besides its reason: array headers and a 16-byte handle (msgpack bin).
 _ITEM_BYTES: Final = 24
 
 
 class Addressee(Protocol):
     """Where a message goes: the peer's id and the incarnation its envelope names (a
-    membership :class:`~velo_am._membership.Peer` is one)."""
+    membership :class:`~velo_am._membership.Member` is one)."""
 
     @property
     def worker_id(self) -> int: ...
@@ -45,7 +49,9 @@ class Addressee(Protocol):
 
 
 class Outbound:
-    """Sends for worker ``worker_id`` (incarnation ``incarnation``). Runs on the worker's loop."""
+    """Sends and links of worker ``worker_id`` (incarnation ``incarnation``). ``locate``
+    gives a peer's address (``None`` if unknown) and ``introduction`` the frames that open a
+    new link. Runs on the worker's loop."""
 
     def __init__(
         self,
@@ -53,38 +59,135 @@ class Outbound:
         incarnation: int,
         max_message_size: int,
         *,
+        transport: Transport,
+        locate: Callable[[int], str | None],
+        introduction: Callable[[], list[bytes]],
         counters: dict[str, int],
         log: RateLimitedLog,
+        link_idle: float = 60.0,
+        max_links: int = 256,
     ) -> None:
         self.worker_id = worker_id
         self.incarnation = incarnation
         #: Largest message, header included, this worker sends (and accepts).
         self.max_message_size = max_message_size
+        self.link_idle = link_idle
+        self.max_links = max_links
+        self._transport = transport
+        self._locate = locate
+        self._introduction = introduction
         self._counters = counters
         self._log = log
-        self._links: dict[int, Link] = {}
+        self._own: dict[int, LinkId] = {}  # peer -> the link this worker opened to it
+        self._owner: dict[LinkId, int] = {}  # our links whose peer is known
+        self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
+        self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
+        self._used: dict[LinkId, float] = {}  # our links -> last traffic (loop time)
+        self._now = 0.0
 
     # -- links ------------------------------------------------------------------------------
 
-    def attach(self, peer_id: int, link: Link) -> None:
-        """``link`` now carries what is sent to ``peer_id`` (an older link is closed)."""
-        old = self._links.get(peer_id)
-        if old is not None and old is not link:
-            old.close(0)
-        self._links[peer_id] = link
+    def dial(self, address: str, peer_id: int | None, now: float) -> LinkId:
+        """This worker's link to ``address`` (opened if there is none); ``peer_id`` when the
+        worker there is known. Raises :class:`PeerUnreachable` if none can be opened."""
+        try:
+            link = self._transport.connect(address, peer_id)
+        except LinkError as error:
+            raise PeerUnreachable(f"cannot connect to {address}: {error}") from None
+        self._used[link] = now
+        if peer_id is not None:
+            self._adopt(peer_id, link)
+        elif link not in self._owner:
+            self._dials.add(link)
+        self._enforce_cap(now, ())
+        return link
 
-    def detach(self, peer_id: int, *, closed: bool = False) -> None:
-        """Close the link of a peer no longer connected (``closed``: it said goodbye, and its
-        acknowledgement may still be queued)."""
-        link = self._links.pop(peer_id, None)
+    def heard(self, peer_id: int, link: LinkId, now: float) -> None:
+        """A message from ``peer_id`` arrived on ``link``: remember the link for answers and
+        sends, and that it is in use."""
+        self._now = now
+        if link in self._used:
+            self._used[link] = now
+            if self._owner.get(link) != peer_id:
+                self._adopt(peer_id, link)
+        elif self._theirs.get(peer_id) != link:
+            self._theirs[peer_id] = link
+
+    def _adopt(self, peer_id: int, link: LinkId) -> None:
+        self._dials.discard(link)
+        old = self._own.get(peer_id)
+        if old is not None and old != link:
+            self._owner.pop(old, None)
+        self._own[peer_id] = link
+        self._owner[link] = peer_id
+
+    def peer_of(self, link: LinkId) -> int | None:
+        """The peer of one of this worker's links, if known."""
+        return self._owner.get(link)
+
+    def forget(self, peer_id: int) -> None:
+        """The peer is gone: close this worker's link to it, forget the one it opened."""
+        self._theirs.pop(peer_id, None)
+        link = self._own.pop(peer_id, None)
         if link is not None:
-            link.close(_CLOSED_PEER_LINGER if closed else 0)
+            self._close(link)
+
+    def drop_dial(self, link: LinkId) -> None:
+        """A dial that went nowhere: close its link unless a peer uses it."""
+        if link in self._dials:
+            self._close(link)
+
+    def _close(self, link: LinkId) -> None:
+        peer_id = self._owner.pop(link, None)
+        if peer_id is not None and self._own.get(peer_id) == link:
+            del self._own[peer_id]
+        self._dials.discard(link)
+        self._used.pop(link, None)
+        self._transport.disconnect(link)
+
+    def linked(self) -> set[int]:
+        """Every peer this worker has a link with, either way."""
+        return set(self._own) | set(self._theirs)
+
+    def own_links(self) -> int:
+        return len(self._used)
+
+    def watch(self, peers: Iterable[int], now: float) -> None:
+        """Make sure this worker has its own (watched) link to each of ``peers``."""
+        for peer_id in peers:
+            if peer_id not in self._own:
+                address = self._locate(peer_id)
+                if address is not None:
+                    try:
+                        self._introduce(self.dial(address, peer_id, now))
+                    except (PeerUnreachable, LinkError) as error:
+                        logger.debug("cannot watch worker %#x: %s", peer_id, error)
+
+    def tick(self, now: float, interest: Collection[int]) -> None:
+        """Close this worker's links idle for ``link_idle`` whose peer it has no business
+        with."""
+        self._now = now
+        for link, used in list(self._used.items()):
+            if now - used > self.link_idle and self._owner.get(link) not in interest:
+                self._close(link)
+
+    def _enforce_cap(self, now: float, interest: Collection[int]) -> None:
+        excess = len(self._used) - self.max_links
+        if excess <= 0:
+            return
+        idle = sorted(
+            (used, link)
+            for link, used in self._used.items()
+            if self._owner.get(link) not in interest and now - used > 0
+        )
+        for _, link in idle[:excess]:
+            self._close(link)
 
     def close(self) -> None:
         """Close every link at once (the worker is closing)."""
-        links, self._links = self._links, {}
-        for link in links.values():
-            link.close(0)
+        for link in list(self._used):
+            self._close(link)
+        self._theirs.clear()
 
     # -- the send path ----------------------------------------------------------------------
 
@@ -98,26 +201,61 @@ class Outbound:
             )
         return body
 
-    def send_frames(self, peer_id: int, frames: list[bytes]) -> None:
-        """Hand encoded frames to the peer's link; :class:`PeerUnreachable` if it has none or
-        its queue is full."""
-        link = self._links.get(peer_id)
-        if link is None:
-            raise PeerUnreachable(f"worker {peer_id:#x} is not connected")
+    def send_frames(self, peer_id: int, frames: list[bytes], *, dial: bool = True) -> None:
+        """Hand encoded frames to a link to ``peer_id`` (see the module's doc);
+        :class:`PeerUnreachable` if there is none (and ``dial`` is false, or the peer's
+        address is unknown) or its queue is full."""
+        link = self._own.get(peer_id)
+        if link is not None:
+            self._used[link] = self._now
+        else:
+            link = self._theirs.get(peer_id)
+            if link is None:
+                link = self._open_for(peer_id, dial)
         try:
-            link.send(frames)
+            self._transport.send(link, frames)
         except LinkFull as error:
             raise PeerUnreachable(f"cannot send to worker {peer_id:#x}: {error}") from None
+        except LinkClosed:
+            if self._theirs.get(peer_id) != link:
+                raise PeerUnreachable(f"worker {peer_id:#x} is not connected") from None
+            del self._theirs[peer_id]  # its link is gone: ours, then
+            self.send_frames(peer_id, frames, dial=dial)
+            return
         self._counters["messages_out"] += 1
 
-    def send(self, peer_id: int, msg: p.Message) -> None:
-        """Encode and send a protocol message (its envelope already filled in)."""
-        self.send_frames(peer_id, p.encode(msg))
+    def _open_for(self, peer_id: int, dial: bool) -> LinkId:
+        address = self._locate(peer_id) if dial else None
+        if address is None:
+            raise PeerUnreachable(f"worker {peer_id:#x} is not connected")
+        link = self.dial(address, peer_id, self._now)
+        try:
+            self._introduce(link)
+        except LinkError as error:
+            raise PeerUnreachable(f"cannot send to worker {peer_id:#x}: {error}") from None
+        return link
 
-    def send_quietly(self, peer_id: int, msg: p.Message) -> None:
+    def _introduce(self, link: LinkId) -> None:
+        self._transport.send(link, self._introduction())
+        self._counters["messages_out"] += 1
+
+    def send(self, peer_id: int, msg: p.Message, *, dial: bool = True) -> None:
+        """Encode and send a protocol message (its envelope already filled in)."""
+        self.send_frames(peer_id, p.encode(msg), dial=dial)
+
+    def send_on(self, link: LinkId, msg: p.Message) -> None:
+        """Send on one given link (a handshake's answer), dropping it quietly if it is gone."""
+        try:
+            self._transport.send(link, p.encode(msg))
+        except LinkError as error:
+            self._log.warning("send", "dropping %s: %s", type(msg).__name__, error)
+            return
+        self._counters["messages_out"] += 1
+
+    def send_quietly(self, peer_id: int, msg: p.Message, *, dial: bool = True) -> None:
         """:meth:`send`, logging (rate-limited) instead of raising when it cannot."""
         try:
-            self.send(peer_id, msg)
+            self.send(peer_id, msg, dial=dial)
         except (PeerUnreachable, p.ProtocolError) as error:
             self._log.warning("send", "dropping %s: %s", type(msg).__name__, error, peer=peer_id)
 
@@ -132,24 +270,38 @@ class Outbound:
         )
         self.send_frames(peer.worker_id, frames)
 
-    def reply(self, peer: Addressee, msg_id: int, body: bytes) -> None:
-        """The successful result (already packed) of request ``msg_id``, dropped with a
-        warning if the peer cannot be reached any more."""
-        frames = p.encode_response(self.worker_id, self.incarnation, peer.incarnation, msg_id, body)
+    def _answer(self, peer: Addressee, link: LinkId, frames: list[bytes], what: str) -> None:
+        """An answer goes back on the link its request came on (else by any link)."""
         try:
-            self.send_frames(peer.worker_id, frames)
-        except PeerUnreachable as error:
-            self._log.warning(
-                "send",
-                "dropping the response to %#x: %s",
-                peer.worker_id,
-                error,
-                peer=peer.worker_id,
-            )
+            self._transport.send(link, frames)
+        except LinkFull as error:
+            self._log.warning("send", "dropping %s to %#x: %s", what, peer.worker_id, error)
+            return
+        except LinkClosed:
+            try:
+                self.send_frames(peer.worker_id, frames, dial=False)
+            except PeerUnreachable as error:
+                self._log.warning(
+                    "send",
+                    "dropping %s to %#x: %s",
+                    what,
+                    peer.worker_id,
+                    error,
+                    peer=peer.worker_id,
+                )
+            return
+        self._counters["messages_out"] += 1
+
+    def reply(self, peer: Addressee, link: LinkId, msg_id: int, body: bytes) -> None:
+        """The successful result (already packed) of request ``msg_id``, which came on
+        ``link``; dropped with a warning if the peer cannot be reached any more."""
+        frames = p.encode_response(self.worker_id, self.incarnation, peer.incarnation, msg_id, body)
+        self._answer(peer, link, frames, "the response")
 
     def reply_error(
         self,
         peer: Addressee,
+        link: LinkId,
         msg_id: int,
         code: p.ErrorCode,
         error_type: str,
@@ -158,8 +310,8 @@ class Outbound:
         *,
         as_incarnation: int | None = None,
     ) -> None:
-        """Request ``msg_id`` failed; ``as_incarnation`` answers in a predecessor's name (a
-        request meant for an earlier incarnation of this worker)."""
+        """Request ``msg_id`` (on ``link``) failed; ``as_incarnation`` answers in a
+        predecessor's name (a request meant for an earlier incarnation of this worker)."""
         # Exception texts may hold lone surrogates (undecodable file names), which UTF-8
         # cannot carry: escape them rather than lose the reply.
         texts = [
@@ -168,7 +320,12 @@ class Outbound:
         ]
         source = self.incarnation if as_incarnation is None else as_incarnation
         error = p.ErrorResponse(self.worker_id, source, peer.incarnation, msg_id, code, *texts)
-        self.send_quietly(peer.worker_id, error)
+        try:
+            frames = p.encode(error)
+        except p.ProtocolError as problem:
+            self._log.warning("send", "dropping an error response: %s", problem)
+            return
+        self._answer(peer, link, frames, "an error response")
 
     def event_updates(
         self,

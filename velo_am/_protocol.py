@@ -47,7 +47,9 @@ from ._messages import (
     Heartbeat,
     Hello,
     HelloAck,
+    HelloFlags,
     Kind,
+    MemberState,
     Message,
     PeerInfo,
     Peers,
@@ -61,11 +63,12 @@ from ._messages import (
 __all__ = ["PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE", "ProtocolError", "Kind", "ErrorCode"]
 __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "Response"]
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
-__all__ += ["EventStatusCode", "MAX_EVENT_ITEMS", "encode", "decode"]
+__all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState"]
+__all__ += ["encode", "decode"]
 __all__ += ["encode_request", "encode_response"]
 
 _SMALL_HEADER: Final = 1024  # headers up to this size skip the element budget
-_MAX_HEADER_ITEMS: Final = 4 * MAX_PEERS + 16  # total array elements in one header
+_MAX_HEADER_ITEMS: Final = 6 * MAX_PEERS + 16  # total array elements in one header
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -105,7 +108,7 @@ def encode(msg: Message) -> list[bytes]:
     getter, _, has_payload, last = wire
     header: list[Any] = [PROTOCOL_VERSION, msg.KIND, *getter(msg)]
     if last == "peers":
-        header[-1] = [[p.worker_id, p.incarnation, p.address] for p in header[-1]]
+        header[-1] = [[p.worker_id, p.incarnation, p.address, p.seq, p.state] for p in header[-1]]
     elif last == "done":
         to_bytes = int.to_bytes
         header[-2] = [to_bytes(h, 16, "big") for h in header[-2]]
@@ -172,8 +175,10 @@ def _decode_peers(kind: str, raw: Any) -> tuple[PeerInfo, ...]:
         raise ProtocolError(f"{kind}.peers: expected an array, got {type(raw).__name__}")
     peers = []
     for i, p in enumerate(raw):
-        if type(p) is not list or len(p) != 3:
-            raise ProtocolError(f"{kind}.peers[{i}]: expected [worker_id, incarnation, address]")
+        if type(p) is not list or len(p) != 5:
+            raise ProtocolError(
+                f"{kind}.peers[{i}]: expected [worker_id, incarnation, address, seq, state]"
+            )
         try:
             peers.append(PeerInfo(*p))
         except ProtocolError as exc:

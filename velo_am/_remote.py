@@ -328,6 +328,13 @@ class RemoteEvents:
 
     # -- inspection -----------------------------------------------------------------------------
 
+    def interest(self) -> set[int]:
+        """The workers this one has event business with: owners of the handles awaited here,
+        and subscribers of this worker's events (both are watched while it lasts)."""
+        with self._lock:
+            owners = {handle >> 64 for handle in self._remote}
+        return owners | set(self._served)
+
     def remote_waiters(self) -> list[tuple[EventHandle, list[Hashable]]]:
         """Each remote handle awaited here, with the keys of its local waiters."""
         with self._lock:

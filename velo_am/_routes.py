@@ -1,167 +1,219 @@
-"""Reaching other workers: the handshakes this worker dials, how a worker id becomes a
-connected peer (the mesh, a lost peer's second chance, discovery), and waiting for members.
+"""Reaching other workers: the handshakes this worker dials, joining through seeds (retried
+until ``join_timeout``), how a worker id becomes a reachable peer (the mesh, a lost peer's
+second chance, discovery), waiting for members, and this worker's discovery entry.
 
-A dial opens a link to an address and sends a ``Hello`` on it; the peer's ``HelloAck`` (fed
-to the membership table by the worker) answers it, and the link then carries everything sent
-to that peer. Dials are de-duplicated by address; each ends within ``handshake_timeout``.
-Runs on the worker's loop.
+A dial opens (or reuses) this worker's link to an address and sends a ``Hello`` on it; the
+peer's ``HelloAck`` (fed to the membership table by the shell) answers it within
+``handshake_timeout``, or the dial fails. Runs on the worker's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import math
 import os
-import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
-from . import _protocol as p
+from . import _membership as ms
 from ._errors import PeerUnreachable, WorkerClosed
-from ._membership import Peer, PeerState, PeerStatus, PeerTable
+from ._outbound import Outbound
 from .discovery import Discovery, DiscoveryEntry
-from .transport import Link, LinkFull, Transport
+from .transport import LinkId
 
 __all__ = ["Routes"]
 
 logger = logging.getLogger(__name__)
 
+_LOG_WAITING_EVERY: Final = 5.0
+_MAX_JOIN_DELAY: Final = 5.0
+
 
 class _Dial:
-    """A handshake in progress: its link (until a peer takes it over) and its outcome."""
-
-    __slots__ = ("address", "future", "link")
-
-    def __init__(self, address: str, link: Link, future: asyncio.Future[int]) -> None:
-        self.address = address
-        self.link: Link | None = link
-        self.future = future
-
-
-class Routes:
-    """The handshakes of one worker, its routes to peers by id, and waits for members.
-
-    ``changed`` is set whenever membership changes (a peer joins or is lost, the worker
-    closes); ``check_running`` raises ``WorkerClosed`` once the worker no longer runs."""
+    __slots__ = ("address", "future", "link", "timer")
 
     def __init__(
         self,
-        table: PeerTable,
-        transport: Transport,
+        address: str,
+        link: LinkId,
+        future: asyncio.Future[int],
+        timer: asyncio.TimerHandle,
+    ) -> None:
+        self.address = address
+        self.link = link
+        self.future = future
+        self.timer = timer
+
+
+class Routes:
+    """The dials of one worker, its routes to peers by id, and its waits for members.
+
+    ``apply`` carries out membership effects (the shell's); ``changed`` is set whenever
+    membership changes (a member joins or is lost, the worker closes); ``check_running``
+    raises ``WorkerClosed`` once the worker no longer runs."""
+
+    def __init__(
+        self,
+        table: ms.PeerTable,
+        outbound: Outbound,
         discovery: Discovery | None,
         handshake_timeout: float,
         check_running: Callable[[], None],
+        apply: Callable[[Iterable[ms.Effect]], None],
     ) -> None:
         self._table = table
-        self._transport = transport
+        self._outbound = outbound
         self._discovery: Final = discovery
         self.handshake_timeout = handshake_timeout
         self._check_running = check_running
+        self._apply = apply
         self.changed = asyncio.Event()
         self._dials: dict[int, _Dial] = {}  # by token
-        self._tasks: dict[str, asyncio.Task[int]] = {}  # by address
+        self._joins: dict[str, asyncio.Future[int]] = {}  # connect() by address
 
     # -- dialing ----------------------------------------------------------------------------
 
-    def dial(self, address: str) -> asyncio.Task[int]:
-        """The handshake with ``address`` (the one in progress, or a new one): its task ends
-        with the peer's worker id, or :class:`PeerUnreachable`."""
-        task = self._tasks.get(address)
-        if task is None:
-            task = asyncio.ensure_future(self._dial(address))
-            self._tasks[address] = task
-            self._table.dial_started(address)
-            task.add_done_callback(functools.partial(self._dial_done, address))
-        return task
-
-    async def connect(self, address: str) -> int:
-        """Handshake with ``address``; the peer's worker id (see :meth:`dial`)."""
-        self._check_running()
-        return await asyncio.shield(self.dial(address))
-
-    def _dial_done(self, address: str, task: asyncio.Task[int]) -> None:
-        if self._tasks.get(address) is task:
-            del self._tasks[address]
-        self._table.dial_ended(address)
-        if not task.cancelled():
-            task.exception()  # retrieved here: nobody may be waiting (a background dial)
-
-    async def _dial(self, address: str) -> int:
-        token = secrets.randbits(64) or 1
+    def dial(self, dial: ms.Dial) -> asyncio.Future[int]:
+        """Carry out a dial of the membership table: its future ends with the peer's worker
+        id, or :class:`PeerUnreachable` after ``handshake_timeout``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        future.add_done_callback(_retrieve)
+        token = dial.hello.token
         try:
-            link = self._transport.open_link(address)
-        except LinkFull as error:
-            raise PeerUnreachable(f"cannot connect to {address}: {error}") from None
-        dial = _Dial(address, link, asyncio.get_running_loop().create_future())
-        self._dials[token] = dial
-        try:
-            link.send(p.encode(self._table.hello(token)))
-            async with asyncio.timeout(self.handshake_timeout):
-                return await dial.future
-        except TimeoutError:
-            raise PeerUnreachable(
-                f"no handshake answer from {address} within {self.handshake_timeout} s"
-            ) from None
-        except LinkFull as error:
-            raise PeerUnreachable(f"cannot send to {address}: {error}") from None
-        finally:
-            del self._dials[token]
-            if dial.link is not None:  # not taken over by a peer: ours to close
-                dial.link.close(0)
+            link = self._outbound.dial(dial.address, dial.peer_id, time.monotonic())
+        except PeerUnreachable as error:
+            future.set_exception(error)
+            self._apply(self._table.dial_failed(token, time.monotonic()))
+            return future
+        timer = loop.call_later(self.handshake_timeout, self._expire, token)
+        self._dials[token] = _Dial(dial.address, link, future, timer)
+        self._outbound.send_on(link, dial.hello)
+        return future
 
-    def take_link(self, token: int) -> Link | None:
-        """The link of dial ``token``, handed over to the peer that answered it."""
+    def _end(self, token: int) -> _Dial | None:
+        dial = self._dials.pop(token, None)
+        if dial is not None:
+            dial.timer.cancel()
+            if self._outbound.peer_of(dial.link) is None and not any(
+                other.link == dial.link for other in self._dials.values()
+            ):
+                self._outbound.drop_dial(dial.link)
+        return dial
+
+    def _expire(self, token: int) -> None:
         dial = self._dials.get(token)
         if dial is None:
-            return None
-        link, dial.link = dial.link, None
-        return link
+            return
+        self._fail(
+            token,
+            PeerUnreachable(
+                f"no handshake answer from {dial.address} within {self.handshake_timeout} s"
+            ),
+        )
+
+    def _fail(self, token: int, error: Exception) -> None:
+        dial = self._end(token)
+        if dial is not None and not dial.future.done():
+            dial.future.set_exception(error)
+        self._apply(self._table.dial_failed(token, time.monotonic()))
 
     def answered(self, token: int, peer_id: int) -> None:
-        dial = self._dials.get(token)
-        if dial is not None and not dial.future.done():
-            dial.future.set_result(peer_id)
+        dial = self._dials.pop(token, None)
+        if dial is not None:
+            dial.timer.cancel()
+            if not dial.future.done():
+                dial.future.set_result(peer_id)
 
     def refused(self, token: int, why: str) -> None:
         dial = self._dials.get(token)
-        if dial is not None and not dial.future.done():
-            dial.future.set_exception(PeerUnreachable(f"{dial.address} {why}"))
+        if dial is not None:
+            self._fail(token, PeerUnreachable(f"{dial.address} {why}"))
+
+    def link_failed(self, link: LinkId, why: str) -> None:
+        """A link opened for dials went down before anyone answered on it."""
+        for token, dial in list(self._dials.items()):
+            if dial.link == link:
+                self._fail(token, PeerUnreachable(f"cannot reach {dial.address}: {why}"))
+
+    async def connect(self, address: str) -> int:
+        """Handshake with ``address``; the peer's worker id. Raises
+        :class:`PeerUnreachable` if it does not answer within ``handshake_timeout``."""
+        self._check_running()
+        future = self._joins.get(address)
+        if future is None or future.done():
+            dial = self._table.start_dial(address, ms.Purpose.JOIN, time.monotonic())
+            future = self.dial(dial)
+            self._joins[address] = future
+            future.add_done_callback(lambda _: self._joins.pop(address, None))
+        return await asyncio.shield(future)
+
+    async def join(self, seeds: Sequence[str], timeout: float | None) -> None:
+        """Join the mesh through any of ``seeds``, retrying with back-off until one answers
+        or ``timeout`` seconds have passed (``None``: forever). Raises
+        :class:`PeerUnreachable` naming the seeds."""
+        started = time.monotonic()
+        deadline = math.inf if timeout is None else started + timeout
+        delay, attempt, logged = 0.25, 0, started
+        last = ""
+        while True:
+            attempt += 1
+            for seed in seeds:
+                try:
+                    await self.connect(seed)
+                    return
+                except PeerUnreachable as error:
+                    last = str(error)
+            now = time.monotonic()
+            if now >= deadline:
+                raise PeerUnreachable(
+                    f"no seed answered within {timeout} s ({', '.join(seeds)}): {last}"
+                )
+            if now - logged >= _LOG_WAITING_EVERY:
+                logged = now
+                logger.info(
+                    "worker %#x waiting for its seeds (%s) for %.0f s, attempt %d: %s",
+                    self._table.worker_id,
+                    ", ".join(seeds),
+                    now - started,
+                    attempt,
+                    last,
+                )
+            await asyncio.sleep(min(delay, max(deadline - now, 0.0)))
+            delay = min(delay * 2, _MAX_JOIN_DELAY)
 
     def close(self) -> None:
         """The worker closes: every handshake in progress fails."""
-        for dial in self._dials.values():
-            if dial.link is not None:
-                dial.link.close(0)
-                dial.link = None
-            if not dial.future.done():
+        for token in list(self._dials):
+            dial = self._end(token)
+            if dial is not None and not dial.future.done():
                 dial.future.set_exception(WorkerClosed("worker closed during handshake"))
 
     # -- routes -----------------------------------------------------------------------------
 
-    async def route(self, worker_id: int) -> Peer:
-        """The peer ``worker_id``, connecting to it if needed: wait for a mesh join in
-        progress, shake hands again with a lost peer, ask discovery. Raises
-        :class:`PeerUnreachable`."""
+    async def route(self, worker_id: int) -> ms.Member:
+        """The peer ``worker_id``, reachable: wait for a join in progress, shake hands again
+        with a lost peer, ask discovery. Raises :class:`PeerUnreachable`."""
         self._check_running()
         table = self._table
         peer = table.get(worker_id)
         deadline = time.monotonic() + self.handshake_timeout
-        while peer is None and self._tasks and time.monotonic() < deadline:
-            # A mesh join may be in progress: wait for handshakes until this one is known.
+        while peer is None and self._joins and time.monotonic() < deadline:
+            # A join may be in progress: wait for it, then look again.
             await asyncio.wait(
-                set(self._tasks.values()),
+                set(self._joins.values()),
                 timeout=deadline - time.monotonic(),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             peer = table.get(worker_id)
-        if peer is not None and peer.state is PeerState.LOST:
+        if peer is not None and peer.state is ms.PeerState.LOST:
             with contextlib.suppress(PeerUnreachable):  # maybe it is back: one handshake
                 await self.connect(peer.address)
             peer = table.get(worker_id) or peer
-        if (peer is None or not peer.state.connected) and self._discovery is not None:
+        if (peer is None or not table.is_connected(worker_id)) and self._discovery is not None:
             entry = await self._discovery.find(worker_id)
             if entry is not None:
                 with contextlib.suppress(PeerUnreachable):
@@ -169,9 +221,9 @@ class Routes:
                 peer = table.get(worker_id)
         if peer is None:
             raise PeerUnreachable(f"unknown worker {worker_id:#x}: no route, no discovery entry")
-        if peer.state is PeerState.LOST:
-            raise PeerUnreachable(f"{peer.describe()} was lost (no message within the window)")
-        if peer.state is PeerState.CLOSED:
+        if peer.state is ms.PeerState.LOST:
+            raise PeerUnreachable(f"{peer.describe()} was lost (no answer within the window)")
+        if peer.state is ms.PeerState.CLOSED:
             raise PeerUnreachable(f"{peer.describe()} has closed")
         return peer
 
@@ -196,18 +248,29 @@ class Routes:
             with contextlib.suppress(OSError):
                 await self._discovery.withdraw(self._table.worker_id, self._table.incarnation)
 
-    # -- waiting for members --------------------------------------------------------------
+    # -- waiting for members ----------------------------------------------------------------
 
     async def wait_for_peers(self, count: int, timeout: float | None) -> None:
-        """Until at least ``count`` peers are connected; ``TimeoutError`` after ``timeout``."""
-        async with asyncio.timeout(timeout):
-            while self._table.connected_count() < count:
-                self._check_running()
-                self.changed.clear()
-                await self.changed.wait()
+        """Until at least ``count`` members are reachable; on timeout, ``TimeoutError``
+        saying which are and which are not."""
+        table = self._table
+        try:
+            async with asyncio.timeout(timeout):
+                while table.connected_count() < count:
+                    self._check_running()
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            statuses = table.statuses(time.monotonic())
+            alive = sorted(pid for pid, status in statuses.items() if status.state.connected)
+            gone = sorted(pid for pid, status in statuses.items() if not status.state.connected)
+            raise TimeoutError(
+                f"{len(alive)} of {count} peers reachable after {timeout} s"
+                f" (reachable: {_ids(alive)}; lost or closed: {_ids(gone)})"
+            ) from None
 
-    async def wait_for_peer(self, worker_id: int, timeout: float) -> PeerStatus:
-        """Until ``worker_id`` is alive (joined, or found in discovery and dialed): its
+    async def wait_for_peer(self, worker_id: int, timeout: float) -> ms.PeerStatus:
+        """Until ``worker_id`` is reachable (joined, or found in discovery and dialed): its
         status. Raises :class:`PeerUnreachable` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         looked_up = False
@@ -221,7 +284,9 @@ class Routes:
                 with contextlib.suppress(OSError):
                     entry = await self._discovery.find(worker_id)
                     if entry is not None:
-                        self.dial(entry.address)
+                        self.dial(
+                            self._table.start_dial(entry.address, ms.Purpose.JOIN, time.monotonic())
+                        )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 known = self._table.get(worker_id)
@@ -233,3 +298,15 @@ class Routes:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self.changed.wait()
+
+
+def _ids(ids: list[int]) -> str:
+    if not ids:
+        return "none"
+    shown = ", ".join(f"{i:#x}" for i in ids[:20])
+    return shown if len(ids) <= 20 else f"{shown} and {len(ids) - 20} more"
+
+
+def _retrieve(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()  # nobody may be waiting (a background dial)

@@ -1,12 +1,14 @@
-"""The I/O shell around the membership rules: what arrives is decoded, admitted and handed on;
-what the :class:`~velo_am._membership.PeerTable` decides is done.
+"""The I/O shell around the membership rules: what the transport reports is decoded, admitted
+and handed on; what the :class:`~velo_am._membership.PeerTable` decides is done.
 
-Inbound frames come from the transport to :meth:`Shell.on_frames`, which decodes them and,
-without awaiting, hands each message to the layer it concerns: handshakes and membership
+The transport reports three things (:class:`~velo_am.transport.TransportEvents`): a message
+on a link, and a link of this worker's going up or down. :meth:`Shell.message` decodes a
+message and, without awaiting, hands it to the layer it concerns: handshakes and membership
 messages to the table, requests to the handler executor, answers to the table of calls in
-flight, event updates to the events layer. :meth:`Shell.apply` carries out the table's effects:
-sends, links, dials, and the consequences of a lost peer (its calls fail, its link closes, the
-peer-lost callbacks run). Runs on the worker's loop.
+flight, event updates to the events layer. A link going down is the table's business (a lost
+member). :meth:`Shell.apply` carries out the table's effects: sends, answers on a link,
+dials, and the consequences of a lost peer (its calls fail, its links close, the peer-lost
+callbacks run). Runs on the worker's loop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ._log import RateLimitedLog, fields
 from ._outbound import Outbound
 from ._remote import RemoteEvents
 from ._routes import Routes
-from .transport import Link, LinkFull, Transport
+from .transport import LinkId
 
 __all__ = ["PeerLostCallback", "Shell"]
 
@@ -35,37 +37,37 @@ PeerLostCallback = Callable[[int, str], None]
 
 
 class Shell:
-    """The receive side and the membership effects of worker ``table.worker_id``."""
+    """The transport's events and the membership effects of worker ``table.worker_id``."""
 
     def __init__(
         self,
         table: ms.PeerTable,
-        transport: Transport,
         outbound: Outbound,
         calls: CallTable,
         execution: HandlerExecution,
         events: RemoteEvents,
-        routes: Routes,
         counters: dict[str, int],
         log: RateLimitedLog,
     ) -> None:
         self._membership = table
-        self._transport = transport
         self._outbound = outbound
         self._calls = calls
         self._execution = execution
         self._remote_events = events
-        self._routes = routes
         self._counters = counters
         self._log = log
         self._worker_id = table.worker_id
+        self.routes: Routes | None = None  # set by the worker: routes and shell use each other
         #: Called with ``(worker_id, reason)`` for each peer lost, closed or restarted.
         self.peer_lost_callbacks: list[PeerLostCallback] = []
         #: While closing: set once every peer told goodbye has answered.
         self.goodbyes_answered: asyncio.Event | None = None
+        self._gossip_scheduled = False
 
-    def on_frames(self, frames: list[bytes]) -> None:
-        """One inbound message (the transport's sink)."""
+    # -- the transport's events ---------------------------------------------------------------
+
+    def message(self, link: LinkId, frames: list[bytes]) -> None:
+        """One inbound message, on ``link``."""
         counters = self._counters
         counters["messages_in"] += 1
         try:
@@ -74,18 +76,25 @@ class Shell:
             counters["dropped_malformed"] += 1
             self._log.warning("malformed", "dropping malformed message: %s", error)
             return
-        if isinstance(msg, p.Hello | p.HelloAck):  # a handshake may name any incarnation
-            self._on_handshake(msg)
-            return
         now = time.monotonic()
+        if isinstance(msg, p.Hello):  # a handshake may name any incarnation
+            self.apply(self._membership.on_hello(msg, link, now))
+            if self._membership.get(msg.src) is not None:
+                self._outbound.heard(msg.src, link, now)
+            return
+        if isinstance(msg, p.HelloAck):
+            self._outbound.heard(msg.src, link, now)
+            self.apply(self._membership.on_hello_ack(msg, now))
+            return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
         if isinstance(peer, ms.Rejected):
-            self._on_rejected(msg, peer)
+            self._on_rejected(msg, link, peer)
             return
+        self._outbound.heard(peer.worker_id, link, now)
         if self.goodbyes_answered is not None and self._membership.goodbyes_acknowledged:
             self.goodbyes_answered.set()
         if isinstance(msg, p.Request):
-            self._execution.dispatch(peer, msg)
+            self._execution.dispatch(peer, msg, link)
         elif isinstance(msg, p.Response):
             if not self._calls.on_response(peer.worker_id, msg.msg_id, msg.payload):
                 counters["late_responses"] += 1
@@ -95,26 +104,24 @@ class Shell:
             if not self._calls.on_error(peer.worker_id, msg, peer.describe()):
                 counters["late_responses"] += 1
         elif isinstance(msg, p.Peers):
-            self.apply(self._membership.on_peers(msg.peers))
+            self.apply(self._membership.on_peers(msg.peers, peer.worker_id, now))
         elif isinstance(msg, p.Draining):
             self._membership.on_draining(peer)
         elif isinstance(msg, p.Goodbye):
-            self.apply(self._membership.on_goodbye(peer))
+            self.apply(self._membership.on_goodbye(peer, link))
 
-    def _on_handshake(self, msg: p.Hello | p.HelloAck) -> None:
-        link: Link | None = None
-        if self._membership.needs_link(msg):
-            if isinstance(msg, p.HelloAck):
-                link = self._routes.take_link(msg.token)  # the answer to our own dial
-            if link is None:
-                try:
-                    link = self._transport.open_link(msg.address, msg.src)
-                except LinkFull as error:
-                    self._log.warning("hello", "cannot answer %#x: %s", msg.src, error)
-                    return
-        self.apply(self._membership.on_hello(msg, time.monotonic()), link)
+    def link_up(self, link: LinkId) -> None:
+        logger.debug("link %s up", link.hex(), extra=fields(self._worker_id))
 
-    def _on_rejected(self, msg: p.Message, rejected: ms.Rejected) -> None:
+    def link_down(self, link: LinkId, why: str) -> None:
+        peer_id = self._outbound.peer_of(link)
+        if peer_id is None:  # opened for a dial nobody has answered yet
+            if self.routes is not None:
+                self.routes.link_failed(link, why)
+            return
+        self.apply(self._membership.on_link_down(peer_id, why, time.monotonic()))
+
+    def _on_rejected(self, msg: p.Message, link: LinkId, rejected: ms.Rejected) -> None:
         self._counters[rejected.counter] += 1
         if rejected.category is not None:
             what = f"{type(msg).__name__} {rejected.text}"
@@ -122,44 +129,55 @@ class Shell:
         if rejected is ms.STALE and isinstance(msg, p.Request):
             peer = self._membership.get(msg.src)
             if peer is not None:
-                self._execution.refuse_stale(peer, msg)
+                self._execution.refuse_stale(peer, msg, link)
         self.apply(rejected.effects)
 
-    # -- effects ------------------------------------------------------------------------------
+    # -- effects --------------------------------------------------------------------------------
 
-    def apply(self, effects: Iterable[ms.Effect], link: Link | None = None) -> None:
-        """Carry out what the table decided (``link``: the one a handshake's ``Connect``
-        hands to its peer)."""
+    def apply(self, effects: Iterable[ms.Effect]) -> None:
+        """Carry out what the table decided."""
+        routes = self.routes
+        assert routes is not None
         for effect in effects:
             if isinstance(effect, ms.Send):
-                self._outbound.send_quietly(effect.peer_id, effect.message)
-            elif isinstance(effect, ms.Connect):
-                assert link is not None, "a Connect comes only with a handshake's link"
-                self._outbound.attach(effect.peer_id, link)
+                self._outbound.send_quietly(effect.peer_id, effect.message, dial=effect.dial)
+            elif isinstance(effect, ms.Reply):
+                self._outbound.send_on(effect.link, effect.message)
             elif isinstance(effect, ms.Lost):
                 self._on_lost(effect)
             elif isinstance(effect, ms.Dial):
-                self._routes.dial(effect.address)
+                routes.dial(effect)
             elif isinstance(effect, ms.DialAnswered):
-                self._routes.answered(effect.token, effect.peer_id)
+                routes.answered(effect.token, effect.peer_id)
             elif isinstance(effect, ms.DialRefused):
-                self._routes.refused(effect.token, effect.why)
+                routes.refused(effect.token, effect.why)
             elif isinstance(effect, ms.Joined):
-                self._routes.changed.set()
+                routes.changed.set()
                 extra = fields(self._worker_id, effect.peer_id)
-                logger.info("peer %s joined", effect.text, extra=extra)
+                (logger.debug if effect.heard else logger.info)(
+                    "peer %s joined", effect.text, extra=extra
+                )
+            elif isinstance(effect, ms.ScheduleGossip):
+                if not self._gossip_scheduled:
+                    self._gossip_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._flush_gossip)
             elif effect.error:
                 logger.error(effect.text, extra=fields(self._worker_id))
             else:
                 self._log.warning(effect.category, effect.text)
 
+    def _flush_gossip(self) -> None:
+        self._gossip_scheduled = False
+        self.apply(self._membership.flush_gossip())
+
     def _on_lost(self, lost: ms.Lost) -> None:
         self._counters["peers_lost"] += 1
-        self._routes.changed.set()
+        if self.routes is not None:
+            self.routes.changed.set()
         extra = fields(self._worker_id, lost.peer_id)
         (logger.info if lost.closed else logger.warning)("peer %s", lost.text, extra=extra)
         self._calls.fail_peer(lost.peer_id, PeerLost(lost.text))
-        self._outbound.detach(lost.peer_id, closed=lost.closed)
+        self._outbound.forget(lost.peer_id)
         for callback in list(self.peer_lost_callbacks):
             try:
                 callback(lost.peer_id, lost.text)

@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from . import _membership as ms
+from . import _protocol as p
 from ._calls import CallTable
 from ._config import WorkerOptions
 from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
@@ -35,7 +38,7 @@ from ._routes import Routes
 from ._shell import PeerLostCallback, Shell
 from ._stats import new_counters
 from .discovery import Discovery, open_discovery
-from .transport import Transport, ZmqSecurity, ZmqTransport
+from .transport import Liveness, Transport, ZmqSecurity, ZmqTransport
 
 __all__ = ["PeerLostCallback", "Worker", "WorkerState"]
 
@@ -93,12 +96,18 @@ class Worker:
         heartbeat_timeout: float | None = None,
         call_timeout: float | None = None,
         handshake_timeout: float | None = None,
+        join_timeout: float | None = None,
+        forget_after: float | None = None,
+        link_idle: float | None = None,
+        max_links: int | None = None,
+        gossip_fanout: int | None = None,
         close_grace: float | None = None,
         max_message_size: int | None = None,
         metrics_port: int | None = None,
         metrics_host: str | None = None,
         security: ZmqSecurity | None = None,
         transport: Transport | None = None,
+        observer: bool = False,
     ) -> None:
         options = WorkerOptions.resolve(
             worker_id=worker_id,
@@ -109,6 +118,11 @@ class Worker:
             heartbeat_timeout=heartbeat_timeout,
             call_timeout=call_timeout,
             handshake_timeout=handshake_timeout,
+            join_timeout=join_timeout,
+            forget_after=forget_after,
+            link_idle=link_idle,
+            max_links=max_links,
+            gossip_fanout=gossip_fanout,
             close_grace=close_grace,
             max_message_size=max_message_size,
             metrics_port=metrics_port,
@@ -118,6 +132,8 @@ class Worker:
         #: Random per start of a process: tells a restarted worker from its predecessor.
         self.incarnation: Final = ms.new_incarnation()
         self.heartbeat_interval = options.heartbeat_interval
+        #: A peer whose links have not answered this many seconds is lost.
+        self.heartbeat_timeout = options.heartbeat_timeout
         self.call_timeout = options.call_timeout
         self.close_grace = options.close_grace
         self.metrics_port = options.metrics_port
@@ -144,26 +160,33 @@ class Worker:
         self._counters = new_counters()
         self._log = RateLimitedLog(logger, self.worker_id)
         self._extra = fields(self.worker_id)
+        self.join_timeout = options.join_timeout
         self._membership = ms.PeerTable(
             self.worker_id,
             self.incarnation,
-            heartbeat_timeout=options.heartbeat_timeout,
-            forget_after=max(_FORGET_PEERS_AFTER, 10 * options.heartbeat_timeout),
+            handshake_timeout=options.handshake_timeout,
+            forget_after=options.forget_after,
+            rng=random.Random(secrets.randbits(64)),
+            seeds=options.peers,
+            observer=observer,
+            fanout=options.gossip_fanout,
         )
         self._outbound = Outbound(
-            self.worker_id, self.incarnation, size, counters=self._counters, log=self._log
+            self.worker_id,
+            self.incarnation,
+            size,
+            transport=self._transport,
+            locate=self._locate,
+            introduction=lambda: p.encode(self._membership.introduction()),
+            counters=self._counters,
+            log=self._log,
+            link_idle=options.link_idle,
+            max_links=options.max_links,
         )
         self._calls = CallTable()
         self._handlers = HandlerRegistry()
         self._execution = HandlerExecution(
             self._handlers, self._outbound, self._counters, self._log
-        )
-        self._routes = Routes(
-            self._membership,
-            self._transport,
-            discovery,
-            options.handshake_timeout,
-            self._check_running,
         )
         messenger = Messenger(
             loop=lambda: self._loop,
@@ -172,7 +195,7 @@ class Worker:
                 self._connected(peer_id), subscribe, done
             ),
             send_now=self.send_nowait,
-            route=self._routes.route,
+            route=self._route,
             call=self.call,
             spawn=self._spawn_background,
         )
@@ -185,23 +208,25 @@ class Worker:
             self._handlers.register(name, fn, ordered=False, replace=False, internal=True)
         self._shell = Shell(
             self._membership,
-            self._transport,
             self._outbound,
             self._calls,
             self._execution,
             self._remote_events,
-            self._routes,
             self._counters,
             self._log,
         )
+        self._routes = Routes(
+            self._membership,
+            self._outbound,
+            discovery,
+            options.handshake_timeout,
+            self._check_running,
+            self._shell.apply,
+        )
+        self._shell.routes = self._routes
         self.on_peer_lost(self._remote_events.on_peer_lost)
 
     # -- options read at run time ---------------------------------------------------------
-
-    @property
-    def heartbeat_timeout(self) -> float:
-        """A peer silent this many seconds is lost."""
-        return self._membership.heartbeat_timeout
 
     @property
     def handshake_timeout(self) -> float:
@@ -248,17 +273,21 @@ class Worker:
         if self._state is not WorkerState.NEW:
             raise AMError(f"worker {self.worker_id:#x} was already started")
         self._loop = asyncio.get_running_loop()
-        self._address = self._transport.start(self._loop, self._shell.on_frames)
-        self._membership.bind(self._address)
+        identity = b"w" + self.worker_id.to_bytes(8, "big") + self.incarnation.to_bytes(8, "big")
+        liveness = Liveness(self.heartbeat_interval, self.heartbeat_timeout)
+        self._address = self._transport.start(
+            self._loop, self._shell, identity=identity, liveness=liveness
+        )
+        self._membership.bind(self._address, time.monotonic())
         self._state = WorkerState.RUNNING
         self.started_at = time.monotonic()
-        self._spawn_background(self._heartbeat_loop())
+        self._spawn_background(self._clock())
         try:
             await self._routes.publish(self._address)
             if self.metrics_port is not None:
                 self.metrics = start_metrics_server(self, self.metrics_port, self.metrics_host)
-            for seed in self._seeds:
-                await self.connect(seed)
+            if self._seeds:
+                await self._routes.join(self._seeds, self.join_timeout)
         except BaseException:
             await self.close(grace=0)
             raise
@@ -282,7 +311,7 @@ class Worker:
         try:
             # Remote waiters on our events learn the shutdown reason before the goodbye.
             self.events.close(f"worker {self.worker_id:#x} shutting down")
-            self._shell.apply(self._membership.begin_drain())
+            self._shell.apply(self._membership.begin_drain(self._outbound.linked()))
             in_flight = self._execution.tasks - {asyncio.current_task()}  # a handler closing us
             if in_flight:
                 await asyncio.wait(in_flight, timeout=grace)
@@ -291,7 +320,7 @@ class Worker:
             for task in in_flight:
                 task.cancel()
             self._calls.fail_all(WorkerClosed(f"worker {self.worker_id:#x} closed"))
-            self._shell.apply(self._membership.begin_goodbye())
+            self._shell.apply(self._membership.begin_goodbye(self._outbound.linked()))
             # On ipc:// a DEALER closed right after a burst loses its tail: wait (briefly) for
             # each peer to acknowledge the goodbye before closing the sockets.
             if not self._membership.goodbyes_acknowledged:
@@ -441,7 +470,7 @@ class Worker:
         peer = self._connected(peer_id)
         self._outbound.request(peer, self._calls.next_id(), name, payload, reply=False)
 
-    async def _live_peer(self, peer_id: int) -> ms.Peer:
+    async def _live_peer(self, peer_id: int) -> ms.Member:
         peer = self._membership.alive(peer_id)
         if peer is None or self._state not in (WorkerState.RUNNING, WorkerState.DRAINING):
             peer = await self._routes.route(peer_id)  # the slow path: discovery, errors
@@ -449,10 +478,17 @@ class Worker:
                 raise PeerDraining(f"{peer.describe()} is shutting down")
         return peer
 
-    def _connected(self, peer_id: int) -> ms.Peer:
+    async def _route(self, peer_id: int) -> ms.Member:
+        return await self._routes.route(peer_id)
+
+    def _locate(self, peer_id: int) -> str | None:
+        peer = self._membership.get(peer_id)
+        return None if peer is None else peer.address
+
+    def _connected(self, peer_id: int) -> ms.Member:
         self._check_running()
         peer = self._membership.get(peer_id)
-        if peer is None or not peer.state.connected:
+        if peer is None or not self._membership.is_connected(peer_id):
             raise PeerUnreachable(f"worker {peer_id:#x} is not connected")
         return peer
 
@@ -464,16 +500,27 @@ class Worker:
 
     # -- time -------------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
+    async def _clock(self) -> None:
+        """Time passes for the table and the links: dials expire, old entries go, neighbors
+        are kept, lost members redialed, idle links closed and interesting peers watched."""
         tick = min(self.heartbeat_interval, self.heartbeat_timeout / 4)
         refreshed = time.monotonic()
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            self._shell.apply(self._membership.tick(now))
+            interest = self._interest()
+            self._shell.apply(self._membership.tick(now, interest))
+            self._outbound.tick(now, interest)
+            self._outbound.watch(interest, now)
             if now - refreshed > _REFRESH_DISCOVERY_EVERY:
                 refreshed = now
                 self._spawn_background(self._routes.publish(self._address))
+
+    def _interest(self) -> set[int]:
+        """The peers this worker has business with: watched, their links kept."""
+        interest = self._calls.peers() | self._remote_events.interest()
+        interest |= self._membership.neighbors
+        return interest
 
     def _spawn_background(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -489,6 +536,7 @@ class Worker:
         ``velo_am._stats.STATS``. Call it on the worker's loop."""
         snapshot = dict(self._counters)
         snapshot["peers_alive"] = self._membership.connected_count()
+        snapshot["links_open"] = self._outbound.own_links()
         snapshot["calls_in_flight"] = len(self._calls)
         snapshot["handlers_running"] = len(self._execution.tasks)
         for name, value in self.events.stats().items():

@@ -53,7 +53,11 @@ def _bytes_as_hex(value: object) -> str:
 
 
 def _configure_inspect(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", metavar="ADDR")
+    parser.add_argument(
+        "target",
+        metavar="ADDR|WORKER_ID",
+        help="a worker's address, or its id (then --seed or --discovery says how to reach it)",
+    )
     parser.add_argument(
         "--graph",
         nargs="?",
@@ -65,15 +69,21 @@ def _configure_inspect(parser: argparse.ArgumentParser) -> None:
         "--mesh", action="store_true", help="ask every live peer too, and unite their views"
     )
     parser.add_argument("--json", action="store_true", help="print the raw snapshot(s)")
-    parser.add_argument("--connect-timeout", type=seconds, default=5.0, metavar="S")
-    parser.add_argument("--bind", metavar="ADDR")
+    add_mesh_options(parser)
 
 
 async def _inspect(args: argparse.Namespace) -> int:
-    args.seed = [args.address]
-    args.discovery = None
+    try:
+        target_id: int | None = worker_id(args.target)
+    except argparse.ArgumentTypeError:
+        target_id = None  # an address
+        args.seed = [args.target]
     async with member(args) as worker:
-        target = await worker.connect(args.address)
+        if target_id is None:
+            target = await worker.connect(args.target)
+        else:
+            target = target_id
+            await owner_ready(worker, target, args.connect_timeout)
         snapshots = [await worker.call(target, "_inspect", {}, args.connect_timeout)]
         if args.mesh:
             for peer in snapshots[0]["peers"]:
@@ -115,7 +125,7 @@ COMMANDS = (
         """
         velo-am inspect tcp://127.0.0.1:5555
         velo-am inspect tcp://127.0.0.1:5555 --graph | dot -Tsvg > graph.svg
-        velo-am inspect tcp://127.0.0.1:5555 --graph mermaid --mesh
+        velo-am inspect 0x2 --seed tcp://127.0.0.1:5555 --graph mermaid --mesh
         """,
         _configure_inspect,
         _inspect,

@@ -244,12 +244,15 @@ async def member(args: argparse.Namespace) -> AsyncIterator[Worker]:
     discovery = args.discovery or resolve("discovery", None)
     if not seeds and not discovery:
         raise CommandError("no mesh to join: give --seed ADDR or --discovery URL")
+    # An observer: it acts and leaves, nobody gossips it, dials it or remembers it.
     worker = Worker(
         bind=args.bind or local_endpoint_towards(seeds),
         peers=seeds,
         discovery=discovery,
         handshake_timeout=args.connect_timeout,
+        join_timeout=args.connect_timeout,
         close_grace=1.0,
+        observer=True,
     )
     try:
         await worker.start()

@@ -60,7 +60,7 @@ def _load(spec: str) -> Callable[[Worker], Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    options = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
+    options: dict[str, Any] = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
     options["peers"] = args.seed
     options["discovery"] = args.discovery
     try:

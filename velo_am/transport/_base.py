@@ -1,38 +1,68 @@
 """The transport seam: what a :class:`~velo_am.Worker` needs from whatever carries its frames.
 
-A transport binds one inbound endpoint and hands every inbound message (its frames, without
-any routing envelope) to a sink on the worker's event loop; for each peer, the worker opens a
-:class:`Link` by address and sends frames on it. Sends never block: a link that cannot take a
-message now raises :class:`LinkFull`, for that peer only. Messages on one link arrive in the
-order they were sent; nothing is promised across links.
+A transport binds one endpoint that accepts connections and can also open connections to
+other workers' endpoints. Every connection is a *link*, named by an opaque :data:`LinkId`
+that is only meaningful to this transport: the links this worker opened (``connect``), and
+the links other workers opened to it (they appear with the first message that arrives on
+them). A message is sent on a link and arrives on the receiver's side of the same link, so an
+answer goes back on the link its question came on. Messages on one link arrive in order.
+
+Links this worker opened are *watched*: the transport reports, through
+:meth:`TransportEvents.link_up` and :meth:`TransportEvents.link_down`, when the remote end
+answers and when it stops answering (its process died or froze, the network between failed),
+using heartbeats below the application (ZeroMQ's ZMTP heartbeats), so a worker whose event
+loop is busy is still seen alive. Sends never block: a link that cannot take a message now
+raises :class:`LinkFull`; a link that no longer exists raises :class:`LinkClosed`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["FrameSink", "Link", "LinkFull", "Transport"]
+__all__ = ["LinkClosed", "LinkError", "LinkFull", "LinkId", "Liveness", "Transport"]
+__all__ += ["TransportEvents"]
 
-#: Called on the worker's loop with the frames of each inbound message.
-FrameSink = Callable[[list[bytes]], None]
-
-
-class LinkFull(Exception):
-    """A send to one peer could not be queued (its queue is full, or the link is closed), or
-    a link could not be opened (out of sockets, a malformed address)."""
+#: One connection as this worker's transport names it.
+LinkId = bytes
 
 
-class Link(Protocol):
-    """The outbound path to one peer."""
+class LinkError(Exception):
+    """A message could not be sent on a link, or a link could not be opened."""
 
-    def send(self, frames: list[bytes]) -> None:
-        """Queue one message (its frames) without blocking; :class:`LinkFull` if it cannot."""
+
+class LinkFull(LinkError):
+    """The link's queue is full (the peer does not keep up), or no link could be opened (out
+    of sockets, a malformed address)."""
+
+
+class LinkClosed(LinkError):
+    """The link does not exist (any more): the connection was closed or lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """How links are watched: a heartbeat every ``interval`` seconds; a link whose remote end
+    has not answered for ``timeout`` seconds is down."""
+
+    interval: float
+    timeout: float
+
+
+class TransportEvents(Protocol):
+    """What a transport reports to its worker, on the worker's event loop."""
+
+    def message(self, link: LinkId, frames: list[bytes]) -> None:
+        """A message arrived on ``link``."""
         ...
 
-    def close(self, linger: float) -> None:
-        """Close, letting queued messages go out for at most ``linger`` seconds."""
+    def link_up(self, link: LinkId) -> None:
+        """A link this worker opened reached its peer (again, after a loss)."""
+        ...
+
+    def link_down(self, link: LinkId, why: str) -> None:
+        """A link this worker opened stopped reaching its peer (it may come back)."""
         ...
 
 
@@ -40,17 +70,36 @@ class Transport(Protocol):
     """How a worker's messages travel: :class:`~velo_am.transport.ZmqTransport` in
     production, :class:`~velo_am.transport.FakeNetwork`'s transports in tests."""
 
-    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
-        """Bind and start delivering inbound messages to ``sink`` on ``loop``; returns the
-        address actually bound (a port 0 resolved), the one peers dial."""
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        events: TransportEvents,
+        *,
+        identity: bytes,
+        liveness: Liveness,
+    ) -> str:
+        """Bind and start reporting to ``events`` on ``loop``; returns the address actually
+        bound (a port 0 resolved), the one peers connect to. ``identity`` names this worker's
+        side of the links it opens, as the other end sees them (unique per incarnation)."""
         ...
 
-    def open_link(self, address: str, peer_id: int | None = None) -> Link:
-        """A link to the worker listening at ``address``; ``peer_id`` is that worker's id when
-        known (a transport may apply per-peer settings, such as its security keys). Raises
-        :class:`LinkFull` if no link can be opened."""
+    def connect(self, address: str, peer_id: int | None = None) -> LinkId:
+        """Open a watched link to the worker listening at ``address`` (``peer_id``: that
+        worker's id, when known, for per-peer settings such as security keys). Messages may
+        be sent on it at once; they wait for the connection. Raises :class:`LinkFull` if no
+        link can be opened."""
+        ...
+
+    def send(self, link: LinkId, frames: list[bytes]) -> None:
+        """Queue one message on ``link`` without blocking: :class:`LinkFull` if its queue is
+        full, :class:`LinkClosed` if the link is gone."""
+        ...
+
+    def disconnect(self, link: LinkId) -> None:
+        """Close a link this worker opened (what is queued on it may still go out for a
+        moment). Unknown links are ignored."""
         ...
 
     async def close(self) -> None:
-        """Stop receiving, close every link still open and release the endpoint."""
+        """Stop receiving, close every link and release the endpoint."""
         ...

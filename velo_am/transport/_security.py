@@ -1,10 +1,12 @@
-"""Per-socket security of :class:`~velo_am.transport.ZmqTransport`: the seam where
+"""Socket security of :class:`~velo_am.transport.ZmqTransport`: the seam where
 authentication and encryption (ZeroMQ's CURVE, with ``zmq.auth`` for certificates and ZAP)
 plug in.
 
-A :class:`ZmqSecurity` configures the one bound ROUTER and every DEALER link before they bind
-or connect. :class:`Plaintext`, the default, leaves them as they are: anyone who can reach the
-endpoint can speak (see the README's threat model).
+A :class:`ZmqSecurity` configures the worker's ROUTER before it binds, and again before each
+connection it opens: ZeroMQ applies a socket's options to the connections made after they are
+set, so per-peer settings (the server key CURVE needs) go there. :class:`Plaintext`, the
+default, leaves the socket as it is: anyone who can reach the endpoint can speak (see the
+README's threat model).
 """
 
 from __future__ import annotations

@@ -1,23 +1,31 @@
-"""The ZeroMQ transport: one bound ROUTER for everything inbound, one DEALER per peer for
-everything outbound (the ZeroMQ guide's Harmony pattern).
+"""The ZeroMQ transport: one ROUTER socket per worker, both bound and connected.
 
-Replies travel on the responder's own DEALER to the requester's ROUTER, so a worker only ever
-*reads* its ROUTER: one reader, driven by the ROUTER's file descriptor on the event loop and
-drained with non-blocking receives until empty (``ZMQ_FD`` is edge-triggered, so a drain
-that stops early reschedules itself instead of waiting for an edge that will not come).
-Sends never block: a full or dead peer queue raises :class:`LinkFull` for that peer only, so
-no peer delays traffic to another.
+The ROUTER binds the worker's endpoint, accepting the links other workers open, and connects
+out to the workers this one has business with, naming each such link with a routing id of
+its own (``ZMQ_CONNECT_ROUTING_ID``). Every message, both ways, carries its link's routing id,
+so an answer goes back on the link its question came on: a worker that serves many callers
+needs no connection of its own to each. One socket per worker, whatever the mesh's size; one
+TCP connection per pair of workers that talk.
+
+Links are watched below the application: ZMTP heartbeats, answered by libzmq's I/O thread even
+while the worker's event loop is busy, and the socket monitor's events (handshake succeeded,
+disconnected, connection refused, handshake failed) become ``link_up`` / ``link_down``.
+The socket is read from the event loop: its file descriptor is edge-triggered, so a drain
+reads until empty and a drain cut short reschedules itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import itertools
 import logging
-from collections.abc import Callable
+from typing import Final
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from ._base import FrameSink, Link, LinkFull
+from ._base import LinkClosed, LinkFull, LinkId, Liveness, TransportEvents
 from ._security import Plaintext, ZmqSecurity
 
 __all__ = ["ZmqTransport"]
@@ -25,44 +33,48 @@ __all__ = ["ZmqTransport"]
 logger = logging.getLogger(__name__)
 
 # Messages handled per loop callback before yielding to other tasks.
-_DRAIN_BATCH = 512
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+_DRAIN_BATCH: Final = 512
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS: Final = zmq.EVENTS
+_POLLIN: Final = int(zmq.POLLIN)
+_WATCHED: Final = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_FAILED: Final[dict[int, str]] = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the ZMTP handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the ZMTP handshake failed (protocol error)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (the peer refused our credentials)",
+}
 
 
-class _ZmqLink:
-    __slots__ = ("_on_close", "_socket")
+class _Outgoing:
+    """One link this worker opened. ``fd`` is its current connection's descriptor: the
+    monitor reports events by endpoint, and an event of an earlier connection to the same
+    address (the link closed and reopened, a peer restarted there) must not count."""
 
-    def __init__(self, socket: zmq.Socket[bytes], on_close: Callable[[_ZmqLink], None]) -> None:
-        self._socket = socket
-        self._on_close = on_close
+    __slots__ = ("address", "fd", "reported_down", "up")
 
-    def send(self, frames: list[bytes]) -> None:
-        # Frame by frame with plain int flags: half the cost of send_multipart per message.
-        send = self._socket.send
-        try:
-            for frame in frames[:-1]:
-                send(frame, _MORE_NOBLOCK)
-            send(frames[-1], _NOBLOCK)
-        except zmq.Again:
-            raise LinkFull("peer queue is full") from None
-        except zmq.ZMQError as error:
-            raise LinkFull(str(error)) from None
-
-    def close(self, linger: float) -> None:
-        if not self._socket.closed:
-            self._socket.close(linger=int(linger * 1000))
-            self._on_close(self)
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.fd: int | None = None
+        self.up = False
+        self.reported_down = False
 
 
 class ZmqTransport:
-    """ROUTER/DEALER over real ZeroMQ sockets; the context is created by :meth:`start`, in the
+    """Links over real ZeroMQ sockets; the context is created by :meth:`start`, in the
     process (and on the loop) that uses it.
 
-    ``bind`` is the ROUTER's endpoint (``tcp://HOST:PORT``, port 0 for any free one;
-    ``ipc://PATH``); ``max_message_size`` bounds each inbound frame (libzmq drops the
-    connection of a peer that sends a larger one); ``send_queue`` and ``receive_queue`` are the
-    high-water marks of each DEALER and of the ROUTER; ``security`` configures every socket
+    ``bind`` is the endpoint (``tcp://HOST:PORT``, port 0 for any free one; ``ipc://PATH``);
+    ``max_message_size`` bounds each inbound frame (libzmq drops the connection of a peer that
+    sends a larger one); ``send_queue`` and ``receive_queue`` are the high-water marks of each
+    link; ``security`` configures the socket before it binds and before each connection
     (:class:`Plaintext` by default).
     """
 
@@ -82,21 +94,49 @@ class ZmqTransport:
         self._receive_queue = receive_queue
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._router: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sink: FrameSink | None = None
+        self._events: TransportEvents | None = None
         self._drain_scheduled = False
-        self._links: set[_ZmqLink] = set()
+        self._ids = itertools.count(1)
+        self._outgoing: dict[LinkId, _Outgoing] = {}
+        self._by_address: dict[str, LinkId] = {}
+        self._silent = ""
 
-    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        events: TransportEvents,
+        *,
+        identity: bytes,
+        liveness: Liveness,
+    ) -> str:
         self._loop = loop
-        self._sink = sink
+        self._events = events
         self._context = context = zmq.Context()
         self.security.start(context)
         self._router = router = context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.MAXMSGSIZE, self._max_message_size)
-        router.setsockopt(zmq.RCVHWM, self._receive_queue)
+        # A ping every interval; the link is dropped when nothing answers a ping within
+        # timeout - interval, so a dead peer is noticed within ``timeout`` of its last sign.
+        interval_ms = max(int(liveness.interval * 1000), 1)
+        timeout_ms = max(int(liveness.timeout * 1000) - interval_ms, interval_ms)
+        for option, value in (
+            (zmq.ROUTER_MANDATORY, 1),
+            (zmq.ROUTING_ID, identity),
+            # A link closed while messages wait on it (a goodbye's answer) lets them out first.
+            (zmq.LINGER, 200),
+            (zmq.MAXMSGSIZE, self._max_message_size),
+            (zmq.RCVHWM, self._receive_queue),
+            (zmq.SNDHWM, self._send_queue),
+            (zmq.HEARTBEAT_IVL, interval_ms),
+            (zmq.HEARTBEAT_TIMEOUT, timeout_ms),
+            (zmq.HEARTBEAT_TTL, int(liveness.timeout * 1000)),
+            (zmq.RECONNECT_IVL, 100),
+            (zmq.RECONNECT_IVL_MAX, 2000),
+        ):
+            router.setsockopt(option, value)
         try:
             self.security.configure_listener(router)
             router.bind(self._bind)
@@ -105,30 +145,127 @@ class ZmqTransport:
             self.security.close()
             context.term()
             raise
+        self._silent = (
+            f"silent for {liveness.timeout} s or disconnected (no heartbeat answer, or the "
+            "connection closed)"
+        )
+        self._monitor = monitor = router.get_monitor_socket(_WATCHED)
         address = router.getsockopt(zmq.LAST_ENDPOINT)
         assert isinstance(address, bytes)
-        loop.add_reader(router.FD, self._on_readable)
-        self._schedule_drain()  # messages may have arrived before the reader was added
+        loop.add_reader(router.FD, self._drain)
+        loop.add_reader(monitor.FD, self._drain_monitor)
+        self._schedule_drain()  # messages may have arrived before the readers were added
+        loop.call_soon(self._drain_monitor)
         return address.decode()
 
-    def _on_readable(self) -> None:
-        self._drain()  # now, not one loop iteration later
+    async def close(self) -> None:
+        router, monitor, context = self._router, self._monitor, self._context
+        if router is None or context is None:
+            return
+        self._router = self._monitor = None
+        self._context = None
+        if self._loop is not None:
+            self._loop.remove_reader(router.FD)
+            if monitor is not None:
+                self._loop.remove_reader(monitor.FD)
+        if monitor is not None:
+            router.disable_monitor()
+            monitor.close(linger=0)
+        router.close(linger=0)
+        self._outgoing.clear()
+        self._by_address.clear()
+        self.security.close()
+        try:
+            await asyncio.to_thread(context.term)
+        except RuntimeError:
+            # At interpreter exit (a worker closed by an atexit hook) executors refuse new
+            # jobs. Every socket is closed with linger 0, so term() returns at once anyway.
+            context.term()
+
+    # -- links --------------------------------------------------------------------------------
+
+    def connect(self, address: str, peer_id: int | None = None) -> LinkId:
+        router = self._router
+        assert router is not None, "transport not started"
+        existing = self._by_address.get(address)
+        if existing is not None:
+            return existing
+        link = b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+        try:
+            router.setsockopt(zmq.CONNECT_ROUTING_ID, link)
+            self.security.configure_link(router, address, peer_id)
+            router.connect(address)
+        except zmq.ZMQError as error:
+            raise LinkFull(f"cannot connect to {address}: {error}") from None
+        self._outgoing[link] = _Outgoing(address)
+        self._by_address[address] = link
+        self._recheck(router)
+        return link
+
+    def disconnect(self, link: LinkId) -> None:
+        outgoing = self._outgoing.pop(link, None)
+        if outgoing is None or self._router is None:
+            return
+        self._by_address.pop(outgoing.address, None)
+        try:
+            self._router.disconnect(outgoing.address)
+        except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
+            logger.debug("disconnecting %s: %s", outgoing.address, error)
+        self._recheck(self._router)
+
+    def send(self, link: LinkId, frames: list[bytes]) -> None:
+        router = self._router
+        if router is None:
+            raise LinkClosed("transport closed")
+        # Frame by frame with plain int flags: half the cost of send_multipart per message.
+        send = router.send
+        try:
+            send(link, _MORE_NOBLOCK)
+            for frame in frames[:-1]:
+                send(frame, _MORE_NOBLOCK)
+            send(frames[-1], _NOBLOCK)
+        except zmq.Again:
+            raise LinkFull("the peer's queue is full") from None
+        except zmq.ZMQError as error:
+            if error.errno == errno.EHOSTUNREACH:
+                raise LinkClosed("no such connection (closed or lost)") from None
+            raise LinkFull(str(error)) from None
+        self._recheck(router)
+
+    def _recheck(self, router: zmq.Socket[bytes]) -> None:
+        """Any operation on the socket (a send, a connect) may consume the edge of its file
+        descriptor that announced messages to read: look, and drain if some wait (else they
+        would wait for the next edge, maybe forever)."""
+        if not self._drain_scheduled and int(router.getsockopt(_EVENTS)) & _POLLIN:
+            self._schedule_drain()
+
+    def open_links(self) -> int:
+        """Links this worker opened and has not closed (for statistics and tests)."""
+        return len(self._outgoing)
+
+    # -- reading ------------------------------------------------------------------------------
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._drain_scheduled = False
+        self._drain()
 
     def _drain(self) -> None:
-        self._drain_scheduled = False
-        router, sink = self._router, self._sink
-        if router is None or sink is None or router.closed:
+        router, events = self._router, self._events
+        if router is None or events is None:
             return
         recv = router.recv
+        deliver = events.message
         for _ in range(_DRAIN_BATCH):
             try:
-                frame = recv(_NOBLOCK, copy=False)  # the identity frame: never copied
+                link = recv(_NOBLOCK)
                 frames = []
+                frame = recv(_NOBLOCK, copy=False)
+                frames.append(frame.bytes)
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
                     frames.append(frame.bytes)
@@ -138,46 +275,47 @@ class ZmqTransport:
                 logger.warning("receive failed: %s", error)
                 return
             try:
-                sink(frames)
+                deliver(link, frames)
             except Exception:
                 logger.exception("inbound message handler failed")
         self._schedule_drain()  # more may be queued; let other tasks run first
 
-    def open_link(self, address: str, peer_id: int | None = None) -> Link:
-        assert self._context is not None, "transport not started"
-        try:
-            dealer = self._context.socket(zmq.DEALER)
-        except zmq.ZMQError as error:  # out of sockets or file descriptors
-            raise LinkFull(f"cannot open a socket for {address}: {error}") from None
-        dealer.setsockopt(zmq.SNDHWM, self._send_queue)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.RECONNECT_IVL, 100)
-        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        try:
-            self.security.configure_link(dealer, address, peer_id)
-            dealer.connect(address)
-        except zmq.ZMQError as error:
-            dealer.close(linger=0)
-            raise LinkFull(f"cannot connect to {address}: {error}") from None
-        link = _ZmqLink(dealer, self._links.discard)
-        self._links.add(link)
-        return link
-
-    async def close(self) -> None:
-        router, context = self._router, self._context
-        if router is None or context is None:
+    def _drain_monitor(self) -> None:
+        monitor, events = self._monitor, self._events
+        if monitor is None or events is None:
             return
-        self._router = None
-        self._context = None
-        if self._loop is not None and not router.closed:
-            self._loop.remove_reader(router.FD)
-        router.close(linger=0)
-        for link in list(self._links):  # normally closed by the worker already; term needs all
-            link.close(0)
-        self.security.close()
-        try:
-            await asyncio.to_thread(context.term)
-        except RuntimeError:
-            # At interpreter exit (a worker closed by an atexit hook) executors refuse new
-            # jobs. Every socket is closed with linger 0, so term() returns at once anyway.
-            context.term()
+        while True:
+            try:
+                event = recv_monitor_message(monitor, _NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            endpoint = event["endpoint"].decode(errors="replace")
+            link = self._by_address.get(endpoint)
+            outgoing = self._outgoing.get(link) if link is not None else None
+            if link is None or outgoing is None:
+                continue  # a connection another worker opened to us: watched from its side
+            kind, value = int(event["event"]), int(event["value"])
+            try:
+                if kind == zmq.EVENT_CONNECTED:
+                    outgoing.fd = value
+                elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    if outgoing.fd is not None and not outgoing.up:
+                        outgoing.up, outgoing.reported_down = True, False
+                        events.link_up(link)
+                elif kind == zmq.EVENT_DISCONNECTED:
+                    if value == outgoing.fd:
+                        outgoing.fd = None
+                        self._down(link, outgoing, self._silent)
+                elif outgoing.fd is not None:  # the current connection's handshake failed
+                    self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
+            except Exception:
+                logger.exception("link event handler failed")
+
+    def _down(self, link: LinkId, outgoing: _Outgoing, why: str) -> None:
+        if outgoing.reported_down:
+            return
+        outgoing.up, outgoing.reported_down = False, True
+        assert self._events is not None
+        self._events.link_down(link, why)

@@ -1,7 +1,12 @@
-"""The membership rules (velo_am._membership), alone: events in, effects out, no I/O."""
+"""The membership rules (velo_am._membership and the layers it builds on), alone: events in,
+effects out, no I/O, no clock. The last part runs many tables against each other through a
+simulated network (pure, deterministic) and checks what must hold of a whole mesh."""
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,397 +17,653 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from velo_am import _protocol as p
-from velo_am._membership import (
+from velo_am._membership import PeerTable
+from velo_am._peers import (
+    FROM_LOST,
     STALE,
     UNKNOWN,
-    Connect,
     Dial,
     DialAnswered,
     DialRefused,
     Effect,
     Joined,
     Lost,
+    Member,
     Note,
-    Peer,
     PeerState,
-    PeerTable,
     Rejected,
+    Reply,
+    ScheduleGossip,
     Send,
 )
 
-ME, MY_INC = 1, 0x1111
-TIMEOUT, FORGET = 5.0, 60.0
+ME, MY_INC, ADDRESS = 1, 0x1111, "tcp://me:1"
+VERIFY, NEIGHBOR, OBSERVER = (int(p.HelloFlags.VERIFY), int(p.HelloFlags.NEIGHBOR), 1)
+ALIVE, LOST, CLOSED = (int(state) for state in p.MemberState)
 
 
 def table(**options: Any) -> PeerTable:
-    made = PeerTable(ME, MY_INC, heartbeat_timeout=TIMEOUT, forget_after=FORGET, **options)
-    made.bind("tcp://me:1")
+    options = {"handshake_timeout": 5.0, "forget_after": 60.0, "max_backoff": 8.0, **options}
+    made = PeerTable(ME, MY_INC, rng=random.Random(7), **options)
+    made.bind(ADDRESS, 0.0)
     return made
 
 
-def hello(src: int, inc: int, peers: Sequence[p.PeerInfo] = (), token: int = 7) -> p.Hello:
-    return p.Hello(src, inc, 0, token, f"tcp://w{src}:1", tuple(peers))
+def address(worker_id: int) -> str:
+    return f"tcp://w{worker_id}:1"
 
 
-def ack(src: int, inc: int, peers: Sequence[p.PeerInfo] = (), token: int = 7) -> p.HelloAck:
-    return p.HelloAck(src, inc, MY_INC, token, f"tcp://w{src}:1", tuple(peers))
+def hello(
+    src: int,
+    inc: int,
+    *,
+    token: int = 7,
+    flags: int = 0,
+    seq: int = 1,
+    peers: Sequence[p.PeerInfo] = (),
+    at: str | None = None,
+) -> p.Hello:
+    return p.Hello(src, inc, 0, token, at or address(src), flags, seq, tuple(peers))
+
+
+def ack(
+    src: int,
+    inc: int,
+    token: int,
+    *,
+    flags: int = 0,
+    seq: int = 1,
+    peers: Sequence[p.PeerInfo] = (),
+    at: str | None = None,
+) -> p.HelloAck:
+    return p.HelloAck(src, inc, MY_INC, token, at or address(src), flags, seq, tuple(peers))
+
+
+def info(worker_id: int, seq: int = 1, state: int = ALIVE) -> p.PeerInfo:
+    return p.PeerInfo(worker_id, worker_id * 0x11, address(worker_id), seq, state)
 
 
 def of(kind: type, effects: Sequence[Effect]) -> list[Any]:
     return [effect for effect in effects if isinstance(effect, kind)]
 
 
-def sends(effects: Sequence[Effect], kind: type) -> list[Send]:
-    return [e for e in of(Send, effects) if isinstance(e.message, kind)]
+def admit(
+    peers: PeerTable, src: int, now: float = 1.0, *, flags: int = 0, at: str | None = None
+) -> list[Effect]:
+    """A newcomer says hello, its address answers the verification: the effects of both."""
+    inc = src * 0x11
+    first = peers.on_hello(hello(src, inc, flags=flags, at=at), b"L%d" % src, now)
+    dials = of(Dial, first)
+    assert len(dials) == 1, first
+    (verify,) = dials
+    return [*first, *peers.on_hello_ack(ack(src, inc, verify.hello.token, at=at), now)]
 
 
-def test_a_hello_admits_its_sender_and_is_answered_with_what_we_know() -> None:
+def gossip_sent(peers: PeerTable) -> dict[int, tuple[p.PeerInfo, ...]]:
+    """What the next flush sends, by neighbor."""
+    return {
+        send.peer_id: send.message.peers
+        for send in of(Send, peers.flush_gossip())
+        if isinstance(send.message, p.Peers)
+    }
+
+
+# -- joining ----------------------------------------------------------------------------------
+
+
+def test_a_newcomer_is_answered_only_once_its_address_answers() -> None:
     peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    effects = peers.on_hello(hello(3, 0x33), now=1.0)
-    assert of(Connect, effects) == [Connect(3)]
-    (answer,) = sends(effects, p.HelloAck)
-    assert answer.peer_id == 3 and answer.message.token == 7
-    assert answer.message.dst_incarnation == 0x33
-    assert {info.worker_id for info in answer.message.peers} == {2, 3}
-    assert of(Joined, effects) == [Joined(3, "worker 0x3 at tcp://w3:1")]
-    # The others hear of the newcomer, once each.
-    (gossip,) = sends(effects, p.Peers)
-    assert gossip.peer_id == 2
-    status = peers.statuses(now=1.5)[3]
-    assert (status.state, status.incarnation, status.silent_for) == ("alive", 0x33, 0.5)
-    assert status.state is PeerState.ALIVE
+    admit(peers, 3)
+    effects = peers.on_hello(hello(2, 0x22), b"from-2", now=1.0)
+    (verify,) = of(Dial, effects)
+    assert verify.address == address(2) and verify.peer_id == 2
+    assert verify.hello.flags & VERIFY and verify.hello.peers == ()
+    assert not of(Reply, effects), "nobody answers a newcomer before its address does"
+    assert 2 not in peers.statuses(1.0) and peers.pending_count == 1
+    assert peers.admit(2, 0x22, MY_INC, 1.0) is not UNKNOWN, "a pending newcomer may speak"
+
+    effects = peers.on_hello_ack(ack(2, 0x22, verify.hello.token), now=1.5)
+    (answer,) = of(Reply, effects)
+    assert answer.link == b"from-2" and isinstance(answer.message, p.HelloAck)
+    assert answer.message.token == 7 and answer.message.dst_incarnation == 0x22
+    assert {peer.worker_id for peer in answer.message.peers} == {2, 3}
+    assert of(Joined, effects) == [Joined(2, "worker 0x2 at tcp://w2:1")]
+    assert DialAnswered(verify.hello.token, 2) in effects
+    assert peers.statuses(2.0)[2].state is PeerState.ALIVE
+    assert peers.pending_count == 0
 
 
-def test_a_hello_ack_answers_our_dial_and_dials_the_members_it_lists() -> None:
+def test_an_address_that_never_answers_is_never_admitted_nor_spread() -> None:
     peers = table()
-    listed = [p.PeerInfo(5, 0x55, "tcp://w5:1"), p.PeerInfo(ME, MY_INC, "tcp://me:1")]
-    effects = peers.on_hello(ack(2, 0x22, listed, token=99), now=0.0)
-    assert of(DialAnswered, effects) == [DialAnswered(99, 2)]
-    assert of(Dial, effects) == [Dial("tcp://w5:1")], "never ourselves"
-    assert not sends(effects, p.HelloAck), "an answer is not answered"
-    assert peers.is_dialing("tcp://w5:1")
-    assert of(Dial, peers.on_peers(listed)) == [], "a dial in progress is not repeated"
+    admit(peers, 3, flags=NEIGHBOR)
+    peers.flush_gossip()
+    effects = peers.on_hello(hello(2, 0x22, at="tcp://nobody-listens:9"), b"from-2", now=1.0)
+    assert len(of(Dial, effects)) == 1
+    effects = peers.tick(now=7.0)  # the verification's handshake timeout passes
+    (note,) = of(Note, effects)
+    assert "not admitting worker 0x2 at tcp://nobody-listens:9" in note.text
+    assert 2 not in peers.statuses(7.0) and peers.pending_count == 0
+    assert gossip_sent(peers) == {}, "nobody heard of it"
 
 
-def test_a_repeated_hello_is_answered_but_joins_nothing() -> None:
+def test_a_verification_is_answered_at_once_and_leaves_no_trace() -> None:
     peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    assert not peers.needs_link(hello(2, 0x22))
-    effects = peers.on_hello(hello(2, 0x22), now=3.0)
-    assert not of(Connect, effects) and not of(Joined, effects)
-    assert len(sends(effects, p.HelloAck)) == 1
-    assert peers.statuses(now=3.0)[2].silent_for == 0.0
+    effects = peers.on_hello(hello(5, 0x55, token=9, flags=VERIFY), b"v", now=1.0)
+    (answer,) = effects
+    assert isinstance(answer, Reply) and answer.link == b"v"
+    assert isinstance(answer.message, p.HelloAck) and answer.message.token == 9
+    assert answer.message.peers == ()
+    assert peers.statuses(1.0) == {} and peers.pending_count == 0
 
 
-def test_a_new_incarnation_replaces_the_old_one_which_is_lost() -> None:
-    peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    assert peers.needs_link(hello(2, 0x23))
-    effects = peers.on_hello(hello(2, 0x23), now=1.0)
-    (lost,) = of(Lost, effects)
-    assert lost.peer_id == 2 and "restarted as a new incarnation" in lost.text and not lost.closed
-    assert effects.index(lost) < effects.index(Connect(2)), "the old link goes before the new"
-    assert peers.get(2) is not None and peers.get(2).incarnation == 0x23  # type: ignore[union-attr]
-    assert peers.admit(2, 0x22, MY_INC, now=1.0) is UNKNOWN, "the predecessor is not heard"
+def test_a_join_is_announced_once_as_a_delta_to_each_neighbor() -> None:
+    peers = table(fanout=2)
+    for neighbor in (3, 4, 5, 6):
+        admit(peers, neighbor, flags=NEIGHBOR)
+    for other in (7, 8):
+        admit(peers, other)
+    assert peers.neighbors == {3, 4, 5, 6}, "up to twice the fanout"
+    peers.flush_gossip()
+    admit(peers, 2)
+    sent = gossip_sent(peers)
+    assert set(sent) == {3, 4, 5, 6}, "neighbors only: not the newcomer, not 7 or 8"
+    assert all(news == (info(2),) for news in sent.values()), "one line of news each"
+    admit(peers, 9, flags=NEIGHBOR)
+    assert 9 not in peers.neighbors, "no room left"
 
 
-def test_our_own_hello_refuses_the_dial_and_another_live_twin_is_an_error() -> None:
-    peers = table()
-    assert of(DialRefused, peers.on_hello(hello(ME, MY_INC, token=5), 0.0)) == [
-        DialRefused(5, f"is this worker ({ME:#x}) itself")
+def test_handshakes_from_strangers_are_rate_limited_and_the_pending_capped() -> None:
+    peers = table(hello_rate=10.0, hello_burst=20.0, max_pending=8)
+    effects = [
+        effect
+        for src in range(100, 1100)
+        for effect in peers.on_hello(hello(src, src), b"burst", now=1.0)
     ]
-    effects = peers.on_hello(hello(ME, 0x999), 0.0)
-    assert of(Note, effects)[0].error and not of(DialRefused, effects)
-    assert peers.statuses(0.0) == {}
+    assert len(of(Dial, effects)) == 8, "one verification per pending newcomer, at most 8"
+    assert peers.pending_count == 8 and peers.statuses(1.0) == {}
+    notes = [note.text for note in of(Note, effects)]
+    assert sum("too many unverified newcomers" in text for text in notes) == 12
+    assert sum("handshake rate limit" in text for text in notes) == 980
+    assert not of(Reply, effects)
+    # The bucket refills with time.
+    assert of(Dial, peers.tick(now=7.0)) == [], "the verifications expired"
+    assert peers.pending_count == 0
+    assert len(of(Dial, peers.on_hello(hello(5000, 5), b"later", now=7.5))) == 1
 
 
-def test_admission_rejects_stale_unknown_and_lost_senders() -> None:
+def test_a_hello_never_evicts_a_live_member() -> None:
     peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    assert peers.admit(2, 0x22, MY_INC ^ 1, now=0.0) is STALE
-    assert peers.admit(9, 0x99, 0, now=0.0) is UNKNOWN
-    admitted = peers.admit(2, 0x22, 0, now=2.0)
-    assert isinstance(admitted, Peer) and admitted.last_seen == 2.0
-    peers.tick(now=2.0 + TIMEOUT + 0.1)  # silent too long: lost
-    rejected = peers.admit(2, 0x22, MY_INC, now=8.0)
-    assert isinstance(rejected, Rejected) and rejected.effects == (Dial("tcp://w2:1"),)
-    again = peers.admit(2, 0x22, MY_INC, now=8.0)
-    assert isinstance(again, Rejected) and again.effects == (), "one redial at a time"
+    admit(peers, 2)
+    impostor = hello(2, 0x99, at="tcp://elsewhere:1")
+    (verify,) = of(Dial, peers.on_hello(impostor, b"x", now=2.0))
+    effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
+    (note,) = of(Note, effects)
+    assert note.error and "another live worker uses id 0x2" in note.text
+    assert not of(Lost, effects) and not of(Reply, effects)
+    assert peers.statuses(3.0)[2].incarnation == 0x22
 
 
-def test_time_heartbeats_the_live_loses_the_silent_and_forgets_the_old() -> None:
+def test_a_restart_at_the_same_address_replaces_the_old_incarnation() -> None:
     peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    peers.on_hello(hello(3, 0x33), now=0.0)
-    effects = peers.tick(now=4.0)
-    assert {e.peer_id for e in sends(effects, p.Heartbeat)} == {2, 3}
-    peers.admit(3, 0x33, MY_INC, now=4.0)
-    effects = peers.tick(now=5.5)
-    assert [lost.peer_id for lost in of(Lost, effects)] == [2]
-    assert "silent for 5.0 s" in of(Lost, effects)[0].text
-    assert [e.peer_id for e in sends(effects, p.Heartbeat)] == [3]
-    assert peers.tick(now=5.6) == [Send(3, p.Heartbeat(ME, MY_INC, 0x33))], "lost once"
-    peers.tick(now=5.5 + FORGET + 1)
-    assert 2 not in peers.statuses(now=70.0)
+    admit(peers, 2)
+    (verify,) = of(Dial, peers.on_hello(hello(2, 0x77), b"x", now=2.0))
+    effects = peers.on_hello_ack(ack(2, 0x77, verify.hello.token), 2.1)
+    (lost,) = of(Lost, effects)
+    assert "restarted as a new incarnation" in lost.text
+    assert peers.statuses(3.0)[2].incarnation == 0x77
 
 
-def test_draining_and_goodbye() -> None:
+def test_our_own_dial_reaching_us_is_refused_and_remembered() -> None:
+    peers = table(seeds=[ADDRESS])
+    (dial,) = of(Dial, peers.tick(now=1.0))
+    effects = peers.on_hello(dial.hello, b"self", now=1.1)
+    assert effects == [DialRefused(dial.hello.token, f"is this worker ({ME:#x}) itself")]
+    assert peers.is_own_address(ADDRESS)
+    assert of(Dial, peers.tick(now=100.0)) == [], "a seed that is this worker is not redialed"
+
+
+# -- observers --------------------------------------------------------------------------------
+
+
+def test_observers_are_answered_never_gossiped_and_gone_after_goodbye() -> None:
     peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    peer = peers.get(2)
-    assert peer is not None
-    peers.on_draining(peer)
-    assert peers.statuses(0.0)[2].state == "draining" and peers.is_connected(2)
-    assert peers.alive(2) is None, "calls do not start to a draining peer"
-    effects = peers.on_goodbye(peer)
-    assert effects[0] == Send(2, p.Heartbeat(ME, MY_INC, 0x22)), "the goodbye is acknowledged"
-    assert effects[1] == Lost(2, "worker 0x2 at tcp://w2:1 closed", closed=True)
-    assert peers.admit(2, 0x22, MY_INC, now=0.0) is UNKNOWN, "nothing follows a goodbye"
-    # A closed member gossiped again under the same incarnation is not redialed.
-    assert of(Dial, peers.on_peers([p.PeerInfo(2, 0x22, "tcp://w2:1")])) == []
+    admit(peers, 3, flags=NEIGHBOR)
+    peers.flush_gossip()
+    effects = peers.on_hello(hello(9, 0x99, token=5, flags=OBSERVER), b"cli", now=1.0)
+    (answer,) = of(Reply, effects)
+    assert answer.link == b"cli" and answer.message.token == 5
+    assert not of(Dial, effects), "an observer's address is not verified"
+    (joined,) = of(Joined, effects)
+    assert joined.text.endswith("(an observer)")
+    assert 9 not in peers.statuses(1.0), "not a member"
+    assert gossip_sent(peers) == {}
+    observer = peers.admit(9, 0x99, MY_INC, 1.5)
+    assert isinstance(observer, Member) and observer.observer
+    assert peers.on_goodbye(observer, b"cli") == [Reply(b"cli", p.Heartbeat(ME, MY_INC, 0x99))], (
+        "its goodbye is acknowledged, nothing more"
+    )
+    assert peers.get(9) is None
 
 
-def test_a_draining_worker_answers_no_hello_and_dials_nobody() -> None:
+def test_an_observer_dials_as_one_and_gossips_nothing() -> None:
+    peers = PeerTable(
+        ME, MY_INC, handshake_timeout=5.0, forget_after=60.0, rng=random.Random(1), observer=True
+    )
+    peers.bind(ADDRESS, 0.0)
+    dial = peers.start_dial(address(2), purpose_join(), now=0.0)
+    assert dial.hello.flags == OBSERVER and dial.hello.peers == ()
+    peers.on_hello_ack(ack(2, 0x22, dial.hello.token, flags=NEIGHBOR, peers=[info(3)]), 0.1)
+    assert peers.neighbors == set()
+    assert set(peers.statuses(0.2)) == {2, 3}
+    assert gossip_sent(peers) == {}
+    assert peers.tick(now=50.0) == [], "an observer recruits nobody"
+
+
+def purpose_join() -> Any:
+    from velo_am._peers import Purpose
+
+    return Purpose.JOIN
+
+
+# -- gossip -----------------------------------------------------------------------------------
+
+
+def test_gossip_newer_news_wins_and_is_passed_on() -> None:
     peers = table()
-    peers.on_hello(hello(2, 0x22), now=0.0)
-    effects = peers.begin_drain()
-    assert [e.peer_id for e in sends(effects, p.Draining)] == [2]
-    effects = peers.on_hello(hello(3, 0x33, [p.PeerInfo(4, 0x44, "tcp://w4:1")]), now=0.0)
-    assert not sends(effects, p.HelloAck) and not of(Dial, effects)
+    admit(peers, 3, flags=NEIGHBOR)
+    admit(peers, 4, flags=NEIGHBOR)
+    peers.flush_gossip()
+    effects = peers.on_peers([info(5)], sender=3, now=2.0)
+    assert of(Joined, effects) == [Joined(5, "worker 0x5 at tcp://w5:1", heard=True)]
+    assert gossip_sent(peers) == {4: (info(5),)}, "forwarded once, not back to its sender"
+    assert peers.on_peers([info(5)], sender=4, now=2.1) == [], "old news stops here"
+    effects = peers.on_peers([info(5, state=LOST)], sender=4, now=3.0)
+    (lost,) = of(Lost, effects)
+    assert lost.text == "worker 0x5 at tcp://w5:1 lost (as its neighbors saw)"
+    assert gossip_sent(peers) == {3: (info(5, state=LOST),)}
+    effects = peers.on_peers([info(5, seq=2)], sender=3, now=4.0)
+    assert of(Joined, effects) == [Joined(5, "worker 0x5 at tcp://w5:1", heard=True)]
+    assert peers.statuses(4.0)[5].state is PeerState.ALIVE
+    assert peers.on_peers([info(5, state=CLOSED, seq=2)], sender=3, now=5.0)
+    assert peers.statuses(5.0)[5].state is PeerState.CLOSED
+    assert peers.on_peers([info(5, seq=9)], sender=3, now=5.0) == [], "a goodbye is final"
+    assert peers.on_peers([info(6, state=LOST)], sender=3, now=5.0) == [], "unknown dead"
 
 
-def test_goodbyes_are_acknowledged_by_any_message() -> None:
+def test_a_member_told_of_its_own_loss_announces_itself_again() -> None:
     peers = table()
-    for peer_id in (2, 3):
-        peers.on_hello(hello(peer_id, peer_id * 0x11), now=0.0)
-    effects = peers.begin_goodbye()
-    assert {e.peer_id for e in sends(effects, p.Goodbye)} == {2, 3}
-    assert not peers.goodbyes_acknowledged
-    peers.admit(2, 0x22, MY_INC, now=0.1)
-    assert not peers.goodbyes_acknowledged
-    peers.admit(3, 0x33, MY_INC, now=0.1)
+    admit(peers, 3, flags=NEIGHBOR)
+    peers.flush_gossip()
+    me_lost = p.PeerInfo(ME, MY_INC, ADDRESS, 1, LOST)
+    peers.on_peers([me_lost], sender=3, now=2.0)
+    assert peers.seq == 2
+    assert gossip_sent(peers) == {3: (p.PeerInfo(ME, MY_INC, ADDRESS, 2, ALIVE),)}
+
+
+def test_news_of_a_loss_reaches_the_lost_member_itself() -> None:
+    peers = table()
+    admit(peers, 3, flags=NEIGHBOR)
+    admit(peers, 4, flags=NEIGHBOR)
+    peers.flush_gossip()
+    peers.on_peers([info(4, state=LOST)], sender=3, now=2.0)
+    assert gossip_sent(peers) == {}, "4 is no neighbor once lost"
+    peers.on_peers([info(5)], sender=3, now=2.0)
+    peers.flush_gossip()
+    peers.on_peers([info(5, state=LOST)], sender=4, now=3.0)
+    assert 3 in gossip_sent(peers)
+
+
+def test_hearsay_of_a_loss_does_not_beat_this_workers_own_link() -> None:
+    peers = table()
+    admit(peers, 3, flags=NEIGHBOR)
+    admit(peers, 4)
+    admit(peers, 5)
+    peers.on_link_up(4)  # this worker's own link to 4 is up
+    peers.flush_gossip()
+    effects = peers.on_peers([info(4, state=LOST), info(5, state=LOST)], sender=3, now=2.0)
+    assert [lost.peer_id for lost in of(Lost, effects)] == [5], "only the unwatched one"
+    assert peers.statuses(2.0)[4].state is PeerState.ALIVE
+    assert gossip_sent(peers) == {3: (info(4, seq=2),)}, "4 is vouched for, seq + 1"
+
+
+def test_others_seeing_a_lost_member_alive_make_this_worker_look_again() -> None:
+    peers = table()
+    admit(peers, 3, flags=NEIGHBOR)
+    admit(peers, 4)
+    peers.on_link_down(4, "silent for 5 s", now=2.0)
+    peers.tick(now=2.01)
+    (probe,) = of(Dial, peers.on_peers([info(4)], sender=3, now=2.1))
+    assert probe.address == address(4) and probe.peer_id == 4
+    assert peers.on_peers([info(4)], sender=3, now=2.2) == [], "one look at a time"
+    effects = peers.on_hello_ack(ack(4, 0x44, probe.hello.token), now=2.3)
+    assert of(Joined, effects) == [Joined(4, "worker 0x4 at tcp://w4:1")]
+    assert peers.statuses(2.3)[4].state is PeerState.ALIVE
+
+
+# -- loss, probes and healing -----------------------------------------------------------------
+
+
+def test_a_lost_member_is_probed_with_backoff_until_it_answers() -> None:
+    peers = table(max_backoff=4.0)
+    admit(peers, 3, flags=NEIGHBOR)
+    peers.flush_gossip()
+    effects = peers.on_link_down(3, "silent for 5 s", now=10.0)
+    assert of(Lost, effects) == [
+        Lost(3, "worker 0x3 at tcp://w3:1 lost: silent for 5 s", closed=False)
+    ]
+    assert peers.neighbors == set()
+    probes: list[float] = []
+    now = 10.0
+    while now < 40.0:
+        now += 0.05
+        for dial in of(Dial, peers.tick(now)):
+            assert dial.address == address(3) and dial.peer_id == 3
+            probes.append(now)
+            peers.dial_failed(dial.hello.token, now)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(probes)]
+    assert len(probes) >= 8 and gaps[0] < 1.5
+    assert all(gap <= 4.0 * 1.25 + 0.1 for gap in gaps), "back-off is capped at max_backoff"
+    assert max(gaps) > 2.5, "and grows"
+    (dial,) = of(Dial, peers.tick(now + 10))
+    effects = peers.on_hello_ack(ack(3, 0x33, dial.hello.token), now + 10)
+    assert of(Joined, effects) == [Joined(3, "worker 0x3 at tcp://w3:1")]
+    assert peers.statuses(now + 10)[3].state is PeerState.ALIVE
+    assert peers.member(3) is not None and peers.member(3).seq == 2  # type: ignore[union-attr]
+
+
+def test_seeds_are_redialed_while_no_live_member_answers_there() -> None:
+    seed = "tcp://seed:1"
+    peers = table(seeds=[seed], max_backoff=4.0)
+    (join,) = of(Dial, peers.tick(now=1.0))
+    assert join.address == seed and join.hello.flags & NEIGHBOR
+    peers.dial_failed(join.hello.token, 1.5)
+    assert of(Dial, peers.tick(now=1.3)) == [], "back-off"
+    dials = [d for t in range(20, 200) for d in of(Dial, peers.tick(now=t / 10))]
+    assert 3 <= len(dials) <= 8
+    for dial in dials[:-1]:
+        peers.dial_failed(dial.hello.token, 20.0)
+    effects = peers.on_hello_ack(
+        ack(7, 0x77, dials[-1].hello.token, at=seed, flags=NEIGHBOR), now=20.0
+    )
+    assert DialAnswered(dials[-1].hello.token, 7) in effects
+    assert not [d for d in of(Dial, peers.tick(now=100.0)) if d.address == seed]
+    peers.on_link_down(7, "silent", now=101.0)
+    later = [d for t in range(1011, 1100) for d in of(Dial, peers.tick(now=t / 10))]
+    assert any(d.address == seed for d in later), "a seed lost is a seed to redial"
+
+
+def test_lost_and_closed_members_are_forgotten_after_forget_after() -> None:
+    peers = table(forget_after=30.0)
+    admit(peers, 2)
+    admit(peers, 3)
+    peers.on_link_down(2, "silent", now=5.0)
+    goodbye = peers.admit(3, 0x33, MY_INC, 6.0)
+    assert isinstance(goodbye, Member)
+    effects = peers.on_goodbye(goodbye, b"L3")
+    assert of(Lost, effects) == [Lost(3, "worker 0x3 at tcp://w3:1 closed", closed=True)]
+    assert Reply(b"L3", p.Heartbeat(ME, MY_INC, 0x33)) in effects
+    peers.tick(now=30.0)
+    assert set(peers.statuses(30.0)) == {2, 3}
+    peers.tick(now=40.0)
+    assert peers.statuses(40.0) == {}
+
+
+def test_neighbors_are_recruited_up_to_the_fanout() -> None:
+    peers = table(fanout=2)
+    for other in range(2, 8):
+        admit(peers, other)
+    dials = of(Dial, peers.tick(now=2.0))
+    assert len(dials) == 2 and all(d.hello.flags & NEIGHBOR for d in dials)
+    for dial in dials:
+        assert dial.peer_id is not None
+        peers.on_hello_ack(ack(dial.peer_id, dial.peer_id * 0x11, dial.hello.token, flags=2), 2.1)
+    assert len(peers.neighbors) == 2
+    assert of(Dial, peers.tick(now=3.0)) == []
+
+
+# -- admission --------------------------------------------------------------------------------
+
+
+def test_admission_of_messages() -> None:
+    peers = table()
+    admit(peers, 2)
+    admitted = peers.admit(2, 0x22, MY_INC, 2.0)
+    assert isinstance(admitted, Member) and admitted.worker_id == 2
+    assert peers.admit(2, 0x22, 0x999, 2.0) is STALE
+    assert peers.admit(2, 0x23, MY_INC, 2.0) is UNKNOWN
+    assert peers.admit(8, 0x88, MY_INC, 2.0) is UNKNOWN
+    peers.on_link_down(2, "silent", now=3.0)
+    rejected = peers.admit(2, 0x22, MY_INC, 3.5)
+    assert isinstance(rejected, Rejected) and rejected.counter == FROM_LOST.counter
+    (probe,) = rejected.effects
+    assert isinstance(probe, Dial) and probe.address == address(2)
+    assert peers.admit(2, 0x22, MY_INC, 3.6) is FROM_LOST, "already looking"
+
+
+def test_draining_and_goodbye_go_to_linked_peers_only_on_existing_links() -> None:
+    peers = table()
+    admit(peers, 2)
+    admit(peers, 3)
+    sends = peers.begin_drain(linked={2})
+    assert sends == [Send(2, p.Draining(ME, MY_INC, 0x22), dial=False)]
+    assert not peers.accepting
+    assert peers.on_hello(hello(4, 0x44), b"late", 5.0) == [], "no newcomer while draining"
+    goodbyes: list[Send] = of(Send, peers.begin_goodbye(linked={2, 3}))
+    assert {s.peer_id for s in goodbyes} == {2, 3} and not peers.goodbyes_acknowledged
+    peers.admit(2, 0x22, MY_INC, 5.0)
+    peers.admit(3, 0x33, MY_INC, 5.0)
     assert peers.goodbyes_acknowledged
 
 
-def test_gossip_dials_at_most_the_cap() -> None:
-    peers = table(max_dials=3)
-    listed = [p.PeerInfo(10 + i, 1, f"tcp://w{10 + i}:1") for i in range(5)]
-    effects = peers.on_peers(listed)
-    assert len(of(Dial, effects)) == 3
-    assert of(Note, effects) == [Note("dials", "too many handshakes in progress; not dialing more")]
-    peers.dial_ended("tcp://w10:1")
-    assert of(Dial, peers.on_peers(listed)) == [Dial("tcp://w10:1")]
-
-
-# -- the state machine against a model ----------------------------------------------------------
-
-PEER_IDS = st.sampled_from([2, 3, 4, 5])
-INCARNATIONS = st.sampled_from([0x10, 0x20, 0x30])
-CONNECTED = ("alive", "draining")
+# -- a whole mesh, simulated ------------------------------------------------------------------
 
 
 @dataclass
-class ModelPeer:
-    incarnation: int
-    state: str
-    last_seen: float
-    address: str
+class Sim:
+    """Tables that reach each other through a simulated network: messages are delivered in
+    order, dials to a dead address fail at once, time passes in ticks."""
 
+    fanout: int = 2
+    now: float = 0.0
+    tables: dict[int, PeerTable] = field(default_factory=dict)
+    queue: deque[tuple[int, int, p.Message]] = field(default_factory=deque)
+    dials: dict[int, tuple[int, str]] = field(default_factory=dict)  # token -> (dialer, address)
+    flush: set[int] = field(default_factory=set)
+    sent: int = 0
+    lost: list[tuple[int, int]] = field(default_factory=list)  # (observer, lost)
+    rng: random.Random = field(default_factory=lambda: random.Random(3))
+    cut: set[frozenset[int]] = field(default_factory=set)
 
-@dataclass
-class Model:
-    peers: dict[int, ModelPeer] = field(default_factory=dict)
-    dialing: set[str] = field(default_factory=set)
-    accepting: bool = True
-    awaiting_acks: set[int] = field(default_factory=set)
+    def start(self, worker_id: int, seeds: Sequence[int] = ()) -> PeerTable:
+        new = PeerTable(
+            worker_id,
+            self.rng.getrandbits(64) or 1,
+            handshake_timeout=2.0,
+            forget_after=20.0,
+            rng=random.Random(worker_id),
+            seeds=[address(seed) for seed in seeds],
+            fanout=self.fanout,
+            max_backoff=4.0,
+        )
+        new.bind(address(worker_id), self.now)
+        self.tables[worker_id] = new
+        return new
 
-    def connected(self) -> set[int]:
-        return {pid for pid, peer in self.peers.items() if peer.state in CONNECTED}
+    def crash(self, worker_id: int) -> None:
+        gone = self.tables.pop(worker_id)
+        for other in self.tables.values():
+            if worker_id in other.watched or worker_id in other.neighbors:
+                self.apply(other, other.on_link_down(worker_id, "silent", self.now))
+        assert gone.worker_id == worker_id
 
-    def lose(self, peer_id: int, state: str) -> bool:
-        peer = self.peers[peer_id]
-        if peer.state not in CONNECTED:
-            return False
-        peer.state = state
-        self.awaiting_acks.discard(peer_id)
-        return True
+    def reachable(self, a: int, b: int) -> bool:
+        return b in self.tables and frozenset((a, b)) not in self.cut
 
-
-class MembershipMachine(RuleBasedStateMachine):
-    """Every event the table takes, checked against a model of the same rules: the effects
-    say exactly what changed, and the table's view always equals the model's."""
-
-    @initialize()
-    def start(self) -> None:
-        self.table = table(max_dials=3)
-        self.model = Model()
-        self.now = 0.0
-
-    def check_effects(self, effects: list[Effect], connected_before: set[int]) -> None:
-        connected_after = self.model.connected()
+    def apply(self, src: PeerTable, effects: Sequence[Effect]) -> None:
+        me = src.worker_id
         for effect in effects:
             if isinstance(effect, Send):
-                assert effect.peer_id in connected_before | connected_after, effect
-                peer = self.model.peers[effect.peer_id]
-                assert effect.message.dst_incarnation in (0, peer.incarnation), effect
-                assert (effect.message.src, effect.message.src_incarnation) == (ME, MY_INC)
-        lost = [effect.peer_id for effect in of(Lost, effects)]
-        assert len(lost) == len(set(lost)), "each loss is reported once"
-        assert set(lost) <= connected_before, "only a connected peer is lost"
+                self.post(me, effect.peer_id, effect.message)
+            elif isinstance(effect, Reply):
+                self.post(me, int(effect.link.decode()), effect.message)
+            elif isinstance(effect, Dial):
+                target = int(effect.address.removeprefix("tcp://w").removesuffix(":1"))
+                if self.reachable(me, target):
+                    self.dials[effect.hello.token] = (me, effect.address)
+                    self.post(me, target, effect.hello)
+                else:
+                    self.apply(src, src.dial_failed(effect.hello.token, self.now))
+            elif isinstance(effect, ScheduleGossip):
+                self.flush.add(me)
+            elif isinstance(effect, Lost):
+                self.lost.append((me, effect.peer_id))
 
-    @rule(
-        peer_id=PEER_IDS,
-        inc=INCARNATIONS,
-        answer=st.booleans(),
-        listed=st.lists(st.tuples(PEER_IDS, INCARNATIONS), max_size=4),
-    )
-    def handshake(
-        self, peer_id: int, inc: int, answer: bool, listed: list[tuple[int, int]]
-    ) -> None:
-        infos = [p.PeerInfo(pid, pinc, f"tcp://w{pid}:1") for pid, pinc in listed]
-        msg = ack(peer_id, inc, infos) if answer else hello(peer_id, inc, infos)
-        model = self.model
-        before = model.connected()
-        known = model.peers.get(peer_id)
-        joined = known is None or known.incarnation != inc or known.state not in CONNECTED
-        assert self.table.needs_link(msg) == joined
-        effects = self.table.on_hello(msg, self.now)
-        replaced = joined and known is not None and known.state in CONNECTED
-        if replaced:
-            model.lose(peer_id, "lost")
-        if joined:
-            model.peers[peer_id] = ModelPeer(inc, "alive", self.now, msg.address)
+    def post(self, src: int, dst: int, msg: p.Message) -> None:
+        if self.reachable(src, dst):
+            self.sent += 1
+            self.queue.append((src, dst, msg))
+
+    def deliver(self) -> None:
+        while self.queue or self.flush:
+            while self.queue:
+                src, dst, msg = self.queue.popleft()
+                table = self.tables.get(dst)
+                if table is not None:
+                    self.receive(table, src, msg)
+            for worker_id in sorted(self.flush):
+                self.flush.discard(worker_id)
+                if worker_id in self.tables:
+                    table = self.tables[worker_id]
+                    self.apply(table, table.flush_gossip())
+
+    def receive(self, table: PeerTable, src: int, msg: p.Message) -> None:
+        link = b"%d" % src
+        if isinstance(msg, p.Hello):
+            self.apply(table, table.on_hello(msg, link, self.now))
+        elif isinstance(msg, p.HelloAck):
+            effects = table.on_hello_ack(msg, self.now)
+            self.apply(table, effects)
+            if of(DialAnswered, effects):
+                table.on_link_up(msg.src)
         else:
-            model.peers[peer_id].last_seen = self.now
-        assert bool(of(Connect, effects)) == joined
-        assert bool(of(Joined, effects)) == joined
-        assert [e.peer_id for e in of(Lost, effects)] == ([peer_id] if replaced else [])
-        assert len(sends(effects, p.HelloAck)) == (0 if answer or not model.accepting else 1)
-        assert len(of(DialAnswered, effects)) == (1 if answer else 0)
-        gossiped = {e.peer_id for e in sends(effects, p.Peers)}
-        assert gossiped == ((model.connected() - {peer_id}) if joined else set())
-        self.learn(infos, effects)
-        self.check_effects(effects, before)
+            peer = table.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, self.now)
+            if isinstance(peer, Rejected):
+                self.apply(table, peer.effects)
+            elif isinstance(msg, p.Peers):
+                self.apply(table, table.on_peers(msg.peers, peer.worker_id, self.now))
+            elif isinstance(msg, p.Goodbye):
+                self.apply(table, table.on_goodbye(peer, link))
 
-    def learn(self, infos: list[p.PeerInfo], effects: list[Effect]) -> None:
-        expected = []
-        model = self.model
-        if model.accepting:
-            for info in infos:
-                known = model.peers.get(info.worker_id)
-                if known is not None and (
-                    known.state in CONNECTED
-                    or (known.state == "closed" and known.incarnation == info.incarnation)
-                ):
-                    continue
-                if len(model.dialing) >= 3:
-                    break
-                if info.address not in model.dialing:
-                    model.dialing.add(info.address)
-                    expected.append(Dial(info.address))
-        assert of(Dial, effects) == expected
+    def run(self, seconds: float, step: float = 0.5) -> None:
+        end = self.now + seconds
+        self.deliver()
+        while self.now < end:
+            self.now += step
+            for table in list(self.tables.values()):
+                self.apply(table, table.tick(self.now))
+            self.deliver()
 
-    @rule(peer_id=PEER_IDS, inc=INCARNATIONS, stale=st.booleans())
-    def message(self, peer_id: int, inc: int, stale: bool) -> None:
-        model = self.model
-        outcome = self.table.admit(peer_id, inc, MY_INC + 1 if stale else MY_INC, self.now)
-        known = model.peers.get(peer_id)
-        if stale:
-            assert outcome is STALE
-        elif known is None or known.incarnation != inc:
-            assert outcome is UNKNOWN
-        elif known.state == "lost":
-            assert isinstance(outcome, Rejected) and outcome.counter == "dropped_unknown_peer"
-            redial = model.accepting and known.address not in model.dialing
-            assert outcome.effects == ((Dial(known.address),) if redial else ())
-            if redial:
-                model.dialing.add(known.address)
-        elif known.state == "closed":
-            assert outcome is UNKNOWN
-        else:
-            assert isinstance(outcome, Peer) and outcome.worker_id == peer_id
-            known.last_seen = self.now
-            model.awaiting_acks.discard(peer_id)
+    def converged(self) -> bool:
+        live = set(self.tables)
+        return all(
+            {peer for peer, s in table.statuses(self.now).items() if s.state.connected}
+            == live - {me}
+            for me, table in self.tables.items()
+        )
 
-    @precondition(lambda self: self.model.connected())
-    @rule(data=st.data(), goodbye=st.booleans())
-    def leaving(self, data: st.DataObject, goodbye: bool) -> None:
-        peer_id = data.draw(st.sampled_from(sorted(self.model.connected())))
-        peer = self.table.get(peer_id)
-        assert peer is not None
-        before = self.model.connected()
-        if goodbye:
-            effects = self.table.on_goodbye(peer)
-            assert self.model.lose(peer_id, "closed")
-            assert [e.peer_id for e in sends(effects, p.Heartbeat)] == [peer_id]
-            assert [(e.peer_id, e.closed) for e in of(Lost, effects)] == [(peer_id, True)]
-            self.check_effects(effects, before)
-        else:
-            self.table.on_draining(peer)
-            model_peer = self.model.peers[peer_id]
-            if model_peer.state == "alive":
-                model_peer.state = "draining"
 
-    @rule(seconds=st.sampled_from([0.5, 2.0, 4.9, 5.1, 30.0, 61.0]))
+def test_joins_cost_messages_linear_in_the_mesh() -> None:
+    """Every member joins through one seed: the whole mesh knows everyone, and a join costs
+    a few messages per member (O(N) per join; the full mesh's cost O(N^2) per join)."""
+    costs: dict[int, float] = {}
+    for size in (16, 64):
+        sim = Sim(fanout=3)
+        sim.start(1)
+        for worker_id in range(2, size + 1):
+            sim.start(worker_id, seeds=[1])
+            sim.run(1.0)
+        sim.run(5.0)
+        assert sim.converged()
+        costs[size] = sim.sent / size
+        assert all(len(t.neighbors) <= 6 for t in sim.tables.values())
+        assert costs[size] <= 4 * size, f"messages per join: {costs}"
+    assert costs[64] <= 1.25 * 4 * costs[16], f"messages per join grow faster than N: {costs}"
+
+
+def test_a_mesh_reforms_after_a_partition_longer_than_the_forget_window() -> None:
+    sim = Sim(fanout=2)
+    sim.start(1)
+    for worker_id in range(2, 9):
+        sim.start(worker_id, seeds=[1])
+    sim.run(10.0)
+    assert sim.converged()
+    left, right = {1, 2, 3, 4}, {5, 6, 7, 8}
+    sim.cut = {frozenset((a, b)) for a in left for b in right}
+    for a in left:  # every link across goes down, as the transport would see it
+        for b in right:
+            for x, y in ((a, b), (b, a)):
+                table = sim.tables[x]
+                if y in table.watched or y in table.neighbors:
+                    sim.apply(table, table.on_link_down(y, "silent", sim.now))
+    sim.run(40.0)  # twice the forget window
+    for a in left:
+        assert not set(sim.tables[a].statuses(sim.now)) & right, "forgotten"
+    sim.cut = set()
+    sim.run(30.0)
+    assert sim.converged(), "the seed was redialed and the halves merged"
+
+
+class MeshMachine(RuleBasedStateMachine):
+    """Random joins, crashes and restarts of up to 8 workers; after each step settles, every
+    live worker knows every other as live, none a dead one, and nobody keeps more than
+    twice the fanout of neighbors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sim = Sim(fanout=2)
+        self.next_id = 2
+        self.dead: set[int] = set()
+
+    @initialize()
+    def seed(self) -> None:
+        self.sim.start(1)
+
+    @precondition(lambda self: len(self.sim.tables) < 8)
+    @rule(data=st.data())
+    def join(self, data: st.DataObject) -> None:
+        seed = data.draw(st.sampled_from(sorted(self.sim.tables)))
+        self.sim.start(self.next_id, seeds=[seed])
+        self.next_id += 1
+
+    @precondition(lambda self: len(self.sim.tables) > 2)
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        victim = data.draw(st.sampled_from(sorted(set(self.sim.tables) - {1})))
+        self.sim.crash(victim)
+        self.dead.add(victim)
+
+    @precondition(lambda self: bool(self.dead))
+    @rule(data=st.data())
+    def restart(self, data: st.DataObject) -> None:
+        back = data.draw(st.sampled_from(sorted(self.dead)))
+        self.dead.discard(back)
+        self.sim.start(back, seeds=[1])
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 30.0]))
     def time_passes(self, seconds: float) -> None:
-        self.now += seconds
-        model = self.model
-        before = model.connected()
-        effects = self.table.tick(self.now)
-        lost = set()
-        for peer_id, peer in list(model.peers.items()):
-            if peer.state not in CONNECTED:
-                if self.now - peer.last_seen > FORGET:
-                    del model.peers[peer_id]
-            elif self.now - peer.last_seen > TIMEOUT:
-                model.lose(peer_id, "lost")
-                lost.add(peer_id)
-        assert {e.peer_id for e in of(Lost, effects)} == lost
-        assert {e.peer_id for e in sends(effects, p.Heartbeat)} == before - lost
-        self.check_effects(effects, before)
-
-    @rule(address=st.sampled_from(["tcp://w2:1", "tcp://w3:1", "tcp://w4:1", "tcp://w5:1"]))
-    def dial_ends(self, address: str) -> None:
-        self.table.dial_ended(address)
-        self.model.dialing.discard(address)
-
-    @precondition(lambda self: self.model.accepting)
-    @rule()
-    def drain(self) -> None:
-        before = self.model.connected()
-        effects = self.table.begin_drain()
-        self.model.accepting = False
-        assert {e.peer_id for e in sends(effects, p.Draining)} == before
-
-    @rule()
-    def goodbye_to_all(self) -> None:
-        effects = self.table.begin_goodbye()
-        self.model.awaiting_acks = self.model.connected()
-        assert {e.peer_id for e in sends(effects, p.Goodbye)} == self.model.awaiting_acks
+        self.sim.run(seconds)
 
     @invariant()
-    def the_table_agrees_with_the_model(self) -> None:
-        statuses = self.table.statuses(self.now)
-        assert {pid: (s.incarnation, str(s.state)) for pid, s in statuses.items()} == {
-            pid: (peer.incarnation, peer.state) for pid, peer in self.model.peers.items()
+    def settled_mesh_is_whole(self) -> None:
+        self.sim.run(12.0)
+        assert self.sim.converged(), {
+            me: {k: v.state for k, v in t.statuses(self.sim.now).items()}
+            for me, t in self.sim.tables.items()
         }
-        assert self.table.connected_count() == len(self.model.connected())
-        assert {info.worker_id for info in self.table.known_peers()} == self.model.connected()
-        assert self.table.goodbyes_acknowledged == (not self.model.awaiting_acks)
-        assert self.table.dials_in_progress == len(self.model.dialing)
-        for peer_id in self.model.peers:
-            alive = self.table.alive(peer_id)
-            assert (alive is not None) == (self.model.peers[peer_id].state == "alive")
+        for table in self.sim.tables.values():
+            assert len(table.neighbors) <= 4
+            assert table.pending_count == 0
 
 
-MembershipMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None
-)
-test_membership_state_machine = MembershipMachine.TestCase
-
-
-@pytest.mark.parametrize("state", list(PeerState))
-def test_peer_states_read_as_their_names(state: PeerState) -> None:
-    assert state == state.value and str(state) == state.value
-    assert state.connected == (state in ("alive", "draining"))
+MeshMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
+test_mesh_state_machine = pytest.mark.timeout(300)(MeshMachine.TestCase)

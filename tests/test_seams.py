@@ -25,10 +25,11 @@ from velo_am.discovery import (
 )
 from velo_am.transport import (
     FakeNetwork,
-    FrameSink,
-    Link,
+    LinkId,
+    Liveness,
     Plaintext,
     Transport,
+    TransportEvents,
     ZmqSecurity,
     ZmqTransport,
 )
@@ -61,32 +62,51 @@ async def test_the_fake_network_is_a_test_double_for_users() -> None:
 
 
 class CountingTransport:
-    """A user's own transport: wraps another and counts what goes through it."""
+    """A user's own transport: wraps another and counts what goes through it, and which
+    links it was told went up or down."""
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.received = 0
         self.sent = 0
+        self.ups: list[LinkId] = []
 
-    def start(self, loop: asyncio.AbstractEventLoop, sink: FrameSink) -> str:
-        def counted(frames: list[bytes]) -> None:
-            self.received += 1
-            sink(frames)
-
-        return self.inner.start(loop, counted)
-
-    def open_link(self, address: str, peer_id: int | None = None) -> Link:
-        inner, transport = self.inner.open_link(address, peer_id), self
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        events: TransportEvents,
+        *,
+        identity: bytes,
+        liveness: Liveness,
+    ) -> str:
+        transport = self
 
         class Counted:
-            def send(self, frames: list[bytes]) -> None:
-                inner.send(frames)
-                transport.sent += 1
+            def message(self, link: LinkId, frames: list[bytes]) -> None:
+                transport.received += 1
+                events.message(link, frames)
 
-            def close(self, linger: float) -> None:
-                inner.close(linger)
+            def link_up(self, link: LinkId) -> None:
+                transport.ups.append(link)
+                events.link_up(link)
 
-        return Counted()
+            def link_down(self, link: LinkId, why: str) -> None:
+                events.link_down(link, why)
+
+        return self.inner.start(loop, Counted(), identity=identity, liveness=liveness)
+
+    def connect(self, address: str, peer_id: int | None = None) -> LinkId:
+        return self.inner.connect(address, peer_id)
+
+    def send(self, link: LinkId, frames: list[bytes]) -> None:
+        self.inner.send(link, frames)
+        self.sent += 1
+
+    def disconnect(self, link: LinkId) -> None:
+        self.inner.disconnect(link)
+
+    def open_links(self) -> int:
+        return self.inner.open_links()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -102,6 +122,7 @@ async def test_a_transport_of_ones_own_plugs_in() -> None:
         a.register_handler("echo", lambda payload, ctx: payload)
         assert await b.call(1, "echo", "x") == "x"
         assert counting.sent >= 2 and counting.received >= 2  # handshake, call, answer
+    assert counting.ups, "the link b opened to a was reported up"
 
 
 # -- security ---------------------------------------------------------------------------------
@@ -163,10 +184,14 @@ def test_security_belongs_to_the_transport_it_configures() -> None:
 async def test_a_peer_the_security_refuses_cannot_reach_the_worker(security: ZmqSecurity) -> None:
     async with zmq_worker(1, PlainSecurity()) as secured:
         secured.register_handler("secret", lambda payload, ctx: "the plans")
-        stranger = zmq_worker(2, security, peers=[secured.address], handshake_timeout=1.0)
+        stranger = zmq_worker(
+            2, security, peers=[secured.address], handshake_timeout=1.0, join_timeout=1.0
+        )
         started = time.monotonic()
-        with pytest.raises(PeerUnreachable, match="no handshake answer"):
+        with pytest.raises(PeerUnreachable, match=r"no seed answered within 1\.0 s") as raised:
             await stranger.start()
+        cause = "authentication failed" if security.__class__ is PlainSecurity else "ZMTP handshake"
+        assert cause in str(raised.value), "the cause is named"
         assert time.monotonic() - started < 5
         assert stranger.state == "closed"
         assert secured.peers == {} and secured.stats()["messages_in"] == 0

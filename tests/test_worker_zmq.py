@@ -72,7 +72,7 @@ async def test_unknown_worker_id_fails_promptly() -> None:
         with pytest.raises(PeerUnreachable, match="unknown worker"):
             async with asyncio.timeout(5):
                 await a.call(0xDEAD, "x")
-        with pytest.raises(PeerUnreachable, match="no handshake answer|connection refused"):
+        with pytest.raises(PeerUnreachable, match=r"no handshake answer|connection refused"):
             await a.connect("tcp://127.0.0.1:9")  # nothing listens there
 
 

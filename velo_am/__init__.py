@@ -21,7 +21,7 @@ from ._errors import (
     WorkerClosed,
 )
 from ._handlers import CallContext
-from ._membership import PeerState, PeerStatus
+from ._peers import PeerState, PeerStatus
 from ._protocol import ProtocolError
 from ._sync import SyncWorker
 from ._sync_events import SyncEvents

@@ -37,7 +37,7 @@ def _non_negative_float(text: str) -> float:
 
 
 def _forever_or_seconds(text: str) -> float:
-    if text.lower() in ("forever", "inf"):
+    if text.lower() in ("forever", "none", "inf"):
         return math.inf
     return _positive_float(text)
 
@@ -101,7 +101,7 @@ OPTIONS: Final = (
     Option("handshake_timeout", "VELO_HANDSHAKE_TIMEOUT", 5.0, _positive_float,
            "seconds to wait for a peer to answer a connection handshake", "5.0"),
     Option("join_timeout", "VELO_JOIN_TIMEOUT", 300.0, _forever_or_seconds,
-           "seconds start() keeps retrying the seeds until one answers (forever, or inf)",
+           "seconds start() keeps retrying the seeds until one answers (forever: no limit)",
            "300"),
     Option("forget_after", "VELO_FORGET_AFTER", 60.0, _positive_float,
            "seconds a lost or closed member stays listed in peers", "60.0"),

@@ -12,6 +12,7 @@ vouches for it with ``seq + 1``.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Final
 
@@ -34,6 +35,7 @@ class Gossip:
         fanout: int,
         observer: bool,
         max_backoff: float,
+        rng: random.Random,
     ) -> None:
         self.worker_id: Final = worker_id
         self.incarnation: Final = incarnation
@@ -41,6 +43,7 @@ class Gossip:
         self.max_neighbors = 2 * fanout
         self.observer = observer
         self.max_backoff = max_backoff
+        self._rng = rng
         #: This worker's own ``seq``: it grows each time it must announce itself again.
         self.seq = 1
         #: The address peers reach this worker at.
@@ -50,10 +53,13 @@ class Gossip:
         self._gossip: dict[int, dict[int, m.PeerInfo]] = {}
         self._probed: dict[int, tuple[float, float]] = {}  # lost member -> (next, delay)
         self._awaiting_acks: set[int] = set()
+        #: Members this worker watches itself: a link of its own to each is up.
+        self.watched: set[int] = set()
 
     def known_peers(self) -> tuple[m.PeerInfo, ...]:
-        """What this worker knows of every member, to hand a newcomer."""
-        return tuple(peer.info() for peer in self._members.values())
+        """The live members this worker knows, to hand a newcomer (news of losses travels
+        only as it happens: a stale loss must not undo a member alive on the other side)."""
+        return tuple(peer.info() for peer in self._members.values() if peer.state.connected)
 
     # -- gossip -------------------------------------------------------------------------------
 
@@ -75,8 +81,10 @@ class Gossip:
             return []
         first = not self._gossip
         info = peer.info()
+        # A member told of its own loss refutes it: news of a loss goes to it too.
+        subject = peer.worker_id if peer.state.connected else None
         for neighbor in self.neighbors:
-            if neighbor not in (exclude, peer.worker_id):
+            if neighbor not in (exclude, subject):
                 self._gossip.setdefault(neighbor, {})[peer.worker_id] = info
         return [ScheduleGossip()] if first and self._gossip else []
 
@@ -123,17 +131,29 @@ class Gossip:
             )
             joined = Joined(peer.worker_id, peer.describe(), heard=True)
             return [*self._announce(peer, exclude=sender), joined]
-        if known.state is PeerState.CLOSED or info.seq < known.seq:
+        if known.state is PeerState.CLOSED:
+            return []
+        if state is PeerState.ALIVE and known.state is PeerState.LOST and info.seq <= known.seq:
+            return self._doubt(known, now)  # others still see it: look for ourselves
+        if info.seq < known.seq:
             return []
         worse = state is not PeerState.ALIVE and known.state.connected
         if info.seq == known.seq and not worse:
             return []
+        if state is PeerState.LOST and worse and known.worker_id in self.watched:
+            # Hearsay of a loss, but this worker's own link to it is up: vouch for it.
+            known.seq = info.seq + 1
+            return self._announce(known, exclude=known.worker_id)
         known.seq = info.seq
         known.address = info.address
         if state is PeerState.ALIVE:
             return self._heard_from(known, info.address, info.seq, now, force=True, exclude=sender)
         reason = "closed" if state is PeerState.CLOSED else "lost (as its neighbors saw)"
         return self._lose(known, reason, state, exclude=sender)
+
+    def _doubt(self, peer: Member, now: float) -> list[Effect]:
+        """Others say ``peer``, lost to this worker, is alive: see for ourselves."""
+        return []
 
     def _heard_from(
         self,
@@ -159,7 +179,7 @@ class Gossip:
                 peer.seq += 1
             self._probed.pop(peer.worker_id, None)
         news = self._announce(peer, exclude=peer.worker_id if exclude is None else exclude)
-        return [*news, Joined(peer.worker_id, peer.describe())] if revived else news
+        return [*news, Joined(peer.worker_id, peer.describe(), heard=force)] if revived else news
 
     def _lose(
         self, peer: Member, reason: str, state: PeerState, exclude: int | None = None
@@ -171,6 +191,7 @@ class Gossip:
         peer.state = state
         peer.changed_at = peer.last_seen
         self._awaiting_acks.discard(peer.worker_id)
+        self.watched.discard(peer.worker_id)
         self.neighbors.discard(peer.worker_id)
         news = self._announce(peer, exclude=peer.worker_id if exclude is None else exclude)
         lost = Lost(peer.worker_id, f"{peer.describe()} {reason}", state is PeerState.CLOSED)
@@ -188,4 +209,9 @@ class Gossip:
     def _backoff_probe(self, peer_id: int, now: float) -> None:
         _, delay = self._probed.get(peer_id, (0.0, 0.25))
         delay = min(delay * 2, self.max_backoff)
-        self._probed[peer_id] = (now + delay, delay)
+        self._probed[peer_id] = (now + self._jitter(delay), delay)
+
+    def _jitter(self, delay: float) -> float:
+        """``delay`` spread over ±25 %, so that workers who lost the same member do not
+        redial it in step."""
+        return delay * (0.75 + 0.5 * self._rng.random())

@@ -25,7 +25,7 @@ from ._remote import Subscription
 if TYPE_CHECKING:
     from ._events import DistributedEvents
     from ._handlers import HandlerStats
-    from ._membership import PeerStatus
+    from ._peers import PeerStatus
 
 __all__ = [
     "Graph",

@@ -15,11 +15,8 @@ The rules, briefly:
   a ``Hello`` of the acceptor's own (so an address nobody listens on is never spread); then
   it is a member, announced once, as a delta. Handshakes from unknown workers are
   rate-limited and the pending ones capped; a ``Hello`` never evicts a live member.
-* **Spreading news.** Each member keeps a few *gossip neighbors* (``fanout``, symmetric,
-  at most twice that). News of a member (joined, lost, closed: a :class:`PeerInfo` with
-  its ``seq``) is forwarded once to every neighbor but the one it came from: a join costs
-  O(N) messages and reaches everyone in O(log N) hops. Newer ``seq`` wins; at one ``seq``,
-  lost or closed beats alive; a member told it was lost announces itself again, ``seq + 1``.
+* **Spreading news** to a few *gossip neighbors*: :mod:`velo_am._gossip` (a join costs
+  O(N) messages and reaches everyone in O(log N) hops).
 * **Liveness by interest.** Nothing is heartbeated here. A member is lost when a link this
   worker opened to it goes down (the transport watches its links below the application, so a
   busy worker is not dead), when a dial to it gets no answer, or when gossip says so. The
@@ -39,12 +36,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import _messages as m
-from ._gossip import Gossip
+from ._dials import Dials
 from ._peers import (
     FROM_LOST,
     STALE,
     UNKNOWN,
-    Dial,
     DialAnswered,
     DialRefused,
     Effect,
@@ -55,35 +51,14 @@ from ._peers import (
     PeerState,
     PeerStatus,
     Purpose,
+    RateLimit,
     Rejected,
     Reply,
-    ScheduleGossip,
     Send,
-    new_incarnation,
 )
 from .transport import LinkId
 
-__all__ = [
-    "STALE",
-    "UNKNOWN",
-    "Dial",
-    "DialAnswered",
-    "DialRefused",
-    "Effect",
-    "Joined",
-    "Lost",
-    "Member",
-    "Note",
-    "PeerState",
-    "PeerStatus",
-    "PeerTable",
-    "Purpose",
-    "Rejected",
-    "Reply",
-    "ScheduleGossip",
-    "Send",
-    "new_incarnation",
-]
+__all__ = ["PeerTable"]
 
 _ALIVE: Final = PeerState.ALIVE
 _DRAINING: Final = PeerState.DRAINING
@@ -98,18 +73,10 @@ class _Pending:
     token: int
 
 
-@dataclass(slots=True)
-class _Dial:
-    address: str
-    purpose: Purpose
-    started: float
-    peer_id: int | None = None  # VERIFY: the newcomer; PROBE: the member
-
-
 # -- the table --------------------------------------------------------------------------------
 
 
-class PeerTable(Gossip):
+class PeerTable(Dials):
     """The members known to worker ``worker_id`` (incarnation ``incarnation``) and the rules
     that change them. Every method runs on the worker's loop; none blocks or does I/O."""
 
@@ -130,25 +97,20 @@ class PeerTable(Gossip):
         max_backoff: float = 30.0,
     ) -> None:
         super().__init__(
-            worker_id, incarnation, fanout=fanout, observer=observer, max_backoff=max_backoff
+            worker_id,
+            incarnation,
+            seeds=seeds,
+            fanout=fanout,
+            observer=observer,
+            max_backoff=max_backoff,
+            rng=rng,
         )
         self.handshake_timeout = handshake_timeout
         self.forget_after = forget_after
         self.max_pending = max_pending
-        self.hello_rate = hello_rate
-        self.hello_burst = hello_burst
-        self.seeds = tuple(seeds)
-        self._rng = rng
-        #: False once draining: no new members, no handshake answers, no dials.
-        self.accepting = False
         self._pending: dict[int, _Pending] = {}
         self._observers: dict[int, Member] = {}
-        self._dials: dict[int, _Dial] = {}
-        self._dialing: set[str] = set()
-        self._tokens = hello_burst
-        self._refilled = 0.0
-        self._next_rejoin = 0.0
-        self._rejoin_delay = 0.5
+        self._hello_budget = RateLimit(hello_rate, hello_burst)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -184,13 +146,6 @@ class PeerTable(Gossip):
         """Every member (observers and pending newcomers are not)."""
         return {peer_id: peer.status(now) for peer_id, peer in self._members.items()}
 
-    def is_dialing(self, address: str) -> bool:
-        return address in self._dialing
-
-    @property
-    def dials_in_progress(self) -> int:
-        return len(self._dials)
-
     @property
     def pending_count(self) -> int:
         return len(self._pending)
@@ -206,7 +161,7 @@ class PeerTable(Gossip):
         """The worker listens at ``address`` and takes part from now on."""
         self.address = address
         self.accepting = True
-        self._refilled = now
+        self._hello_budget.reset(now)
 
     def begin_drain(self, linked: Collection[int]) -> list[Effect]:
         """The worker began closing: tell the peers it has links to; accept no newcomer."""
@@ -235,27 +190,6 @@ class PeerTable(Gossip):
 
     # -- dials --------------------------------------------------------------------------------
 
-    def start_dial(
-        self, address: str, purpose: Purpose, now: float, peer_id: int | None = None
-    ) -> Dial:
-        """A dial this worker makes: its ``Hello`` (its token names the dial)."""
-        token = self._rng.getrandbits(64) or 1
-        self._dials[token] = _Dial(address, purpose, now, peer_id)
-        self._dialing.add(address)
-        flags = m.HelloFlags.NONE
-        if purpose is Purpose.VERIFY:
-            flags |= m.HelloFlags.VERIFY
-        elif self.observer:
-            flags |= m.HelloFlags.OBSERVER
-        elif purpose in (Purpose.JOIN, Purpose.NEIGHBOR) and len(self.neighbors) < self.fanout:
-            flags |= m.HelloFlags.NEIGHBOR
-        # What we know goes with a join (it heals a partition both ways); others stay small.
-        peers = self.known_peers() if purpose is Purpose.JOIN and not self.observer else ()
-        hello = m.Hello(
-            self.worker_id, self.incarnation, 0, token, self.address, int(flags), self.seq, peers
-        )
-        return Dial(address, hello, peer_id)
-
     def dial_failed(self, token: int, now: float) -> list[Effect]:
         """Dial ``token`` got no answer in time (or could not be made)."""
         dial = self._end_dial(token)
@@ -270,20 +204,6 @@ class PeerTable(Gossip):
         if dial.purpose is Purpose.PROBE and dial.peer_id is not None:
             self._backoff_probe(dial.peer_id, now)
         return []
-
-    def _end_dial(self, token: int) -> _Dial | None:
-        dial = self._dials.pop(token, None)
-        if dial is not None and not any(d.address == dial.address for d in self._dials.values()):
-            self._dialing.discard(dial.address)
-        return dial
-
-    def introduction(self) -> m.Hello:
-        """The first message on a link opened for business: who this worker is (token 0:
-        nobody waits for an answer)."""
-        flags = m.HelloFlags.OBSERVER if self.observer else m.HelloFlags.NONE
-        return m.Hello(
-            self.worker_id, self.incarnation, 0, 0, self.address, int(flags), self.seq, ()
-        )
 
     # -- handshakes ---------------------------------------------------------------------------
 
@@ -318,7 +238,7 @@ class PeerTable(Gossip):
         if pending is not None and pending.member.incarnation == inc:
             pending.waiting.append((link, msg))  # answered once verified
             return []
-        if not self._take_token(now):
+        if not self._hello_budget.take(now):
             return [Note("hello", f"handshake rate limit: not answering {src:#x}")]
         if len(self._pending) >= self.max_pending:
             return [Note("hello", f"too many unverified newcomers: ignoring {src:#x}")]
@@ -353,6 +273,7 @@ class PeerTable(Gossip):
         if src == self.worker_id:
             if dial is None:
                 return []
+            self._own_addresses.add(dial.address)
             why = f"is this worker ({src:#x}) itself"
             return [*self._hello_from_self(msg), DialRefused(msg.token, why)]
         if dial is None:
@@ -361,9 +282,16 @@ class PeerTable(Gossip):
         if dial.purpose is Purpose.VERIFY:
             pending = self._pending.get(src)
             if pending is None or pending.member.incarnation != inc or dial.peer_id != src:
-                return []
+                claimed = self._pending.get(dial.peer_id or 0)
+                if claimed is not None and claimed.token == msg.token:
+                    del self._pending[claimed.member.worker_id]
+                why = f"is worker {src:#x}, not the newcomer that named it"
+                return [
+                    Note("verify", f"not admitting: {dial.address} {why}"),
+                    DialRefused(msg.token, why),
+                ]
             del self._pending[src]
-            return self._admit_verified(pending, now)
+            return [*self._admit_verified(pending, now), DialAnswered(msg.token, src)]
         else:
             member = self._members.get(src)
             if member is not None and member.incarnation != inc:
@@ -380,6 +308,8 @@ class PeerTable(Gossip):
             else:
                 effects += self._heard_from(member, msg.address, msg.seq, now)
             self._probed.pop(src, None)
+            if dial.purpose is Purpose.JOIN:
+                self._seed_members[dial.address] = src
             if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and not self.observer:
                 self._add_neighbor(src)
         effects += self._merge(msg.peers, src, now)
@@ -412,20 +342,11 @@ class PeerTable(Gossip):
         if msg.src_incarnation != self.incarnation:
             text = f"another live worker uses this worker's id {msg.src:#x}"
             return [Note("identity", text, error=True)]
-        if isinstance(msg, m.Hello) and self._end_dial(msg.token) is not None:
-            # Our own dial reached us: its Hello came back.
-            return [DialRefused(msg.token, f"is this worker ({msg.src:#x}) itself")]
-        return []
-
-    def _take_token(self, now: float) -> bool:
-        self._tokens = min(
-            self.hello_burst, self._tokens + (now - self._refilled) * self.hello_rate
-        )
-        self._refilled = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+        dial = self._end_dial(msg.token) if isinstance(msg, m.Hello) else None
+        if dial is None:
+            return []
+        self._own_addresses.add(dial.address)  # our own dial reached us: its Hello came back
+        return [DialRefused(msg.token, f"is this worker ({msg.src:#x}) itself")]
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -477,8 +398,16 @@ class PeerTable(Gossip):
             return [Reply(link, ack)]
         return [Reply(link, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
 
+    def on_link_up(self, peer_id: int) -> None:
+        """A link this worker opened to ``peer_id`` reaches it: this worker watches it now,
+        and its own word beats hearsay of the peer's loss."""
+        peer = self._members.get(peer_id)
+        if peer is not None and peer.state.connected:
+            self.watched.add(peer_id)
+
     def on_link_down(self, peer_id: int, why: str, now: float) -> list[Effect]:
         """A link this worker opened to ``peer_id`` stopped reaching it."""
+        self.watched.discard(peer_id)
         peer = self._members.get(peer_id)
         if peer is None:
             if self._pending.pop(peer_id, None) is not None:
@@ -494,9 +423,10 @@ class PeerTable(Gossip):
 
     # -- time ---------------------------------------------------------------------------------
 
-    def tick(self, now: float, interest: Collection[int]) -> list[Effect]:
-        """Time passes: expire dials and forget old entries; keep ``fanout`` neighbors; with
-        no live neighbor, rejoin through the seeds; redial lost members of interest."""
+    def tick(self, now: float) -> list[Effect]:
+        """Time passes: expire dials and forget old entries; keep ``fanout`` neighbors;
+        redial seeds that are not live members, and the members this worker lost, with
+        back-off (this is how a mesh reforms after a partition of any length)."""
         effects: list[Effect] = []
         for token, dial in list(self._dials.items()):
             if now - dial.started > self.handshake_timeout:
@@ -505,46 +435,4 @@ class PeerTable(Gossip):
             if not peer.state.connected and now - peer.changed_at > self.forget_after:
                 del self._members[peer.worker_id]
                 self._probed.pop(peer.worker_id, None)
-        if not self.accepting or self.observer:
-            return effects
-        live_neighbors = [n for n in self.neighbors if self.is_connected(n)]
-        if len(live_neighbors) < self.fanout:
-            effects += self._recruit(now)
-        if not live_neighbors and self.seeds and now >= self._next_rejoin:
-            self._next_rejoin = now + self._rejoin_delay
-            self._rejoin_delay = min(self._rejoin_delay * 2, self.max_backoff)
-            effects += [
-                self.start_dial(seed, Purpose.JOIN, now)
-                for seed in self.seeds
-                if seed not in self._dialing
-            ]
-        elif live_neighbors:
-            self._rejoin_delay = 0.5
-        for peer_id, (due, _) in list(self._probed.items()):
-            lost = self._members.get(peer_id)
-            if lost is None or lost.state is not PeerState.LOST:
-                del self._probed[peer_id]
-            elif (
-                now >= due
-                and lost.address not in self._dialing
-                and (peer_id in interest or not live_neighbors)
-            ):
-                self._backoff_probe(peer_id, now)
-                effects.append(self.start_dial(lost.address, Purpose.PROBE, now, peer_id))
-        return effects
-
-    def _recruit(self, now: float) -> list[Effect]:
-        wanted = self.fanout - len([n for n in self.neighbors if self.is_connected(n)])
-        candidates = [
-            peer
-            for peer in self._members.values()
-            if peer.state is _ALIVE
-            and peer.worker_id not in self.neighbors
-            and peer.address not in self._dialing
-        ]
-        if wanted <= 0 or not candidates:
-            return []
-        chosen = self._rng.sample(candidates, min(wanted, len(candidates)))
-        return [
-            self.start_dial(peer.address, Purpose.NEIGHBOR, now, peer.worker_id) for peer in chosen
-        ]
+        return [*effects, *self.heal(now)]

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._handlers import LATENCY_BUCKETS, HandlerStats
-from ._membership import PeerState, PeerStatus
+from ._peers import PeerState, PeerStatus
 from ._stats import STATS
 
 if TYPE_CHECKING:

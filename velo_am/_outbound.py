@@ -83,7 +83,9 @@ class Outbound:
         self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
         self._used: dict[LinkId, float] = {}  # our links -> last traffic (loop time)
+        self._up: set[LinkId] = set()  # our links that reach their peer now
         self._now = 0.0
+        self._interest: Collection[int] = ()  # peers with business, as of the last tick
 
     # -- links ------------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class Outbound:
             self._adopt(peer_id, link)
         elif link not in self._owner:
             self._dials.add(link)
-        self._enforce_cap(now, ())
+        self._enforce_cap(now)
         return link
 
     def heard(self, peer_id: int, link: LinkId, now: float) -> None:
@@ -120,6 +122,21 @@ class Outbound:
             self._owner.pop(old, None)
         self._own[peer_id] = link
         self._owner[link] = peer_id
+
+    def link_up(self, link: LinkId) -> int | None:
+        """The transport says ``link`` (ours) reaches its peer: that peer, if known."""
+        if link in self._used:
+            self._up.add(link)
+        return self._owner.get(link)
+
+    def link_down(self, link: LinkId) -> int | None:
+        """The transport says ``link`` (ours) stopped reaching its peer: that peer, if
+        known."""
+        self._up.discard(link)
+        return self._owner.get(link)
+
+    def is_up(self, link: LinkId) -> bool:
+        return link in self._up
 
     def peer_of(self, link: LinkId) -> int | None:
         """The peer of one of this worker's links, if known."""
@@ -143,6 +160,7 @@ class Outbound:
             del self._own[peer_id]
         self._dials.discard(link)
         self._used.pop(link, None)
+        self._up.discard(link)
         self._transport.disconnect(link)
 
     def linked(self) -> set[int]:
@@ -166,19 +184,19 @@ class Outbound:
     def tick(self, now: float, interest: Collection[int]) -> None:
         """Close this worker's links idle for ``link_idle`` whose peer it has no business
         with."""
-        self._now = now
+        self._now, self._interest = now, interest
         for link, used in list(self._used.items()):
             if now - used > self.link_idle and self._owner.get(link) not in interest:
                 self._close(link)
 
-    def _enforce_cap(self, now: float, interest: Collection[int]) -> None:
+    def _enforce_cap(self, now: float) -> None:
         excess = len(self._used) - self.max_links
         if excess <= 0:
             return
         idle = sorted(
             (used, link)
             for link, used in self._used.items()
-            if self._owner.get(link) not in interest and now - used > 0
+            if self._owner.get(link) not in self._interest and now - used > 0
         )
         for _, link in idle[:excess]:
             self._close(link)
@@ -278,8 +296,8 @@ class Outbound:
             self._log.warning("send", "dropping %s to %#x: %s", what, peer.worker_id, error)
             return
         except LinkClosed:
-            try:
-                self.send_frames(peer.worker_id, frames, dial=False)
+            try:  # the caller still waits: reach it by any link, ours if need be
+                self.send_frames(peer.worker_id, frames)
             except PeerUnreachable as error:
                 self._log.warning(
                     "send",

@@ -27,6 +27,7 @@ __all__ = [
     "PeerState",
     "PeerStatus",
     "Purpose",
+    "RateLimit",
     "Rejected",
     "Reply",
     "ScheduleGossip",
@@ -132,6 +133,28 @@ class Purpose(enum.Enum):
     VERIFY = "verify"
     NEIGHBOR = "neighbor"
     PROBE = "probe"
+
+
+class RateLimit:
+    """A token bucket: ``rate`` a second, at most ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._refilled = 0.0
+
+    def reset(self, now: float) -> None:
+        self._tokens, self._refilled = self.burst, now
+
+    def take(self, now: float) -> bool:
+        """One token, if there is one left."""
+        self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 # -- effects ----------------------------------------------------------------------------------

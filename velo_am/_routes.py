@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
-from . import _membership as ms
+from . import _peers as ms
 from ._errors import PeerUnreachable, WorkerClosed
+from ._membership import PeerTable
 from ._outbound import Outbound
 from .discovery import Discovery, DiscoveryEntry
 from .transport import LinkId
@@ -57,7 +58,7 @@ class Routes:
 
     def __init__(
         self,
-        table: ms.PeerTable,
+        table: PeerTable,
         outbound: Outbound,
         discovery: Discovery | None,
         handshake_timeout: float,
@@ -152,8 +153,9 @@ class Routes:
         return await asyncio.shield(future)
 
     async def join(self, seeds: Sequence[str], timeout: float | None) -> None:
-        """Join the mesh through any of ``seeds``, retrying with back-off until one answers
-        or ``timeout`` seconds have passed (``None``: forever). Raises
+        """Join the mesh through any of ``seeds`` (those that turn out to be this worker
+        aside), retrying with back-off until one answers or ``timeout`` seconds have passed
+        (``None``: forever). Raises
         :class:`PeerUnreachable` naming the seeds."""
         started = time.monotonic()
         deadline = math.inf if timeout is None else started + timeout
@@ -161,7 +163,10 @@ class Routes:
         last = ""
         while True:
             attempt += 1
-            for seed in seeds:
+            others = [seed for seed in seeds if not self._table.is_own_address(seed)]
+            if not others:
+                return  # every seed is this worker: it is the mesh's first member
+            for seed in others:
                 try:
                     await self.connect(seed)
                     return

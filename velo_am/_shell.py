@@ -14,16 +14,18 @@ callbacks run). Runs on the worker's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 
-from . import _membership as ms
+from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
 from ._errors import PeerLost
 from ._execution import HandlerExecution
 from ._log import RateLimitedLog, fields
+from ._membership import PeerTable
 from ._outbound import Outbound
 from ._remote import RemoteEvents
 from ._routes import Routes
@@ -41,7 +43,7 @@ class Shell:
 
     def __init__(
         self,
-        table: ms.PeerTable,
+        table: PeerTable,
         outbound: Outbound,
         calls: CallTable,
         execution: HandlerExecution,
@@ -85,6 +87,8 @@ class Shell:
         if isinstance(msg, p.HelloAck):
             self._outbound.heard(msg.src, link, now)
             self.apply(self._membership.on_hello_ack(msg, now))
+            if self._outbound.is_up(link):  # it came up before we knew whose it was
+                self._membership.on_link_up(msg.src)
             return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
         if isinstance(peer, ms.Rejected):
@@ -111,10 +115,13 @@ class Shell:
             self.apply(self._membership.on_goodbye(peer, link))
 
     def link_up(self, link: LinkId) -> None:
-        logger.debug("link %s up", link.hex(), extra=fields(self._worker_id))
+        peer_id = self._outbound.link_up(link)
+        logger.debug("link %s up (to %s)", link.hex(), peer_id, extra=fields(self._worker_id))
+        if peer_id is not None:
+            self._membership.on_link_up(peer_id)
 
     def link_down(self, link: LinkId, why: str) -> None:
-        peer_id = self._outbound.peer_of(link)
+        peer_id = self._outbound.link_down(link)
         if peer_id is None:  # opened for a dial nobody has answered yet
             if self.routes is not None:
                 self.routes.link_failed(link, why)
@@ -131,6 +138,41 @@ class Shell:
             if peer is not None:
                 self._execution.refuse_stale(peer, msg, link)
         self.apply(rejected.effects)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """The worker began closing: peers it has links to are told so."""
+        self.apply(self._membership.begin_drain(self._outbound.linked()))
+
+    async def say_goodbye(self, timeout: float) -> None:
+        """The last word to every peer this worker has a link with; waits (at most
+        ``timeout`` seconds) for each to acknowledge it, since a socket closed right after a
+        burst may lose its tail."""
+        self.apply(self._membership.begin_goodbye(self._outbound.linked()))
+        if not self._membership.goodbyes_acknowledged:
+            answered = self.goodbyes_answered = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await answered.wait()
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def interest(self) -> set[int]:
+        """The peers this worker has business with: its gossip neighbors, the peers of its
+        calls in flight, the owners of the events it awaits and the subscribers it serves."""
+        interest = self._calls.peers() | self._remote_events.interest()
+        interest |= self._membership.neighbors
+        return interest
+
+    def tick(self, now: float) -> None:
+        """Time passes for the table and the links: dials expire, old entries go, neighbors
+        are kept, lost members redialed, idle links closed, and the peers this worker has
+        business with watched through links of its own."""
+        interest = self.interest()
+        self.apply(self._membership.tick(now))
+        self._outbound.tick(now, interest)
+        self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 
     # -- effects --------------------------------------------------------------------------------
 

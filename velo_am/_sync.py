@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._errors import AMError, WorkerClosed
 from ._handlers import Handler, HandlerStats
-from ._membership import PeerStatus
+from ._peers import PeerStatus
 from ._sync_events import SyncEvents
 from ._sync_runtime import CLOSE_MARGIN, Runtime, loop_thread_error, track
 from ._worker import PeerLostCallback, Worker

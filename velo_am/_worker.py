@@ -11,17 +11,15 @@ docs/architecture.md draws the map.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar
 
-from . import _membership as ms
+from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
 from ._config import WorkerOptions
@@ -31,11 +29,13 @@ from ._execution import HandlerExecution, Serving
 from ._handlers import CallContext, Handler, HandlerRegistry, HandlerStats
 from ._inspect import DEFAULT_LIMIT, snapshot
 from ._log import RateLimitedLog, fields
+from ._membership import PeerTable
 from ._metrics import MetricsServer, start_metrics_server
 from ._outbound import Outbound
 from ._remote import Messenger, RemoteEvents
 from ._routes import Routes
 from ._shell import PeerLostCallback, Shell
+from ._signals import run_until_signalled
 from ._stats import new_counters
 from .discovery import Discovery, open_discovery
 from .transport import Liveness, Transport, ZmqSecurity, ZmqTransport
@@ -45,8 +45,6 @@ __all__ = ["PeerLostCallback", "Worker", "WorkerState"]
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Handler)
-#: Seconds a closed or lost peer stays listed in ``peers`` (at least 10 heartbeat timeouts).
-_FORGET_PEERS_AFTER: Final = 60.0
 _REFRESH_DISCOVERY_EVERY: Final = 5.0
 
 
@@ -66,19 +64,14 @@ class Worker:
 
     Use as ``async with Worker(...) as w:`` (or ``await w.start()`` / ``await w.close()``).
 
-    Every option is keyword-only, and one left out (``None``) is read from its environment
-    variable, else takes its default (see :data:`velo_am._config.OPTIONS` and the README's
-    configuration table): ``worker_id`` (``VELO_WORKER_ID``, random), ``bind``
-    (``VELO_BIND``, ``tcp://127.0.0.1:0``), ``peers`` (``VELO_PEERS``, comma-separated seeds),
-    ``discovery`` (``VELO_DISCOVERY``: a URL such as ``dir:PATH``, or a
-    :class:`~velo_am.discovery.Discovery`), ``heartbeat_interval`` (1.0 s),
-    ``heartbeat_timeout`` (5.0 s: a peer silent that long is lost), ``call_timeout``
-    (30.0 s), ``handshake_timeout`` (5.0 s), ``close_grace`` (5.0 s), ``max_message_size``
-    (64 MiB), ``metrics_port`` (off; Prometheus exposition, needs ``velo[metrics]``),
-    ``metrics_host`` (127.0.0.1). ``security`` configures the sockets of the ZeroMQ transport
-    (a :class:`~velo_am.transport.ZmqSecurity`; default: plaintext); ``transport`` replaces
-    that transport altogether (e.g. a :class:`~velo_am.transport.FakeNetwork`'s in tests).
-    Invalid values raise ``ValueError`` (naming the variable when it came from one).
+    Every option is keyword-only; one left out (``None``) is read from its environment
+    variable, else takes its default: the README's configuration table (generated from
+    :data:`velo_am._config.OPTIONS`) lists them all. Invalid values raise ``ValueError``
+    (naming the variable when it came from one). ``security`` configures the sockets of the
+    ZeroMQ transport (a :class:`~velo_am.transport.ZmqSecurity`; default: plaintext);
+    ``transport`` replaces that transport altogether (e.g. a
+    :class:`~velo_am.transport.FakeNetwork`'s in tests). ``observer=True`` makes a
+    short-lived member (the command line's): answered, but never gossiped nor dialed.
 
     A ``Worker`` belongs to the event loop that started it: use it from that loop's thread
     (``w.events`` is the exception: its operations are thread-safe). From plain threads, use
@@ -161,7 +154,7 @@ class Worker:
         self._log = RateLimitedLog(logger, self.worker_id)
         self._extra = fields(self.worker_id)
         self.join_timeout = options.join_timeout
-        self._membership = ms.PeerTable(
+        self._membership = PeerTable(
             self.worker_id,
             self.incarnation,
             handshake_timeout=options.handshake_timeout,
@@ -268,8 +261,9 @@ class Worker:
         await self.close()
 
     async def start(self) -> None:
-        """Bind, start the heartbeat, register in discovery and connect to the seeds.
-        Raises :class:`PeerUnreachable` if a seed does not answer the handshake."""
+        """Bind, register in discovery and join the mesh through the seeds (retried with
+        back-off until one answers). Raises :class:`PeerUnreachable` if none has within
+        ``join_timeout`` (the message names them)."""
         if self._state is not WorkerState.NEW:
             raise AMError(f"worker {self.worker_id:#x} was already started")
         self._loop = asyncio.get_running_loop()
@@ -311,7 +305,7 @@ class Worker:
         try:
             # Remote waiters on our events learn the shutdown reason before the goodbye.
             self.events.close(f"worker {self.worker_id:#x} shutting down")
-            self._shell.apply(self._membership.begin_drain(self._outbound.linked()))
+            self._shell.begin_drain()
             in_flight = self._execution.tasks - {asyncio.current_task()}  # a handler closing us
             if in_flight:
                 await asyncio.wait(in_flight, timeout=grace)
@@ -320,14 +314,7 @@ class Worker:
             for task in in_flight:
                 task.cancel()
             self._calls.fail_all(WorkerClosed(f"worker {self.worker_id:#x} closed"))
-            self._shell.apply(self._membership.begin_goodbye(self._outbound.linked()))
-            # On ipc:// a DEALER closed right after a burst loses its tail: wait (briefly) for
-            # each peer to acknowledge the goodbye before closing the sockets.
-            if not self._membership.goodbyes_acknowledged:
-                answered = self._shell.goodbyes_answered = asyncio.Event()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(1.0, max(grace, 0.1))):
-                        await answered.wait()
+            await self._shell.say_goodbye(min(1.0, max(grace, 0.1)))
         finally:
             await self._release()
 
@@ -350,21 +337,7 @@ class Worker:
         """Run until SIGINT or SIGTERM (then return, so ``async with`` closes gracefully) or
         until the worker is closed. ``ready()`` is called once the signal handlers are in
         place: a script that prints "ready" there can be stopped by a signal right after."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            if ready is not None:
-                ready()
-            closed = asyncio.ensure_future(self._closed.wait())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            closed.cancel()
-            stopped.cancel()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        await run_until_signalled(self._closed, ready)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -501,26 +474,16 @@ class Worker:
     # -- time -------------------------------------------------------------------------------
 
     async def _clock(self) -> None:
-        """Time passes for the table and the links: dials expire, old entries go, neighbors
-        are kept, lost members redialed, idle links closed and interesting peers watched."""
+        """Time passes (see :meth:`Shell.tick`); discovery is refreshed now and then."""
         tick = min(self.heartbeat_interval, self.heartbeat_timeout / 4)
         refreshed = time.monotonic()
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            interest = self._interest()
-            self._shell.apply(self._membership.tick(now, interest))
-            self._outbound.tick(now, interest)
-            self._outbound.watch(interest, now)
+            self._shell.tick(now)
             if now - refreshed > _REFRESH_DISCOVERY_EVERY:
                 refreshed = now
                 self._spawn_background(self._routes.publish(self._address))
-
-    def _interest(self) -> set[int]:
-        """The peers this worker has business with: watched, their links kept."""
-        interest = self._calls.peers() | self._remote_events.interest()
-        interest |= self._membership.neighbors
-        return interest
 
     def _spawn_background(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -38,7 +38,7 @@ from velo_am._peers import (
 )
 
 ME, MY_INC, ADDRESS = 1, 0x1111, "tcp://me:1"
-VERIFY, NEIGHBOR, OBSERVER = (int(p.HelloFlags.VERIFY), int(p.HelloFlags.NEIGHBOR), 1)
+OBSERVER, NEIGHBOR, VERIFY, JOIN = (int(flag) for flag in p.HelloFlags)
 ALIVE, LOST, CLOSED = (int(state) for state in p.MemberState)
 
 
@@ -114,7 +114,7 @@ def gossip_sent(peers: PeerTable) -> dict[int, tuple[p.PeerInfo, ...]]:
 def test_a_newcomer_is_answered_only_once_its_address_answers() -> None:
     peers = table()
     admit(peers, 3)
-    effects = peers.on_hello(hello(2, 0x22), b"from-2", now=1.0)
+    effects = peers.on_hello(hello(2, 0x22, flags=JOIN), b"from-2", now=1.0)
     (verify,) = of(Dial, effects)
     assert verify.address == address(2) and verify.peer_id == 2
     assert verify.hello.flags & VERIFY and verify.hello.peers == ()
@@ -128,7 +128,7 @@ def test_a_newcomer_is_answered_only_once_its_address_answers() -> None:
     assert answer.message.token == 7 and answer.message.dst_incarnation == 0x22
     assert {peer.worker_id for peer in answer.message.peers} == {2, 3}
     assert of(Joined, effects) == [Joined(2, "worker 0x2 at tcp://w2:1")]
-    assert DialAnswered(verify.hello.token, 2) in effects
+    assert DialAnswered(verify.hello.token, 2, keep=False) in effects, "not a neighbor"
     assert peers.statuses(2.0)[2].state is PeerState.ALIVE
     assert peers.pending_count == 0
 
@@ -251,7 +251,7 @@ def test_an_observer_dials_as_one_and_gossips_nothing() -> None:
     )
     peers.bind(ADDRESS, 0.0)
     dial = peers.start_dial(address(2), purpose_join(), now=0.0)
-    assert dial.hello.flags == OBSERVER and dial.hello.peers == ()
+    assert dial.hello.flags == OBSERVER | JOIN and dial.hello.peers == (), "nothing to tell"
     peers.on_hello_ack(ack(2, 0x22, dial.hello.token, flags=NEIGHBOR, peers=[info(3)]), 0.1)
     assert peers.neighbors == set()
     assert set(peers.statuses(0.2)) == {2, 3}
@@ -588,6 +588,17 @@ def test_joins_cost_messages_linear_in_the_mesh() -> None:
         assert all(len(t.neighbors) <= 6 for t in sim.tables.values())
         assert costs[size] <= 4 * size, f"messages per join: {costs}"
     assert costs[64] <= 1.25 * 4 * costs[16], f"messages per join grow faster than N: {costs}"
+
+
+def test_workers_joining_at_once_all_meet() -> None:
+    """Two dozen workers start together through one seed, before any has heard of the
+    others: what spread while a newcomer had no neighbor yet still reaches it."""
+    sim = Sim(fanout=2)
+    sim.start(1)
+    for worker_id in range(2, 26):
+        sim.start(worker_id, seeds=[1])
+    sim.run(10.0)
+    assert sim.converged()
 
 
 def test_a_mesh_reforms_after_a_partition_longer_than_the_forget_window() -> None:

@@ -88,8 +88,13 @@ class Dials(Gossip):
             flags |= m.HelloFlags.OBSERVER
         elif purpose in (Purpose.JOIN, Purpose.NEIGHBOR) and len(self.neighbors) < self.fanout:
             flags |= m.HelloFlags.NEIGHBOR
-        # What we know goes with a join (it heals a partition both ways); others stay small.
-        peers = self.known_peers() if purpose is Purpose.JOIN and not self.observer else ()
+        # Joining and pairing with a neighbor exchange what each side knows (push-pull): news
+        # that spread while one of them was not yet linked is not lost, and a join heals a
+        # partition both ways. Other dials stay small.
+        exchange = purpose is Purpose.JOIN or purpose is Purpose.NEIGHBOR
+        if exchange:
+            flags |= m.HelloFlags.JOIN
+        peers = self.known_peers() if exchange and not self.observer else ()
         hello = m.Hello(
             self.worker_id, self.incarnation, 0, token, self.address, int(flags), self.seq, peers
         )

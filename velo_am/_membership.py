@@ -38,6 +38,7 @@ from typing import Final
 from . import _messages as m
 from ._dials import Dials
 from ._peers import (
+    FROM_CLOSED,
     FROM_LOST,
     STALE,
     UNKNOWN,
@@ -92,8 +93,8 @@ class PeerTable(Dials):
         observer: bool = False,
         fanout: int = 3,
         max_pending: int = 256,
-        hello_rate: float = 200.0,
-        hello_burst: float = 400.0,
+        hello_rate: float = 500.0,
+        hello_burst: float = 1024.0,
         max_backoff: float = 30.0,
     ) -> None:
         super().__init__(
@@ -260,10 +261,12 @@ class PeerTable(Dials):
     def _ack(
         self, msg: m.Hello, flags: m.HelloFlags, peers: tuple[m.PeerInfo, ...] | None = None
     ) -> m.HelloAck:
-        known = self.known_peers() if peers is None else peers
+        if peers is None:
+            joining = m.HelloFlags(msg.flags) & m.HelloFlags.JOIN
+            peers = self.known_peers() if joining else ()
         me, inc = self.worker_id, self.incarnation
         return m.HelloAck(
-            me, inc, msg.src_incarnation, msg.token, self.address, int(flags), self.seq, known
+            me, inc, msg.src_incarnation, msg.token, self.address, int(flags), self.seq, peers
         )
 
     def on_hello_ack(self, msg: m.HelloAck, now: float) -> list[Effect]:
@@ -291,7 +294,8 @@ class PeerTable(Dials):
                     DialRefused(msg.token, why),
                 ]
             del self._pending[src]
-            return [*self._admit_verified(pending, now), DialAnswered(msg.token, src)]
+            effects = self._admit_verified(pending, now)
+            return [*effects, DialAnswered(msg.token, src, keep=src in self.neighbors)]
         else:
             member = self._members.get(src)
             if member is not None and member.incarnation != inc:
@@ -313,7 +317,7 @@ class PeerTable(Dials):
             if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and not self.observer:
                 self._add_neighbor(src)
         effects += self._merge(msg.peers, src, now)
-        effects.append(DialAnswered(msg.token, src))
+        effects.append(DialAnswered(msg.token, src, keep=src in self.neighbors))
         return effects
 
     def _admit_verified(self, pending: _Pending, now: float) -> list[Effect]:
@@ -372,7 +376,7 @@ class PeerTable(Dials):
                 # its calls in flight were failed already).
                 probe = self.start_dial(peer.address, Purpose.PROBE, now, src)
                 return Rejected(FROM_LOST.counter, None, FROM_LOST.text, (probe,))
-            return FROM_LOST if state is PeerState.LOST else UNKNOWN
+            return FROM_LOST if state is PeerState.LOST else FROM_CLOSED
         peer.last_seen = now
         if self._awaiting_acks:
             self._awaiting_acks.discard(src)

@@ -226,6 +226,7 @@ class HelloFlags(enum.IntFlag):
     OBSERVER = 1  # a short-lived member (a command line): answered, never gossiped nor dialed
     NEIGHBOR = 2  # Hello: be my gossip neighbor; HelloAck: accepted
     VERIFY = 4  # Hello: only say you are here (a newcomer's address is checked before it joins)
+    JOIN = 8  # Hello: answer with every live member you know
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +250,18 @@ class PeerInfo:
     seq: int = 0
     state: int = 0  # a MemberState
 
-    def __post_init__(self) -> None:
-        _diagnose(self)
+    def __post_init__(self) -> None:  # joins carry thousands: a cheap sufficient check first
+        w, i, s, st = self.worker_id, self.incarnation, self.seq, self.state
+        if not (
+            type(w) is type(i) is type(s) is type(st) is int
+            and 0 < w <= U64_MAX
+            and 0 < i <= U64_MAX
+            and 0 <= s <= U64_MAX
+            and 0 <= st <= 2
+            and type(self.address) is str
+            and self.address
+        ):
+            _diagnose(self)
 
 
 @dataclass(frozen=True, slots=True)

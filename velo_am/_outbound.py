@@ -66,6 +66,7 @@ class Outbound:
         log: RateLimitedLog,
         link_idle: float = 60.0,
         max_links: int = 256,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.worker_id = worker_id
         self.incarnation = incarnation
@@ -73,6 +74,7 @@ class Outbound:
         self.max_message_size = max_message_size
         self.link_idle = link_idle
         self.max_links = max_links
+        self.connect_timeout = connect_timeout
         self._transport = transport
         self._locate = locate
         self._introduction = introduction
@@ -84,25 +86,45 @@ class Outbound:
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
         self._used: dict[LinkId, float] = {}  # our links -> last traffic (loop time)
         self._up: set[LinkId] = set()  # our links that reach their peer now
+        self._dialing: dict[LinkId, int] = {}  # our links -> handshakes in flight on them
+        self._connecting: dict[LinkId, float] = {}  # our links not up yet -> opened at
         self._now = 0.0
         self._interest: Collection[int] = ()  # peers with business, as of the last tick
 
     # -- links ------------------------------------------------------------------------------
 
-    def dial(self, address: str, peer_id: int | None, now: float) -> LinkId:
+    def dial(
+        self, address: str, peer_id: int | None, now: float, *, handshake: bool = False
+    ) -> LinkId:
         """This worker's link to ``address`` (opened if there is none); ``peer_id`` when the
-        worker there is known. Raises :class:`PeerUnreachable` if none can be opened."""
+        worker there is known; ``handshake``: one starts on it (see :meth:`dial_ended`).
+        Raises :class:`PeerUnreachable` if none can be opened."""
         try:
             link = self._transport.connect(address, peer_id)
         except LinkError as error:
             raise PeerUnreachable(f"cannot connect to {address}: {error}") from None
+        if link not in self._used:
+            self._connecting[link] = now
         self._used[link] = now
         if peer_id is not None:
             self._adopt(peer_id, link)
         elif link not in self._owner:
             self._dials.add(link)
+        if handshake:
+            self._dialing[link] = self._dialing.get(link, 0) + 1
         self._enforce_cap(now)
         return link
+
+    def dial_ended(self, link: LinkId, *, release: bool) -> None:
+        """A handshake on ``link`` ended. A link whose peer never answered is closed; with
+        ``release`` (a verification: no business), so is one with no business now."""
+        left = self._dialing.get(link, 0) - 1
+        if left > 0:
+            self._dialing[link] = left
+            return
+        self._dialing.pop(link, None)
+        if link in self._dials or (release and self._owner.get(link) not in self._interest):
+            self._close(link)
 
     def heard(self, peer_id: int, link: LinkId, now: float) -> None:
         """A message from ``peer_id`` arrived on ``link``: remember the link for answers and
@@ -127,6 +149,7 @@ class Outbound:
         """The transport says ``link`` (ours) reaches its peer: that peer, if known."""
         if link in self._used:
             self._up.add(link)
+            self._connecting.pop(link, None)
         return self._owner.get(link)
 
     def link_down(self, link: LinkId) -> int | None:
@@ -149,11 +172,6 @@ class Outbound:
         if link is not None:
             self._close(link)
 
-    def drop_dial(self, link: LinkId) -> None:
-        """A dial that went nowhere: close its link unless a peer uses it."""
-        if link in self._dials:
-            self._close(link)
-
     def _close(self, link: LinkId) -> None:
         peer_id = self._owner.pop(link, None)
         if peer_id is not None and self._own.get(peer_id) == link:
@@ -161,6 +179,8 @@ class Outbound:
         self._dials.discard(link)
         self._used.pop(link, None)
         self._up.discard(link)
+        self._dialing.pop(link, None)
+        self._connecting.pop(link, None)
         self._transport.disconnect(link)
 
     def linked(self) -> set[int]:
@@ -181,13 +201,21 @@ class Outbound:
                     except (PeerUnreachable, LinkError) as error:
                         logger.debug("cannot watch worker %#x: %s", peer_id, error)
 
-    def tick(self, now: float, interest: Collection[int]) -> None:
+    def tick(self, now: float, interest: Collection[int]) -> list[int]:
         """Close this worker's links idle for ``link_idle`` whose peer it has no business
-        with."""
+        with. Returns the peers whose link of ours has not come up within
+        ``connect_timeout`` (a link that never connects is never reported down)."""
         self._now, self._interest = now, interest
         for link, used in list(self._used.items()):
             if now - used > self.link_idle and self._owner.get(link) not in interest:
                 self._close(link)
+        stalled = []
+        for link, opened in list(self._connecting.items()):
+            peer_id = self._owner.get(link)
+            if now - opened > self.connect_timeout and peer_id is not None:
+                del self._connecting[link]
+                stalled.append(peer_id)
+        return stalled
 
     def _enforce_cap(self, now: float) -> None:
         excess = len(self._used) - self.max_links
@@ -196,7 +224,7 @@ class Outbound:
         idle = sorted(
             (used, link)
             for link, used in self._used.items()
-            if self._owner.get(link) not in self._interest and now - used > 0
+            if self._owner.get(link) not in self._interest and link not in self._dialing
         )
         for _, link in idle[:excess]:
             self._close(link)
@@ -265,6 +293,9 @@ class Outbound:
         """Send on one given link (a handshake's answer), dropping it quietly if it is gone."""
         try:
             self._transport.send(link, p.encode(msg))
+        except LinkClosed as error:  # whoever spoke on it is gone: nobody to answer
+            logger.debug("dropping %s: %s", type(msg).__name__, error)
+            return
         except LinkError as error:
             self._log.warning("send", "dropping %s: %s", type(msg).__name__, error)
             return

@@ -13,6 +13,7 @@ from . import _messages as m
 from .transport import LinkId
 
 __all__ = [
+    "FROM_CLOSED",
     "FROM_LOST",
     "STALE",
     "UNKNOWN",
@@ -190,10 +191,12 @@ class Dial:
 
 @dataclass(frozen=True, slots=True)
 class DialAnswered:
-    """Dial ``token`` was answered by worker ``peer_id``."""
+    """Dial ``token`` was answered by worker ``peer_id``; ``keep``: its link stays open (the
+    peer is a gossip neighbor), else it is closed unless this worker has business with it."""
 
     token: int
     peer_id: int
+    keep: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +266,5 @@ STALE: Final = Rejected(
 #: The sender has not introduced itself (or it is a later incarnation than we know).
 UNKNOWN: Final = Rejected("dropped_unknown_peer", "unknown", "from an unknown worker")
 FROM_LOST: Final = Rejected("dropped_unknown_peer", None, "from a lost worker")
+#: A closed member's last words (the acknowledgement of our own goodbye): expected, quiet.
+FROM_CLOSED: Final = Rejected("dropped_unknown_peer", None, "from a closed worker")

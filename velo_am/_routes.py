@@ -83,9 +83,9 @@ class Routes:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         future.add_done_callback(_retrieve)
-        token = dial.hello.token
+        token, now = dial.hello.token, time.monotonic()
         try:
-            link = self._outbound.dial(dial.address, dial.peer_id, time.monotonic())
+            link = self._outbound.dial(dial.address, dial.peer_id, now, handshake=True)
         except PeerUnreachable as error:
             future.set_exception(error)
             self._apply(self._table.dial_failed(token, time.monotonic()))
@@ -99,10 +99,7 @@ class Routes:
         dial = self._dials.pop(token, None)
         if dial is not None:
             dial.timer.cancel()
-            if self._outbound.peer_of(dial.link) is None and not any(
-                other.link == dial.link for other in self._dials.values()
-            ):
-                self._outbound.drop_dial(dial.link)
+            self._outbound.dial_ended(dial.link, release=True)  # unanswered: no use for it
         return dial
 
     def _expire(self, token: int) -> None:
@@ -122,10 +119,11 @@ class Routes:
             dial.future.set_exception(error)
         self._apply(self._table.dial_failed(token, time.monotonic()))
 
-    def answered(self, token: int, peer_id: int) -> None:
+    def answered(self, token: int, peer_id: int, *, keep: bool = True) -> None:
         dial = self._dials.pop(token, None)
         if dial is not None:
             dial.timer.cancel()
+            self._outbound.dial_ended(dial.link, release=not keep)
             if not dial.future.done():
                 dial.future.set_result(peer_id)
 
@@ -159,7 +157,7 @@ class Routes:
         :class:`PeerUnreachable` naming the seeds."""
         started = time.monotonic()
         deadline = math.inf if timeout is None else started + timeout
-        delay, attempt, logged = 0.25, 0, started
+        delay, attempt, logged = 0.25, 0, started - _LOG_WAITING_EVERY  # the first wait is logged
         last = ""
         while True:
             attempt += 1

@@ -171,7 +171,9 @@ class Shell:
         business with watched through links of its own."""
         interest = self.interest()
         self.apply(self._membership.tick(now))
-        self._outbound.tick(now, interest)
+        for peer_id in self._outbound.tick(now, interest):
+            why = f"no connection within {self._outbound.connect_timeout} s"
+            self.apply(self._membership.on_link_down(peer_id, why, now))
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 
     # -- effects --------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class Shell:
             elif isinstance(effect, ms.Dial):
                 routes.dial(effect)
             elif isinstance(effect, ms.DialAnswered):
-                routes.answered(effect.token, effect.peer_id)
+                routes.answered(effect.token, effect.peer_id, keep=effect.keep)
             elif isinstance(effect, ms.DialRefused):
                 routes.refused(effect.token, effect.why)
             elif isinstance(effect, ms.Joined):

@@ -149,7 +149,6 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
-        # The layers, each with only what it needs.
         self._counters = new_counters()
         self._log = RateLimitedLog(logger, self.worker_id)
         self._extra = fields(self.worker_id)
@@ -175,6 +174,7 @@ class Worker:
             log=self._log,
             link_idle=options.link_idle,
             max_links=options.max_links,
+            connect_timeout=options.heartbeat_timeout,
         )
         self._calls = CallTable()
         self._handlers = HandlerRegistry()

@@ -124,6 +124,9 @@ class ZmqTransport:
         timeout_ms = max(int(liveness.timeout * 1000) - interval_ms, interval_ms)
         for option, value in (
             (zmq.ROUTER_MANDATORY, 1),
+            # A worker reconnecting (a link closed and reopened) replaces its old connection,
+            # which may linger on this side: refused, it would look like a lost peer.
+            (zmq.ROUTER_HANDOVER, 1),
             (zmq.ROUTING_ID, identity),
             # A link closed while messages wait on it (a goodbye's answer) lets them out first.
             (zmq.LINGER, 200),
@@ -186,7 +189,8 @@ class ZmqTransport:
 
     def connect(self, address: str, peer_id: int | None = None) -> LinkId:
         router = self._router
-        assert router is not None, "transport not started"
+        if router is None:
+            raise LinkClosed("transport closed")
         existing = self._by_address.get(address)
         if existing is not None:
             return existing

@@ -3,11 +3,14 @@ scripts as OS processes and this test process as one more worker of the mesh."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from support import FAKE_FAST, FAST, Script
+from support import FAKE_FAST, FAST, Hosts, Script, ip
 
 from velo_am import Worker
 from velo_am.transport import FakeNetwork
@@ -54,3 +57,35 @@ async def make_worker(network: FakeNetwork) -> AsyncIterator[Callable[..., Any]]
     yield make
     for worker in workers:
         await worker.close(grace=0)
+
+
+# -- two hosts: network namespaces joined by a veth pair ---------------------------------------
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    """Two namespaces, removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2 (ip)")
+    tag = f"{os.getpid() % 100000}"
+    host_a, host_b = f"velo-a-{tag}", f"velo-b-{tag}"
+    subnet = os.getpid() % 250 + 1
+    address_a, address_b = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+    try:
+        ip("netns", "add", host_a)
+        ip("netns", "add", host_b)
+        ip("link", "add", f"va{tag}", "type", "veth", "peer", "name", f"vb{tag}")
+        for host, link, address in (
+            (host_a, f"va{tag}", address_a),
+            (host_b, f"vb{tag}", address_b),
+        ):
+            ip("link", "set", link, "netns", host)
+            ip("-n", host, "addr", "add", f"{address}/24", "dev", link)
+            ip("-n", host, "link", "set", link, "up")
+            ip("-n", host, "link", "set", "lo", "up")
+        yield Hosts(host_a, host_b, address_a, address_b, f"va{tag}")
+    finally:
+        for host in (host_a, host_b):
+            subprocess.run(
+                ["ip", "netns", "del", host], check=False, capture_output=True, timeout=10
+            )

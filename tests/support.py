@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +104,28 @@ class Script:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._stderr.close()
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """Two network namespaces of this test's own, each with its address on a veth pair."""
+
+    a: str
+    b: str
+    address_a: str
+    address_b: str
+    link_a: str  # the veth end inside host a
+
+    def cut(self) -> None:
+        """The cable between the two is pulled: nothing passes, nothing is refused."""
+        ip("-n", self.a, "link", "set", self.link_a, "down")
+
+    def mend(self) -> None:
+        ip("-n", self.a, "link", "set", self.link_a, "up")
+
+    def launcher(self, host: str) -> list[str]:
+        return ["ip", "netns", "exec", host]

@@ -3,52 +3,13 @@ own address. A short-lived command must listen where the other host can answer i
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 
-import pytest
-from support import ROOT, Script
+from support import ROOT, Hosts, Script
 
 from velo_event import EventHandle
-
-SUBNET = "10.231.{}.{}"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def hosts() -> Iterator[tuple[str, str, str]]:
-    """Two namespaces: (host A, host B, A's address). Removed afterwards."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2 (ip)")
-    tag = f"{os.getpid() % 100000}"
-    host_a, host_b = f"velo-a-{tag}", f"velo-b-{tag}"
-    subnet = os.getpid() % 250 + 1
-    address_a, address_b = SUBNET.format(subnet, 1), SUBNET.format(subnet, 2)
-    try:
-        _ip("netns", "add", host_a)
-        _ip("netns", "add", host_b)
-        _ip("link", "add", f"va{tag}", "type", "veth", "peer", "name", f"vb{tag}")
-        for host, link, address in (
-            (host_a, f"va{tag}", address_a),
-            (host_b, f"vb{tag}", address_b),
-        ):
-            _ip("link", "set", link, "netns", host)
-            _ip("-n", host, "addr", "add", f"{address}/24", "dev", link)
-            _ip("-n", host, "link", "set", link, "up")
-            _ip("-n", host, "link", "set", "lo", "up")
-        yield host_a, host_b, address_a
-    finally:
-        for host in (host_a, host_b):
-            subprocess.run(
-                ["ip", "netns", "del", host], check=False, capture_output=True, timeout=10
-            )
 
 
 def velo_on(host: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,8 +24,8 @@ def velo_on(host: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_command_on_another_host_takes_part(hosts: tuple[str, str, str]) -> None:
-    host_a, host_b, address_a = hosts
+def test_a_command_on_another_host_takes_part(hosts: Hosts) -> None:
+    host_a, host_b, address_a = hosts.a, hosts.b, hosts.address_a
     worker = Script(
         "-m", "velo_am", "worker", "--id", "0x61", "--bind", f"tcp://{address_a}:0",
         launcher=["ip", "netns", "exec", host_a],

@@ -74,8 +74,8 @@ async def test_joins_cost_messages_linear_in_the_mesh() -> None:
 
 async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> None:
     """Measured on the full mesh: every worker heartbeated every other each second and held a
-    link to each. Idle, a worker now sends nothing it has no business sending, and keeps a
-    few links (its gossip neighbors), whatever the size of the mesh."""
+    link to each. Idle, a worker now sends one anti-entropy message per 10 s, and keeps a few
+    links (its gossip neighbors), whatever the size of the mesh."""
     idle: dict[int, float] = {}
     for size in (8, 32):
         async with fake_mesh(size, gossip_fanout=2) as workers:
@@ -87,7 +87,7 @@ async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> 
             elapsed = time.monotonic() - started
             idle[size] = (messages_sent(workers) - before) / size / elapsed
             links = [worker.stats()["links_open"] for worker in workers]
-            assert max(links) <= 2 * 2 + 2, f"links per worker at {size}: {links}"
+            assert max(links) <= 3 * 2 + 2, f"links per worker at {size}: {links}"
     assert idle[32] <= 2 * idle[8] + 0.5, f"idle messages per worker per second: {idle}"
 
 
@@ -95,7 +95,8 @@ async def test_a_worker_serves_more_peers_than_its_link_cap_over_real_sockets() 
     """Measured on the full mesh: one DEALER per peer, so the socket limit (1,023) and the
     file-descriptor limit were a hard wall. Serving callers takes no link of one's own, and
     a worker's links stay under ``max_links`` while it serves more peers than that."""
-    async with Worker(1, max_links=4, heartbeat_interval=0.2, heartbeat_timeout=2.0) as server:
+    options = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0, "gossip_fanout": 1}
+    async with Worker(1, max_links=4, **options) as server:  # type: ignore[arg-type]
         server.register_handler("whoami", lambda payload, ctx: ctx.sender)
         clients = [Worker(0x100 + n, peers=[server.address]) for n in range(12)]
         try:

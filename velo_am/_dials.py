@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import _messages as m
 from ._gossip import Gossip
-from ._peers import Dial, Effect, Member, PeerState, Purpose
+from ._peers import Dial, Effect, Member, PeerState, Purpose, Send
 
 __all__ = ["Dials", "Dialed"]
 
@@ -25,6 +25,7 @@ class Dialed:
     purpose: Purpose
     started: float
     peer_id: int | None = None  # VERIFY: the newcomer; PROBE: the member
+    exchange: bool = False  # the Hello carried this worker's member list, and asked for one
 
 
 class Dials(Gossip):
@@ -40,6 +41,7 @@ class Dials(Gossip):
         observer: bool,
         max_backoff: float,
         rng: random.Random,
+        sync_every: float,
     ) -> None:
         super().__init__(
             worker_id,
@@ -58,6 +60,9 @@ class Dials(Gossip):
         self._own_addresses: set[str] = set()  # addresses that turned out to be this worker
         self._next_rejoin = 0.0
         self._rejoin_delay = 0.5
+        self._next_sync = 0.0
+        #: Seconds between pushes of the whole member list to one random neighbor.
+        self.sync_every = sync_every
 
     def is_dialing(self, address: str) -> bool:
         return address in self._dialing
@@ -79,7 +84,6 @@ class Dials(Gossip):
     ) -> Dial:
         """A dial this worker makes: its ``Hello`` (its token names the dial)."""
         token = self._rng.getrandbits(64) or 1
-        self._dials[token] = Dialed(address, purpose, now, peer_id)
         self._dialing.add(address)
         flags = m.HelloFlags.NONE
         if purpose is Purpose.VERIFY:
@@ -88,13 +92,14 @@ class Dials(Gossip):
             flags |= m.HelloFlags.OBSERVER
         elif purpose in (Purpose.JOIN, Purpose.NEIGHBOR) and len(self.neighbors) < self.fanout:
             flags |= m.HelloFlags.NEIGHBOR
-        # Joining and pairing with a neighbor exchange what each side knows (push-pull): news
-        # that spread while one of them was not yet linked is not lost, and a join heals a
-        # partition both ways. Other dials stay small.
-        exchange = purpose is Purpose.JOIN or purpose is Purpose.NEIGHBOR
+        # A join, and pairings until one gave a neighbor (see ``synced``), exchange what each
+        # side knows (push-pull): news that spread while a worker had no neighbor is not
+        # lost, and a join heals a partition both ways. Other dials stay small.
+        exchange = purpose is Purpose.JOIN or (purpose is Purpose.NEIGHBOR and not self.synced)
         if exchange:
             flags |= m.HelloFlags.JOIN
         peers = self.known_peers() if exchange and not self.observer else ()
+        self._dials[token] = Dialed(address, purpose, now, peer_id, exchange)
         hello = m.Hello(
             self.worker_id, self.incarnation, 0, token, self.address, int(flags), self.seq, peers
         )
@@ -123,6 +128,9 @@ class Dials(Gossip):
         effects: list[Effect] = []
         if len([n for n in self.neighbors if self.is_connected(n)]) < self.fanout:
             effects += self._recruit(now)
+        if now >= self._next_sync:
+            self._next_sync = now + self._jitter(self.sync_every)
+            effects += self._push_all()
         if now >= self._next_rejoin:
             missing = [seed for seed in self.seeds if self._seed_missing(seed)]
             if missing:
@@ -138,6 +146,21 @@ class Dials(Gossip):
             elif now >= due and lost.address not in self._dialing:
                 effects.append(self.start_dial(lost.address, Purpose.PROBE, now, peer_id))
         return effects
+
+    def _push_all(self, to: int | None = None) -> list[Effect]:
+        """Anti-entropy: everything this worker knows, to neighbor ``to`` (by default, a
+        random one). Gossip forwards news once; this mends what a worker missed while it had
+        no neighbor, at one message per worker per ``sync_every`` whatever the mesh's size."""
+        live = sorted(n for n in self.neighbors if self.is_connected(n))
+        if not live or (to is not None and to not in live):
+            return []
+        neighbor = self._members[self._rng.choice(live) if to is None else to]
+        me = m.PeerInfo(
+            self.worker_id, self.incarnation, self.address, self.seq, int(m.MemberState.ALIVE)
+        )
+        everyone = (me, *self.known_peers())
+        msg = m.Peers(self.worker_id, self.incarnation, neighbor.incarnation, everyone)
+        return [Send(neighbor.worker_id, msg)]
 
     def _seed_missing(self, seed: str) -> bool:
         """A seed to dial again: not this worker, not being dialed, and not (any more) the

@@ -1,7 +1,8 @@
 """How news of members spreads, as pure rules: the part of :class:`~velo_am._membership.PeerTable`
 that keeps gossip neighbors and merges, queues and forwards what is said of members.
 
-Each member keeps a few *gossip neighbors* (``fanout``, symmetric, at most twice that). News
+Each member keeps a few *gossip neighbors* (``fanout``, symmetric, at most three times that:
+every newcomer pairs with ``fanout`` members, so degrees average twice ``fanout``). News
 of a member (joined, lost, closed: a :class:`~velo_am._messages.PeerInfo` with its ``seq``)
 is forwarded once to every neighbor but the one it came from, in one message per neighbor per
 loop iteration: a join costs O(N) messages and reaches everyone in O(log N) hops. Newer
@@ -40,7 +41,7 @@ class Gossip:
         self.worker_id: Final = worker_id
         self.incarnation: Final = incarnation
         self.fanout = fanout
-        self.max_neighbors = 2 * fanout
+        self.max_neighbors = 3 * fanout
         self.observer = observer
         self.max_backoff = max_backoff
         self._rng = rng
@@ -55,6 +56,9 @@ class Gossip:
         self._awaiting_acks: set[int] = set()
         #: Members this worker watches itself: a link of its own to each is up.
         self.watched: set[int] = set()
+        #: Whether this worker exchanged what it knows with a neighbor it still has: until
+        #: then, news may have spread past it, and its pairings exchange member lists.
+        self.synced = False
 
     def known_peers(self) -> tuple[m.PeerInfo, ...]:
         """The live members this worker knows, to hand a newcomer (news of losses travels
@@ -193,6 +197,8 @@ class Gossip:
         self._awaiting_acks.discard(peer.worker_id)
         self.watched.discard(peer.worker_id)
         self.neighbors.discard(peer.worker_id)
+        if not self.neighbors:
+            self.synced = False  # cut off: what spread meanwhile must be fetched again
         news = self._announce(peer, exclude=peer.worker_id if exclude is None else exclude)
         lost = Lost(peer.worker_id, f"{peer.describe()} {reason}", state is PeerState.CLOSED)
         return [lost, *news]

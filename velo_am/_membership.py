@@ -96,6 +96,7 @@ class PeerTable(Dials):
         hello_rate: float = 500.0,
         hello_burst: float = 1024.0,
         max_backoff: float = 30.0,
+        sync_every: float = 10.0,
     ) -> None:
         super().__init__(
             worker_id,
@@ -105,6 +106,7 @@ class PeerTable(Dials):
             observer=observer,
             max_backoff=max_backoff,
             rng=rng,
+            sync_every=sync_every,
         )
         self.handshake_timeout = handshake_timeout
         self.forget_after = forget_after
@@ -256,6 +258,10 @@ class PeerTable(Dials):
         if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and self._has_room(msg.src):
             answer |= m.HelloFlags.NEIGHBOR
             self._add_neighbor(msg.src)
+            if not self.synced:  # paired: what the new neighbor knows, if we lack it
+                self.synced = True
+                if not msg.peers:
+                    answer |= m.HelloFlags.JOIN  # "tell me": it pushes its member list
         return [Reply(link, self._ack(msg, answer))]
 
     def _ack(
@@ -316,6 +322,10 @@ class PeerTable(Dials):
                 self._seed_members[dial.address] = src
             if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and not self.observer:
                 self._add_neighbor(src)
+                if dial.exchange and src in self.neighbors:
+                    self.synced = True
+                if m.HelloFlags(msg.flags) & m.HelloFlags.JOIN and src in self.neighbors:
+                    effects += self._push_all(src)
         effects += self._merge(msg.peers, src, now)
         effects.append(DialAnswered(msg.token, src, keep=src in self.neighbors))
         return effects

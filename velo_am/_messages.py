@@ -226,7 +226,7 @@ class HelloFlags(enum.IntFlag):
     OBSERVER = 1  # a short-lived member (a command line): answered, never gossiped nor dialed
     NEIGHBOR = 2  # Hello: be my gossip neighbor; HelloAck: accepted
     VERIFY = 4  # Hello: only say you are here (a newcomer's address is checked before it joins)
-    JOIN = 8  # Hello: answer with every live member you know
+    JOIN = 8  # Hello: answer with every live member you know; HelloAck: push me yours
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ class Member:
     it; only the table changes it."""
 
     __slots__ = (
+        "_info",
         "address",
         "changed_at",
         "incarnation",
@@ -111,6 +112,7 @@ class Member:
         self.observer = False
         self.last_seen = now
         self.changed_at = now
+        self._info: m.PeerInfo | None = None
 
     def describe(self) -> str:
         return f"worker {self.worker_id:#x} at {self.address}"
@@ -121,9 +123,19 @@ class Member:
         )
 
     def info(self) -> m.PeerInfo:
-        return m.PeerInfo(
-            self.worker_id, self.incarnation, self.address, self.seq, _INFO_STATE[self.state]
-        )
+        """What is said of it in gossip (built again only when it changed: a join hands
+        out every member's)."""
+        info, state = self._info, _INFO_STATE[self.state]
+        if (
+            info is None
+            or info.seq != self.seq
+            or info.state != state
+            or (info.address is not self.address)
+        ):
+            info = self._info = m.PeerInfo(
+                self.worker_id, self.incarnation, self.address, self.seq, state
+            )
+        return info
 
 
 class Purpose(enum.Enum):

@@ -19,6 +19,7 @@ import zmq.asyncio
 from support import wait_until
 
 from velo_am import Worker
+from velo_am._protocol import PROTOCOL_VERSION as V
 from velo_am.transport import FakeNetwork
 
 #: Liveness of fake-network workers here: heartbeats below the application, so generous.
@@ -155,8 +156,8 @@ async def test_a_burst_of_hellos_from_strangers_neither_freezes_nor_fills_a_work
         raw.connect(target.address)
         try:
             for n in range(1000):
-                # A Hello naming an address nobody listens at (protocol version 2).
-                header = [2, 1, 0x5000 + n, 1 + n, 0, n + 1, f"tcp://127.0.0.1:{n + 2}", 0, 1, []]
+                # A Hello naming an address nobody listens at.
+                header = [V, 1, 0x5000 + n, 1 + n, 0, n + 1, f"tcp://127.0.0.1:{n + 2}", 0, 1, []]
                 await raw.send_multipart([msgpack.packb(header)])
             slowest = 0.0
             for n in range(20):

@@ -24,6 +24,7 @@ from velo_am._protocol import (
     Goodbye,
     Heartbeat,
     Hello,
+    HelloFlags,
     HelloAck,
     Kind,
     Message,
@@ -73,7 +74,7 @@ def decode_or_error(frames: Any) -> Message | None:
 
 
 def test_constants_and_enums() -> None:
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
     assert DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     assert {k.name: int(k) for k in Kind} == {
         "HELLO": 1,
@@ -167,7 +168,7 @@ def test_golden_bytes_of_documented_example() -> None:
     )
     frames = encode(msg)
     assert frames[0].hex(" ") == (
-        "98 02 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
+        "98 03 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
     )
     assert frames[1].hex(" ") == "81 a1 78 01"
     assert decode(frames) == msg
@@ -187,7 +188,20 @@ def test_golden_bytes_of_documented_event_updates() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("97 02 10 02 22 33 91 c4 10")
+    assert hexed.startswith("97 03 10 02 22 33 91 c4 10")
+    assert " ".join(doc.split()).count(hexed) == 1, hexed
+
+
+def test_golden_bytes_of_documented_hello() -> None:
+    # The Hello example of docs/protocol.md: a join that asks to pair, listing one member.
+    member = PeerInfo(2, 0x2222, "tcp://10.0.0.2:5555", 3, 0)
+    flags = int(HelloFlags.NEIGHBOR | HelloFlags.JOIN)
+    msg = Hello(1, 0x1111, 0, 42, "tcp://10.0.0.1:5555", flags, 1, (member,))
+    frames = encode(msg)
+    assert decode(frames) == msg
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    hexed = frames[0].hex(" ")
+    assert hexed.startswith("9a 03 01 01 cd 11 11 00 2a b3")
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -233,7 +247,7 @@ def test_decode_accepts_bytes_like_frames() -> None:
 
 def test_decode_accepts_any_int_encoding() -> None:
     # A peer written in another language may use e.g. uint64 for small values.
-    raw = b"\x98\x02\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
+    raw = b"\x98\x03\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
     raw += b"\x00\xcc\x07\xa1h\xc2"
     assert decode([raw, b""]) == Request(1, 2, 0, 7, "h", False, b"")
 
@@ -375,9 +389,9 @@ def test_good_request_frames_decode() -> None:
     assert decode(req_frames()) == Request(1, INC, 0, 7, "echo", True, b"payload")
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255, 2**64 - 1, -1])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 255, 2**64 - 1, -1])
 def test_wrong_version_names_seen_and_expected(version: int) -> None:
-    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 2\)"):
+    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 3\)"):
         decode(req_frames(index=0, value=version))
 
 
@@ -388,13 +402,13 @@ def test_version_of_wrong_type(version: Any) -> None:
 
 
 def test_newer_version_with_different_shape_reports_version() -> None:
-    with pytest.raises(ProtocolError, match="version 3"):
-        decode([header(3, "totally", {"different": "layout"})])
-    with pytest.raises(ProtocolError, match="version 3"):
-        decode([header(3)])
-    with pytest.raises(ProtocolError, match=r"version 4 \(expected 2\)"):
-        decode([header(4, 1, 2) + b"trailing"])
-    with pytest.raises(ProtocolError, match="malformed header"):  # version 2 but broken
+    with pytest.raises(ProtocolError, match="version 4"):
+        decode([header(4, "totally", {"different": "layout"})])
+    with pytest.raises(ProtocolError, match="version 4"):
+        decode([header(4)])
+    with pytest.raises(ProtocolError, match=r"version 5 \(expected 3\)"):
+        decode([header(5, 1, 2) + b"trailing"])
+    with pytest.raises(ProtocolError, match="malformed header"):  # version 3 but broken
         decode([header(V, {"a": 1})])
 
 

@@ -23,8 +23,9 @@ __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "R
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
 __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState"]
 
-#: Version 2: kind 16 carries the events layer's subscriptions and completions.
-PROTOCOL_VERSION: Final = 2
+#: Version 3: handshakes carry flags and a ``seq``, and PeerInfo a ``seq`` and a state (the
+#: membership gossip); version 2 added kind 16, the events layer's updates.
+PROTOCOL_VERSION: Final = 3
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
 U64_MAX: Final = 2**64 - 1

@@ -67,6 +67,7 @@ STATS: Final = (
         "events_updates_sent", "Completions of this worker's events sent to subscribed workers."
     ),
     _gauge("peers_alive", "Peers alive or draining."),
+    _gauge("links_open", "Links this worker opened to peers and keeps open."),
     _gauge("calls_in_flight", "Calls sent by this worker still awaiting their result."),
     _gauge("handlers_running", "Handlers running on this worker."),
     _gauge("events_pending", "This worker's events not yet completed."),

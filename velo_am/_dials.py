@@ -176,7 +176,9 @@ class Dials(Gossip):
         return [self.start_dial(peer.address, Purpose.PROBE, now, peer.worker_id)]
 
     def _recruit(self, now: float) -> list[Effect]:
-        wanted = self.fanout - len([n for n in self.neighbors if self.is_connected(n)])
+        pairing = sum(1 for dial in self._dials.values() if dial.purpose is Purpose.NEIGHBOR)
+        live = len([n for n in self.neighbors if self.is_connected(n)])
+        wanted = self.fanout - live - pairing
         candidates = [
             peer
             for peer in self._members.values()

@@ -327,6 +327,8 @@ class PeerTable(Dials):
                 if m.HelloFlags(msg.flags) & m.HelloFlags.JOIN and src in self.neighbors:
                     effects += self._push_all(src)
         effects += self._merge(msg.peers, src, now)
+        if dial.purpose is Purpose.JOIN and self.accepting and not self.observer:
+            effects += self._recruit(now)  # at once: until paired, news passes this worker by
         effects.append(DialAnswered(msg.token, src, keep=src in self.neighbors))
         return effects
 

@@ -173,3 +173,25 @@ async def test_a_burst_of_hellos_from_strangers_neither_freezes_nor_fills_a_work
             context.term()
         # Once the verifications fail, nothing of the strangers is left.
         await wait_until(lambda: open_files() - files_before < 20, within=20)
+
+
+async def test_workers_without_seeds_join_through_discovery(tmp_path: Any) -> None:
+    """No addresses at all: each worker joins through the members discovery lists, and the
+    mesh forms (the first one up finds nobody, and that is no error)."""
+    async with fake_mesh_by_discovery(4, f"dir:{tmp_path}") as workers:
+        await wait_until(lambda: whole(workers), within=20)
+
+
+@contextlib.asynccontextmanager
+async def fake_mesh_by_discovery(size: int, discovery: str) -> AsyncIterator[list[Worker]]:
+    network = FakeNetwork()
+    workers = [
+        Worker(n, transport=network.transport(), discovery=discovery, **MESH)  # type: ignore[arg-type]
+        for n in range(1, size + 1)
+    ]
+    try:
+        for worker in workers:
+            await worker.start()
+        yield workers
+    finally:
+        await asyncio.gather(*(worker.close(grace=0) for worker in workers))

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
@@ -188,6 +189,22 @@ class Routes:
             await asyncio.sleep(min(delay, max(deadline - now, 0.0)))
             delay = min(delay * 2, _MAX_JOIN_DELAY)
 
+    async def join_through_discovery(self, tries: int = 3) -> None:
+        """Join through up to ``tries`` members listed in discovery, at once; none answering
+        is no error (this worker may be the first one up, and entries may be stale)."""
+        if self._discovery is None:
+            return
+        try:
+            entries = await self._discovery.members()
+        except OSError as error:
+            logger.warning("cannot list discovery members: %s", error)
+            return
+        me = self._table.worker_id
+        others = [entry.address for entry in entries if entry.worker_id != me]
+        random.shuffle(others)
+        dials = [self.connect(address) for address in others[:tries]]
+        await asyncio.gather(*dials, return_exceptions=True)
+
     def close(self) -> None:
         """The worker closes: every handshake in progress fails."""
         for token in list(self._dials):
@@ -244,6 +261,13 @@ class Routes:
             await self._discovery.publish(entry)
         except OSError as error:
             logger.warning("cannot register worker %#x in discovery: %s", table.worker_id, error)
+
+    async def refresh(self, address: str, *, rejoin: bool) -> None:
+        """Refresh this worker's discovery entry; with ``rejoin`` (it has no seeds and no
+        live member), join through discovery again."""
+        await self.publish(address)
+        if rejoin:
+            await self.join_through_discovery()
 
     async def withdraw(self) -> None:
         """Remove this worker's discovery entry (the worker closes)."""

@@ -188,7 +188,7 @@ class Worker:
                 self._connected(peer_id), subscribe, done
             ),
             send_now=self.send_nowait,
-            route=self._route,
+            route=lambda peer_id: self._routes.route(peer_id),  # noqa: PLW0108 - built later
             call=self.call,
             spawn=self._spawn_background,
         )
@@ -282,6 +282,8 @@ class Worker:
                 self.metrics = start_metrics_server(self, self.metrics_port, self.metrics_host)
             if self._seeds:
                 await self._routes.join(self._seeds, self.join_timeout)
+            else:
+                await self._routes.join_through_discovery()
         except BaseException:
             await self.close(grace=0)
             raise
@@ -451,9 +453,6 @@ class Worker:
                 raise PeerDraining(f"{peer.describe()} is shutting down")
         return peer
 
-    async def _route(self, peer_id: int) -> ms.Member:
-        return await self._routes.route(peer_id)
-
     def _locate(self, peer_id: int) -> str | None:
         peer = self._membership.get(peer_id)
         return None if peer is None else peer.address
@@ -483,7 +482,8 @@ class Worker:
             self._shell.tick(now)
             if now - refreshed > _REFRESH_DISCOVERY_EVERY:
                 refreshed = now
-                self._spawn_background(self._routes.publish(self._address))
+                alone = not self._seeds and not self._membership.connected_count()
+                self._spawn_background(self._routes.refresh(self._address, rejoin=alone))
 
     def _spawn_background(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -129,3 +129,27 @@ class Hosts:
 
     def launcher(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", host]
+
+
+def velo(
+    *args: str, launcher: Sequence[str] = (), timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``python -m velo_am`` command to completion (``launcher``: on another host)."""
+    return subprocess.run(
+        [*launcher, sys.executable, "-m", "velo_am", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def stop(*scripts: Script | None) -> None:
+    """SIGTERM each long-lived script that was started: each must exit cleanly (0)."""
+    for script in scripts:
+        if script is not None:
+            script.signal(signal.SIGTERM)
+            assert script.wait() == 0, script.stderr()
+            script.reap()

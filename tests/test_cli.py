@@ -7,31 +7,15 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydot
 import pytest
-from support import ROOT, Script
+from support import Script, velo
 
 from velo_event import EventHandle
 
-CLI_TIMEOUT = 60.0
-
-
-def velo(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run one `python -m velo_am` command to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "velo_am", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 def ok(*args: str) -> str:

@@ -8,15 +8,14 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAST, ROOT, Hosts, Script
+from support import FAST, Hosts, Script, stop, velo
 
 from velo_am import PeerUnreachable, Worker
 from velo_event import EventHandle, EventPoison
@@ -25,21 +24,7 @@ from velo_event import EventHandle, EventPoison
 QUICK = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0")
 
 
-def velo(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*(launcher or []), sys.executable, "-m", "velo_am", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def inspect_peers(
-    target: str, *mesh: str, launcher: list[str] | None = None
-) -> dict[int, str] | None:
+def inspect_peers(target: str, *mesh: str, launcher: Sequence[str] = ()) -> dict[int, str] | None:
     """A worker's peers and their states, as ``velo-am inspect`` shows them (``None`` if it
     cannot be asked)."""
     shown = velo("inspect", target, "--json", *mesh, "--connect-timeout", "2", launcher=launcher)
@@ -74,11 +59,7 @@ def test_workers_start_in_any_order(tmp_path: Path) -> None:
         assert early.ready()[0] == 0xE1, "it joined once the seed came up"
         until(lambda: inspect_peers(seed) == {0xE1: "alive"}, 20, "the seed knows it")
     finally:
-        for script in (early, late):
-            if script is not None:
-                script.signal(signal.SIGTERM)
-                assert script.wait() == 0, script.stderr()
-                script.reap()
+        stop(early, late)
 
 
 async def test_a_busy_worker_is_not_dead_but_a_frozen_one_is() -> None:
@@ -144,11 +125,7 @@ def test_short_lived_commands_leave_no_trace_and_inspect_takes_an_id() -> None:
         assert inspect_peers(address) == {0xC2: "alive"}, "no command is remembered"
         assert inspect_peers("0xc2", *seed) == {0xC1: "alive"}, "found by id, through the seed"
     finally:
-        for script in (first, second):
-            if script is not None:
-                script.signal(signal.SIGTERM)
-                assert script.wait() == 0, script.stderr()
-                script.reap()
+        stop(first, second)
 
 
 @pytest.mark.timeout(180)
@@ -190,11 +167,7 @@ def test_a_partition_longer_than_the_forget_window_heals(hosts: Hosts) -> None:
         waited = velo("wait", merged.stdout.strip(), "--timeout", "10", *seed, launcher=on_a)
         assert waited.returncode == 0, waited.stderr
     finally:
-        for script in (worker_a, worker_b):
-            if script is not None:
-                script.signal(signal.SIGTERM)
-                assert script.wait() == 0, script.stderr()
-                script.reap()
+        stop(worker_a, worker_b)
 
 
 def test_a_join_that_never_finds_its_seed_says_so() -> None:

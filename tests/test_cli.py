@@ -17,7 +17,6 @@ from support import Script, velo
 from velo_event import EventHandle
 
 
-
 def ok(*args: str) -> str:
     """Run a command that must succeed; its stdout, stripped."""
     result = velo(*args)

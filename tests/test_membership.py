@@ -243,6 +243,10 @@ def test_observers_are_answered_never_gossiped_and_gone_after_goodbye() -> None:
         "its goodbye is acknowledged, nothing more"
     )
     assert peers.get(9) is None
+    small = table(max_pending=4)
+    for n in range(10, 16):  # commands killed before their goodbye
+        small.on_hello(hello(n, n, token=0, flags=OBSERVER), b"cli", now=float(n))
+    assert [n for n in range(10, 16) if small.get(n)] == [12, 13, 14, 15], "the oldest go"
 
 
 def test_an_observer_dials_as_one_and_gossips_nothing() -> None:

@@ -225,6 +225,9 @@ class PeerTable(Dials):
         if flags & m.HelloFlags.OBSERVER:
             effects: list[Effect] = []
             if src not in self._observers:
+                if len(self._observers) >= self.max_pending:  # killed ones never say goodbye
+                    oldest = min(self._observers.values(), key=lambda o: o.last_seen)
+                    del self._observers[oldest.worker_id]
                 observer = Member(src, inc, msg.address, msg.seq, now)
                 observer.observer = True
                 self._observers[src] = observer

@@ -12,14 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgpack
 import pytest
 import zmq
 import zmq.asyncio
 from support import wait_until
 
 from velo_am import Worker
-from velo_am._protocol import PROTOCOL_VERSION as V
+from velo_am import _protocol as p
 from velo_am.transport import FakeNetwork
 
 #: Liveness of fake-network workers here: heartbeats below the application, so generous.
@@ -87,6 +86,7 @@ async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> 
             await asyncio.sleep(1.5)  # a span measured, not a wait for something
             elapsed = time.monotonic() - started
             idle[size] = (messages_sent(workers) - before) / size / elapsed
+            assert idle[size] < 2.0, f"idle messages per worker per second: {idle}"
             links = [worker.stats()["links_open"] for worker in workers]
             assert max(links) <= 3 * 2 + 2, f"links per worker at {size}: {links}"
     assert idle[32] <= 2 * idle[8] + 0.5, f"idle messages per worker per second: {idle}"
@@ -157,8 +157,10 @@ async def test_a_burst_of_hellos_from_strangers_neither_freezes_nor_fills_a_work
         try:
             for n in range(1000):
                 # A Hello naming an address nobody listens at.
-                header = [V, 1, 0x5000 + n, 1 + n, 0, n + 1, f"tcp://127.0.0.1:{n + 2}", 0, 1, []]
-                await raw.send_multipart([msgpack.packb(header)])
+                stranger = p.Hello(
+                    0x5000 + n, 1 + n, 0, n + 1, f"tcp://127.0.0.1:{n + 2}", 0, 1, ()
+                )
+                await raw.send_multipart(p.encode(stranger))
             slowest = 0.0
             for n in range(20):
                 started = time.monotonic()

@@ -59,6 +59,17 @@ def messages_sent(workers: list[Worker]) -> int:
     return sum(worker.stats()["messages_out"] for worker in workers)
 
 
+async def settled(workers: list[Worker], quiet: float = 0.5, within: float = 10.0) -> None:
+    """Wait until the mesh sends nothing for ``quiet`` seconds: the last join's gossip is
+    still in flight when every table is whole. A mesh that never quiets fails here."""
+    async with asyncio.timeout(within):
+        while True:
+            before = messages_sent(workers)
+            await asyncio.sleep(quiet)  # a span observed, not a wait for something
+            if messages_sent(workers) == before:
+                return
+
+
 async def test_joins_cost_messages_linear_in_the_mesh() -> None:
     """Measured on the full mesh: 16 workers joining through one seed sent 1,680 gossip
     messages, 32 sent 14,880 (every member re-announced its whole list to every other).
@@ -80,6 +91,7 @@ async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> 
     for size in (8, 32):
         async with fake_mesh(size, gossip_fanout=2) as workers:
             await wait_until(lambda: whole(workers), within=30)
+            await settled(workers)
             before = messages_sent(workers)
             started = time.monotonic()
             # A quiet second and a half: fifteen heartbeat intervals.

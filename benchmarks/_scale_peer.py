@@ -50,6 +50,7 @@ class Peer:
         self.control.connect(args.control)
         self.raw = self.context.socket(zmq.ROUTER)
         self.raw.linger = 0
+        self.raw.setsockopt(zmq.BACKLOG, 4096)  # as velo's own listener: a fair baseline
         self.raw_port = self.raw.bind_to_random_port("tcp://127.0.0.1")
         self.dealers: list[Any] = []
         self.worker = Worker(args.id, bind="tcp://127.0.0.1:0", peers=args.seed or [])

@@ -118,7 +118,10 @@ class Control:
         """``count`` messages of ``kind``, by member (others are kept for later)."""
         got: dict[int, list[Any]] = {}
         while len(got) < count:
-            message = await self.receive(deadline)
+            try:
+                message = await self.receive(deadline)
+            except TimeoutError:
+                raise TimeoutError(f"{len(got)} of {count} {kind!r} answers") from None
             if message[0] == kind:
                 got[message[1]] = message
             else:
@@ -162,8 +165,10 @@ async def run_processes(code: str, path: Path, size: int, args: argparse.Namespa
         try:
             if len(fulls) < size:
                 fulls.update(await control.collect("full", size - len(fulls), deadline))
-        except TimeoutError:
-            row.note = f"not every member reached every other within {args.deadline:.0f} s"
+        except TimeoutError as error:
+            row.note = (
+                f"not every member reached every other within {args.deadline:.0f} s ({error})"
+            )
             return row
         row.reach = max(0.0, max(message[2] for message in fulls.values()) - last_start)
         await control.broadcast("stats")
@@ -202,15 +207,15 @@ async def run_processes(code: str, path: Path, size: int, args: argparse.Namespa
             raw_done = await control.collect("rawdone", size, phase)
             raw = [1000 * (message[2] - go) for message in raw_done.values()]
             row.raw_barrier = (percentile(raw, 0.5), percentile(raw, 0.99))
-        except TimeoutError:
-            row.note = f"barrier did not complete within {args.deadline:.0f} s"
+        except TimeoutError as error:
+            row.note = f"barrier did not complete within {args.deadline:.0f} s ({error})"
         await control.broadcast("rss")
         rss = await control.collect("rss", size, time.monotonic() + 60)
         kib = [message[2] / 1024 for message in rss.values()]
         row.rss = (statistics.median(kib), max(kib))
         return row
-    except TimeoutError:
-        row.note = row.note or f"a phase missed its {args.deadline:.0f} s deadline"
+    except TimeoutError as error:
+        row.note = row.note or f"a phase missed its {args.deadline:.0f} s deadline ({error})"
         return row
     finally:
         with contextlib.suppress(Exception):

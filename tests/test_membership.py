@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from velo_am import _protocol as p
 from velo_am._membership import PeerTable
 from velo_am._peers import (
-    FROM_LOST,
+    FROM_CLOSED,
     STALE,
     UNKNOWN,
     Dial,
@@ -33,6 +33,7 @@ from velo_am._peers import (
     PeerState,
     Rejected,
     Reply,
+    Returned,
     ScheduleGossip,
     Send,
 )
@@ -437,11 +438,14 @@ def test_admission_of_messages() -> None:
     assert peers.admit(2, 0x23, MY_INC, 2.0) is UNKNOWN
     assert peers.admit(8, 0x88, MY_INC, 2.0) is UNKNOWN
     peers.on_link_down(2, "silent", now=3.0)
-    rejected = peers.admit(2, 0x22, MY_INC, 3.5)
-    assert isinstance(rejected, Rejected) and rejected.counter == FROM_LOST.counter
-    (probe,) = rejected.effects
-    assert isinstance(probe, Dial) and probe.address == address(2)
-    assert peers.admit(2, 0x22, MY_INC, 3.6) is FROM_LOST, "already looking"
+    # A lost member that speaks is alive after all (the loss was this side's alone): its
+    # message is admitted, not dropped, and everyone hears it is back.
+    returned = peers.admit(2, 0x22, MY_INC, 3.5)
+    assert isinstance(returned, Returned) and returned.member.state == "alive"
+    assert of(Joined, returned.effects) == [Joined(2, "worker 0x2 at tcp://w2:1")]
+    assert peers.admit(2, 0x22, MY_INC, 3.6) is returned.member
+    peers.on_goodbye(returned.member, b"2")
+    assert peers.admit(2, 0x22, MY_INC, 3.7) is FROM_CLOSED, "a goodbye is final"
 
 
 def test_draining_and_goodbye_go_to_linked_peers_only_on_existing_links() -> None:
@@ -553,7 +557,11 @@ class Sim:
             peer = table.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, self.now)
             if isinstance(peer, Rejected):
                 self.apply(table, peer.effects)
-            elif isinstance(msg, p.Peers):
+                return
+            if isinstance(peer, Returned):
+                self.apply(table, peer.effects)
+                peer = peer.member
+            if isinstance(msg, p.Peers):
                 self.apply(table, table.on_peers(msg.peers, peer.worker_id, self.now))
             elif isinstance(msg, p.Goodbye):
                 self.apply(table, table.on_goodbye(peer, link))

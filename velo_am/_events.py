@@ -43,12 +43,10 @@ from ._handlers import CallContext, Handler
 from ._protocol import EventStatusCode
 from ._remote import Messenger, RemoteEvents
 
-__all__ = ["DEFAULT_CACHE_SIZE", "DistributedEvents", "event_core", "runtime_handlers"]
+__all__ = ["DistributedEvents", "event_core", "runtime_handlers"]
 
 logger = logging.getLogger(__name__)
 
-#: Completed remote generations remembered, so awaiting them again costs no traffic.
-DEFAULT_CACHE_SIZE: Final = 10_000
 #: Labels are for people reading `velo-am inspect`: bounded, like poison reasons.
 MAX_LABEL_LENGTH: Final = 200
 _REMOTE_ERRORS: Final[dict[str, type[EventError]]] = {

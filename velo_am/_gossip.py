@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from . import _messages as m
-from ._peers import Effect, Joined, Lost, Member, PeerState, ScheduleGossip, Send
+from ._peers import Effect, Forgotten, Joined, Lost, Member, PeerState, ScheduleGossip, Send
 
 __all__ = ["Gossip"]
 
@@ -134,7 +134,7 @@ class Gossip:
                 info.worker_id, info.incarnation, info.address, info.seq, now
             )
             joined = Joined(peer.worker_id, peer.describe(), heard=True)
-            return [*self._announce(peer, exclude=sender), joined]
+            return [Forgotten(known.worker_id), *self._announce(peer, exclude=sender), joined]
         if known.state is PeerState.CLOSED:
             return []
         if state is PeerState.ALIVE and known.state is PeerState.LOST and info.seq <= known.seq:

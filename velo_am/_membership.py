@@ -45,6 +45,7 @@ from ._peers import (
     DialAnswered,
     DialRefused,
     Effect,
+    Forgotten,
     Joined,
     Lost,
     Member,
@@ -55,6 +56,7 @@ from ._peers import (
     RateLimit,
     Rejected,
     Reply,
+    Returned,
     Send,
 )
 from .transport import LinkId
@@ -312,6 +314,7 @@ class PeerTable(Dials):
                     text = f"another live worker uses id {src:#x} ({msg.address})"
                     return [Note("identity", text, error=True), DialRefused(msg.token, text)]
                 effects += self._lose(member, "restarted as a new incarnation", PeerState.LOST)
+                effects.append(Forgotten(src))
                 member = None
             if member is None:
                 member = Member(src, inc, msg.address, msg.seq, now)
@@ -348,6 +351,7 @@ class PeerTable(Dials):
                 text = f"another live worker uses id {old.worker_id:#x} ({newcomer.address})"
                 return [Note("identity", text, error=True)]
             effects += self._lose(old, "restarted as a new incarnation", PeerState.LOST)
+            effects.append(Forgotten(old.worker_id))
         newcomer.last_seen = newcomer.changed_at = now
         self._members[newcomer.worker_id] = newcomer
         effects += self._announce(newcomer, exclude=newcomer.worker_id)
@@ -371,9 +375,10 @@ class PeerTable(Dials):
 
     def admit(
         self, src: int, src_incarnation: int, dst_incarnation: int, now: float
-    ) -> Member | Rejected:
+    ) -> Member | Rejected | Returned:
         """Any message but a handshake: its sender, if it may speak to this worker (a live
-        member, a pending newcomer or an observer, of that incarnation), else why not."""
+        member, a pending newcomer or an observer, of that incarnation), else why not. A
+        member this worker had lost is alive again by its own word (:class:`Returned`)."""
         if dst_incarnation and dst_incarnation != self.incarnation:
             return STALE
         peer = self._members.get(src)
@@ -386,11 +391,10 @@ class PeerTable(Dials):
             return UNKNOWN
         state = peer.state
         if state is not _ALIVE and state is not _DRAINING:
-            if state is PeerState.LOST and self.accepting and peer.address not in self._dialing:
-                # Lost, but it speaks: shake hands again (what it sends meanwhile is dropped;
-                # its calls in flight were failed already).
-                probe = self.start_dial(peer.address, Purpose.PROBE, now, src)
-                return Rejected(FROM_LOST.counter, None, FROM_LOST.text, (probe,))
+            if state is PeerState.LOST and self.accepting:
+                # Lost, but it speaks: the loss was this side's alone (its link timed out,
+                # say), and the member still counts on what it sends.
+                return Returned(peer, tuple(self._heard_from(peer, peer.address, peer.seq, now)))
             return FROM_LOST if state is PeerState.LOST else FROM_CLOSED
         peer.last_seen = now
         if self._awaiting_acks:
@@ -454,4 +458,5 @@ class PeerTable(Dials):
             if not peer.state.connected and now - peer.changed_at > self.forget_after:
                 del self._members[peer.worker_id]
                 self._probed.pop(peer.worker_id, None)
+                effects.append(Forgotten(peer.worker_id))
         return [*effects, *self.heal(now)]

@@ -21,6 +21,7 @@ __all__ = [
     "DialAnswered",
     "DialRefused",
     "Effect",
+    "Forgotten",
     "Joined",
     "Lost",
     "Member",
@@ -31,6 +32,7 @@ __all__ = [
     "RateLimit",
     "Rejected",
     "Reply",
+    "Returned",
     "ScheduleGossip",
     "Send",
     "new_incarnation",
@@ -241,6 +243,14 @@ class Lost:
 
 
 @dataclass(frozen=True, slots=True)
+class Forgotten:
+    """``peer_id``, lost or closed, left the table (``forget_after`` passed, or a new
+    incarnation took its place): what was kept for its return can go."""
+
+    peer_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     """Something to log: ``error`` is True for an error, else a rate-limited warning."""
 
@@ -256,7 +266,16 @@ class ScheduleGossip:
 
 
 Effect: TypeAlias = (
-    Send | Reply | Dial | DialAnswered | DialRefused | Joined | Lost | Note | ScheduleGossip
+    Send
+    | Reply
+    | Dial
+    | DialAnswered
+    | DialRefused
+    | Joined
+    | Lost
+    | Forgotten
+    | Note
+    | ScheduleGossip
 )
 
 
@@ -269,6 +288,16 @@ class Rejected:
     category: str | None
     text: str
     effects: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A member this worker had lost spoke (its incarnation, on a link): it is alive after
+    all. Carry out ``effects`` (news of it, ``Joined``), then handle the message as from
+    ``member``: dropping it would lose what the member believes delivered."""
+
+    member: Member
+    effects: tuple[Effect, ...]
 
 
 #: The message names another incarnation of this worker (a predecessor's traffic).

@@ -8,10 +8,15 @@ handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates
   to the owner, however many waiters follow. The owner's *done* item (its triggered or
   poisoned outcome, with the original reason) resolves every waiter and enters a bounded
   cache, so later awaits need no traffic. When the owner is lost or closes, or cannot be
-  reached, the waiters are poisoned with a reason naming it.
+  reached, the waiters are poisoned with a reason naming it. A subscription still pending
+  after twice the heartbeat timeout is sent again, then at doubling intervals (up to a
+  minute): owners answer a repeat at once if the generation completed, so a done item lost
+  with a link that failed costs a delay, never a hang.
 * **Owner side.** A subscription registers a waiter on the core; the generation's completion
   (at once if it is complete already) is sent back as a done item. A handle this incarnation
-  never issued is answered as stale.
+  never issued is answered as stale. A subscriber this worker lost keeps its subscriptions,
+  and the done items owed to it wait, until it is heard from again (a loss seen from one side
+  only: the subscriber still waits) or forgotten; a goodbye drops them at once.
 
 Items for one peer queued during one loop iteration travel as one message. Waiters may be
 added from any thread; everything that sends runs on the worker's loop.
@@ -20,12 +25,13 @@ added from any thread; everything that sends runs on the worker's loop.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from velo_event import (
     EventError,
@@ -46,7 +52,7 @@ from velo_event.lowlevel import (
 from . import _protocol as p
 from ._errors import AMError
 
-__all__ = ["Messenger", "RemoteEvents", "Subscription"]
+__all__ = ["DEFAULT_CACHE_SIZE", "Messenger", "RemoteEvents", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,11 @@ class Subscription(NamedTuple):
 
 _new_tuple = tuple.__new__
 
+#: Completed remote generations remembered, so awaiting them again costs no traffic.
+DEFAULT_CACHE_SIZE: Final = 10_000
+#: The longest wait between two repeats of one pending subscription, in seconds.
+_MAX_RESUBSCRIBE_INTERVAL = 60.0
+
 
 def _sendable(reason: str) -> str:
     """A poison reason UTF-8 can carry (lone surrogates escaped)."""
@@ -89,17 +100,30 @@ class RemoteEvents:
     """Routes each handle to the core (this worker's) or to its owner (any other's)."""
 
     def __init__(
-        self, core: EventCore, messenger: Messenger, counters: dict[str, int], cache_size: int
+        self,
+        core: EventCore,
+        messenger: Messenger,
+        counters: dict[str, int],
+        liveness_timeout: float,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
+        """``liveness_timeout``: the worker's heartbeat timeout; a subscription pending for
+        twice that long is sent again."""
         self._core = core
+        self._resubscribe_after = 2 * liveness_timeout
+        # Subscriptions to send again: (when, handle, interval); stale entries are skipped.
+        self._repeats: list[tuple[float, EventHandle, float]] = []
         self._messenger = messenger
         self._counters = counters
         self._cache_size = cache_size
         self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
         self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
         self._completed: OrderedDict[EventHandle, str | None] = OrderedDict()
-        # Owner side: what each subscriber waits on here, dropped when it completes or is lost.
+        # Owner side: what each subscriber waits on here, dropped when it completes, or when
+        # the subscriber closes or is forgotten.
         self._served: dict[int, set[EventHandle]] = {}
+        # Lost subscribers (not yet forgotten), with the done items owed to each.
+        self._owed: dict[int, list[p.EventDone]] = {}
         # Subscribe and done items per peer, flushed as one message per loop iteration.
         self._outbox: dict[int, tuple[list[EventHandle], list[p.EventDone]]] = {}
         self._flush_scheduled = False
@@ -228,6 +252,10 @@ class RemoteEvents:
     # -- subscriber side ------------------------------------------------------------------------
 
     def _subscribe(self, owner: int, handle: EventHandle) -> None:
+        loop = self._messenger.loop()
+        assert loop is not None
+        first = self._resubscribe_after
+        heapq.heappush(self._repeats, (loop.time() + first, handle, first))
         if self._post(owner, handle):
             self._counters["events_subscriptions_sent"] += 1
         else:  # not connected yet: route (mesh, discovery) in the background
@@ -241,6 +269,22 @@ class RemoteEvents:
             self.resolve(handle, f"owner unreachable: {error}", cache=False)
             return
         self._counters["events_subscriptions_sent"] += 1
+
+    def tick(self, now: float) -> None:
+        """Send again the subscriptions still pending since their time came (``now`` is the
+        loop's clock)."""
+        repeats = self._repeats
+        while repeats and repeats[0][0] <= now:
+            _, handle, interval = heapq.heappop(repeats)
+            with self._lock:
+                pending = handle in self._remote
+            if not pending:
+                continue
+            interval = min(interval * 2, max(_MAX_RESUBSCRIBE_INTERVAL, interval))
+            heapq.heappush(repeats, (now + interval, handle, interval))
+            # A lost owner poisons its waiters; one not connected now is left to that.
+            if self._post(handle >> 64, handle):
+                self._counters["events_subscriptions_sent"] += 1
 
     def _on_done(self, handle: EventHandle, reason: str | None, sender: int) -> None:
         if handle >> 64 != sender:
@@ -269,12 +313,29 @@ class RemoteEvents:
         for handle in pending:
             self.resolve(handle, reason, cache=False)
 
-    def on_peer_lost(self, worker_id: int, text: str) -> None:
-        """Poison the waiters of the lost owner's handles; drop what it subscribed to here."""
+    def on_peer_lost(self, worker_id: int, text: str, *, closed: bool) -> None:
+        """Poison the waiters of the lost owner's handles. What it subscribed to here is
+        dropped if it ``closed`` (said goodbye), else kept until it is back or forgotten:
+        a loss may be seen from this side only, and the subscriber still waits."""
         with self._lock:
             orphaned = [handle for handle in self._remote if handle >> 64 == worker_id]
         for handle in orphaned:
             self.resolve(handle, f"owner lost: {text}", cache=False)
+        if closed:
+            self.on_peer_forgotten(worker_id)
+        else:
+            self._owed.setdefault(worker_id, [])
+
+    def on_peer_joined(self, worker_id: int) -> None:
+        """``worker_id`` is a live member (again): send the done items owed to it."""
+        owed = self._owed.pop(worker_id, None)
+        for done in owed or ():
+            if self._post(worker_id, done.handle, done):
+                self._counters["events_updates_sent"] += 1
+
+    def on_peer_forgotten(self, worker_id: int) -> None:
+        """``worker_id`` is gone for good: drop its subscriptions and what was owed to it."""
+        self._owed.pop(worker_id, None)
         for handle in self._served.pop(worker_id, ()):
             self._core.remove_waiter(handle, _new_tuple(Subscription, (worker_id, handle)))
 
@@ -316,8 +377,11 @@ class RemoteEvents:
     def _send_done(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:
         if reason is not None and not reason.isascii():
             reason = _sendable(reason)
-        if self._post(subscriber, handle, _new_tuple(p.EventDone, (handle, reason))):
+        done = _new_tuple(p.EventDone, (handle, reason))
+        if self._post(subscriber, handle, done):
             self._counters["events_updates_sent"] += 1
+        elif subscriber in self._owed:
+            self._owed[subscriber].append(done)  # lost for now: sent if it comes back
         else:
             logger.info(
                 "cannot tell worker %#x that %s completed: not connected",

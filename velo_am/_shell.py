@@ -91,9 +91,13 @@ class Shell:
                 self._membership.on_link_up(msg.src)
             return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
-        if isinstance(peer, ms.Rejected):
-            self._on_rejected(msg, link, peer)
-            return
+        if type(peer) is not ms.Member:
+            if isinstance(peer, ms.Rejected):
+                self._on_rejected(msg, link, peer)
+                return
+            assert isinstance(peer, ms.Returned)
+            self.apply(peer.effects)
+            peer = peer.member
         self._outbound.heard(peer.worker_id, link, now)
         if self.goodbyes_answered is not None and self._membership.goodbyes_acknowledged:
             self.goodbyes_answered.set()
@@ -171,6 +175,7 @@ class Shell:
         business with watched through links of its own."""
         interest = self.interest()
         self.apply(self._membership.tick(now))
+        self._remote_events.tick(asyncio.get_running_loop().time())
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, why, now))
@@ -197,10 +202,13 @@ class Shell:
                 routes.refused(effect.token, effect.why)
             elif isinstance(effect, ms.Joined):
                 routes.changed.set()
+                self._remote_events.on_peer_joined(effect.peer_id)
                 extra = fields(self._worker_id, effect.peer_id)
                 (logger.debug if effect.heard else logger.info)(
                     "peer %s joined", effect.text, extra=extra
                 )
+            elif isinstance(effect, ms.Forgotten):
+                self._remote_events.on_peer_forgotten(effect.peer_id)
             elif isinstance(effect, ms.ScheduleGossip):
                 if not self._gossip_scheduled:
                     self._gossip_scheduled = True
@@ -222,6 +230,7 @@ class Shell:
         (logger.info if lost.closed else logger.warning)("peer %s", lost.text, extra=extra)
         self._calls.fail_peer(lost.peer_id, PeerLost(lost.text))
         self._outbound.forget(lost.peer_id)
+        self._remote_events.on_peer_lost(lost.peer_id, lost.text, closed=lost.closed)
         for callback in list(self.peer_lost_callbacks):
             try:
                 callback(lost.peer_id, lost.text)

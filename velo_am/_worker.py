@@ -24,7 +24,7 @@ from . import _protocol as p
 from ._calls import CallTable
 from ._config import WorkerOptions
 from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
-from ._events import DEFAULT_CACHE_SIZE, DistributedEvents, event_core, runtime_handlers
+from ._events import DistributedEvents, event_core, runtime_handlers
 from ._execution import HandlerExecution, Serving
 from ._handlers import CallContext, Handler, HandlerRegistry, HandlerStats
 from ._inspect import DEFAULT_LIMIT, snapshot
@@ -193,7 +193,8 @@ class Worker:
             spawn=self._spawn_background,
         )
         core = event_core(self.worker_id, self.incarnation)
-        self._remote_events = RemoteEvents(core, messenger, self._counters, DEFAULT_CACHE_SIZE)
+        remote = RemoteEvents(core, messenger, self._counters, options.heartbeat_timeout)
+        self._remote_events = remote
         #: The mesh's events: this worker's own, and any other worker's by routing.
         self.events = DistributedEvents(core, self._remote_events, messenger)
         internal = {**runtime_handlers(self.events), "_inspect": self._on_inspect}
@@ -217,7 +218,6 @@ class Worker:
             self._shell.apply,
         )
         self._shell.routes = self._routes
-        self.on_peer_lost(self._remote_events.on_peer_lost)
 
     # -- options read at run time ---------------------------------------------------------
 

@@ -32,6 +32,8 @@ __all__ = ["ZmqTransport"]
 
 logger = logging.getLogger(__name__)
 
+#: Connections waiting to be accepted (ZeroMQ's default is 100).
+_LISTEN_BACKLOG: Final = 4096
 # Messages handled per loop callback before yielding to other tasks.
 _DRAIN_BATCH: Final = 512
 _NOBLOCK: Final = int(zmq.NOBLOCK)
@@ -138,6 +140,10 @@ class ZmqTransport:
             (zmq.HEARTBEAT_TTL, int(liveness.timeout * 1000)),
             (zmq.RECONNECT_IVL, 100),
             (zmq.RECONNECT_IVL_MAX, 2000),
+            # ZeroMQ's default accept queue (100) overflowed when a few hundred peers dialed
+            # at once, and each dropped dial waited seconds for its retry (the kernel caps
+            # this at net.core.somaxconn).
+            (zmq.BACKLOG, _LISTEN_BACKLOG),
         ):
             router.setsockopt(option, value)
         try:

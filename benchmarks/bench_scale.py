@@ -2,7 +2,7 @@
 
 Run: ``PYTHONPATH=. python benchmarks/bench_scale.py [--sizes 16,64,128,256]
 [--code before=/path/to/old/checkout --code after=.] [--deadline 180] [--idle 10]
-[--sim-sizes 1024,4096] [--no-processes | --no-simulation]``
+[--heartbeat-timeout S] [--sim-sizes 1024,4096] [--no-processes | --no-simulation]``
 
 Method
 ------
@@ -25,6 +25,11 @@ start at once, each with worker 1 as its seed (a launcher starting a job). Then:
   (connected before the clock starts) sending one message to each other member's ROUTER,
   until each ROUTER has one from every other member. **ratio** = velo p50 / raw p50.
 * **RSS, MiB**: peak resident set per member (``ru_maxrss``), median (max).
+* **note**: merges that completed poisoned (with the most common reason), or the phase that
+  missed its deadline and how many members had answered. ``--heartbeat-timeout`` sets
+  ``VELO_HEARTBEAT_TIMEOUT`` for the members (default: the library's, 5 s): with hundreds of
+  members on two cores, a link can take longer than that to connect, and the peer counts as
+  lost.
 
 Each phase has a deadline (``--deadline`` s, 180); a version that misses it is reported as such
 and its remaining phases are skipped. Every member exits when told, on SIGTERM, or after 900 s.
@@ -53,12 +58,14 @@ import datetime
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +147,8 @@ async def run_processes(code: str, path: Path, size: int, args: argparse.Namespa
     context = zmq.asyncio.Context()
     control = Control(context, f"ipc://{directory}/control")
     env = {**os.environ, "PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if args.heartbeat_timeout is not None:
+        env["VELO_HEARTBEAT_TIMEOUT"] = str(args.heartbeat_timeout)
     processes: list[subprocess.Popen[bytes]] = []
 
     def launch(member: int, seed: str | None) -> None:
@@ -193,7 +202,15 @@ async def run_processes(code: str, path: Path, size: int, args: argparse.Namespa
             go = time.time()
             await control.broadcast("go")
             done = await control.collect("done", size, phase)
-            row.barrier_failures = sum(1 for message in done.values() if message[3])
+            # Reasons differ by handle, port and id: count them with those blanked out.
+            reasons = Counter(
+                re.sub(r"0x[0-9a-f]+|[0-9a-f]{32}|\d+", "#", message[3])
+                for message in done.values()
+                if message[3]
+            )
+            row.barrier_failures = sum(reasons.values())
+            if reasons:
+                row.note = f"mostly: ...{reasons.most_common(1)[0][0][-90:]}"
             latencies = [1000 * (message[2] - go) for message in done.values()]
             row.barrier = (percentile(latencies, 0.5), percentile(latencies, 0.99))
             addresses = {member: message[3] for member, message in ready.items()}
@@ -343,7 +360,7 @@ def print_process_table(rows: list[Row]) -> None:
             if row.barrier is None or row.raw_barrier is None or row.raw_barrier[0] <= 0
             else f"{row.barrier[0] / row.raw_barrier[0]:.1f}"
         )
-        failures = f"{row.barrier_failures} merges failed; " if row.barrier_failures else ""
+        failures = f"{row.barrier_failures} merges failed, " if row.barrier_failures else ""
         print(
             f"| {row.code} | {row.size} | {fmt(row.reach)} | {fmt(row.per_join, 0)} "
             f"| {pair(row.idle_msgs)} | {pair(row.idle_cpu, 2)} | {barrier} | {raw} | {ratio} "
@@ -405,6 +422,7 @@ if __name__ == "__main__":
     parser.add_argument("--code", action="append", type=parse_code)
     parser.add_argument("--deadline", type=float, default=180.0)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=None)
     parser.add_argument("--no-processes", dest="processes", action="store_false")
     parser.add_argument("--no-simulation", dest="simulation", action="store_false")
     asyncio.run(main(parser.parse_args()))

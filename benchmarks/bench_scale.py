@@ -204,7 +204,7 @@ async def run_processes(code: str, path: Path, size: int, args: argparse.Namespa
             done = await control.collect("done", size, phase)
             # Reasons differ by handle, port and id: count them with those blanked out.
             reasons = Counter(
-                re.sub(r"0x[0-9a-f]+|[0-9a-f]{32}|\d+", "#", message[3])
+                re.sub(r"0x[0-9a-f]+|[0-9a-f]{32}|\d+", "#", message[3].splitlines()[0])
                 for message in done.values()
                 if message[3]
             )

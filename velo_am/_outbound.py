@@ -16,6 +16,7 @@ one is closed first.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Final, Protocol
@@ -91,6 +92,7 @@ class Outbound:
         self._connecting: dict[LinkId, float] = {}  # our links not up yet -> opened at
         self._now = 0.0
         self._interest: Collection[int] = ()  # peers with business, as of the last tick
+        self._nothing_to_close_at = -1.0  # when the cap last found no idle link to close
 
     # -- links ------------------------------------------------------------------------------
 
@@ -216,19 +218,27 @@ class Outbound:
             if now - opened > self.connect_timeout and peer_id is not None:
                 del self._connecting[link]
                 stalled.append(peer_id)
+        self._enforce_cap(now)  # business that ended may leave links to close
         return stalled
 
     def _enforce_cap(self, now: float) -> None:
         excess = len(self._used) - self.max_links
-        if excess <= 0:
+        if excess <= 0 or now == self._nothing_to_close_at:
             return
-        idle = sorted(
-            (used, link)
-            for link, used in self._used.items()
-            if self._owner.get(link) not in self._interest and link not in self._dialing
+        idle = heapq.nsmallest(
+            excess,
+            (
+                (used, link)
+                for link, used in self._used.items()
+                if self._owner.get(link) not in self._interest and link not in self._dialing
+            ),
         )
-        for _, link in idle[:excess]:
+        for _, link in idle:
             self._close(link)
+        if len(idle) < excess:
+            # Every other link has business: the dials of this instant (a worker watching
+            # a thousand peers) need not look again.
+            self._nothing_to_close_at = now
 
     def close(self) -> None:
         """Close every link at once (the worker is closing)."""

@@ -9,9 +9,10 @@ handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates
   poisoned outcome, with the original reason) resolves every waiter and enters a bounded
   cache, so later awaits need no traffic. When the owner is lost or closes, or cannot be
   reached, the waiters are poisoned with a reason naming it. A subscription still pending
-  after twice the heartbeat timeout is sent again, then at doubling intervals (up to a
-  minute): owners answer a repeat at once if the generation completed, so a done item lost
-  with a link that failed costs a delay, never a hang.
+  after six heartbeat timeouts (30 s by default) is sent again, then at doubling intervals
+  (up to 10 minutes): owners answer a repeat at once if the generation completed, so a done
+  item lost with a link that failed costs a delay, never a hang; and a slow mesh is not
+  flooded with repeats.
 * **Owner side.** A subscription registers a waiter on the core; the generation's completion
   (at once if it is complete already) is sent back as a done item. A handle this incarnation
   never issued is answered as stale. A subscriber this worker lost keeps its subscriptions,
@@ -88,7 +89,7 @@ _new_tuple = tuple.__new__
 #: Completed remote generations remembered, so awaiting them again costs no traffic.
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: The longest wait between two repeats of one pending subscription, in seconds.
-_MAX_RESUBSCRIBE_INTERVAL = 60.0
+_MAX_RESUBSCRIBE_INTERVAL: Final = 600.0
 
 
 def _sendable(reason: str) -> str:
@@ -108,9 +109,9 @@ class RemoteEvents:
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         """``liveness_timeout``: the worker's heartbeat timeout; a subscription pending for
-        twice that long is sent again."""
+        six times that long is sent again."""
         self._core = core
-        self._resubscribe_after = 2 * liveness_timeout
+        self._resubscribe_after = 6 * liveness_timeout
         # Subscriptions to send again: (when, handle, interval); stale entries are skipped.
         self._repeats: list[tuple[float, EventHandle, float]] = []
         self._messenger = messenger
@@ -254,8 +255,13 @@ class RemoteEvents:
     def _subscribe(self, owner: int, handle: EventHandle) -> None:
         loop = self._messenger.loop()
         assert loop is not None
-        first = self._resubscribe_after
-        heapq.heappush(self._repeats, (loop.time() + first, handle, first))
+        repeats, first = self._repeats, self._resubscribe_after
+        if len(repeats) > 2 * len(self._remote) + 1024:
+            # Most were answered long before their repeat was due: keep the pending ones.
+            with self._lock:
+                repeats[:] = [entry for entry in repeats if entry[1] in self._remote]
+            heapq.heapify(repeats)
+        heapq.heappush(repeats, (loop.time() + first, handle, first))
         if self._post(owner, handle):
             self._counters["events_subscriptions_sent"] += 1
         else:  # not connected yet: route (mesh, discovery) in the background

@@ -129,20 +129,6 @@ def test_an_answer_goes_back_on_the_link_its_request_came_on() -> None:
     assert transport.messages(link)[-1] == p.Response(ME, MY_INC, 0x33, 6, pack("late"))
 
 
-def test_sends_wait_on_no_link_of_ours_that_is_still_connecting_when_theirs_works() -> None:
-    """Measured with 256 processes on 2 cores: owners sent completions on links of their own
-    still connecting; those links never came up within the window, were closed, and took the
-    completions with them, while the subscriber's own link to the owner worked all along."""
-    out, transport, _ = outbound()
-    out.heard(3, b"their-link", now=1.0)
-    ours = out.dial(ADDRESSES[3], 3, now=1.0)  # watching worker 3: not up yet
-    out.send_quietly(3, p.Heartbeat(ME, MY_INC, 0x33))
-    assert len(transport.sent[b"their-link"]) == 1 and ours not in transport.sent
-    out.link_up(ours)
-    out.send_quietly(3, p.Heartbeat(ME, MY_INC, 0x33))
-    assert len(transport.sent[ours]) == 1, "once up, our own link carries them"
-
-
 def test_payload_bound_and_unreachable_peers_fail_loudly() -> None:
     out, transport, counters = outbound(max_message_size=2048)
     with pytest.raises(ValueError, match="exceeds max_message_size"):

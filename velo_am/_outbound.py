@@ -4,11 +4,11 @@ It keeps the worker's links and does, in one place, what every send needs: the s
 payloads, the envelope (this worker's id and incarnation, the peer's incarnation), encoding,
 the choice of link, the transport send and its failure, and the ``messages_out`` count.
 
-**Links on demand.** A message to a peer goes on this worker's own link to it once that link
-is up, else on a link the peer opened to this worker, else on its own link (opened when there
-is first business with that peer, and introduced with a ``Hello``). An answer (``Response``,
-``ErrorResponse``) goes back on the link its request came on, so a worker serving many
-callers holds no link of its own to each. Links this worker opened are closed after
+**Links on demand.** A message to a peer goes on this worker's own link to it, opened when
+there is first business with that peer (and introduced with a ``Hello``); without one, on a
+link the peer opened to this worker. An answer (``Response``, ``ErrorResponse``) goes back on
+the link its request came on, so a worker serving many callers holds no link of its own to
+each. Links this worker opened are closed after
 ``link_idle`` seconds without traffic unless its business with the peer goes on
 (``interest``), and at most ``max_links`` stay open: past that, the least recently used idle
 one is closed first.
@@ -262,13 +262,15 @@ class Outbound:
         """Hand encoded frames to a link to ``peer_id`` (see the module's doc);
         :class:`PeerUnreachable` if there is none (and ``dial`` is false, or the peer's
         address is unknown) or its queue is full."""
+        # Our own link even while it connects: the peer may close its link to us at any
+        # moment (an answered verification, its idle links), taking what is on the way.
         link = self._own.get(peer_id)
-        if link is None or link not in self._up:
-            # Not our own link while it is connecting if theirs works: what waits on a link
-            # that never comes up is lost with it (a peer slow to accept is not a dead one).
-            link = self._theirs.get(peer_id) or link or self._open_for(peer_id, dial)
-        if link in self._used:
+        if link is not None:
             self._used[link] = self._now
+        else:
+            link = self._theirs.get(peer_id)
+            if link is None:
+                link = self._open_for(peer_id, dial)
         try:
             self._transport.send(link, frames)
         except LinkFull as error:

@@ -136,6 +136,25 @@ def test_an_answer_goes_back_on_the_link_its_request_came_on() -> None:
     assert "test://4" in transport.connected.values()
 
 
+def test_a_handshake_link_a_call_just_went_on_stays_open() -> None:
+    """Seen in 1 of ~15 stressed runs: a client's call went on its join link, the answer to a
+    second handshake on that link arrived, and the link was closed as having no business
+    (as of the last clock tick), losing the call's answer: CallTimeout after 30 s."""
+    out, transport, _ = outbound()
+    business: set[int] = set()
+    out.business = lambda: business
+    link = out.dial(ADDRESSES[2], 2, now=1.0, handshake=True)
+    out.tick(now=1.5, interest=set())
+    business.add(2)  # a call to worker 2, on the link the handshake opened
+    out.request(Peer(2, 0x22), 7, "whoami", None, reply=True)
+    out.dial_ended(link, release=True)
+    assert link in transport.connected, "a call is in flight on it"
+    business.clear()
+    link3 = out.dial(ADDRESSES[3], 3, now=2.0, handshake=True)
+    out.dial_ended(link3, release=True)
+    assert link3 not in transport.connected, "no business: closed"
+
+
 def test_payload_bound_and_unreachable_peers_fail_loudly() -> None:
     out, transport, counters = outbound(max_message_size=2048)
     with pytest.raises(ValueError, match="exceeds max_message_size"):

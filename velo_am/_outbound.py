@@ -93,6 +93,9 @@ class Outbound:
         self._connecting: dict[LinkId, float] = {}  # our links not up yet -> opened at
         self._now = 0.0
         self._interest: Collection[int] = ()  # peers with business, as of the last tick
+        #: The peers this worker has business with now (set by the shell): a link closed
+        #: between ticks must not be one a call was just sent on.
+        self.business: Callable[[], Collection[int]] = lambda: self._interest
         self._nothing_to_close_at = -1.0  # when the cap last found no idle link to close
 
     # -- links ------------------------------------------------------------------------------
@@ -127,7 +130,7 @@ class Outbound:
             self._dialing[link] = left
             return
         self._dialing.pop(link, None)
-        if link in self._dials or (release and self._owner.get(link) not in self._interest):
+        if link in self._dials or (release and self._owner.get(link) not in self.business()):
             self._close(link)
 
     def heard(self, peer_id: int, link: LinkId, now: float) -> None:
@@ -226,6 +229,7 @@ class Outbound:
         excess = len(self._used) - self.max_links
         if excess <= 0 or now == self._nothing_to_close_at:
             return
+        self._interest = self.business()
         idle = heapq.nsmallest(
             excess,
             (

@@ -53,6 +53,7 @@ class Shell:
     ) -> None:
         self._membership = table
         self._outbound = outbound
+        outbound.business = self.interest
         self._calls = calls
         self._execution = execution
         self._remote_events = events

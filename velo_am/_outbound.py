@@ -5,14 +5,12 @@ payloads, the envelope (this worker's id and incarnation, the peer's incarnation
 the choice of link, the transport send and its failure, and the ``messages_out`` count.
 
 **Links on demand.** A message to a peer goes on this worker's own link to it, opened when
-there is first business with that peer (and introduced with a ``Hello``); on a link the peer
-opened to this worker only if this worker cannot open one (the peer is an observer, or it
-may not dial). An answer (``Response``, ``ErrorResponse``) goes back on
+there is first business with that peer (and introduced with a ``Hello``); without one, on a
+link the peer opened to this worker. An answer (``Response``, ``ErrorResponse``) goes back on
 the link its request came on, so a worker serving many callers holds no link of its own to
-each. Links this worker opened are closed after
-``link_idle`` seconds without traffic unless its business with the peer goes on
-(``interest``), and at most ``max_links`` stay open: past that, the least recently used idle
-one is closed first.
+each. Links this worker opened are closed after ``link_idle`` seconds without traffic unless
+its business with the peer goes on (``interest``), and at most ``max_links`` stay open: past
+that, the least recently used idle one is closed first.
 """
 
 from __future__ import annotations
@@ -267,18 +265,15 @@ class Outbound:
         """Hand encoded frames to a link to ``peer_id`` (see the module's doc);
         :class:`PeerUnreachable` if there is none (and ``dial`` is false, or the peer's
         address is unknown) or its queue is full."""
-        # Our own link, even while it connects, and opened if need be: the peer may close
-        # its link to us at any moment (an answered verification, its idle links), taking
-        # what is on the way. Its link serves when ours cannot be had (an observer).
+        # Our own link even while it connects (what waits on it is ours to keep); else
+        # theirs, which keeps what follows a handshake's answer in order after it.
         link = self._own.get(peer_id)
         if link is not None:
             self._used[link] = self._now
         else:
-            theirs = self._theirs.get(peer_id)
-            if theirs is None or (dial and self._locate(peer_id) is not None):
+            link = self._theirs.get(peer_id)
+            if link is None:
                 link = self._open_for(peer_id, dial)
-            else:
-                link = theirs
         try:
             self._transport.send(link, frames)
         except LinkFull as error:

@@ -91,9 +91,13 @@ class Outbound:
         self._connecting: dict[LinkId, float] = {}  # our links not up yet -> opened at
         self._now = 0.0
         self._interest: Collection[int] = ()  # peers with business, as of the last tick
-        #: The peers this worker has business with now (set by the shell): a link closed
-        #: between ticks must not be one a call was just sent on.
+        #: The peers this worker has business with now (set by the shell), for the cap.
         self.business: Callable[[], Collection[int]] = lambda: self._interest
+        # Links that carried a message while a handshake was in flight on them: a call just
+        # sent on one must keep it open. A link that carried nothing is closed once its
+        # handshake ends without business, so that what this worker sends next goes on the
+        # peer's link, after the handshake's answer, never overtaking it on another link.
+        self._carried: set[LinkId] = set()
         self._nothing_to_close_at = -1.0  # when the cap last found no idle link to close
 
     # -- links ------------------------------------------------------------------------------
@@ -128,7 +132,11 @@ class Outbound:
             self._dialing[link] = left
             return
         self._dialing.pop(link, None)
-        if link in self._dials or (release and self._owner.get(link) not in self.business()):
+        carried = link in self._carried
+        self._carried.discard(link)
+        if link in self._dials or (
+            release and not carried and self._owner.get(link) not in self._interest
+        ):
             self._close(link)
 
     def heard(self, peer_id: int, link: LinkId, now: float) -> None:
@@ -185,6 +193,7 @@ class Outbound:
         self._used.pop(link, None)
         self._up.discard(link)
         self._dialing.pop(link, None)
+        self._carried.discard(link)
         self._connecting.pop(link, None)
         self._transport.disconnect(link)
 
@@ -270,6 +279,8 @@ class Outbound:
         link = self._own.get(peer_id)
         if link is not None:
             self._used[link] = self._now
+            if link in self._dialing:
+                self._carried.add(link)
         else:
             link = self._theirs.get(peer_id)
             if link is None:

@@ -126,7 +126,8 @@ class Outbound:
 
     def dial_ended(self, link: LinkId, *, release: bool) -> None:
         """A handshake on ``link`` ended. A link whose peer never answered is closed; with
-        ``release`` (a verification: no business), so is one with no business now."""
+        ``release`` (the peer is no gossip neighbor), so is one that carried nothing during
+        the handshake and whose peer had no business as of the last tick."""
         left = self._dialing.get(link, 0) - 1
         if left > 0:
             self._dialing[link] = left

@@ -29,6 +29,7 @@ import asyncio
 import heapq
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -253,15 +254,13 @@ class RemoteEvents:
     # -- subscriber side ------------------------------------------------------------------------
 
     def _subscribe(self, owner: int, handle: EventHandle) -> None:
-        loop = self._messenger.loop()
-        assert loop is not None
         repeats, first = self._repeats, self._resubscribe_after
         if len(repeats) > 2 * len(self._remote) + 1024:
             # Most were answered long before their repeat was due: keep the pending ones.
             with self._lock:
                 repeats[:] = [entry for entry in repeats if entry[1] in self._remote]
             heapq.heapify(repeats)
-        heapq.heappush(repeats, (loop.time() + first, handle, first))
+        heapq.heappush(repeats, (time.monotonic() + first, handle, first))
         if self._post(owner, handle):
             self._counters["events_subscriptions_sent"] += 1
         else:  # not connected yet: route (mesh, discovery) in the background
@@ -277,8 +276,8 @@ class RemoteEvents:
         self._counters["events_subscriptions_sent"] += 1
 
     def tick(self, now: float) -> None:
-        """Send again the subscriptions still pending since their time came (``now`` is the
-        loop's clock)."""
+        """Send again the subscriptions still pending since their time came (``now``:
+        ``time.monotonic()``, as for the rest of the worker's clock)."""
         repeats = self._repeats
         while repeats and repeats[0][0] <= now:
             _, handle, interval = heapq.heappop(repeats)

@@ -176,7 +176,7 @@ class Shell:
         business with watched through links of its own."""
         interest = self.interest()
         self.apply(self._membership.tick(now))
-        self._remote_events.tick(asyncio.get_running_loop().time())
+        self._remote_events.tick(now)
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, why, now))

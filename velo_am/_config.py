@@ -19,7 +19,7 @@ from typing import Any, Final
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .discovery import Discovery
 
-__all__ = ["OPTIONS", "Option", "WorkerOptions", "resolve"]
+__all__ = ["OPTIONS", "OPTION_NAMES", "Option", "WorkerOptions", "resolve"]
 
 
 def _positive_float(text: str) -> float:
@@ -124,6 +124,8 @@ OPTIONS: Final = (
 )  # fmt: skip
 
 _BY_NAME: Final = {opt.name: opt for opt in OPTIONS}
+#: The keywords of :class:`~velo_am.Worker` that are options of the table.
+OPTION_NAMES: Final = frozenset(_BY_NAME)
 
 
 def resolve(name: str, given: Any) -> Any:

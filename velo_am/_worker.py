@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
-from ._config import WorkerOptions
+from ._config import OPTION_NAMES, WorkerOptions
 from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
 from ._events import DistributedEvents, event_core, runtime_handlers
 from ._execution import HandlerExecution, Serving
@@ -102,25 +102,9 @@ class Worker:
         transport: Transport | None = None,
         observer: bool = False,
     ) -> None:
-        options = WorkerOptions.resolve(
-            worker_id=worker_id,
-            bind=bind,
-            peers=peers,
-            discovery=discovery,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            call_timeout=call_timeout,
-            handshake_timeout=handshake_timeout,
-            join_timeout=join_timeout,
-            forget_after=forget_after,
-            link_idle=link_idle,
-            max_links=max_links,
-            gossip_fanout=gossip_fanout,
-            close_grace=close_grace,
-            max_message_size=max_message_size,
-            metrics_port=metrics_port,
-            metrics_host=metrics_host,
-        )
+        # Every parameter but the last three is an option of the table (velo_am._config).
+        given = {name: value for name, value in locals().items() if name in OPTION_NAMES}
+        options = WorkerOptions.resolve(**given)
         self.worker_id: Final = options.worker_id
         #: Random per start of a process: tells a restarted worker from its predecessor.
         self.incarnation: Final = ms.new_incarnation()
@@ -136,8 +120,8 @@ class Worker:
         #: ``time.monotonic()`` at :meth:`start`.
         self.started_at = 0.0
         self._seeds = options.peers
-        given = options.discovery
-        discovery = open_discovery(given) if isinstance(given, str) else given
+        found_by = options.discovery
+        finder = open_discovery(found_by) if isinstance(found_by, str) else found_by
         size = options.max_message_size
         if transport is not None and security is not None:
             raise ValueError("give security to the transport you pass, not to the Worker")
@@ -212,7 +196,7 @@ class Worker:
         self._routes = Routes(
             self._membership,
             self._outbound,
-            discovery,
+            finder,
             options.handshake_timeout,
             self._check_running,
             self._shell.apply,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from support import FAKE_FAST, FAST, Hosts, Script, ip
+from support import FAKE_FAST, FAST, Hosts, Lan, Script, ip
 
 from velo_am import Worker
 from velo_am.transport import FakeNetwork
@@ -89,3 +89,15 @@ def hosts() -> Iterator[Hosts]:
             subprocess.run(
                 ["ip", "netns", "del", host], check=False, capture_output=True, timeout=10
             )
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    """Hosts on subnets of this test's own (network namespaces), removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2 (ip)")
+    network = Lan()
+    try:
+        yield network
+    finally:
+        network.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +84,7 @@ class Script:
 
     def ready(self) -> tuple[int, str]:
         """Wait for ``READY <id> <address>``; return (worker id, address)."""
-        _, worker_id, address = self.expect("READY").split()
+        _, worker_id, address = self.expect("READY").split(maxsplit=2)
         return int(worker_id, 0), address
 
     def stderr(self) -> str:
@@ -153,3 +155,60 @@ def stop(*scripts: Script | None) -> None:
             script.signal(signal.SIGTERM)
             assert script.wait() == 0, script.stderr()
             script.reap()
+
+
+class Lan:
+    """Hosts of this test's own (network namespaces) on subnets of its own: each subnet is a
+    bridge in a namespace playing the switch. Each host's interfaces are ``eth0``, ``eth1``…
+    in the order its addresses were given. :meth:`close` removes every namespace."""
+
+    def __init__(self) -> None:
+        self._tag = f"{os.getpid() % 100000}"
+        self._switch = f"velo-sw-{self._tag}"
+        self._bridges: dict[str, str] = {}
+        self._hosts: dict[str, str] = {}
+        self._cables = 0
+        ip("netns", "add", self._switch)
+
+    def host(self, name: str, *addresses: str) -> str:
+        """Host ``name`` with one interface per address (``10.0.0.1/24``); its namespace."""
+        namespace = self._hosts[name] = f"velo-{name}-{self._tag}"
+        ip("netns", "add", namespace)
+        ip("-n", namespace, "link", "set", "lo", "up")
+        for index, address in enumerate(addresses):
+            bridge = self._bridge(address)
+            self._cables += 1
+            cable, nic = f"c{self._cables}", f"eth{index}"
+            ip("-n", self._switch, "link", "add", cable, "type", "veth",
+               "peer", "name", nic, "netns", namespace)  # fmt: skip
+            ip("-n", self._switch, "link", "set", cable, "master", bridge, "up")
+            ip("-n", namespace, "addr", "add", address, "dev", nic)
+            ip("-n", namespace, "link", "set", nic, "up")
+        return namespace
+
+    def _bridge(self, address: str) -> str:
+        subnet = str(ipaddress.ip_interface(address).network)
+        if subnet not in self._bridges:
+            bridge = self._bridges[subnet] = f"br{len(self._bridges)}"
+            ip("-n", self._switch, "link", "add", bridge, "type", "bridge")
+            ip("-n", self._switch, "link", "set", bridge, "up")
+        return self._bridges[subnet]
+
+    def names(self, name: str, entries: dict[str, str]) -> None:
+        """Host ``name`` resolves these host names to these addresses (``ip netns exec``
+        mounts ``/etc/netns/NAMESPACE/hosts`` over ``/etc/hosts``)."""
+        folder = Path("/etc/netns") / self._hosts[name]
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", *(f"{ip} {host}" for host, ip in entries.items())]
+        (folder / "hosts").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def launcher(self, name: str) -> list[str]:
+        return ["ip", "netns", "exec", self._hosts[name]]
+
+    def close(self) -> None:
+        for namespace in self._hosts.values():
+            shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+        for namespace in [*self._hosts.values(), self._switch]:
+            subprocess.run(
+                ["ip", "netns", "del", namespace], check=False, capture_output=True, timeout=10
+            )

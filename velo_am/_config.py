@@ -85,7 +85,15 @@ OPTIONS: Final = (
     Option("worker_id", "VELO_WORKER_ID", None, _int,
            "this worker's id, a non-zero 64-bit integer (decimal or 0x hex)", "random"),
     Option("bind", "VELO_BIND", "tcp://127.0.0.1:0", str,
-           "the ZeroMQ endpoint to listen on (port 0: any free port)", "tcp://127.0.0.1:0"),
+           "the ZeroMQ endpoint to listen on (port 0: any free port; 0.0.0.0: all interfaces)",
+           "tcp://127.0.0.1:0"),
+    Option("advertise", "VELO_ADVERTISE", None, str,
+           "the address others dial to reach this worker: tcp://HOST:PORT, HOST:PORT or HOST "
+           "(the bound port), several comma-separated", "the bound address"),
+    Option("interface", "VELO_INTERFACE", None, str,
+           "listen on (with a wildcard bind: advertise) this interface's address; "
+           "NCCL_SOCKET_IFNAME's syntax: eth0,ib prefixes, =eth0 exact, ^docker excluded",
+           "any"),
     Option("peers", "VELO_PEERS", (), _addresses,
            "seed addresses to join the mesh through (comma-separated in the variable)", "none"),
     Option("discovery", "VELO_DISCOVERY", None, str,
@@ -149,6 +157,8 @@ class WorkerOptions:
 
     worker_id: int
     bind: str
+    advertise: str | None
+    interface: str | None
     peers: tuple[str, ...]
     discovery: str | Discovery | None
     heartbeat_interval: float

@@ -83,6 +83,8 @@ class Worker:
         worker_id: int | None = None,
         *,
         bind: str | None = None,
+        advertise: str | None = None,
+        interface: str | None = None,
         peers: Iterable[str] | None = None,
         discovery: str | Discovery | None = None,
         heartbeat_interval: float | None = None,
@@ -126,7 +128,11 @@ class Worker:
         if transport is not None and security is not None:
             raise ValueError("give security to the transport you pass, not to the Worker")
         self._transport = transport or ZmqTransport(
-            options.bind, max_message_size=size, security=security
+            options.bind,
+            max_message_size=size,
+            security=security,
+            advertise=options.advertise,
+            interface=options.interface,
         )
         self._address = ""
         self._state = WorkerState.NEW
@@ -229,7 +235,9 @@ class Worker:
 
     @property
     def address(self) -> str:
-        """The endpoint actually bound (port 0 resolved); empty before :meth:`start`."""
+        """The address other workers reach this one at (port 0 resolved): the bound endpoint,
+        or what it advertises (a wildcard bind: the host's addresses, space-separated, see
+        ``advertise``); empty before :meth:`start`."""
         return self._address
 
     @property

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import textwrap
@@ -245,7 +246,10 @@ async def member(args: argparse.Namespace) -> AsyncIterator[Worker]:
     if not seeds and not discovery:
         raise CommandError("no mesh to join: give --seed ADDR or --discovery URL")
     # An observer: it acts and leaves, nobody gossips it, dials it or remembers it.
+    # A random id of its own, whatever VELO_WORKER_ID says: that names the long-lived worker
+    # of the same shell. (Nobody dials an observer: what it advertises does not matter.)
     worker = Worker(
+        secrets.randbits(64) or 1,
         bind=args.bind or local_endpoint_towards(seeds),
         peers=seeds,
         discovery=discovery,

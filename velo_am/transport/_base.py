@@ -78,13 +78,15 @@ class Transport(Protocol):
         identity: bytes,
         liveness: Liveness,
     ) -> str:
-        """Bind and start reporting to ``events`` on ``loop``; returns the address actually
-        bound (a port 0 resolved), the one peers connect to. ``identity`` names this worker's
+        """Bind and start reporting to ``events`` on ``loop``; returns the address peers
+        connect to (a port 0 resolved): the bound endpoint, or what the worker advertises
+        (one or more endpoints, separated by spaces). ``identity`` names this worker's
         side of the links it opens, as the other end sees them (unique per incarnation)."""
         ...
 
     def connect(self, address: str, peer_id: int | None = None) -> LinkId:
-        """Open a watched link to the worker listening at ``address`` (``peer_id``: that
+        """Open a watched link to the worker listening at ``address`` (as it advertised it:
+        with several endpoints, the transport picks the one to dial; ``peer_id``: that
         worker's id, when known, for per-peer settings such as security keys). Messages may
         be sent on it at once; they wait for the connection. Raises :class:`LinkFull` if no
         link can be opened."""

@@ -25,6 +25,13 @@ from typing import Final
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ._addresses import (
+    Interface,
+    advertised_address,
+    choose_endpoint,
+    listen_endpoint,
+    local_interfaces,
+)
 from ._base import LinkClosed, LinkFull, LinkId, Liveness, TransportEvents
 from ._security import Plaintext, ZmqSecurity
 
@@ -74,6 +81,8 @@ class ZmqTransport:
     process (and on the loop) that uses it.
 
     ``bind`` is the endpoint (``tcp://HOST:PORT``, port 0 for any free one; ``ipc://PATH``);
+    ``advertise`` and ``interface`` say what address others dial (see
+    :mod:`~velo_am.transport._addresses`: a wildcard bind advertises the host's addresses);
     ``max_message_size`` bounds each inbound frame (libzmq drops the connection of a peer that
     sends a larger one); ``send_queue`` and ``receive_queue`` are the high-water marks of each
     link; ``security`` configures the socket before it binds and before each connection
@@ -88,8 +97,14 @@ class ZmqTransport:
         send_queue: int = 100_000,
         receive_queue: int = 100_000,
         security: ZmqSecurity | None = None,
+        advertise: str | None = None,
+        interface: str | None = None,
     ) -> None:
         self._bind = bind
+        self._advertise = advertise
+        self._interface = interface
+        #: This host's interfaces, read at start: dials choose among a peer's endpoints by them.
+        self._interfaces: list[Interface] = []
         self.security: ZmqSecurity = Plaintext() if security is None else security
         self._max_message_size = max_message_size
         self._send_queue = send_queue
@@ -117,6 +132,8 @@ class ZmqTransport:
     ) -> str:
         self._loop = loop
         self._events = events
+        self._interfaces = local_interfaces()
+        bind = listen_endpoint(self._bind, self._interface, self._interfaces)
         self._context = context = zmq.Context()
         self.security.start(context)
         self._router = router = context.socket(zmq.ROUTER)
@@ -148,7 +165,7 @@ class ZmqTransport:
             router.setsockopt(option, value)
         try:
             self.security.configure_listener(router)
-            router.bind(self._bind)
+            router.bind(bind)
         except zmq.ZMQError:
             router.close(linger=0)
             self.security.close()
@@ -159,13 +176,21 @@ class ZmqTransport:
             "connection closed)"
         )
         self._monitor = monitor = router.get_monitor_socket(_WATCHED)
-        address = router.getsockopt(zmq.LAST_ENDPOINT)
-        assert isinstance(address, bytes)
+        bound = router.getsockopt(zmq.LAST_ENDPOINT)
+        assert isinstance(bound, bytes)
         loop.add_reader(router.FD, self._drain)
         loop.add_reader(monitor.FD, self._drain_monitor)
         self._schedule_drain()  # messages may have arrived before the readers were added
         loop.call_soon(self._drain_monitor)
-        return address.decode()
+        advertised = advertised_address(
+            bound.decode(),
+            advertise=self._advertise,
+            interface=self._interface,
+            interfaces=self._interfaces,
+        )
+        if advertised != bound.decode():
+            logger.info("listening on %s, advertised as %s", bound.decode(), advertised)
+        return advertised
 
     async def close(self) -> None:
         router, monitor, context = self._router, self._monitor, self._context
@@ -197,6 +222,7 @@ class ZmqTransport:
         router = self._router
         if router is None:
             raise LinkClosed("transport closed")
+        address = choose_endpoint(address, self._interfaces)
         existing = self._by_address.get(address)
         if existing is not None:
             return existing

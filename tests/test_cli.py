@@ -175,6 +175,11 @@ def test_worker_loads_handlers_and_logs_json(tmp_path: Path) -> None:
         "    def fail(payload, ctx):\n"
         "        raise RuntimeError('no such model')\n"
         "    worker.register_handler('fail', fail)\n"
+        "    events = []\n"
+        "    def new(payload, ctx):\n"
+        "        events.append(worker.events.new_event(payload))\n"
+        "        return {'handle': events[-1].handle}\n"
+        "    worker.register_handler('new', new)\n"
     )
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     script, worker_id, address = start_worker(
@@ -186,6 +191,11 @@ def test_worker_loads_handlers_and_logs_json(tmp_path: Path) -> None:
         failed = velo("call", f"{worker_id:#x}", "fail", *seed)
         assert failed.returncode == 1
         assert "RuntimeError: no such model" in failed.stderr
+        # A handle in a result is printed in the text form the other commands read.
+        handle = json.loads(ok("call", f"{worker_id:#x}", "new", '"tokenizer"', *seed))["handle"]
+        assert EventHandle.parse(handle).worker_id == worker_id
+        ok("trigger", handle, *seed)
+        assert ok("status", handle, *seed).startswith("ready")
         text = ok("inspect", address)
         assert re.search(r"double\s+1\s+0", text)
         assert re.search(r"fail\s+1\s+1", text)

@@ -42,7 +42,7 @@ _DEADLINE: Final = 60.0  # the whole graph, generously: a loaded CI machine is s
 def register(worker: Worker) -> None:
     """``--load velo_am._demo:register``: the demo's one handler, ``demo.load``."""
 
-    def load(payload: dict[str, Any], ctx: CallContext) -> bytes:
+    def load(payload: dict[str, Any], ctx: CallContext) -> EventHandle:
         """Create an event for a simulated loading step, complete it after ``seconds``
         (poisoned with ``fail`` if given), and return its handle at once."""
         event = worker.events.new_event(payload["label"])
@@ -51,7 +51,7 @@ def register(worker: Worker) -> None:
             loop.call_later(payload["seconds"], event.poison, payload["fail"])
         else:
             loop.call_later(payload["seconds"], event.trigger)
-        return event.handle.to_bytes()
+        return event.handle
 
     worker.register_handler("demo.load", load)
 
@@ -151,8 +151,8 @@ class _Demo:
     ) -> _Node:
         seconds = round(random.uniform(0.3, 1.2), 2)
         payload = {"label": label, "seconds": seconds, "fail": fail}
-        data = await coordinator.call(owner, "demo.load", payload)
-        node = _Node(label, EventHandle.from_bytes(data), owner)
+        handle: EventHandle = await coordinator.call(owner, "demo.load", payload)
+        node = _Node(label, handle, owner)
         self.nodes.append(node)
         return node
 

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from velo_event import EventHandle
+
 from .._errors import AMError, RemoteError
 from .._inspect import build_graph, render_dot, render_mermaid, render_text
 from ._shared import (
@@ -42,14 +44,22 @@ async def _call(args: argparse.Namespace) -> int:
             result = await worker.call(args.worker, args.handler, args.payload, args.timeout)
         except RemoteError as error:
             raise CommandError(f"the handler raised {error}", EXIT_POISONED) from None
-    print(json.dumps(result, default=_bytes_as_hex))
+    print(json.dumps(_as_json(result), default=str))
     return EXIT_OK
 
 
-def _bytes_as_hex(value: object) -> str:
+def _as_json(value: object) -> object:
+    """A result as JSON shows it: handles in their text form (what ``wait`` and ``trigger``
+    read), bytes in hex."""
+    if isinstance(value, EventHandle):
+        return str(value)
     if isinstance(value, bytes):
         return value.hex()
-    raise TypeError(f"{type(value).__name__} is not JSON")
+    if isinstance(value, list | tuple):
+        return [_as_json(item) for item in value]
+    if isinstance(value, dict):
+        return {_as_json(key): _as_json(item) for key, item in value.items()}
+    return value
 
 
 def _configure_inspect(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from velo_event import EventHandle, EventPoison
 from ._handlers import CallContext
 from ._worker import Worker
 
-__all__ = ["register", "run_demo"]
+__all__ = ["CausalProgress", "progress_line", "register", "run_demo"]
 
 MAX_WORKERS: Final = 16
 COORDINATOR_ID: Final = 0xC0
@@ -67,12 +67,65 @@ class _Node:
     inputs: list[_Node] = field(default_factory=list)
     finished: float | None = None
     reason: str | None = None
+    fail_fast: bool = False
 
     @property
     def status(self) -> str:
         if self.finished is None:
             return "pending"
         return "ready" if self.reason is None else "POISONED"
+
+
+class CausalProgress:
+    """The order of the live progress: a completion is shown once what caused it has been.
+
+    The coordinator hears of completions in no causal order. A merge it owns completes inside
+    the wake-up of its last input, before that input's own watcher resumes; and completions
+    of different owners travel on different links, which keep no order between them
+    (docs/protocol.md §1). So a completion heard of before its causes is held back until they
+    have been shown: a merge's causes are all its inputs; a fail-fast merge that was poisoned
+    needs only a poisoned input. A line keeps the time the coordinator heard of it, so a held
+    line may show a slightly earlier time than the cause shown above it.
+    """
+
+    def __init__(self) -> None:
+        self._shown: set[EventHandle] = set()
+        self._held: list[_Node] = []
+
+    def seen(self, node: _Node) -> list[_Node]:
+        """``node`` was heard of complete (its ``reason`` set if poisoned): what to show now,
+        in order (``node`` and what it released, or nothing while a cause is missing)."""
+        self._held.append(node)
+        shown = []
+        while (ready := next(filter(self._caused, self._held), None)) is not None:
+            self._held.remove(ready)
+            self._shown.add(ready.handle)
+            shown.append(ready)
+        return shown
+
+    def held(self) -> list[_Node]:
+        """What is still held back, in the order it was heard of (the watch ended before a
+        cause was heard of: shown anyway, it happened); then forgotten."""
+        held, self._held = self._held, []
+        return held
+
+    def _caused(self, node: _Node) -> bool:
+        shown = [cause for cause in node.inputs if cause.handle in self._shown]
+        if len(shown) == len(node.inputs):
+            return True
+        failed = any(cause.reason is not None for cause in shown)
+        return node.fail_fast and node.reason is not None and failed
+
+
+def progress_line(node: _Node) -> str:
+    """A completed node's line in the live progress."""
+    mark = "✔" if node.reason is None else "✘"
+    line = f"  {node.finished or 0.0:6.2f} s  {mark} {node.label:<34} (worker {node.owner:#x})"
+    if node.reason is not None and not node.inputs:
+        line += f"\n             {node.reason}"
+    elif node.reason is not None:
+        line += "  ← an input failed"
+    return line
 
 
 class _Children:
@@ -141,6 +194,7 @@ class _Demo:
         self.count = workers
         self.out = out
         self.nodes: list[_Node] = []
+        self.progress = CausalProgress()
         self.started = 0.0
 
     def elapsed(self) -> float:
@@ -168,7 +222,7 @@ class _Demo:
         handle = await coordinator.events.merge_events_on(
             owner, handles, label=label, fail_fast=fail_fast
         )
-        node = _Node(label, handle, owner, inputs)
+        node = _Node(label, handle, owner, inputs, fail_fast=fail_fast)
         self.nodes.append(node)
         return node
 
@@ -178,14 +232,8 @@ class _Demo:
         except EventPoison as poison:
             node.reason = poison.reason
         node.finished = self.elapsed()
-        mark = "✔" if node.reason is None else "✘"
-        where = f"worker {node.owner:#x}"
-        line = f"  {node.finished:6.2f} s  {mark} {node.label:<34} ({where})"
-        if node.reason is not None and not node.inputs:
-            line += f"\n             {node.reason}"
-        elif node.reason is not None:
-            line += "  ← an input failed"
-        self.out(line)
+        for shown in self.progress.seen(node):
+            self.out(progress_line(shown))
 
     async def run(self) -> int:
         out = self.out
@@ -248,6 +296,8 @@ class _Demo:
         finally:
             for watcher in watchers:
                 watcher.cancel()
+            for node in self.progress.held():
+                self.out(progress_line(node))
         self.server, self.speculative = server, speculative
         expected = (
             server.reason is None

@@ -218,8 +218,8 @@ class MemoryDiscovery:
     async def find(self, worker_id: int) -> DiscoveryEntry | None:
         return self.board.get(worker_id)
 
-    async def members(self) -> list[DiscoveryEntry]:
-        return list(self.board.values())
+    async def seeds(self) -> list[str]:
+        return [entry.address for entry in self.board.values()]
 
 
 async def test_a_discovery_scheme_of_ones_own_finds_workers_by_id() -> None:
@@ -257,5 +257,6 @@ def test_the_cli_reads_a_discovery_url_or_a_directory(tmp_path: Path) -> None:
     assert discovery_url(f"dir:{tmp_path}") == f"dir:{tmp_path}"
     assert discovery_url(str(tmp_path)) == f"dir:{tmp_path}", "a bare path is a directory"
     assert discovery_url("relative/dir") == "dir:relative/dir"
-    with pytest.raises(Exception, match=r"unknown discovery 'dns:head:29500'.*dir:PATH"):
-        discovery_url("dns:head:29500")
+    assert discovery_url("dns:head:29500") == "dns:head:29500"
+    with pytest.raises(Exception, match=r"unknown discovery 'consul:web'.*dir:PATH, dns:NAME:PORT"):
+        discovery_url("consul:web")

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
@@ -97,30 +92,3 @@ async def test_discovery_from_environment(tmp_path: Path, monkeypatch: pytest.Mo
             assert a.worker_id in b.peers
             assert await b.call(a.worker_id, "hi") == "hi"
         assert DirectoryDiscovery(tmp_path).lookup(a.worker_id) is not None
-
-
-def test_discovery_ignores_and_removes_dead_processes(tmp_path: Path) -> None:
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    pid = int(dead.stdout)
-    entry: dict[str, Any] = {
-        "worker_id": 0x55,
-        "address": "tcp://127.0.0.1:1",
-        "pid": pid,
-        "incarnation": 7,
-        "last_seen": 1e12,
-    }
-    path = tmp_path / f"{0x55:016x}.json"
-    path.write_text(json.dumps(entry))
-    (tmp_path / f"{0x56:016x}.json").write_text(
-        json.dumps({**entry, "worker_id": 0x56, "pid": os.getpid()})
-    )
-    discovery = DirectoryDiscovery(tmp_path)
-    assert discovery.lookup(0x55) is None
-    assert not path.exists()
-    found = discovery.lookup(0x56)
-    assert found is not None and found.pid == os.getpid()

@@ -7,7 +7,7 @@ error within the liveness window, never a hang. Every public coroutine documents
 
 The seams are public subpackages: :mod:`velo_am.transport` (how messages travel, with an
 in-process fake for tests, and socket security) and :mod:`velo_am.discovery` (where workers
-find each other by id).
+find each other: a shared directory, DNS records, or a backend of one's own).
 """
 
 from ._errors import (

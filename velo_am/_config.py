@@ -97,7 +97,7 @@ OPTIONS: Final = (
     Option("peers", "VELO_PEERS", (), _addresses,
            "seed addresses to join the mesh through (comma-separated in the variable)", "none"),
     Option("discovery", "VELO_DISCOVERY", None, str,
-           "where workers find each other by id: a discovery URL, e.g. dir:PATH", "none"),
+           "where workers find each other: a discovery URL, dir:PATH or dns:NAME:PORT", "none"),
     Option("heartbeat_interval", "VELO_HEARTBEAT_INTERVAL", 1.0, _positive_float,
            "seconds between heartbeats on each watched link (answered below the application)",
            "1.0"),

@@ -16,14 +16,14 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, TypeVar
 
 from . import _peers as ms
 from ._errors import PeerUnreachable, WorkerClosed
 from ._membership import PeerTable
 from ._outbound import Outbound
-from .discovery import Discovery, DiscoveryEntry
+from .discovery import Discovery, DiscoveryEntry, this_host
 from .transport import LinkId
 
 __all__ = ["Routes"]
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 _LOG_WAITING_EVERY: Final = 5.0
 _MAX_JOIN_DELAY: Final = 5.0
+
+T = TypeVar("T")
 
 
 class _Dial:
@@ -75,6 +77,7 @@ class Routes:
         self.changed = asyncio.Event()
         self._dials: dict[int, _Dial] = {}  # by token
         self._joins: dict[str, asyncio.Future[int]] = {}  # connect() by address
+        self._refreshing = False
 
     # -- dialing ----------------------------------------------------------------------------
 
@@ -153,35 +156,72 @@ class Routes:
 
     async def join(self, seeds: Sequence[str], timeout: float | None) -> None:
         """Join the mesh through any of ``seeds`` (those that turn out to be this worker
-        aside), retrying with back-off until one answers or ``timeout`` seconds have passed
-        (``None``: forever). Raises
-        :class:`PeerUnreachable` naming the seeds."""
+        aside), tried in order, retrying with back-off until one answers or ``timeout``
+        seconds have passed (``None``: forever). Raises :class:`PeerUnreachable` naming the
+        seeds."""
+
+        async def listed() -> list[str]:
+            return list(seeds)
+
+        await self._join(listed, ", ".join(seeds), timeout, at_once=1)
+
+    async def join_through_discovery(self, timeout: float | None) -> None:
+        """Join the mesh through the seeds discovery lists, asked again at each attempt (a
+        few at once, at random), retrying with back-off until one answers or ``timeout``
+        seconds have passed (``None``: forever; ``0``: one attempt). If discovery lists no
+        one but this worker, it is the mesh's first member. Raises :class:`PeerUnreachable`
+        naming the discovery and what went wrong last."""
+        if self._discovery is None:
+            return
+        discovery = self._discovery
+
+        async def listed() -> list[str]:
+            return await self._ask(discovery.seeds())
+
+        await self._join(listed, f"discovery {discovery!r}", timeout, at_once=3)
+
+    async def _join(
+        self,
+        listed: Callable[[], Awaitable[list[str]]],
+        what: str,
+        timeout: float | None,
+        at_once: int,
+    ) -> None:
         started = time.monotonic()
         deadline = math.inf if timeout is None else started + timeout
         delay, attempt, logged = 0.25, 0, started - _LOG_WAITING_EVERY  # the first wait is logged
         last = ""
         while True:
             attempt += 1
-            others = [seed for seed in seeds if not self._table.is_own_address(seed)]
-            if not others:
+            try:
+                seeds = await listed()
+            except OSError as error:
+                seeds, last = [], str(error)
+            else:
+                if not seeds:
+                    last = "no seeds listed yet"
+            own = self._table.address
+            others = [s for s in seeds if s != own and not self._table.is_own_address(s)]
+            if seeds and not others:
                 return  # every seed is this worker: it is the mesh's first member
-            for seed in others:
-                try:
-                    await self.connect(seed)
+            if at_once > 1:  # a few at random: newcomers spread over the mesh
+                batches = [random.sample(others, min(at_once, len(others)))] if others else []
+            else:
+                batches = [[seed] for seed in others]
+            for batch in batches:
+                failed = await self._connect_any(batch)
+                if failed is None:
                     return
-                except PeerUnreachable as error:
-                    last = str(error)
+                last = failed
             now = time.monotonic()
             if now >= deadline:
-                raise PeerUnreachable(
-                    f"no seed answered within {timeout} s ({', '.join(seeds)}): {last}"
-                )
+                raise PeerUnreachable(f"no seed answered within {timeout} s ({what}): {last}")
             if now - logged >= _LOG_WAITING_EVERY:
                 logged = now
                 logger.info(
                     "worker %#x waiting for its seeds (%s) for %.0f s, attempt %d: %s",
                     self._table.worker_id,
-                    ", ".join(seeds),
+                    what,
                     now - started,
                     attempt,
                     last,
@@ -189,21 +229,25 @@ class Routes:
             await asyncio.sleep(min(delay, max(deadline - now, 0.0)))
             delay = min(delay * 2, _MAX_JOIN_DELAY)
 
-    async def join_through_discovery(self, tries: int = 3) -> None:
-        """Join through up to ``tries`` members listed in discovery, at once; none answering
-        is no error (this worker may be the first one up, and entries may be stale)."""
-        if self._discovery is None:
-            return
+    async def _connect_any(self, addresses: Sequence[str]) -> str | None:
+        """Handshake with ``addresses`` at once until one answers: ``None`` then, else why
+        the last one failed."""
+        pending = {asyncio.ensure_future(self.connect(address)) for address in addresses}
+        why = ""
         try:
-            entries = await self._discovery.members()
-        except OSError as error:
-            logger.warning("cannot list discovery members: %s", error)
-            return
-        me = self._table.worker_id
-        others = [entry.address for entry in entries if entry.worker_id != me]
-        random.shuffle(others)
-        dials = [self.connect(address) for address in others[:tries]]
-        await asyncio.gather(*dials, return_exceptions=True)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for dial in done:
+                    error = dial.exception()
+                    if error is None:
+                        return None
+                    if not isinstance(error, PeerUnreachable):
+                        raise error
+                    why = str(error)
+            return why
+        finally:
+            for dial in pending:  # no longer awaited; their handshakes go on (shielded)
+                dial.cancel()
 
     def close(self) -> None:
         """The worker closes: every handshake in progress fails."""
@@ -233,14 +277,15 @@ class Routes:
             with contextlib.suppress(PeerUnreachable):  # maybe it is back: one handshake
                 await self.connect(peer.address)
             peer = table.get(worker_id) or peer
+        missing = "no discovery"
         if (peer is None or not table.is_connected(worker_id)) and self._discovery is not None:
-            entry = await self._discovery.find(worker_id)
+            entry, missing = await self._find(worker_id)
             if entry is not None:
                 with contextlib.suppress(PeerUnreachable):
                     await self.connect(entry.address)
                 peer = table.get(worker_id)
         if peer is None:
-            raise PeerUnreachable(f"unknown worker {worker_id:#x}: no route, no discovery entry")
+            raise PeerUnreachable(f"unknown worker {worker_id:#x}: no route, {missing}")
         if peer.state is ms.PeerState.LOST:
             raise PeerUnreachable(f"{peer.describe()} was lost (no answer within the window)")
         if peer.state is ms.PeerState.CLOSED:
@@ -249,31 +294,64 @@ class Routes:
 
     # -- discovery --------------------------------------------------------------------------
 
-    async def publish(self, address: str) -> None:
-        """Create or refresh this worker's discovery entry (a failure is logged)."""
+    async def _ask(self, call: Awaitable[T]) -> T:
+        """A discovery call's answer within ``handshake_timeout``; ``OSError`` if it fails
+        or takes longer (a hung file system, a resolver that does not answer)."""
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                return await call
+        except TimeoutError:
+            raise TimeoutError(
+                f"discovery {self._discovery!r} did not answer within {self.handshake_timeout} s"
+            ) from None
+
+    async def _find(self, worker_id: int) -> tuple[DiscoveryEntry | None, str]:
+        """Discovery's entry for ``worker_id`` (``None``: none), and why there is none."""
         if self._discovery is None:
-            return
+            return None, "no discovery"
+        try:
+            entry = await self._ask(self._discovery.find(worker_id))
+        except OSError as error:
+            logger.warning("cannot look up worker %#x in discovery: %s", worker_id, error)
+            return None, f"discovery failed: {error}"
+        return entry, "no discovery entry"
+
+    async def publish(self, address: str) -> None:
+        """Create or refresh this worker's discovery entry (a failure is logged); an observer
+        has none."""
         table = self._table
+        if self._discovery is None or table.observer:
+            return
         entry = DiscoveryEntry(
-            table.worker_id, address, os.getpid(), table.incarnation, time.time()
+            table.worker_id, address, os.getpid(), table.incarnation, time.time(), this_host()
         )
         try:
-            await self._discovery.publish(entry)
+            await self._ask(self._discovery.publish(entry))
         except OSError as error:
             logger.warning("cannot register worker %#x in discovery: %s", table.worker_id, error)
 
     async def refresh(self, address: str, *, rejoin: bool) -> None:
         """Refresh this worker's discovery entry; with ``rejoin`` (it has no seeds and no
-        live member), join through discovery again."""
-        await self.publish(address)
-        if rejoin:
-            await self.join_through_discovery()
+        live member), try once to join through discovery again. Does nothing while an
+        earlier refresh still runs (discovery is slow: refreshes must not pile up)."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            await self.publish(address)
+            if rejoin:
+                with contextlib.suppress(PeerUnreachable, WorkerClosed):
+                    await self.join_through_discovery(timeout=0)
+        finally:
+            self._refreshing = False
 
     async def withdraw(self) -> None:
-        """Remove this worker's discovery entry (the worker closes)."""
-        if self._discovery is not None:
+        """Remove this worker's discovery entry (the worker closes), within
+        ``handshake_timeout``."""
+        if self._discovery is not None and not self._table.observer:
+            withdrawal = self._discovery.withdraw(self._table.worker_id, self._table.incarnation)
             with contextlib.suppress(OSError):
-                await self._discovery.withdraw(self._table.worker_id, self._table.incarnation)
+                await self._ask(withdrawal)
 
     # -- waiting for members ----------------------------------------------------------------
 
@@ -308,12 +386,11 @@ class Routes:
                 return peer.status(time.monotonic())
             if not looked_up and self._discovery is not None:
                 looked_up = True
-                with contextlib.suppress(OSError):
-                    entry = await self._discovery.find(worker_id)
-                    if entry is not None:
-                        self.dial(
-                            self._table.start_dial(entry.address, ms.Purpose.JOIN, time.monotonic())
-                        )
+                entry, _ = await self._find(worker_id)
+                if entry is not None:
+                    self.dial(
+                        self._table.start_dial(entry.address, ms.Purpose.JOIN, time.monotonic())
+                    )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 known = self._table.get(worker_id)

@@ -37,7 +37,7 @@ from ._routes import Routes
 from ._shell import PeerLostCallback, Shell
 from ._signals import run_until_signalled
 from ._stats import new_counters
-from .discovery import Discovery, open_discovery
+from .discovery import REFRESH_EVERY, Discovery, open_discovery
 from .transport import Liveness, Transport, ZmqSecurity, ZmqTransport
 
 __all__ = ["PeerLostCallback", "Worker", "WorkerState"]
@@ -45,7 +45,6 @@ __all__ = ["PeerLostCallback", "Worker", "WorkerState"]
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Handler)
-_REFRESH_DISCOVERY_EVERY: Final = 5.0
 
 
 class WorkerState(enum.StrEnum):
@@ -253,9 +252,9 @@ class Worker:
         await self.close()
 
     async def start(self) -> None:
-        """Bind, register in discovery and join the mesh through the seeds (retried with
-        back-off until one answers). Raises :class:`PeerUnreachable` if none has within
-        ``join_timeout`` (the message names them)."""
+        """Bind, register in discovery and join the mesh through the seeds, else through
+        those discovery lists (retried with back-off until one answers). Raises
+        :class:`PeerUnreachable` if none has within ``join_timeout`` (the message names them)."""
         if self._state is not WorkerState.NEW:
             raise AMError(f"worker {self.worker_id:#x} was already started")
         self._loop = asyncio.get_running_loop()
@@ -275,7 +274,7 @@ class Worker:
             if self._seeds:
                 await self._routes.join(self._seeds, self.join_timeout)
             else:
-                await self._routes.join_through_discovery()
+                await self._routes.join_through_discovery(self.join_timeout)
         except BaseException:
             await self.close(grace=0)
             raise
@@ -472,7 +471,7 @@ class Worker:
             await asyncio.sleep(tick)
             now = time.monotonic()
             self._shell.tick(now)
-            if now - refreshed > _REFRESH_DISCOVERY_EVERY:
+            if now - refreshed > REFRESH_EVERY:
                 refreshed = now
                 alone = not self._seeds and not self._membership.connected_count()
                 self._spawn_background(self._routes.refresh(self._address, rejoin=alone))

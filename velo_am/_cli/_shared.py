@@ -183,8 +183,8 @@ def add_mesh_options(parser: argparse.ArgumentParser) -> None:
         "--discovery",
         type=discovery_url,
         metavar="URL",
-        help="where to find workers by id: a discovery URL (dir:PATH) or a shared directory "
-        "(default: $VELO_DISCOVERY)",
+        help="where to find workers: a discovery URL (dir:PATH, dns:NAME:PORT) or a shared "
+        "directory (default: $VELO_DISCOVERY)",
     )
     group.add_argument(
         "--bind",

@@ -25,7 +25,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "--discovery",
         type=discovery_url,
         metavar="URL",
-        help="a discovery URL (dir:PATH) or a shared directory (default: $VELO_DISCOVERY)",
+        help="a discovery URL (dir:PATH, dns:NAME:PORT) or a shared directory "
+        "(default: $VELO_DISCOVERY)",
     )
     parser.add_argument(
         "--load",

@@ -102,6 +102,36 @@ def test_new_event_wait_trigger_exit_codes(mesh: tuple[list[str], int, int]) -> 
     assert ok("status", str(other), *seed) == "poisoned: backup failed: disk full"
 
 
+def test_wait_timeout_names_what_the_merge_still_waits_on(
+    mesh: tuple[list[str], int, int],
+) -> None:
+    """Issue 12, item 5: a timed-out `wait` on a merge names its pending inputs, each with
+    its label, its owner and the owner's liveness, one per line."""
+    seed, first_id, second_id = mesh
+    done = ok("new-event", *seed, "--label", "config loaded")
+    weights = ok("new-event", *seed, "--label", "weights")
+    remote = ok("new-event", *seed, "--on", f"{second_id:#x}", "--label", "tokenizer")
+    merged = ok("merge", done, weights, remote, "--label", "serve ready", *seed)
+    ok("trigger", done, *seed)
+
+    result = velo("wait", merged, "--timeout", "1", *seed)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    # The owner (0x51) names its pending inputs; 0x52 is asked for its event's label.
+    assert result.stderr.splitlines() == [
+        f"velo-am wait: event {merged} still pending after 1 s, waiting on:",
+        f"  weights ({weights}), owner {first_id:#x}: alive",
+        f"  tokenizer ({remote}), owner {second_id:#x}: alive",
+    ]
+    assert done not in result.stderr, "a triggered input is not named"
+
+    plain = velo("wait", weights, "--timeout", "0.5", *seed)
+    assert plain.returncode == 2, plain.stderr
+    assert plain.stderr.strip() == (
+        f"velo-am wait: event weights ({weights}) still pending after 0.5 s; "
+        f"owner {first_id:#x}: alive"
+    )
+
+
 def test_merge_from_the_shell_carries_the_poison_reason(mesh: tuple[list[str], int, int]) -> None:
     seed, _, second_id = mesh
     weights = ok("new-event", *seed, "--label", "weights")

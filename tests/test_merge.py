@@ -413,7 +413,6 @@ def test_release_racing_another_release_still_completes_the_merge() -> None:
     decided). Simulate the other thread emptying the list between the check and the pop."""
     mgr = LocalEventSystem()
     a, b = mgr.new_event(), mgr.new_event()
-    merged = mgr.new_event()
     core = mgr._core
 
     class RacedList(list[tuple[EventHandle, Hashable]]):
@@ -426,11 +425,11 @@ def test_release_racing_another_release_still_completes_the_merge() -> None:
                 core.remove_waiter(handle, key)
             return super().pop(index)
 
-    merge = _Merge(core, merged.handle, [a.handle, b.handle], True, core.remove_waiter)
+    merge = _Merge(core, [a.handle, b.handle], True, core.remove_waiter)
     assert core.add_waiter(a.handle, (merge, 0), merge.input_done) is not None
     merge.registered = RacedList([(a.handle, (merge, 0))])
     b.poison("b failed")
     merge.record(1, f"Merge dependency {b.handle} poisoned: b failed")
-    assert mgr.poison_reason(merged.handle) == f"Merge dependency {b.handle} poisoned: b failed"
+    assert mgr.poison_reason(merge.handle) == f"Merge dependency {b.handle} poisoned: b failed"
     assert waiter_count(mgr, a.handle) == 0
     assert not merge.registered

@@ -9,6 +9,8 @@ handle, asking its owner, or having it create an event goes through runtime hand
 * ``_ev.trigger`` / ``_ev.poison`` / ``_ev.status``: remote completion and polling.
 * ``_ev.new`` / ``_ev.merge``: create an event (or a merge) owned by this worker on behalf of
   a process that will not stay (the CLI), returning its handle.
+* ``_ev.pending``: what one of this worker's pending events waits on (a timed-out wait on it
+  elsewhere names that, see :meth:`DistributedEvents.waiting_on_remote`).
 
 When an owner is lost (heartbeats), closes or cannot be reached, every local waiter on its
 handles is poisoned with a reason naming it. A closing worker first poisons its own pending
@@ -18,6 +20,7 @@ a random generation: handles of its predecessor read as poisoned, never as a suc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -33,15 +36,26 @@ from velo_event import (
     EventStatus,
     ForeignHandleError,
     InvalidGenerationError,
+    PendingEvent,
     SystemShutdownError,
     UnknownEventError,
 )
-from velo_event.lowlevel import PENDING, CoreEventManager, EventCore
+from velo_event.lowlevel import (
+    MAX_PENDING_SHOWN,
+    PENDING,
+    THIS_WORKER,
+    UNKNOWN,
+    CoreEventManager,
+    EventCore,
+    WaitingOn,
+    running_loop,
+)
 
 from ._errors import AMError, RemoteError
 from ._handlers import CallContext, Handler
 from ._protocol import EventStatusCode
 from ._remote import Messenger, RemoteEvents
+from ._waiting import MAX_PENDING_ANSWERED, Asker, ask_owners, encode_answer
 
 __all__ = ["DistributedEvents", "event_core", "runtime_handlers"]
 
@@ -49,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: Labels are for people reading `velo-am inspect`: bounded, like poison reasons.
 MAX_LABEL_LENGTH: Final = 200
+#: How long a timed-out wait asks other workers what their events wait on, at most.
+ASK_OWNER_TIMEOUT: Final = 1.0
 _REMOTE_ERRORS: Final[dict[str, type[EventError]]] = {
     cls.__name__: cls
     for cls in (
@@ -86,7 +102,9 @@ class DistributedEvents(CoreEventManager):
     ``trigger``/``poison`` of a remote handle are fire-and-forget; :meth:`trigger_confirmed`
     and :meth:`poison_confirmed` wait for the owner's verdict. Awaiting a remote handle raises
     :class:`~velo_event.EventPoison` with the owner's reason, or with ``owner lost: …`` /
-    ``owner unreachable: …`` when the owner dies, closes or cannot be reached.
+    ``owner unreachable: …`` when the owner dies, closes or cannot be reached. A wait or await
+    that times out raises :class:`~velo_event.EventTimeout` naming what the event still waits
+    on, with labels and owners' liveness (see :meth:`waiting_on_remote`).
     """
 
     def __init__(self, core: EventCore, remote: RemoteEvents, messenger: Messenger) -> None:
@@ -279,6 +297,77 @@ class DistributedEvents(CoreEventManager):
                 extra={"peer": f"{owner:#x}", "handle": str(EventHandle.from_bytes(payload[0]))},
             )
 
+    # -- what a pending event waits on -----------------------------------------------------------
+
+    def describe_pending(self, handle: EventHandle) -> PendingEvent:
+        """One pending event as this worker knows it: its label (if this worker gave it one),
+        its owner and the owner's liveness here (``"this worker"``, a member's state, or
+        ``"unknown"``)."""
+        return PendingEvent(
+            handle, handle.worker_id, self.label_of(handle), self._liveness(handle.worker_id)
+        )
+
+    def _liveness(self, worker_id: int) -> str:
+        if worker_id == self._core.system_id:
+            return THIS_WORKER
+        state = self._messenger.peer_state(worker_id)
+        if state is None:
+            return "alive" if self._messenger.is_connected(worker_id) else UNKNOWN
+        return state
+
+    async def waiting_on_remote(
+        self,
+        handle: EventHandle,
+        limit: int = MAX_PENDING_SHOWN,
+        timeout: float = ASK_OWNER_TIMEOUT,
+    ) -> WaitingOn:
+        """:meth:`waiting_on`, seen across the mesh: each event it names that another
+        connected worker owns is asked of that owner, who sees into its merges and knows its
+        label (all at once, a few rounds at most, everything within ``timeout``). Events whose
+        owner this worker does not know keep the answering owner's view (``seen_by``); what
+        is not answered in time stays as this worker sees it. Call on the worker's loop;
+        never raises for an owner's failure."""
+        shown, more = self.waiting_on(handle, limit)
+        if not shown:
+            return shown, more
+        asker = Asker(
+            self._core.system_id,
+            self.waiting_on,
+            self._liveness,
+            self.label_of,
+            self._messenger.is_connected,
+            self._messenger.call,
+        )
+        return await ask_owners(asker, shown, more, limit, timeout)
+
+    def _pending_for_timeout(self, handle: EventHandle) -> WaitingOn:
+        """A timed-out thread wait: other workers' events are asked of their owners, on the
+        worker's loop, briefly (see :meth:`waiting_on_remote`)."""
+        loop = self._messenger.loop()
+        if loop is None or not loop.is_running():
+            return self.waiting_on(handle)
+        future = asyncio.run_coroutine_threadsafe(self.waiting_on_remote(handle), loop)
+        try:
+            return future.result(ASK_OWNER_TIMEOUT + 1.0)
+        except (TimeoutError, RuntimeError, asyncio.CancelledError):  # the loop ended first
+            future.cancel()
+            return self.waiting_on(handle)
+
+    async def _pending_for_timeout_async(self, handle: EventHandle) -> WaitingOn:
+        """A timed-out await: as for :meth:`_pending_for_timeout`, on whichever loop awaits."""
+        loop = self._messenger.loop()
+        if loop is None or not loop.is_running():
+            return self.waiting_on(handle)
+        if running_loop() is loop:
+            return await self.waiting_on_remote(handle)
+        future = asyncio.run_coroutine_threadsafe(self.waiting_on_remote(handle), loop)
+        try:
+            async with asyncio.timeout(ASK_OWNER_TIMEOUT + 1.0):
+                return await asyncio.wrap_future(future)
+        except (TimeoutError, RuntimeError):
+            future.cancel()
+            return self.waiting_on(handle)
+
     # -- lifecycle and inspection -----------------------------------------------------------------
 
     def close(self, reason: str) -> None:
@@ -346,6 +435,17 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
     def new(payload: dict[str, Any], ctx: CallContext) -> bytes:
         return events.new_event(payload.get("label")).handle.to_bytes()
 
+    def pending(payload: list[Any], ctx: CallContext) -> list[Any]:
+        handle = EventHandle.from_bytes(payload[0])
+        if events.owner_of(handle) is not None:
+            raise ForeignHandleError(f"{handle} is not an event of worker {core.system_id:#x}")
+        limit = min(max(int(payload[1]), 0), MAX_PENDING_ANSWERED)
+        try:
+            shown, more = events.waiting_on(handle, limit)
+        except UnknownEventError:  # a predecessor's handle: it waits on nothing here
+            return [[], 0]
+        return encode_answer(shown, more)
+
     def merge(payload: dict[str, Any], ctx: CallContext) -> bytes:
         handles = [EventHandle.from_bytes(data) for data in payload["handles"]]
         merged = events.merge_events(
@@ -359,4 +459,5 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
         "_ev.status": status,
         "_ev.new": new,
         "_ev.merge": merge,
+        "_ev.pending": pending,
     }

@@ -101,9 +101,9 @@ def _classify(keys: Iterable[Hashable], graph: _GraphBuilder, handle: EventHandl
             continue
         merge = merge_view(key)
         if merge is not None:
-            view, position = merge
+            view, _ = merge
             waiters.merges.append(str(view.handle))
-            graph.add_merge(view, position)
+            graph.add_merge(view)
             continue
         if isinstance(key, Subscription):
             waiters.subscribers.append(key.subscriber)
@@ -120,7 +120,6 @@ class _GraphBuilder:
         self.labels = worker.events.labels()
         self.nodes: dict[str, dict[str, Any]] = {}
         self.edges: set[tuple[str, str]] = set()
-        self.waiting: set[tuple[str, int]] = set()  # (merge handle, input position) still waiting
         self.merges: dict[str, MergeView] = {}
 
     def node(self, handle: EventHandle, status: str, reason: str | None = None) -> None:
@@ -138,10 +137,8 @@ class _GraphBuilder:
     def edge(self, source: EventHandle, target: str) -> None:
         self.edges.add((str(source), target))
 
-    def add_merge(self, view: MergeView, position: int) -> None:
-        name = str(view.handle)
-        self.waiting.add((name, position))
-        self.merges[name] = view
+    def add_merge(self, view: MergeView) -> None:
+        self.merges[str(view.handle)] = view
 
     def finish(self) -> dict[str, Any]:
         for name, view in self.merges.items():
@@ -151,7 +148,7 @@ class _GraphBuilder:
             for position, source in enumerate(view.inputs):
                 if position in view.failed:
                     status = "poisoned"
-                elif (name, position) in self.waiting:
+                elif position in view.pending:
                     status = "pending"
                 else:
                     status = "ready"

@@ -66,6 +66,8 @@ class Messenger:
     #: The worker's event loop, or ``None`` before it starts.
     loop: Callable[[], asyncio.AbstractEventLoop | None]
     is_connected: Callable[[int], bool]
+    #: A peer's state as this worker knows it (``"alive"``, ``"lost"``…), ``None`` if unknown.
+    peer_state: Callable[[int], str | None]
     #: Send update items to a connected peer now (raises ``AMError``).
     post: Callable[[int, Sequence[EventHandle], Sequence[p.EventDone]], None]
     #: Fire-and-forget a runtime handler on a connected peer now (raises ``AMError``).

@@ -19,7 +19,7 @@ from velo_event import (
     EventManager,
     EventStatus,
 )
-from velo_event.lowlevel import running_loop
+from velo_event.lowlevel import MAX_PENDING_SHOWN, WaitingOn, running_loop
 
 from ._errors import AMError, WorkerClosed
 from ._events import DistributedEvents
@@ -110,9 +110,26 @@ class SyncEvents(EventManager):
         )
         return self._routed(merge)
 
-    def awaiter(self, handle: EventHandle) -> EventAwaiter:
-        """For asyncio code on another loop (any thread): ``await events.awaiter(handle)``."""
-        return self._events.awaiter(handle)
+    def awaiter(self, handle: EventHandle, timeout: float | None = None) -> EventAwaiter:
+        """For asyncio code on another loop (any thread): ``await events.awaiter(handle)``;
+        with a ``timeout``, :class:`~velo_event.EventTimeout` as for :meth:`wait`."""
+        return self._events.awaiter(handle, timeout)
+
+    def waiting_on(self, handle: EventHandle, limit: int = MAX_PENDING_SHOWN) -> WaitingOn:
+        """What the handle's pending generation waits on, as this worker knows it now (see
+        :meth:`~velo_am._events.DistributedEvents.waiting_on`); non-blocking."""
+        return self._events.waiting_on(handle, limit)
+
+    def waiting_on_remote(
+        self, handle: EventHandle, limit: int = MAX_PENDING_SHOWN, timeout: float = 1.0
+    ) -> WaitingOn:
+        """:meth:`waiting_on`, another worker's handle asked of its owner (one call, bounded
+        by ``timeout``; without an answer, what this worker knows). Raises
+        :class:`WorkerClosed` once this worker is closed."""
+        result: WaitingOn = self._runtime.blocking(
+            "events.waiting_on_remote", self._events.waiting_on_remote, handle, limit, timeout
+        )
+        return result
 
     def force_shutdown(self, reason: str) -> None:
         """Poison every pending event of this worker with ``reason`` and refuse new ones."""
@@ -128,7 +145,9 @@ class SyncEvents(EventManager):
         """Block the calling thread until the handle's generation completes. Raises
         :class:`~velo_event.EventPoison` with the first poison reason (for another worker's
         handle also when its owner is lost, closes or cannot be reached, or this worker
-        closes meanwhile), ``TimeoutError`` after ``timeout`` seconds (the event is left
+        closes meanwhile), :class:`~velo_event.EventTimeout` (a ``TimeoutError`` naming what
+        the event still waits on: labels, owners and their liveness, asked briefly of the
+        owner for another worker's merge) after ``timeout`` seconds (the event is left
         pending), :class:`WorkerClosed` for another worker's handle once this worker is
         closed, and ``RuntimeError`` (an ``EventError`` too) on a thread running an event
         loop, such as the worker's own (in a handler)."""

@@ -173,6 +173,7 @@ class Worker:
         messenger = Messenger(
             loop=lambda: self._loop,
             is_connected=self.is_connected,
+            peer_state=self._peer_state,
             post=lambda peer_id, subscribe, done: self._outbound.event_updates(
                 self._connected(peer_id), subscribe, done
             ),
@@ -394,6 +395,10 @@ class Worker:
     def is_connected(self, peer_id: int) -> bool:
         """Whether ``peer_id`` is a live peer now (alive or draining)."""
         return self._membership.is_connected(peer_id)
+
+    def _peer_state(self, peer_id: int) -> str | None:
+        peer = self._membership.get(peer_id)
+        return None if peer is None else str(peer.state)
 
     # -- calls ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from ._errors import (
     EventError,
     EventPoison,
     EventStatus,
+    EventTimeout,
     ForeignHandleError,
     InvalidGenerationError,
     SystemShutdownError,
@@ -25,6 +26,7 @@ from ._manager import (
     EventManager,
     LocalEventSystem,
 )
+from ._pending import PendingEvent
 
 __all__ = [
     "DROPPED_REASON",
@@ -39,9 +41,11 @@ __all__ = [
     "EventManager",
     "EventPoison",
     "EventStatus",
+    "EventTimeout",
     "ForeignHandleError",
     "InvalidGenerationError",
     "LocalEventSystem",
+    "PendingEvent",
     "SystemShutdownError",
     "UnknownEventError",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Awaitable, Callable, Generator, Hashable
 from typing import Any, Final, cast
 
 from ._core import PENDING, Outcome, WakeCallback
@@ -26,7 +26,7 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _resolve(future: asyncio.Future[str | None], reason: str | None) -> None:
+def _resolve(future: asyncio.Future[object], reason: object) -> None:
     if not future.done():  # a cancelled wait stays cancelled
         future.set_result(reason)
 
@@ -34,7 +34,7 @@ def _resolve(future: asyncio.Future[str | None], reason: str | None) -> None:
 def wake_future(future: Hashable, reason: str | None) -> None:
     """Wake callback for an asyncio future, safe from any thread: a trigger on the future's
     own loop resolves it directly, one from another thread goes through its loop."""
-    fut = cast("asyncio.Future[str | None]", future)
+    fut = cast("asyncio.Future[object]", future)
     loop = fut.get_loop()
     try:  # inline, not running_loop(): this is the hot path of every wake-up
         here = asyncio.get_running_loop() is loop
@@ -49,6 +49,11 @@ def wake_future(future: Hashable, reason: str | None) -> None:
 
 AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
 RemoveWaiter = Callable[[EventHandle, Hashable], None]
+#: Called once an await's timeout ran out and its waiter is gone, with the handle and the
+#: timeout: returns the outcome if the generation completed meanwhile, else raises the timeout.
+Expired = Callable[[EventHandle, float], Awaitable[Outcome]]
+# What a waiting future is resolved with when its timeout runs out (outcomes are str or None).
+_EXPIRED: Final = object()
 
 
 class EventAwaiter:
@@ -58,10 +63,13 @@ class EventAwaiter:
     (with the first poison reason) when it is poisoned. It can be awaited any number of times,
     by any number of tasks, and wrapped with ``asyncio.ensure_future`` for ``asyncio.wait``.
     Cancelling a wait (``asyncio.timeout``, ``wait_for``, task cancellation) leaves the event
-    untouched and unregisters the waiter.
+    untouched and unregisters the waiter. With a ``timeout`` (seconds, for each await), a wait
+    that runs out unregisters its waiter and calls ``expired``, which raises
+    :class:`~velo_event.EventTimeout` (naming what the event still waits on) unless the event
+    completed meanwhile.
     """
 
-    __slots__ = ("_add_waiter", "_handle", "_outcome", "_remove_waiter")
+    __slots__ = ("_add_waiter", "_expired", "_handle", "_outcome", "_remove_waiter", "_timeout")
 
     def __init__(
         self,
@@ -69,11 +77,17 @@ class EventAwaiter:
         outcome: Outcome,
         add_waiter: AddWaiter,
         remove_waiter: RemoveWaiter,
+        timeout: float | None = None,
+        expired: Expired | None = None,
     ) -> None:
+        if timeout is not None and expired is None:
+            raise ValueError("an awaiter with a timeout needs an `expired` callback")
         self._handle = handle
         self._outcome = outcome
         self._add_waiter = add_waiter
         self._remove_waiter = remove_waiter
+        self._timeout = timeout
+        self._expired = expired
 
     @property
     def handle(self) -> EventHandle:
@@ -88,15 +102,27 @@ class EventAwaiter:
         raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait(self) -> Generator[Any, None, None]:
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        outcome = self._add_waiter(self._handle, future, wake_future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        outcome: object = self._add_waiter(self._handle, future, wake_future)
         if outcome is PENDING:
+            timeout = self._timeout
+            timer = None
+            if timeout is not None:
+                timer = loop.call_later(timeout, _resolve, future, _EXPIRED)
             try:
                 outcome = yield from future.__await__()
             except BaseException:
                 self._remove_waiter(self._handle, future)
                 raise
-        self._outcome = outcome  # later awaits take the fast path
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if outcome is _EXPIRED:
+                self._remove_waiter(self._handle, future)
+                assert self._expired is not None and timeout is not None
+                outcome = yield from self._expired(self._handle, timeout).__await__()
+        self._outcome = cast(Outcome, outcome)  # later awaits take the fast path
         if outcome is not None:
             raise EventPoison(self._handle, cast(str, outcome))
 

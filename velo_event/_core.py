@@ -73,15 +73,17 @@ def cap_reason(reason: str) -> str:
 
 class _Slot:
     """One reusable event slot. ``last``: highest completed generation; ``active``: the pending
-    generation or 0; ``poisons``: reason of every poisoned generation (history, never pruned)."""
+    generation or 0; ``poisons``: reason of every poisoned generation (history, never pruned);
+    ``attached``: what the pending generation is, if more than an event (see ``new_event``)."""
 
-    __slots__ = ("active", "last", "poisons", "waiters")
+    __slots__ = ("active", "attached", "last", "poisons", "waiters")
 
     def __init__(self, first_generation: int) -> None:
         self.last = first_generation - 1
         self.active = 0
         self.waiters: _Waiters | None = None
         self.poisons: dict[int, str] | None = None
+        self.attached: object = None
 
 
 def wake_waiters(waiters: Mapping[Hashable, WakeCallback], reason: str | None) -> None:
@@ -155,6 +157,7 @@ class EventCore:
         slot.active = 0
         waiters = slot.waiters
         slot.waiters = None
+        slot.attached = None
         if generation < MAX_GENERATION:
             self._free.append((handle - self._prefix) >> 32)
         else:  # the slot retires (generations never wrap); old handles keep answering
@@ -192,7 +195,9 @@ class EventCore:
     # The hot operations inline their lookups and use acquire/release rather than ``with``:
     # on these machines that halves their cost.
 
-    def new_event(self) -> EventHandle:
+    def new_event(self, attached: object = None) -> EventHandle:
+        """A new pending generation; ``attached`` is kept with it until it completes (a merge
+        keeps itself with its merged event, so a timed-out wait can find its inputs)."""
         lock = self._lock
         lock.acquire()
         try:
@@ -210,6 +215,7 @@ class EventCore:
                 slot = _Slot(self._first_generation)
                 self._slots.append(slot)
             slot.active = generation = slot.last + 1
+            slot.attached = attached
         finally:
             lock.release()
             if self._deferred:
@@ -232,6 +238,7 @@ class EventCore:
             slot.active = 0
             waiters = slot.waiters
             slot.waiters = None
+            slot.attached = None
             if generation < MAX_GENERATION:
                 self._free.append(index)
         finally:
@@ -354,6 +361,19 @@ class EventCore:
                 slot = self._slot(handle)
                 if slot.active == handle & _U32 and slot.waiters:
                     slot.waiters.pop(key, None)
+        finally:
+            if self._deferred:
+                self._drain_deferred()
+
+    def attached(self, handle: int) -> object:
+        """What :meth:`new_event` keeps with the handle's pending generation, or ``None`` (also
+        for a handle of another system, or one that is not pending)."""
+        try:
+            with self._lock:
+                slot = self._peek(handle)
+                if slot is None or slot.active != handle & _U32 or not slot.active:
+                    return None
+                return slot.attached
         finally:
             if self._deferred:
                 self._drain_deferred()

@@ -1,16 +1,20 @@
-"""The exceptions of `velo_event`: one base, a few specific misuse errors, and the poison."""
+"""The exceptions of `velo_event`: one base, a few specific misuse errors, the poison, and
+the timeout (a ``TimeoutError`` naming what the event still waits on)."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from ._handle import EventHandle
+from ._pending import PendingEvent, describe_pending
 
 __all__ = [
     "AlreadyTriggeredError",
     "EventError",
     "EventPoison",
     "EventStatus",
+    "EventTimeout",
     "ForeignHandleError",
     "InvalidGenerationError",
     "SystemShutdownError",
@@ -73,3 +77,44 @@ class EventPoison(EventError):
 
     def __reduce__(self) -> tuple[object, tuple[EventHandle, str]]:
         return (type(self), (self._handle, self._reason))
+
+
+class EventTimeout(TimeoutError):
+    """A wait or await with a timeout ran out while the event was still pending (the event is
+    left untouched). ``handle`` is the awaited event, ``timeout`` the seconds waited and
+    ``pending`` what it still waits on (:class:`PendingEvent` records): for a merge, its
+    pending inputs down to the events that hold it up, at most ten, ``more`` counting the
+    rest; for any other event, the event itself. A ``TimeoutError``, not an ``EventError``:
+    code that catches either keeps working."""
+
+    def __init__(
+        self,
+        handle: EventHandle,
+        timeout: float | None,
+        pending: Sequence[PendingEvent] = (),
+        more: int = 0,
+    ) -> None:
+        self._handle = handle
+        self._timeout = timeout
+        self._pending = tuple(pending)
+        self._more = more
+        super().__init__(describe_pending(handle, timeout, self._pending, more))
+
+    @property
+    def handle(self) -> EventHandle:
+        return self._handle
+
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
+
+    @property
+    def pending(self) -> tuple[PendingEvent, ...]:
+        return self._pending
+
+    @property
+    def more(self) -> int:
+        return self._more
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (type(self), (self._handle, self._timeout, self._pending, self._more))

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
+import numbers
 import secrets
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from types import TracebackType
 from typing import Final, Protocol
 
 from ._awaiter import READY_AWAITER, EventAwaiter, running_loop
 from ._core import PENDING, EventCore, Outcome, WakeCallback
-from ._errors import EventError, EventPoison, EventStatus
+from ._errors import EventError, EventPoison, EventStatus, EventTimeout
 from ._handle import EventHandle
-from ._merge import start_merge
+from ._merge import merge_of, start_merge
+from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, PendingEvent, WaitingOn, blocking_events
 
 __all__ = [
     "DROPPED_REASON",
@@ -32,6 +35,17 @@ __all__ = [
 DROPPED_REASON: Final = "event dropped without being triggered"
 
 
+def check_timeout(timeout: float | None) -> float | None:
+    """A timeout in seconds (``None``: none; a negative one has run out already)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"a timeout is a number of seconds, got {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise ValueError("a timeout cannot be NaN")
+    return max(float(timeout), 0.0)
+
+
 class EventManager(abc.ABC):
     """What every event system offers; code written against it works with any of them.
 
@@ -44,9 +58,11 @@ class EventManager(abc.ABC):
         """A new pending event. Raises ``SystemShutdownError`` after :meth:`force_shutdown`."""
 
     @abc.abstractmethod
-    def awaiter(self, handle: EventHandle) -> EventAwaiter:
+    def awaiter(self, handle: EventHandle, timeout: float | None = None) -> EventAwaiter:
         """An awaitable for the handle's generation: ``await`` returns ``None`` or raises
-        :class:`EventPoison`. Raises ``EventError`` at once for a handle it cannot serve
+        :class:`EventPoison`, or with a ``timeout`` (seconds, for each await)
+        :class:`EventTimeout`, a ``TimeoutError`` naming what the event still waits on (the
+        event is left untouched). Raises ``EventError`` at once for a handle it cannot serve
         (another system's, unknown, a generation not issued yet)."""
 
     @abc.abstractmethod
@@ -77,8 +93,9 @@ class EventManager(abc.ABC):
     @abc.abstractmethod
     def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
         """Block the calling thread until the handle's generation completes. Raises
-        :class:`EventPoison`, or ``TimeoutError`` after ``timeout`` seconds (the event is left
-        untouched). Refuses to run inside a running event loop, which it would freeze."""
+        :class:`EventPoison`, or :class:`EventTimeout` (a ``TimeoutError`` naming what the
+        event still waits on) after ``timeout`` seconds (the event is left untouched).
+        Refuses to run inside a running event loop, which it would freeze."""
 
     def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
         """Poison on behalf of a garbage-collected guard: never raises, never blocks."""
@@ -113,8 +130,8 @@ class Event:
     def poison(self, reason: str) -> None:
         self._manager.poison(self._handle, reason)
 
-    def awaiter(self) -> EventAwaiter:
-        return self._manager.awaiter(self._handle)
+    def awaiter(self, timeout: float | None = None) -> EventAwaiter:
+        return self._manager.awaiter(self._handle, timeout)
 
     def into_guard(self, reason: str | None = None) -> EventGuard:
         """A guard that poisons this event unless it is completed first (``reason`` replaces
@@ -274,12 +291,59 @@ class CoreEventManager(EventManager):
     def new_event(self) -> Event:
         return Event(self, self._core.new_event())
 
-    def awaiter(self, handle: EventHandle) -> EventAwaiter:
+    def awaiter(self, handle: EventHandle, timeout: float | None = None) -> EventAwaiter:
         source = self._source
         outcome = source.awaitable(handle)
         if outcome is None:
             return READY_AWAITER
-        return EventAwaiter(handle, outcome, source.add_waiter, source.remove_waiter)
+        if timeout is None:
+            return EventAwaiter(handle, outcome, source.add_waiter, source.remove_waiter)
+        return EventAwaiter(
+            handle,
+            outcome,
+            source.add_waiter,
+            source.remove_waiter,
+            check_timeout(timeout),
+            self._expired,
+        )
+
+    async def _expired(self, handle: EventHandle, timeout: float) -> Outcome:
+        """An await's timeout ran out: its outcome if it completed meanwhile, else the timeout."""
+        outcome = self._source.status(handle)
+        if outcome is PENDING:
+            raise EventTimeout(handle, timeout, *await self._pending_for_timeout_async(handle))
+        return outcome
+
+    def waiting_on(self, handle: EventHandle, limit: int = MAX_PENDING_SHOWN) -> WaitingOn:
+        """What the handle's pending generation waits on, as this system knows it now: for a
+        merge of this system, its pending inputs, down through the merges of this system among
+        them to the events that hold it up (each once, in input order); for any other event,
+        the event itself. At most ``limit`` of them, and how many more; nothing once it
+        completed. Costs one look at each pending input of the merges walked through."""
+        if self._source.status(handle) is not PENDING:
+            return (), 0
+        leaves = blocking_events(handle, self._pending_inputs) or [handle]
+        shown = tuple(self.describe_pending(leaf) for leaf in leaves[: max(limit, 0)])
+        return shown, len(leaves) - len(shown)
+
+    def _pending_inputs(self, handle: EventHandle) -> Sequence[EventHandle] | None:
+        view = merge_of(self._core, handle)
+        if view is None:
+            return None
+        return [view.inputs[position] for position in sorted(view.pending)]
+
+    def describe_pending(self, handle: EventHandle) -> PendingEvent:
+        """How :meth:`waiting_on` names one pending event (a subclass that knows labels and
+        other owners says more)."""
+        return PendingEvent(handle, handle.worker_id, None, THIS_WORKER)
+
+    def _pending_for_timeout(self, handle: EventHandle) -> WaitingOn:
+        """What a timed-out :meth:`wait` names (a subclass may ask further, briefly)."""
+        return self.waiting_on(handle)
+
+    async def _pending_for_timeout_async(self, handle: EventHandle) -> WaitingOn:
+        """What a timed-out await names (a subclass may ask further, briefly)."""
+        return self.waiting_on(handle)
 
     def trigger(self, handle: EventHandle) -> None:
         self._core.trigger(handle)
@@ -321,12 +385,13 @@ class CoreEventManager(EventManager):
             raise EventError(
                 "wait() would block the running event loop; use `await manager.awaiter(handle)`"
             )
+        timeout = check_timeout(timeout)
         source = self._source
         waiter = _ThreadWaiter()
         outcome = source.add_waiter(handle, waiter, waiter.wake)
         if outcome is PENDING:
             try:
-                woken = waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+                woken = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
             except BaseException:  # interrupted (KeyboardInterrupt): nobody waits any more
                 source.remove_waiter(handle, waiter)
                 raise
@@ -337,7 +402,7 @@ class CoreEventManager(EventManager):
                 # Completed meanwhile, its wake-up maybe not delivered yet: the outcome stands.
                 outcome = waiter.reasons[0] if waiter.reasons else source.status(handle)
                 if outcome is PENDING:
-                    raise TimeoutError(f"event {handle} still pending after {timeout} s")
+                    raise EventTimeout(handle, timeout, *self._pending_for_timeout(handle))
         if outcome is not None:
             raise EventPoison(handle, str(outcome))
 

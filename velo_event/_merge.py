@@ -17,7 +17,7 @@ from ._core import MAX_REASON_LENGTH, PENDING, EventCore, Outcome, WakeCallback,
 from ._errors import EventError
 from ._handle import EventHandle
 
-__all__ = ["MergeView", "merge_reason", "merge_view", "start_merge"]
+__all__ = ["MergeView", "merge_of", "merge_reason", "merge_view", "start_merge"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class _Merge:
         "done",
         "fail_fast",
         "failures",
+        "finished",
         "handle",
         "inputs",
         "lock",
@@ -60,7 +61,6 @@ class _Merge:
     def __init__(
         self,
         core: EventCore,
-        handle: EventHandle,
         inputs: Sequence[EventHandle],
         fail_fast: bool,
         remove_waiter: RemoveWaiter,
@@ -69,13 +69,15 @@ class _Merge:
         self.remove_waiter = remove_waiter
         # Waiters still registered on inputs; dropped when fail-fast decides early.
         self.registered: list[tuple[EventHandle, Hashable]] = []
-        self.handle = handle
         self.inputs = inputs
         self.fail_fast = fail_fast
         self.remaining = len(inputs)
         self.failures: list[tuple[int, str]] = []
+        self.finished = bytearray(len(inputs))  # 1 at each position whose input completed
         self.done = False
         self.lock = threading.Lock()
+        # The merged event, kept with the merge in the core (a timed-out wait finds its inputs).
+        self.handle = core.new_event(self)
 
     def input_done(self, key: Hashable, reason: str | None) -> None:
         position = key[1]  # type: ignore[index]
@@ -100,6 +102,7 @@ class _Merge:
             if self.done:
                 return
             self.remaining -= 1
+            self.finished[position] = 1
             if failure is not None:
                 self.failures.append((position, failure))
             if self.fail_fast and failure is not None:
@@ -119,13 +122,23 @@ class _Merge:
 
 @dataclass(frozen=True, slots=True)
 class MergeView:
-    """What inspection shows of a pending merge: its handle, its inputs, and the positions of
-    the inputs that failed so far."""
+    """What inspection shows of a pending merge: its handle, its inputs, the positions of the
+    inputs that failed so far and of those it still waits on."""
 
     handle: EventHandle
     inputs: Sequence[EventHandle]
     failed: frozenset[int]
     fail_fast: bool
+    pending: frozenset[int] = frozenset()
+
+
+def _view(merge: _Merge) -> MergeView:
+    with merge.lock:
+        failed = frozenset(position for position, _ in merge.failures)
+        pending = frozenset(
+            position for position, finished in enumerate(merge.finished) if not finished
+        )
+    return MergeView(merge.handle, merge.inputs, failed, merge.fail_fast, pending)
 
 
 def merge_view(key: Hashable) -> tuple[MergeView, int] | None:
@@ -133,10 +146,14 @@ def merge_view(key: Hashable) -> tuple[MergeView, int] | None:
     merge's view and the input's position; else ``None``."""
     if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], _Merge)):
         return None
-    merge: _Merge = key[0]
-    with merge.lock:
-        failed = frozenset(position for position, _ in merge.failures)
-    return MergeView(merge.handle, merge.inputs, failed, merge.fail_fast), key[1]
+    return _view(key[0]), key[1]
+
+
+def merge_of(core: EventCore, handle: EventHandle) -> MergeView | None:
+    """The view of the pending merge ``handle`` names in ``core``; ``None`` if it names no
+    merge of that core, or one that completed."""
+    merge = core.attached(handle)
+    return _view(merge) if isinstance(merge, _Merge) else None
 
 
 _completing = threading.local()
@@ -176,8 +193,8 @@ def start_merge(
     remove_waiter: RemoveWaiter,
 ) -> EventHandle:
     """Create the merged event in ``core`` and wire its inputs; returns at once."""
-    merged = core.new_event()
-    merge = _Merge(core, merged, inputs, fail_fast, remove_waiter)
+    merge = _Merge(core, inputs, fail_fast, remove_waiter)
+    merged = merge.handle
     for position, handle in enumerate(inputs):
         key = (merge, position)
         try:

@@ -14,7 +14,12 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
   others still run); :func:`wake_future`: the wake callback of an asyncio future, from any
   thread; :func:`running_loop`: the loop running on this thread, if any.
 * :class:`EventSource`: the five questions a manager asks about a handle.
-* :func:`merge_view`: what inspection shows of the merge a waiter key belongs to.
+* :func:`merge_view`: what inspection shows of the merge a waiter key belongs to;
+  :func:`merge_of`: the view of a pending merge by its handle.
+* :func:`blocking_events`: the walk from an event down through merges to what holds it up;
+  :data:`THIS_WORKER` and :data:`UNKNOWN`, the liveness of an owner that is the waiting
+  system itself or that it knows nothing of; :data:`MAX_PENDING_SHOWN`, how many a timeout
+  names; :data:`WaitingOn`, what ``CoreEventManager.waiting_on`` returns.
 * :func:`cap_reason` and :data:`MAX_REASON_LENGTH`: how long poison reasons are bounded.
 """
 
@@ -29,18 +34,25 @@ from ._core import (
     wake_waiters,
 )
 from ._manager import CoreEventManager, EventSource
-from ._merge import MergeView, merge_reason, merge_view
+from ._merge import MergeView, merge_of, merge_reason, merge_view
+from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, UNKNOWN, WaitingOn, blocking_events
 
 __all__ = [
+    "MAX_PENDING_SHOWN",
     "MAX_REASON_LENGTH",
     "PENDING",
+    "THIS_WORKER",
+    "UNKNOWN",
     "CoreEventManager",
     "EventCore",
     "EventSource",
     "MergeView",
     "Outcome",
+    "WaitingOn",
     "WakeCallback",
+    "blocking_events",
     "cap_reason",
+    "merge_of",
     "merge_reason",
     "merge_view",
     "running_loop",

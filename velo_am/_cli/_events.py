@@ -5,10 +5,9 @@ Each joins the mesh as a short-lived member; a long-lived worker owns what it cr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
-from velo_event import EventError, EventHandle, EventPoison, EventStatus
+from velo_event import EventError, EventHandle, EventPoison, EventStatus, EventTimeout
 
 from ._shared import (
     EXIT_OK,
@@ -125,12 +124,11 @@ async def _wait(args: argparse.Namespace) -> int:
         await worker.events.poll_remote(handle, args.connect_timeout)
         remaining = None if args.timeout is None else args.timeout - (time.monotonic() - started)
         try:
-            async with asyncio.timeout(remaining):
-                await worker.events.awaiter(handle)
-        except TimeoutError:
-            raise CommandError(
-                f"{handle} still pending after {args.timeout} s", EXIT_TIMEOUT
-            ) from None
+            await worker.events.awaiter(handle, remaining)
+        except EventTimeout as timeout:
+            # Said with the timeout the user gave; the pending events come from the owner.
+            told = EventTimeout(handle, args.timeout, timeout.pending, timeout.more)
+            raise CommandError(str(told), EXIT_TIMEOUT) from None
         except EventPoison as poison:
             raise CommandError(f"poisoned: {poison.reason}", EXIT_POISONED) from None
     return EXIT_OK
@@ -185,7 +183,8 @@ COMMANDS = (
     ),
     Command(
         "wait",
-        "wait for an event: exit 0 ready, 1 poisoned (reason on stderr), 2 timeout, 3 error",
+        "wait for an event: exit 0 ready, 1 poisoned (reason on stderr), 2 timeout (what it "
+        "still waits on on stderr), 3 error",
         """
         velo-am wait "$H" --timeout 600 --seed tcp://127.0.0.1:5555 && ./run-next-step
         """,

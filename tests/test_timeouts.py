@@ -413,6 +413,10 @@ def test_sync_wait_timeout_names_labels_owners_and_liveness(
         PendingEvent(tokenizer.handle, b.worker_id, "tokenizer", THIS_WORKER),
     )
     assert b.events.waiting_on_remote(merged) == (caught.value.pending, 0)
+    # asyncio code on a loop of its own: the owners are asked on the worker's loop.
+    with pytest.raises(EventTimeout) as caught_async:
+        asyncio.run(asyncio.wait_for(b.events.awaiter(merged, timeout=0.1), 10))
+    assert caught_async.value.pending == caught.value.pending
     assert a.events.waiting_on(merged) == (
         (expected_by_a[0], PendingEvent(tokenizer.handle, b.worker_id, None, "alive")),
         0,

@@ -117,8 +117,9 @@ class SyncEvents(EventManager):
 
     def waiting_on(self, handle: EventHandle, limit: int = MAX_PENDING_SHOWN) -> WaitingOn:
         """What the handle's pending generation waits on, as this worker knows it now (see
-        :meth:`~velo_am._events.DistributedEvents.waiting_on`); non-blocking."""
-        return self._events.waiting_on(handle, limit)
+        :meth:`~velo_event.lowlevel.CoreEventManager.waiting_on`; read on the loop thread,
+        which knows its peers' liveness)."""
+        return self._runtime.read(self._events.waiting_on, handle, limit)
 
     def waiting_on_remote(
         self, handle: EventHandle, limit: int = MAX_PENDING_SHOWN, timeout: float = 1.0

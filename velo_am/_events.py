@@ -8,7 +8,8 @@ handle, asking its owner, or having it create an event goes through runtime hand
 
 * ``_ev.trigger`` / ``_ev.poison`` / ``_ev.status``: remote completion and polling.
 * ``_ev.new`` / ``_ev.merge``: create an event (or a merge) owned by this worker on behalf of
-  a process that will not stay (the CLI), returning its handle.
+  a process that will not stay (the CLI), returning its handle; ``_ev.new`` may give it a
+  lease (:mod:`velo_am._leases`), which ``_ev.renew`` renews.
 * ``_ev.pending``: what one of this worker's pending events waits on (a timed-out wait on it
   elsewhere names that, see :meth:`DistributedEvents.waiting_on_remote`).
 
@@ -25,6 +26,7 @@ import contextlib
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, Final
 
@@ -53,6 +55,7 @@ from velo_event.lowlevel import (
 
 from ._errors import AMError, RemoteError
 from ._handlers import CallContext, Handler
+from ._leases import Broken, LeaseTable, check_lease_seconds
 from ._protocol import EventStatusCode
 from ._remote import Messenger, RemoteEvents
 from ._waiting import MAX_PENDING_ANSWERED, Asker, ask_owners, encode_answer
@@ -114,6 +117,8 @@ class DistributedEvents(CoreEventManager):
         # Labels of this worker's events, for inspection; pruned as their events complete.
         self._labels_lock = threading.Lock()
         self._labels: dict[EventHandle, str] = {}
+        # Leases on this worker's events (used on the worker's loop only).
+        self._leases = LeaseTable()
 
     def owner_of(self, handle: EventHandle) -> int | None:
         """``None`` for this worker's own handles, else the owner's worker id (raises
@@ -169,15 +174,113 @@ class DistributedEvents(CoreEventManager):
             return dict(self._labels)
 
     async def new_event_on(
-        self, owner: int, label: str | None = None, timeout: float | None = None
+        self,
+        owner: int,
+        label: str | None = None,
+        timeout: float | None = None,
+        *,
+        lease: float | None = None,
     ) -> EventHandle:
         """Have worker ``owner`` create (and own) a new event; returns its handle. For a
-        process that will not outlive the event (a script, the CLI). Raises
+        process that will not outlive the event (a script, the CLI).
+
+        ``lease`` (seconds) makes this worker answer for the event: unless it completes, the
+        owner poisons it with a reason naming the lease (``lease of worker 0x… on 'label'
+        expired: not renewed within … s``) when ``lease`` seconds pass without a
+        :meth:`renew_lease`; and, if this worker is a full member other than the owner (not
+        an observer such as a ``velo-am`` command), as soon as the owner loses it or it
+        closes (``… ended with its holder: worker 0x… at … lost: …``).
+
+        Raises ``TypeError`` / ``ValueError`` for a bad label or lease (nothing is created),
         ``PeerUnreachable``, ``PeerLost``, ``CallTimeout`` when the owner cannot answer."""
+        if lease is not None:
+            lease = check_lease_seconds(lease)
         if owner == self._core.system_id:
-            return self.new_event(label).handle
-        data = await self._messenger.call(owner, "_ev.new", {"label": label}, timeout)
+            return self.new_event_for(self._core.system_id, label, lease)
+        payload: dict[str, Any] = {"label": label}
+        if lease is not None:
+            payload["lease"] = lease
+        data = await self._messenger.call(owner, "_ev.new", payload, timeout)
         return EventHandle.from_bytes(data)
+
+    def new_event_for(self, creator: int, label: str | None, lease: float | None) -> EventHandle:
+        """A new event of this worker made at worker ``creator``'s request (``_ev.new``),
+        leased to it for ``lease`` seconds unless ``None`` (call on the worker's loop)."""
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"a label is a str, got {type(label).__name__}")
+        if lease is not None:
+            lease = check_lease_seconds(lease)
+        handle = self.new_event(label).handle
+        if lease is not None:
+            # Only a member's loss is seen, and means the creator is gone: an observer (the
+            # CLI) leaves right after asking, and this worker outlives its own events.
+            member = creator != self._core.system_id and not self._messenger.is_observer(creator)
+            label = None if label is None else label[:MAX_LABEL_LENGTH]
+            now = time.monotonic()
+            self._leases.grant(handle, creator, lease, now, watch_holder=member, label=label)
+        return handle
+
+    async def renew_lease(
+        self, handle: EventHandle, seconds: float | None = None, timeout: float | None = None
+    ) -> float:
+        """Renew the lease on ``handle`` (any worker may, not only its holder): it now ends
+        ``seconds`` from now (default: the length it was granted for) unless renewed again.
+        Returns that length.
+
+        Raises ``InvalidGenerationError`` if the event already completed (its lease ended
+        with it; the message says how, e.g. poisoned because the lease expired),
+        ``EventError`` if the event has no lease, ``TypeError`` / ``ValueError`` for bad
+        ``seconds``, ``PeerUnreachable`` / ``PeerLost`` / ``CallTimeout`` when the owner
+        cannot answer."""
+        if seconds is not None:
+            seconds = check_lease_seconds(seconds)
+        owner = self._remote.owner_of(handle)
+        if owner is None:
+            return self.renew_own_lease(handle, seconds)
+        payload = [handle.to_bytes(), seconds]
+        try:
+            term = await self._messenger.call(owner, "_ev.renew", payload, timeout)
+        except RemoteError as error:
+            raise _REMOTE_ERRORS.get(error.error_type, EventError)(error.message) from None
+        return float(term)
+
+    def renew_own_lease(self, handle: EventHandle, seconds: float | None) -> float:
+        """Renew the lease on one of this worker's events (see :meth:`renew_lease`; call on
+        the worker's loop)."""
+        outcome = self._core.status(handle)
+        if outcome is not PENDING:
+            self._leases.end(handle)
+            how = "ready" if outcome is None else f"poisoned: {outcome}"
+            raise InvalidGenerationError(f"{handle} already completed ({how}); no lease to renew")
+        try:
+            return self._leases.renew(handle, time.monotonic(), seconds).term
+        except KeyError:
+            raise EventError(f"{handle} has no lease: it was created without one") from None
+
+    # -- leases kept --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Time passes (``now``: ``time.monotonic()``): leases not renewed in time break."""
+        self._break(self._leases.due(now, self._is_pending))
+
+    def holder_lost(self, worker_id: int, why: str) -> None:
+        """Worker ``worker_id`` was lost, closed or restarted: the leases it holds break."""
+        self._break(self._leases.holder_lost(worker_id, why))
+
+    def lease_holders(self) -> set[int]:
+        """The workers whose loss would break a lease here: this worker watches them."""
+        return self._leases.holders()
+
+    def _is_pending(self, handle: EventHandle) -> bool:
+        return self._core.status(handle) is PENDING
+
+    def _break(self, broken: list[Broken]) -> None:
+        for lease in broken:
+            if not self._is_pending(lease.handle):
+                continue  # completed meanwhile: the lease ended with it
+            logger.warning("%s", lease.reason, extra={"handle": str(lease.handle)})
+            with contextlib.suppress(AlreadyTriggeredError):  # triggered from another thread
+                self._core.poison(lease.handle, lease.reason)
 
     async def merge_events_on(
         self,
@@ -396,8 +499,9 @@ class DistributedEvents(CoreEventManager):
 
     def stats(self) -> dict[str, int]:
         """Subscriptions and updates sent and received, pending events, remote handles
-        awaited, cache size, subscriptions served."""
-        return {**self._remote.counts(), "pending": self._core.pending_count()}
+        awaited, cache size, subscriptions served, leases kept."""
+        counts = self._remote.counts()
+        return {**counts, "pending": self._core.pending_count(), "leases": len(self._leases)}
 
 
 def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
@@ -433,7 +537,13 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
         return [EventStatusCode.POISONED, outcome]
 
     def new(payload: dict[str, Any], ctx: CallContext) -> bytes:
-        return events.new_event(payload.get("label")).handle.to_bytes()
+        label, lease = payload.get("label"), payload.get("lease")
+        return events.new_event_for(ctx.sender, label, lease).to_bytes()
+
+    def renew(payload: list[Any], ctx: CallContext) -> float:
+        handle = EventHandle.from_bytes(payload[0])
+        with stale_as_invalid(handle):
+            return events.renew_own_lease(handle, payload[1])
 
     def pending(payload: list[Any], ctx: CallContext) -> list[Any]:
         handle = EventHandle.from_bytes(payload[0])
@@ -460,4 +570,5 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
         "_ev.new": new,
         "_ev.merge": merge,
         "_ev.pending": pending,
+        "_ev.renew": renew,
     }

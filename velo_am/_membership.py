@@ -144,6 +144,9 @@ class PeerTable(Dials):
             return peer.state is _ALIVE or peer.state is _DRAINING
         return peer_id in self._pending or peer_id in self._observers
 
+    def is_observer(self, peer_id: int) -> bool:
+        return peer_id in self._observers
+
     def connected_count(self) -> int:
         return sum(1 for peer in self._members.values() if peer.state.connected)
 

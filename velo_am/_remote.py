@@ -68,6 +68,8 @@ class Messenger:
     is_connected: Callable[[int], bool]
     #: A peer's state as this worker knows it (``"alive"``, ``"lost"``…), ``None`` if unknown.
     peer_state: Callable[[int], str | None]
+    #: Whether a worker is a short-lived observer (a ``velo-am`` command), not a member.
+    is_observer: Callable[[int], bool]
     #: Send update items to a connected peer now (raises ``AMError``).
     post: Callable[[int, Sequence[EventHandle], Sequence[p.EventDone]], None]
     #: Fire-and-forget a runtime handler on a connected peer now (raises ``AMError``).

@@ -50,13 +50,16 @@ class Shell:
         events: RemoteEvents,
         counters: dict[str, int],
         log: RateLimitedLog,
+        lease_holders: Callable[[], set[int]],
     ) -> None:
+        """``lease_holders``: the workers whose loss breaks a lease on this worker's events."""
         self._membership = table
         self._outbound = outbound
         outbound.business = self.interest
         self._calls = calls
         self._execution = execution
         self._remote_events = events
+        self._lease_holders = lease_holders
         self._counters = counters
         self._log = log
         self._worker_id = table.worker_id
@@ -165,8 +168,9 @@ class Shell:
 
     def interest(self) -> set[int]:
         """The peers this worker has business with: its gossip neighbors, the peers of its
-        calls in flight, the owners of the events it awaits and the subscribers it serves."""
-        interest = self._calls.peers() | self._remote_events.interest()
+        calls in flight, the owners of the events it awaits, the subscribers it serves and
+        the holders of the leases on its events."""
+        interest = self._calls.peers() | self._remote_events.interest() | self._lease_holders()
         interest |= self._membership.neighbors
         return interest
 

@@ -74,6 +74,7 @@ STATS: Final = (
     _gauge("events_remote_awaited", "Other workers' events awaited on this worker."),
     _gauge("events_cached", "Outcomes of other workers' events kept in this worker's cache."),
     _gauge("events_served", "Subscriptions other workers hold on this worker's events."),
+    _gauge("events_leases", "Leases kept on this worker's events (renewed, or held by a member)."),
 )
 
 COUNTERS: Final = tuple(stat.key for stat in STATS if stat.kind == "counter")

@@ -193,15 +193,36 @@ class SyncEvents(EventManager):
         return status
 
     def new_event_on(
-        self, owner: int, label: str | None = None, timeout: float | None = None
+        self,
+        owner: int,
+        label: str | None = None,
+        timeout: float | None = None,
+        *,
+        lease: float | None = None,
     ) -> EventHandle:
-        """Have worker ``owner`` create (and own) a new event; returns its handle. Raises
+        """Have worker ``owner`` create (and own) a new event; returns its handle. With
+        ``lease`` (seconds), this worker answers for it: the owner poisons it unless it
+        completes or is renewed (:meth:`renew_lease`) within ``lease`` seconds, or as soon as
+        this worker is lost or closes first (see ``Worker.events.new_event_on``). Raises
+        ``TypeError`` / ``ValueError`` for a bad label or lease, :class:`PeerUnreachable` /
+        :class:`PeerLost` / :class:`CallTimeout` when the owner cannot answer,
+        :class:`WorkerClosed` once this worker is closed."""
+        new_on = functools.partial(self._events.new_event_on, owner, label, timeout, lease=lease)
+        handle: EventHandle = self._runtime.blocking("events.new_event_on", new_on)
+        return handle
+
+    def renew_lease(
+        self, handle: EventHandle, seconds: float | None = None, timeout: float | None = None
+    ) -> float:
+        """Renew the lease on ``handle`` for ``seconds`` (default: its own length) from now;
+        returns that length. Raises ``InvalidGenerationError`` if the event already completed,
+        ``EventError`` if it has no lease, ``TypeError`` / ``ValueError`` for bad ``seconds``,
         :class:`PeerUnreachable` / :class:`PeerLost` / :class:`CallTimeout` when the owner
         cannot answer, :class:`WorkerClosed` once this worker is closed."""
-        handle: EventHandle = self._runtime.blocking(
-            "events.new_event_on", self._events.new_event_on, owner, label, timeout
+        term: float = self._runtime.blocking(
+            "events.renew_lease", self._events.renew_lease, handle, seconds, timeout
         )
-        return handle
+        return term
 
     def merge_events_on(
         self,

@@ -174,6 +174,7 @@ class Worker:
             loop=lambda: self._loop,
             is_connected=self.is_connected,
             peer_state=self._peer_state,
+            is_observer=self._membership.is_observer,
             post=lambda peer_id, subscribe, done: self._outbound.event_updates(
                 self._connected(peer_id), subscribe, done
             ),
@@ -198,7 +199,9 @@ class Worker:
             self._remote_events,
             self._counters,
             self._log,
+            lease_holders=self.events.lease_holders,
         )
+        self.on_peer_lost(self.events.holder_lost)  # a lost holder breaks its leases
         self._routes = Routes(
             self._membership,
             self._outbound,
@@ -476,6 +479,7 @@ class Worker:
             await asyncio.sleep(tick)
             now = time.monotonic()
             self._shell.tick(now)
+            self.events.tick(now)  # leases not renewed in time break
             if now - refreshed > REFRESH_EVERY:
                 refreshed = now
                 alone = not self._seeds and not self._membership.connected_count()

@@ -3,7 +3,7 @@ inspect a live worker, and run the demo. One module per group of commands; each 
 :class:`~velo_am._cli._shared.Command` (its help, examples, arguments and body).
 
 Exit codes: 0 success; 1 the event was poisoned (``wait``) or the owner refused the operation
-(``trigger``/``poison`` of a completed event); 2 ``wait`` timed out; 3 any other error,
+(``trigger``/``poison``/``renew`` of a completed event); 2 ``wait`` timed out; 3 any other error,
 usage errors included (so a script's ``case $?`` never reads a typo as a timeout).
 """
 

@@ -1,4 +1,5 @@
-"""The event commands: ``new-event``, ``merge``, ``trigger``, ``poison``, ``status``, ``wait``.
+"""The event commands: ``new-event``, ``merge``, ``trigger``, ``poison``, ``status``, ``wait``,
+``renew``.
 
 Each joins the mesh as a short-lived member; a long-lived worker owns what it creates."""
 
@@ -7,7 +8,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from velo_event import EventError, EventHandle, EventPoison, EventStatus, EventTimeout
+from velo_event import (
+    EventError,
+    EventHandle,
+    EventPoison,
+    EventStatus,
+    EventTimeout,
+    InvalidGenerationError,
+)
 
 from ._shared import (
     EXIT_OK,
@@ -20,6 +28,7 @@ from ._shared import (
     handle_arg,
     member,
     owner_ready,
+    positive_seconds,
     seconds,
     worker_id,
 )
@@ -32,6 +41,13 @@ def _configure_new_event(parser: argparse.ArgumentParser) -> None:
         "--on", type=worker_id, metavar="WORKER_ID", help="the owner (default: the seed)"
     )
     parser.add_argument("--label", help="a name shown by inspect")
+    parser.add_argument(
+        "--lease",
+        type=positive_seconds,
+        metavar="S",
+        help="the owner poisons the event unless it completes or is renewed (velo-am renew) "
+        "within S seconds",
+    )
     add_mesh_options(parser)
 
 
@@ -39,8 +55,34 @@ async def _new_event(args: argparse.Namespace) -> int:
     async with member(args) as worker:
         owner = await default_owner(worker, args)
         await owner_ready(worker, owner, args.connect_timeout)
-        handle = await worker.events.new_event_on(owner, args.label, args.connect_timeout)
+        handle = await worker.events.new_event_on(
+            owner, args.label, args.connect_timeout, lease=args.lease
+        )
     print(handle)
+    return EXIT_OK
+
+
+def _configure_renew(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handle", type=handle_arg, metavar="HANDLE")
+    parser.add_argument(
+        "--lease",
+        type=positive_seconds,
+        metavar="S",
+        help="the lease now ends S seconds from now (default: the length it was created with)",
+    )
+    add_mesh_options(parser)
+
+
+async def _renew(args: argparse.Namespace) -> int:
+    handle: EventHandle = args.handle
+    async with member(args) as worker:
+        await owner_ready(worker, handle.worker_id, args.connect_timeout)
+        try:
+            await worker.events.renew_lease(handle, args.lease, args.connect_timeout)
+        except InvalidGenerationError as error:  # completed: the lease ended with it
+            raise CommandError(str(error), EXIT_POISONED) from None
+        except EventError as error:
+            raise CommandError(f"the owner refused: {error}") from None
     return EXIT_OK
 
 
@@ -141,6 +183,7 @@ COMMANDS = (
         """
         H=$(velo-am new-event --seed tcp://127.0.0.1:5555)
         H=$(velo-am new-event --on 0x2 --label "backup done" --discovery /run/velo)
+        H=$(velo-am new-event --label "nightly export" --lease 60 --seed tcp://127.0.0.1:5555)
         """,
         _configure_new_event,
         _new_event,
@@ -190,5 +233,16 @@ COMMANDS = (
         """,
         _configure_wait,
         _wait,
+    ),
+    Command(
+        "renew",
+        "renew an event's lease (new-event --lease): exit 0 renewed, 1 the event already "
+        "completed, 3 error",
+        """
+        while velo-am renew "$H" --seed tcp://127.0.0.1:5555; do sleep 20; done &
+        velo-am renew "$H" --lease 600 --seed tcp://127.0.0.1:5555  # a long step ahead
+        """,
+        _configure_renew,
+        _renew,
     ),
 )

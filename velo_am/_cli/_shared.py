@@ -42,6 +42,7 @@ __all__ = [
     "json_arg",
     "member",
     "owner_ready",
+    "positive_seconds",
     "seconds",
     "seed_addresses",
     "worker_id",
@@ -137,6 +138,13 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"a number of seconds >= 0: {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a finite number of seconds > 0: {text}")
     return value
 
 

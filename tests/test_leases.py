@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support import FAKE_FAST, wait_until
 
-from velo_am import RemoteError, SyncWorker, Worker
+from velo_am import AMError, RemoteError, SyncWorker, Worker
 from velo_am._leases import Broken, LeaseTable, check_lease_seconds
 from velo_am.transport import FakeNetwork
 from velo_event import (
@@ -258,6 +258,22 @@ async def test_an_old_peers_new_event_payload_still_means_no_lease(
     handle = EventHandle.from_bytes(await creator.call(1, "_ev.new", {"label": None}))
     assert owner.events.poll(handle) is EventStatus.PENDING
     assert owner.events.stats()["leases"] == 0
+
+
+async def test_an_owner_that_predates_leases_is_a_clear_error(
+    make_worker: Callable[..., Any],
+) -> None:
+    """Its ``_ev.new`` ignores the lease and answers a bare handle: no silent lease-less event."""
+    owner = await make_worker(1)
+    creator = await make_worker(2, peers=[owner.address])
+
+    def old_new(payload: dict[str, Any], ctx: Any) -> bytes:
+        return owner.events.new_event(payload.get("label")).handle.to_bytes()
+
+    owner._handlers.register("_ev.new", old_new, ordered=False, replace=True, internal=True)
+    with pytest.raises(AMError, match="worker 0x1 predates leases: it cannot keep one on ev:1:"):
+        await creator.events.new_event_on(1, label="job", lease=30)
+    await wait_until(lambda: owner.events.stats()["pending"] == 0)  # its event is poisoned
 
 
 # -- the blocking mirror ----------------------------------------------------------------------

@@ -192,16 +192,22 @@ class DistributedEvents(CoreEventManager):
         closes (``… ended with its holder: worker 0x… at … lost: …``).
 
         Raises ``TypeError`` / ``ValueError`` for a bad label or lease (nothing is created),
-        ``PeerUnreachable``, ``PeerLost``, ``CallTimeout`` when the owner cannot answer."""
+        ``PeerUnreachable``, ``PeerLost``, ``CallTimeout`` when the owner cannot answer,
+        ``AMError`` when the owner predates leases (the event it made is poisoned)."""
         if lease is not None:
             lease = check_lease_seconds(lease)
         if owner == self._core.system_id:
             return self.new_event_for(self._core.system_id, label, lease)
-        payload: dict[str, Any] = {"label": label}
-        if lease is not None:
-            payload["lease"] = lease
+        if lease is None:
+            data = await self._messenger.call(owner, "_ev.new", {"label": label}, timeout)
+            return EventHandle.from_bytes(data)
+        payload = {"label": label, "lease": lease}
         data = await self._messenger.call(owner, "_ev.new", payload, timeout)
-        return EventHandle.from_bytes(data)
+        if isinstance(data, bytes):  # a bare handle: an owner that predates leases ignored it
+            handle = EventHandle.from_bytes(data)
+            self.poison(handle, "its creator asked for a lease, which its owner cannot keep")
+            raise AMError(f"worker {owner:#x} predates leases: it cannot keep one on {handle}")
+        return EventHandle.from_bytes(data[0])
 
     def new_event_for(self, creator: int, label: str | None, lease: float | None) -> EventHandle:
         """A new event of this worker made at worker ``creator``'s request (``_ev.new``),
@@ -536,9 +542,10 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
             return [EventStatusCode.READY, None]
         return [EventStatusCode.POISONED, outcome]
 
-    def new(payload: dict[str, Any], ctx: CallContext) -> bytes:
+    def new(payload: dict[str, Any], ctx: CallContext) -> bytes | list[Any]:
         label, lease = payload.get("label"), payload.get("lease")
-        return events.new_event_for(ctx.sender, label, lease).to_bytes()
+        handle = events.new_event_for(ctx.sender, label, lease).to_bytes()
+        return handle if lease is None else [handle, lease]  # the lease kept: creators check
 
     def renew(payload: list[Any], ctx: CallContext) -> float:
         handle = EventHandle.from_bytes(payload[0])

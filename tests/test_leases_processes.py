@@ -126,16 +126,16 @@ def test_a_producer_that_renews_and_finishes_completes_its_event(seed: list[str]
 
 
 def test_the_readme_renewal_loop_runs(seed: list[str], tmp_path: Path) -> None:
-    """The README's lease example, as a script runs it, its ./export.sh standing in."""
+    """The README's lease example, as a script runs it, its ./backup.sh standing in."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     (block,) = [
         body
         for body in re.findall(r"^```sh\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
         if "velo-am renew" in body
     ]
-    export = tmp_path / "export.sh"
-    export.write_text("#!/bin/sh\nsleep 3\n")  # a job that outlives its lease's term
-    export.chmod(0o755)
+    backup = tmp_path / "backup.sh"
+    backup.write_text("#!/bin/sh\nsleep 3\n")  # a job that outlives its lease's term
+    backup.chmod(0o755)
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -154,4 +154,4 @@ def test_the_readme_renewal_loop_runs(seed: list[str], tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, (result.stdout, result.stderr)
-    assert result.stdout.strip() == "ready", "renewed while export.sh ran, then triggered"
+    assert result.stdout.strip() == "ready", "renewed while backup.sh ran, then triggered"

@@ -130,6 +130,16 @@ class PeerTable(Dials):
     def member(self, peer_id: int) -> Member | None:
         return self._members.get(peer_id)
 
+    def address_of(self, peer_id: int) -> str | None:
+        """Where ``peer_id`` listens, as it advertised it; ``None`` if unknown."""
+        peer = self.get(peer_id)
+        return None if peer is None else peer.address
+
+    def state_of(self, peer_id: int) -> str | None:
+        """``peer_id``'s state (``"alive"``, ``"lost"``…); ``None`` if unknown."""
+        peer = self.get(peer_id)
+        return None if peer is None else str(peer.state)
+
     def alive(self, peer_id: int) -> Member | None:
         """The peer if it can be called now (the fast path of every call and send)."""
         peer = self._members.get(peer_id)

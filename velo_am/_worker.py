@@ -24,7 +24,8 @@ from . import _protocol as p
 from ._calls import CallTable
 from ._config import OPTION_NAMES, WorkerOptions
 from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
-from ._events import DistributedEvents, event_core, runtime_handlers
+from ._event_handlers import runtime_handlers
+from ._events import DistributedEvents, event_core
 from ._execution import HandlerExecution, Serving
 from ._handlers import CallContext, Handler, HandlerRegistry, HandlerStats
 from ._inspect import DEFAULT_LIMIT, snapshot
@@ -157,7 +158,7 @@ class Worker:
             self.incarnation,
             size,
             transport=self._transport,
-            locate=self._locate,
+            locate=self._membership.address_of,
             introduction=lambda: p.encode(self._membership.introduction()),
             counters=self._counters,
             log=self._log,
@@ -173,7 +174,7 @@ class Worker:
         messenger = Messenger(
             loop=lambda: self._loop,
             is_connected=self.is_connected,
-            peer_state=self._peer_state,
+            peer_state=self._membership.state_of,
             is_observer=self._membership.is_observer,
             post=lambda peer_id, subscribe, done: self._outbound.event_updates(
                 self._connected(peer_id), subscribe, done
@@ -399,10 +400,6 @@ class Worker:
         """Whether ``peer_id`` is a live peer now (alive or draining)."""
         return self._membership.is_connected(peer_id)
 
-    def _peer_state(self, peer_id: int) -> str | None:
-        peer = self._membership.get(peer_id)
-        return None if peer is None else str(peer.state)
-
     # -- calls ----------------------------------------------------------------------------
 
     async def send(self, peer_id: int, name: str, payload: Any = None) -> None:
@@ -451,10 +448,6 @@ class Worker:
             if peer.state is ms.PeerState.DRAINING:
                 raise PeerDraining(f"{peer.describe()} is shutting down")
         return peer
-
-    def _locate(self, peer_id: int) -> str | None:
-        peer = self._membership.get(peer_id)
-        return None if peer is None else peer.address
 
     def _connected(self, peer_id: int) -> ms.Member:
         self._check_running()

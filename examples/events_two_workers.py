@@ -7,7 +7,8 @@
 when called on ``go`` (or after ``--delay`` seconds): triggered, or poisoned with ``--fail
 REASON``. It serves until SIGINT or SIGTERM. ``--count N`` makes N events, all returned as
 bytes by the ``handles`` handler. ``waiter`` awaits the handle given as text and prints
-``READY-EVENT <handle>`` or ``POISONED <reason>``.
+``READY-EVENT <handle>``, ``POISONED <reason>``, or ``OUTCOME-UNKNOWN <reason>`` when the
+owner was lost or unreachable before it answered.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 from typing import Any
 
 from velo_am import CallContext, Worker
-from velo_event import EventHandle, EventPoison
+from velo_event import EventHandle, EventPoison, OutcomeUnknown
 
 
 def parse_args() -> argparse.Namespace:
@@ -82,6 +83,8 @@ async def waiter(args: argparse.Namespace) -> None:
             await worker.events.awaiter(args.handle)
         except EventPoison as poison:
             print(f"POISONED {poison.reason}", flush=True)
+        except OutcomeUnknown as unknown:
+            print(f"OUTCOME-UNKNOWN {unknown.reason}", flush=True)
         else:
             print(f"READY-EVENT {args.handle}", flush=True)
 

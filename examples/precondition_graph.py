@@ -9,8 +9,9 @@ The ``weights`` (worker 0xa) and ``tokenizer`` (0xb) loaders each own an event, 
 their loading ends (``--delay S``) — or poisoned with ``--fail REASON``. ``merge`` (0xc) asks
 both loaders for their handles, merges them into an event of its own and prints ``MERGED
 <handle>``. ``serve`` (0xd) asks ``merge`` for the merged handle, awaits it and prints
-``SERVING after <seconds>`` or ``POISONED <reason>``, then exits. Handles travel as 16 bytes in
-call results; every other role prints ``READY <id> <address>`` and serves until SIGINT/SIGTERM.
+``SERVING after <seconds>``, ``POISONED <reason>`` or ``OUTCOME-UNKNOWN <reason>`` (the merge's
+owner lost), then exits. Handles travel as 16 bytes in call results; every other role prints
+``READY <id> <address>`` and serves until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from typing import Any
 
 from velo_am import CallContext, PeerUnreachable, Worker
-from velo_event import Event, EventHandle, EventPoison
+from velo_event import Event, EventHandle, EventPoison, OutcomeUnknown
 
 WORKER_IDS = {"weights": 0xA, "tokenizer": 0xB, "merge": 0xC, "serve": 0xD}
 
@@ -99,6 +100,8 @@ async def serve(worker: Worker, args: argparse.Namespace) -> None:
         await worker.events.awaiter(EventHandle.from_bytes(gate))
     except EventPoison as poison:
         print(f"POISONED {poison.reason}", flush=True)
+    except OutcomeUnknown as unknown:  # the merge's owner was lost before it answered
+        print(f"OUTCOME-UNKNOWN {unknown.reason}", flush=True)
     else:
         print(f"SERVING after {time.perf_counter() - started:.2f} s", flush=True)
 

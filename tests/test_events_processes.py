@@ -4,6 +4,7 @@ would, with this test process as one more member of the mesh."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from support import FAST, Script, wait_until
 
 from velo_am import Worker
-from velo_event import EventHandle, EventPoison, EventStatus
+from velo_event import EventHandle, EventPoison, EventStatus, OutcomeUnknown
 
 pytestmark = pytest.mark.timeout(90)
 TWO = "examples/events_two_workers.py"
@@ -59,6 +60,13 @@ async def terminate(*scripts: Script) -> None:
 def expect_poison(awaiting: asyncio.Future[Any]) -> str:
     error = awaiting.exception()
     assert isinstance(error, EventPoison), repr(error)
+    return error.reason
+
+
+def expect_unknown(awaiting: asyncio.Future[Any]) -> str:
+    """The reason an await ended without an outcome (its owner lost)."""
+    error = awaiting.exception()
+    assert isinstance(error, OutcomeUnknown), repr(error)
     return error.reason
 
 
@@ -151,7 +159,7 @@ def test_poison_propagation_example_reports_every_hop(launch: Callable[..., Scri
 # -- failures of the owner ----------------------------------------------------------------------
 
 
-async def test_sigkill_of_the_owner_poisons_waiters_with_owner_lost(
+async def test_sigkill_of_the_owner_fails_waiters_with_owner_lost(
     launch: Callable[..., Script], worker: Worker
 ) -> None:
     owner, owner_id, address, text = start_owner(launch)
@@ -167,11 +175,49 @@ async def test_sigkill_of_the_owner_poisons_waiters_with_owner_lost(
         await asyncio.wait([here])
     # Within the liveness window (plus heartbeat ticks), not never.
     assert time.monotonic() - killed_at < FAST["heartbeat_timeout"] + 3.0
-    assert expect_poison(here).startswith(f"owner lost: worker {owner_id:#x}")
-    assert (await ended(waiter, "POISONED")).startswith(
-        f"POISONED owner lost: worker {owner_id:#x}"
+    assert expect_unknown(here).startswith(f"owner lost: worker {owner_id:#x}")
+    assert (await ended(waiter, "OUTCOME-UNKNOWN")).startswith(
+        f"OUTCOME-UNKNOWN owner lost: worker {owner_id:#x}"
     )
     assert worker.events.stats()["remote_awaited"] == 0
+
+
+async def test_an_owner_frozen_past_the_window_then_thawed_gives_one_outcome(
+    launch: Callable[..., Script], worker: Worker
+) -> None:
+    """Measured: waiters whose owner was frozen (SIGSTOP) past the liveness window were
+    poisoned "owner lost"; thawed, the owner triggered the same handle and a new await said
+    READY. Now they get ``OutcomeUnknown``, which records nothing, and everyone who asks
+    afterwards, here, on the owner, in another subscriber, hears the owner's one verdict."""
+    # The owner's window (its ZMTP TTL) is long, so the other subscriber keeps its link
+    # through the freeze; this process's window is one second (FAST).
+    owner, owner_id, address, text = start_owner(launch, "--heartbeat-timeout", "30")
+    handle = EventHandle.parse(text)
+    patient = launch(
+        TWO, "waiter", "--heartbeat-timeout", "30", "--peer", address, "--handle", text
+    )
+    assert await worker.connect(address) == owner_id
+    here = asyncio.ensure_future(worker.events.awaiter(handle))
+    merged = worker.events.merge_events([handle])  # this worker's own event, over the owner's
+    await wait_served(worker, owner_id, 2)
+    os.kill(owner.process.pid, signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(10 * FAST["heartbeat_timeout"]):
+            await asyncio.wait([here])
+        assert expect_unknown(here).startswith(f"owner lost: worker {owner_id:#x}")
+        assert worker.events.poll(handle) is EventStatus.PENDING
+        reason = worker.events.poison_reason(merged)  # the merge's own verdict: final
+        assert reason is not None and reason.startswith(f"Merge dependency {handle} failed")
+    finally:
+        os.kill(owner.process.pid, signal.SIGCONT)
+    await worker.wait_for_peer(owner_id, timeout=20)
+    await worker.call(owner_id, "go", timeout=10)
+    assert await asyncio.wait_for(worker.events.awaiter(handle), 10) is None
+    assert worker.events.poll(handle) is EventStatus.READY
+    assert await worker.events.poll_remote(handle, timeout=10) is EventStatus.READY
+    assert await ended(patient, "READY-EVENT") == f"READY-EVENT {text}"
+    assert worker.events.poll(merged) is EventStatus.POISONED
+    await terminate(owner)
 
 
 async def test_sigterm_of_the_owner_poisons_waiters_with_its_shutdown_reason(

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from velo_event import EventHandle, EventPoison
+from velo_event import EventHandle, EventPoison, OutcomeUnknown
 
 from ._handlers import CallContext
 from ._worker import Worker
@@ -231,6 +231,8 @@ class _Demo:
             await coordinator.events.awaiter(node.handle)
         except EventPoison as poison:
             node.reason = poison.reason
+        except OutcomeUnknown as unknown:  # its owner was lost: shown as a failure
+            node.reason = f"outcome unknown: {unknown.reason}"
         node.finished = self.elapsed()
         for shown in self.progress.seen(node):
             self.out(progress_line(shown))

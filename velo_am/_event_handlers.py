@@ -53,10 +53,8 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
             core.poison(handle, payload[1])
 
     def status(payload: bytes, ctx: CallContext) -> list[Any]:
-        try:
-            outcome = core.status(EventHandle.from_bytes(payload))
-        except UnknownEventError:
-            outcome = core.stale_reason
+        # A handle this incarnation never issued, nor will soon, reads as stale.
+        outcome = core.status(EventHandle.from_bytes(payload))
         if outcome is PENDING:
             return [EventStatusCode.PENDING, None]
         if outcome is None:

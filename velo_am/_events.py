@@ -96,8 +96,10 @@ class DistributedEvents(CoreEventManager):
     Local handles go straight to this worker's core; remote ones are routed to their owner.
     ``trigger``/``poison`` of a remote handle are fire-and-forget; :meth:`trigger_confirmed`
     and :meth:`poison_confirmed` wait for the owner's verdict. Awaiting a remote handle raises
-    :class:`~velo_event.EventPoison` with the owner's reason, or with ``owner lost: …`` /
-    ``owner unreachable: …`` when the owner dies, closes or cannot be reached. A wait or await
+    :class:`~velo_event.EventPoison` with the owner's reason, or
+    :class:`~velo_event.OutcomeUnknown` (``owner lost: …`` / ``owner unreachable: …``) when the
+    owner dies, closes or cannot be reached before it answers: that is no outcome, the owner
+    alone decides one, and a later await or :meth:`poll_remote` asks it again. A wait or await
     that times out raises :class:`~velo_event.EventTimeout` naming what the event still waits
     on, with labels and owners' liveness (see :meth:`waiting_on_remote`).
     """
@@ -361,7 +363,7 @@ class DistributedEvents(CoreEventManager):
         code, reason = await self._messenger.call(owner, "_ev.status", handle.to_bytes(), timeout)
         status = _STATUSES[EventStatusCode(code)]
         if status is not EventStatus.PENDING:
-            self._remote.resolve(handle, reason, cache=True)
+            self._remote.resolve(handle, reason)
         return status
 
     async def _confirmed(
@@ -473,14 +475,15 @@ class DistributedEvents(CoreEventManager):
 
     def close(self, reason: str) -> None:
         """The worker is closing: poison this worker's pending events (remote waiters learn it
-        before the goodbye) and the local waiters of remote handles."""
+        before the goodbye) and end the local waits on remote handles without an outcome."""
         self._core.force_shutdown(reason)
         self.abandon_remote(reason)
         self._remote.flush()  # the poisons go out now, before the goodbye
 
     def abandon_remote(self, reason: str) -> None:
-        """Poison every local waiter of another worker's handle with ``reason`` (the worker
-        is gone; safe from any thread, also once its loop has ended)."""
+        """End every local wait on another worker's handle without an outcome, saying
+        ``reason`` (``OutcomeUnknown``: the worker is gone; safe from any thread, also once
+        its loop has ended)."""
         self._remote.abandon(reason)
 
     def pending_waiters(self) -> list[tuple[EventHandle, list[Hashable]]]:

@@ -8,14 +8,19 @@ handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates
   to the owner, however many waiters follow. The owner's *done* item (its triggered or
   poisoned outcome, with the original reason) resolves every waiter and enters a bounded
   cache, so later awaits need no traffic. When the owner is lost or closes, or cannot be
-  reached, the waiters are poisoned with a reason naming it. A subscription still pending
+  reached, the waiters are woken without an outcome (:class:`~velo_event.lowlevel.Unanswered`:
+  awaits raise ``OutcomeUnknown`` naming the owner) and nothing is cached: a subscriber never
+  invents an outcome for another worker's handle, so whoever asks later (an await, a poll)
+  gets the owner's one verdict, the same everywhere. A subscription still pending
   after six heartbeat timeouts (30 s by default) is sent again, then at doubling intervals
   (up to 10 minutes): owners answer a repeat at once if the generation completed, so a done
   item lost with a link that failed costs a delay, never a hang; and a slow mesh is not
   flooded with repeats.
 * **Owner side.** A subscription registers a waiter on the core; the generation's completion
-  (at once if it is complete already) is sent back as a done item. A handle this incarnation
-  never issued is answered as stale. A subscriber this worker lost keeps its subscriptions,
+  (at once if it is complete already) is sent back as a done item. A generation not issued
+  yet, but which this incarnation may still issue (within ``LOOKAHEAD`` of its slot's last),
+  is held until it is issued and completes; any other handle this incarnation never issued
+  is answered as stale. A subscriber this worker lost keeps its subscriptions,
   and the done items owed to it wait, until it is heard from again (a loss seen from one side
   only: the subscriber still waits) or forgotten; a goodbye drops them at once.
 
@@ -46,6 +51,8 @@ from velo_event.lowlevel import (
     PENDING,
     EventCore,
     Outcome,
+    Unanswered,
+    Wake,
     WakeCallback,
     running_loop,
     wake_waiters,
@@ -253,7 +260,7 @@ class RemoteEvents:
                     extra={"peer": f"{peer_id:#x}"},
                 )
                 for handle in subscribe:  # nobody will answer these subscriptions
-                    self.resolve(handle, f"owner unreachable: {error}", cache=False)
+                    self.resolve(handle, Unanswered(f"owner unreachable: {error}"))
 
     # -- subscriber side ------------------------------------------------------------------------
 
@@ -275,7 +282,7 @@ class RemoteEvents:
             await self._messenger.route(owner)
             self._messenger.post(owner, (handle,), ())
         except AMError as error:
-            self.resolve(handle, f"owner unreachable: {error}", cache=False)
+            self.resolve(handle, Unanswered(f"owner unreachable: {error}"))
             return
         self._counters["events_subscriptions_sent"] += 1
 
@@ -299,37 +306,39 @@ class RemoteEvents:
         if handle >> 64 != sender:
             return  # only the owner speaks for its events
         self._counters["events_updates_received"] += 1
-        self.resolve(handle, reason, cache=True)
+        self.resolve(handle, reason)
 
-    def resolve(self, handle: EventHandle, reason: str | None, *, cache: bool) -> None:
-        """Wake every local waiter of a remote handle with its outcome (``cache``: remember
-        it, the owner's verdict; not for a local failure such as a lost owner)."""
+    def resolve(self, handle: EventHandle, outcome: Wake) -> None:
+        """Wake every local waiter of a remote handle: with the owner's verdict (``None`` or
+        its poison reason), which is remembered; or with :class:`Unanswered` (the owner lost
+        or unreachable, this worker closing), which is not: a later await asks again."""
         with self._lock:
             waiters = self._remote.pop(handle, None)
-            if cache:
-                self._completed[handle] = reason
+            if not isinstance(outcome, Unanswered):
+                self._completed[handle] = outcome
                 self._completed.move_to_end(handle)
                 while len(self._completed) > self._cache_size:
                     self._completed.popitem(last=False)
         if waiters:
-            wake_waiters(waiters, reason)
+            wake_waiters(waiters, outcome)
 
     def abandon(self, reason: str) -> None:
-        """Poison every local waiter of a remote handle with ``reason`` (this worker closes;
-        safe from any thread, also once its loop is gone)."""
+        """Wake every local waiter of a remote handle without an outcome, saying ``reason``
+        (this worker closes; safe from any thread, also once its loop is gone)."""
         with self._lock:
             pending = list(self._remote)
         for handle in pending:
-            self.resolve(handle, reason, cache=False)
+            self.resolve(handle, Unanswered(reason))
 
     def on_peer_lost(self, worker_id: int, text: str, *, closed: bool) -> None:
-        """Poison the waiters of the lost owner's handles. What it subscribed to here is
-        dropped if it ``closed`` (said goodbye), else kept until it is back or forgotten:
-        a loss may be seen from this side only, and the subscriber still waits."""
+        """Wake the waiters of the lost owner's handles without an outcome (``owner lost:
+        …``). What it subscribed to here is dropped if it ``closed`` (said goodbye), else kept
+        until it is back or forgotten: a loss may be seen from this side only, and the
+        subscriber still waits."""
         with self._lock:
             orphaned = [handle for handle in self._remote if handle >> 64 == worker_id]
         for handle in orphaned:
-            self.resolve(handle, f"owner lost: {text}", cache=False)
+            self.resolve(handle, Unanswered(f"owner lost: {text}"))
         if closed:
             self.on_peer_forgotten(worker_id)
         else:
@@ -360,9 +369,10 @@ class RemoteEvents:
     def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed
         try:
-            outcome = self._core.add_waiter(handle, key, self._notify)
+            # Early: a generation this incarnation may still issue waits until it does.
+            outcome = self._core.add_waiter(handle, key, self._notify, early=True)
         except (UnknownEventError, InvalidGenerationError):
-            # No slot or generation of this incarnation: only a predecessor minted it.
+            # A slot or generation this incarnation never issued, nor will: a predecessor's.
             outcome = self._core.stale_reason
         except EventError as error:
             outcome = f"owner refused the subscription: {error}"
@@ -371,8 +381,9 @@ class RemoteEvents:
         else:
             self._send_done(subscriber, handle, outcome)  # type: ignore[arg-type]
 
-    def _notify(self, key: Hashable, reason: str | None) -> None:
+    def _notify(self, key: Hashable, reason: Wake) -> None:
         assert isinstance(key, Subscription)
+        assert not isinstance(reason, Unanswered)  # the core completes its own: verdicts
         self.in_loop(self._notify_in_loop, key.subscriber, key.handle, reason)
 
     def _notify_in_loop(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:

@@ -119,7 +119,8 @@ class SyncWorker:
         done, at most ``grace`` + 5 s (a warning is logged if the thread is still running
         then). Idempotent, from any thread; on the loop thread (in a handler) it only starts
         the close, which proceeds once the handler returns. Threads blocked in other methods
-        get :class:`WorkerClosed`, or :class:`~velo_event.EventPoison` in ``events.wait``."""
+        get :class:`WorkerClosed`; in ``events.wait``, :class:`~velo_event.EventPoison` (this
+        worker's events) or :class:`~velo_event.OutcomeUnknown` (another worker's)."""
         runtime = self._runtime
         runtime.begin_close(grace)
         if runtime.on_loop_thread():

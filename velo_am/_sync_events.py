@@ -144,10 +144,11 @@ class SyncEvents(EventManager):
 
     def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
         """Block the calling thread until the handle's generation completes. Raises
-        :class:`~velo_event.EventPoison` with the first poison reason (for another worker's
-        handle also when its owner is lost, closes or cannot be reached, or this worker
-        closes meanwhile), :class:`~velo_event.EventTimeout` (a ``TimeoutError`` naming what
-        the event still waits on: labels, owners and their liveness, asked briefly of the
+        :class:`~velo_event.EventPoison` with the first poison reason;
+        :class:`~velo_event.OutcomeUnknown` for another worker's handle when its owner is
+        lost, closes or cannot be reached, or this worker closes meanwhile (no outcome: a
+        later wait asks again); :class:`~velo_event.EventTimeout` (a ``TimeoutError`` naming
+        what the event still waits on: labels, owners and their liveness, asked briefly of the
         owner for another worker's merge) after ``timeout`` seconds (the event is left
         pending), :class:`WorkerClosed` for another worker's handle once this worker is
         closed, and ``RuntimeError`` (an ``EventError`` too) on a thread running an event

@@ -14,6 +14,7 @@ from ._errors import (
     EventTimeout,
     ForeignHandleError,
     InvalidGenerationError,
+    OutcomeUnknown,
     SystemShutdownError,
     UnknownEventError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ForeignHandleError",
     "InvalidGenerationError",
     "LocalEventSystem",
+    "OutcomeUnknown",
     "PendingEvent",
     "SystemShutdownError",
     "UnknownEventError",

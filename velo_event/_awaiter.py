@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from typing import Any, Final, cast
 
-from ._core import PENDING, Outcome, WakeCallback
-from ._errors import EventPoison
+from ._errors import EventPoison, OutcomeUnknown
 from ._handle import EventHandle
+from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
 
 __all__ = ["READY_AWAITER", "EventAwaiter", "running_loop", "wake_future"]
 
@@ -31,7 +31,7 @@ def _resolve(future: asyncio.Future[object], reason: object) -> None:
         future.set_result(reason)
 
 
-def wake_future(future: Hashable, reason: str | None) -> None:
+def wake_future(future: Hashable, reason: Wake) -> None:
     """Wake callback for an asyncio future, safe from any thread: a trigger on the future's
     own loop resolves it directly, one from another thread goes through its loop."""
     fut = cast("asyncio.Future[object]", future)
@@ -52,7 +52,7 @@ RemoveWaiter = Callable[[EventHandle, Hashable], None]
 #: Called once an await's timeout ran out and its waiter is gone, with the handle and the
 #: timeout: returns the outcome if the generation completed meanwhile, else raises the timeout.
 Expired = Callable[[EventHandle, float], Awaitable[Outcome]]
-# What a waiting future is resolved with when its timeout runs out (outcomes are str or None).
+# What a waiting future is resolved with when its timeout runs out (never a wake-up value).
 _EXPIRED: Final = object()
 
 
@@ -60,7 +60,9 @@ class EventAwaiter:
     """Awaitable completion of one event generation.
 
     ``await`` returns ``None`` when the event is triggered and raises :class:`EventPoison`
-    (with the first poison reason) when it is poisoned. It can be awaited any number of times,
+    (with the first poison reason) when it is poisoned, or :class:`OutcomeUnknown` when its
+    source could not learn the outcome (another worker's handle whose owner was lost): that
+    is no outcome, and awaiting again asks again. It can be awaited any number of times,
     by any number of tasks, and wrapped with ``asyncio.ensure_future`` for ``asyncio.wait``.
     Cancelling a wait (``asyncio.timeout``, ``wait_for``, task cancellation) leaves the event
     untouched and unregisters the waiter. With a ``timeout`` (seconds, for each await), a wait
@@ -122,6 +124,8 @@ class EventAwaiter:
                 self._remove_waiter(self._handle, future)
                 assert self._expired is not None and timeout is not None
                 outcome = yield from self._expired(self._handle, timeout).__await__()
+        if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
+            raise OutcomeUnknown(self._handle, outcome.reason)
         self._outcome = cast(Outcome, outcome)  # later awaits take the fast path
         if outcome is not None:
             raise EventPoison(self._handle, cast(str, outcome))

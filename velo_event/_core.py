@@ -5,7 +5,8 @@ or drop a waiter) happens under it; waiters are drained in the same critical sec
 completes a generation and are woken *after* the lock is released, so there are no lost
 wake-ups and no callbacks run under the lock. A waiter is a ``(key, callback)`` pair; the
 callback gets ``(key, reason)``, where ``reason`` is ``None`` for a trigger and the poison
-reason otherwise. asyncio futures, blocking waits and merges are all just waiters.
+reason otherwise (see :mod:`velo_event._wake`). asyncio futures, blocking waits and merges
+are all just waiters.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from typing import Final
 
 from ._errors import (
@@ -25,16 +26,9 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
+from ._wake import PENDING, Outcome, WakeCallback, wake_waiters
 
-__all__ = [
-    "MAX_REASON_LENGTH",
-    "PENDING",
-    "EventCore",
-    "Outcome",
-    "WakeCallback",
-    "cap_reason",
-    "wake_waiters",
-]
+__all__ = ["LOOKAHEAD", "MAX_REASON_LENGTH", "EventCore", "cap_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +39,8 @@ _U32: Final = 0xFFFF_FFFF
 # A tagged core keeps the tag in the top 8 of the 31 index bits (8 M slots remain).
 _TAG_SHIFT: Final = 23
 _MAX_TAG: Final = 255
-
-
-class _Pending:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "PENDING"
-
-
-#: Returned by :meth:`EventCore.add_waiter` when the waiter was registered.
-PENDING: Final = _Pending()
-
-#: ``None`` for a triggered generation, the reason for a poisoned one, or :data:`PENDING`.
-Outcome = str | None | _Pending
-WakeCallback = Callable[[Hashable, str | None], None]
-_Waiters = dict[Hashable, WakeCallback]
+#: How far past a slot's last generation a tagged core still reads one as its own, not issued yet.
+LOOKAHEAD: Final = 1 << 16
 
 
 def cap_reason(reason: str) -> str:
@@ -69,6 +49,9 @@ def cap_reason(reason: str) -> str:
         return reason
     cut = len(reason) - MAX_REASON_LENGTH
     return f"{reason[:MAX_REASON_LENGTH]}… [{cut} more characters cut]"
+
+
+_Waiters = dict[Hashable, WakeCallback]
 
 
 class _Slot:
@@ -86,16 +69,6 @@ class _Slot:
         self.attached: object = None
 
 
-def wake_waiters(waiters: Mapping[Hashable, WakeCallback], reason: str | None) -> None:
-    """Run wake callbacks ``callback(key, reason)``, outside any lock. A failing callback is
-    logged and never stops the others."""
-    for key, callback in waiters.items():
-        try:
-            callback(key, reason)
-        except Exception:
-            logger.exception("event wake-up callback %r failed", callback)
-
-
 class EventCore:
     """All slots of one event system (one ``worker_id``)."""
 
@@ -106,7 +79,9 @@ class EventCore:
         ``index_tag`` (1..255) fills the top bits of every slot index, so handles of another
         incarnation name no slot here, and ``first_generation`` > 1 marks every lower
         generation (but 0) as not issued here; such handles read as poisoned with
-        :attr:`stale_reason`, never as a success."""
+        :attr:`stale_reason`, never as a success. A tagged core also reads as stale a
+        generation more than :data:`LOOKAHEAD` past its slot's last one (past the first
+        generation, for a slot not allocated yet): it never issued it, and will not soon."""
         if not 0 < system_id < 1 << 64:
             raise ValueError(f"system id must be a non-zero 64-bit integer, got {system_id}")
         if not 1 <= first_generation < MAX_GENERATION:
@@ -129,6 +104,10 @@ class EventCore:
         # Poisons requested by garbage-collected guards while the lock was busy (see poison_soon).
         self._deferred: deque[tuple[EventHandle, str]] = deque()
         self._max_index = (1 << _TAG_SHIFT) - 2 if index_tag else MAX_INDEX
+        self._tagged = bool(index_tag)
+        self._lookahead = LOOKAHEAD if index_tag else MAX_GENERATION
+        # Early waiters on generations not issued yet, by handle; new_event moves them to the slot.
+        self._early: dict[int, _Waiters] = {}
 
     # -- lookups (call with the lock held) -------------------------------------------------
 
@@ -142,6 +121,19 @@ class EventCore:
         if 0 <= index < len(self._slots):
             return self._slots[index]
         raise UnknownEventError(f"Unknown event {EventHandle.from_int(handle)}")
+
+    def _slot_if_allocated(self, handle: int) -> _Slot | None:
+        """Like :meth:`_slot`, but ``None`` for a slot this core may still allocate."""
+        index = (handle - self._prefix) >> 32
+        if handle >> 64 == self.system_id and len(self._slots) <= index <= self._max_index:
+            return None
+        return self._slot(handle)
+
+    def _ahead(self, slot: _Slot | None, generation: int) -> bool:
+        """Whether a generation above the slot's last (``slot`` None: not allocated yet) is
+        one this core may still issue, within its lookahead."""
+        last = self._first_generation - 1 if slot is None else slot.last
+        return 0 < generation - last <= self._lookahead
 
     @staticmethod
     def _invalid_generation(handle: int, slot: _Slot) -> InvalidGenerationError:
@@ -216,11 +208,14 @@ class EventCore:
                 self._slots.append(slot)
             slot.active = generation = slot.last + 1
             slot.attached = attached
+            handle = self._prefix | index << 32 | generation
+            if self._early:  # subscriptions that came before this generation was issued
+                slot.waiters = self._early.pop(handle, None)
         finally:
             lock.release()
             if self._deferred:
                 self._drain_deferred()
-        return int.__new__(EventHandle, self._prefix | index << 32 | generation)
+        return int.__new__(EventHandle, handle)
 
     def trigger(self, handle: int) -> None:
         lock = self._lock
@@ -300,14 +295,28 @@ class EventCore:
         return None
 
     def status(self, handle: int) -> Outcome:
-        """The outcome of the handle's generation, or :data:`PENDING` (also for a future one)."""
+        """The outcome of the handle's generation, or :data:`PENDING` (also for one not issued
+        yet); a tagged core's :attr:`stale_reason` for another incarnation's handle."""
+        generation = handle & _U32
         slot = self._peek(handle)
         if slot is None:
-            return self.awaitable(handle)  # raises the right error
-        generation = handle & _U32
+            try:
+                with self._lock:
+                    slot = self._slot_if_allocated(handle) if self._tagged else self._slot(handle)
+            except UnknownEventError:
+                if self._tagged:
+                    return self.stale_reason
+                raise
+            finally:
+                if self._deferred:
+                    self._drain_deferred()
+            if slot is None:  # not allocated yet
+                return PENDING if self._ahead(None, generation) else self.stale_reason
         if generation <= slot.last:
             return self._outcome(slot, generation)
-        return PENDING
+        if generation == slot.active or self._ahead(slot, generation):
+            return PENDING
+        return self.stale_reason
 
     def awaitable(self, handle: int) -> Outcome:
         """Like :meth:`status`, but a generation not issued yet raises
@@ -333,22 +342,35 @@ class EventCore:
             if self._deferred:
                 self._drain_deferred()
 
-    def add_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
+    def add_waiter(
+        self, handle: int, key: Hashable, callback: WakeCallback, *, early: bool = False
+    ) -> Outcome:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
-        its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
+        its outcome. A generation not issued yet raises :class:`InvalidGenerationError`
+        (``UnknownEventError`` in a slot not allocated yet), unless ``early`` (another worker's
+        subscription, which cannot be refused): one this core may still issue, within the
+        lookahead, gets its waiter, woken when it completes (or with the shutdown reason)."""
         try:
             with self._lock:
-                slot = self._slot(handle)
                 generation = handle & _U32
-                if generation <= slot.last:
-                    return self._outcome(slot, generation)
-                if generation != slot.active:
+                slot = self._slot_if_allocated(handle) if early else self._slot(handle)
+                if slot is not None:
+                    if generation <= slot.last:
+                        return self._outcome(slot, generation)
+                    if generation == slot.active:
+                        if slot.waiters is None:
+                            slot.waiters = {key: callback}
+                        else:
+                            slot.waiters[key] = callback
+                        return PENDING
+                if not (early and self._ahead(slot, generation)):
+                    if slot is None:
+                        raise UnknownEventError(f"Unknown event {EventHandle.from_int(handle)}")
                     raise self._invalid_generation(handle, slot)
-                if slot.waiters is None:
-                    slot.waiters = {key: callback}
-                else:
-                    slot.waiters[key] = callback
+                if self._shutdown_reason is not None:
+                    return self._shutdown_reason  # nothing will be issued here any more
+                self._early.setdefault(handle, {})[key] = callback
         finally:
             if self._deferred:
                 self._drain_deferred()
@@ -358,8 +380,14 @@ class EventCore:
         """Forget a waiter (a cancelled wait); harmless if it was already woken."""
         try:
             with self._lock:
-                slot = self._slot(handle)
-                if slot.active == handle & _U32 and slot.waiters:
+                early = self._early.get(handle)
+                if early is not None:
+                    early.pop(key, None)
+                    if not early:
+                        del self._early[handle]
+                    return
+                slot = self._slot_if_allocated(handle)  # None: an early waiter woken already
+                if slot is not None and slot.active == handle & _U32 and slot.waiters:
                     slot.waiters.pop(key, None)
         finally:
             if self._deferred:
@@ -404,6 +432,8 @@ class EventCore:
                         waiters = self._poison_locked(handle, reason)
                         if waiters:
                             wakes.append(waiters)
+                wakes.extend(self._early.values())  # generations that will never be issued
+                self._early.clear()
                 self._free.clear()
         finally:
             if self._deferred:

@@ -17,6 +17,7 @@ __all__ = [
     "EventTimeout",
     "ForeignHandleError",
     "InvalidGenerationError",
+    "OutcomeUnknown",
     "SystemShutdownError",
     "UnknownEventError",
 ]
@@ -118,3 +119,30 @@ class EventTimeout(TimeoutError):
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         return (type(self), (self._handle, self._timeout, self._pending, self._more))
+
+
+class OutcomeUnknown(EventError):
+    """An await ended without the event's outcome: whoever answers for the handle could not
+    (for another worker's handle: its owner was lost, closed or could not be reached, or this
+    worker closed). It is not a verdict: the event may still complete, nothing recorded it as
+    poisoned, and a later await or poll asks again. ``handle`` is the awaited handle and
+    ``reason`` says why no answer came."""
+
+    def __init__(self, handle: EventHandle, reason: str) -> None:
+        super().__init__(handle, reason)
+        self._handle = handle
+        self._reason = reason
+
+    @property
+    def handle(self) -> EventHandle:
+        return self._handle
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def __str__(self) -> str:
+        return f"Outcome of event {self._handle} unknown: {self._reason}"
+
+    def __reduce__(self) -> tuple[object, tuple[EventHandle, str]]:
+        return (type(self), (self._handle, self._reason))

@@ -14,11 +14,12 @@ from types import TracebackType
 from typing import Final, Protocol
 
 from ._awaiter import READY_AWAITER, EventAwaiter, running_loop
-from ._core import PENDING, EventCore, Outcome, WakeCallback
-from ._errors import EventError, EventPoison, EventStatus, EventTimeout
+from ._core import EventCore
+from ._errors import EventError, EventPoison, EventStatus, EventTimeout, OutcomeUnknown
 from ._handle import EventHandle
 from ._merge import merge_of, start_merge
 from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, PendingEvent, WaitingOn, blocking_events
+from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
 
 __all__ = [
     "DROPPED_REASON",
@@ -50,7 +51,9 @@ class EventManager(abc.ABC):
     """What every event system offers; code written against it works with any of them.
 
     Errors: misuse raises a subclass of :class:`EventError`; awaiting a poisoned event raises
-    :class:`EventPoison` (itself an ``EventError``) carrying the handle and the first reason.
+    :class:`EventPoison` (itself an ``EventError``) carrying the handle and the first reason;
+    an await that could not learn the outcome (a remote owner lost) raises
+    :class:`OutcomeUnknown`, which is no outcome: the event may still complete.
     """
 
     @abc.abstractmethod
@@ -93,9 +96,10 @@ class EventManager(abc.ABC):
     @abc.abstractmethod
     def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
         """Block the calling thread until the handle's generation completes. Raises
-        :class:`EventPoison`, or :class:`EventTimeout` (a ``TimeoutError`` naming what the
-        event still waits on) after ``timeout`` seconds (the event is left untouched).
-        Refuses to run inside a running event loop, which it would freeze."""
+        :class:`EventPoison`, :class:`OutcomeUnknown` (no outcome could be learned), or
+        :class:`EventTimeout` (a ``TimeoutError`` naming what the event still waits on) after
+        ``timeout`` seconds (the event is left untouched). Refuses to run inside a running
+        event loop, which it would freeze."""
 
     def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
         """Poison on behalf of a garbage-collected guard: never raises, never blocks."""
@@ -219,10 +223,10 @@ class _ThreadWaiter:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
-        self.reasons: list[str | None] = []
+        self.reasons: list[Wake] = []
 
     @staticmethod
-    def wake(key: Hashable, reason: str | None) -> None:
+    def wake(key: Hashable, reason: Wake) -> None:
         waiter: _ThreadWaiter = key  # type: ignore[assignment]
         waiter.reasons.append(reason)
         waiter.lock.release()
@@ -248,7 +252,9 @@ class EventSource(Protocol):
 
     def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
         """Register ``callback(key, reason)`` for the generation's completion and return
-        ``PENDING``; if it is complete already, register nothing and return its outcome."""
+        ``PENDING``; if it is complete already, register nothing and return its outcome. A
+        source that cannot learn the outcome (a remote owner lost) wakes the waiter with
+        :class:`~velo_event.lowlevel.Unanswered`, never with a poison of its own making."""
         ...
 
     def remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
@@ -388,7 +394,7 @@ class CoreEventManager(EventManager):
         timeout = check_timeout(timeout)
         source = self._source
         waiter = _ThreadWaiter()
-        outcome = source.add_waiter(handle, waiter, waiter.wake)
+        outcome: Outcome | Unanswered = source.add_waiter(handle, waiter, waiter.wake)
         if outcome is PENDING:
             try:
                 woken = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)
@@ -403,6 +409,8 @@ class CoreEventManager(EventManager):
                 outcome = waiter.reasons[0] if waiter.reasons else source.status(handle)
                 if outcome is PENDING:
                     raise EventTimeout(handle, timeout, *self._pending_for_timeout(handle))
+        if isinstance(outcome, Unanswered):
+            raise OutcomeUnknown(handle, outcome.reason)
         if outcome is not None:
             raise EventPoison(handle, str(outcome))
 

@@ -2,7 +2,9 @@
 
 A merge registers one waiter per input and counts completions down. With ``fail_fast`` the
 first poisoned input poisons the merge at once; otherwise the merge completes when every input
-has, poisoned with every failed input's reason, in input order.
+has, poisoned with every failed input's reason, in input order. An input whose outcome could not
+be learned (woken :class:`~velo_event.lowlevel.Unanswered`: its owner lost) counts as failed, so
+the merge still gets an outcome of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from ._core import MAX_REASON_LENGTH, PENDING, EventCore, Outcome, WakeCallback, cap_reason
+from ._core import MAX_REASON_LENGTH, EventCore, cap_reason
 from ._errors import EventError
 from ._handle import EventHandle
+from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
 
 __all__ = ["MergeView", "merge_of", "merge_reason", "merge_view", "start_merge"]
 
@@ -79,12 +82,16 @@ class _Merge:
         # The merged event, kept with the merge in the core (a timed-out wait finds its inputs).
         self.handle = core.new_event(self)
 
-    def input_done(self, key: Hashable, reason: str | None) -> None:
+    def input_done(self, key: Hashable, reason: Wake) -> None:
         position = key[1]  # type: ignore[index]
         if reason is None:
             self.record(position, None)
         else:
-            self.record(position, f"Merge dependency {self.inputs[position]} poisoned: {reason}")
+            handle = self.inputs[position]
+            if isinstance(reason, Unanswered):  # no outcome: the merge still gets one of its own
+                self.record(position, f"Merge dependency {handle} failed: {reason.reason}")
+            else:
+                self.record(position, f"Merge dependency {handle} poisoned: {reason}")
 
     def release(self) -> None:
         """Drop the waiters still registered on inputs (fail-fast decided before they ended).

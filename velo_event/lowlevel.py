@@ -9,7 +9,10 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
 * :class:`EventCore`: the synchronous, thread-safe slot state machine of one system id.
   Completion wakes waiters, ``(key, callback)`` pairs, after its lock is released.
 * :data:`Outcome`: what is known of a generation: ``None`` (triggered), the poison reason
-  (``str``), or :data:`PENDING`.
+  (``str``), or :data:`PENDING`. :data:`Wake`: what a waiter is woken with, an outcome or
+  :class:`Unanswered` (no outcome could be learned; awaits raise ``OutcomeUnknown``).
+* :data:`LOOKAHEAD`: how far past a slot's last generation a tagged core (one incarnation of
+  a worker) still reads a generation as its own, not issued yet.
 * :func:`wake_waiters`: run wake callbacks as the core does (a failing one is logged, the
   others still run); :func:`wake_future`: the wake callback of an asyncio future, from any
   thread; :func:`running_loop`: the loop running on this thread, if any.
@@ -24,20 +27,14 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
 """
 
 from ._awaiter import running_loop, wake_future
-from ._core import (
-    MAX_REASON_LENGTH,
-    PENDING,
-    EventCore,
-    Outcome,
-    WakeCallback,
-    cap_reason,
-    wake_waiters,
-)
+from ._core import LOOKAHEAD, MAX_REASON_LENGTH, EventCore, cap_reason
 from ._manager import CoreEventManager, EventSource
 from ._merge import MergeView, merge_of, merge_reason, merge_view
 from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, UNKNOWN, WaitingOn, blocking_events
+from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback, wake_waiters
 
 __all__ = [
+    "LOOKAHEAD",
     "MAX_PENDING_SHOWN",
     "MAX_REASON_LENGTH",
     "PENDING",
@@ -48,6 +45,8 @@ __all__ = [
     "EventSource",
     "MergeView",
     "Outcome",
+    "Unanswered",
+    "Wake",
     "WaitingOn",
     "WakeCallback",
     "blocking_events",

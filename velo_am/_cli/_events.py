@@ -15,6 +15,7 @@ from velo_event import (
     EventStatus,
     EventTimeout,
     InvalidGenerationError,
+    OutcomeUnknown,
 )
 
 from ._shared import (
@@ -173,6 +174,8 @@ async def _wait(args: argparse.Namespace) -> int:
             raise CommandError(str(told), EXIT_TIMEOUT) from None
         except EventPoison as poison:
             raise CommandError(f"poisoned: {poison.reason}", EXIT_POISONED) from None
+        except OutcomeUnknown as unknown:  # the owner was lost: no outcome, an error
+            raise CommandError(f"outcome unknown: {unknown.reason}") from None
     return EXIT_OK
 
 

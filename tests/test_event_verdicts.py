@@ -1,0 +1,239 @@
+"""One handle, one outcome: what a subscriber may conclude when its owner is lost, and how an
+owner reads handles it has not issued (issue 11, items 4 and 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import pytest
+from support import wait_until
+
+from velo_am import Worker
+from velo_am.transport import FakeNetwork
+from velo_event import (
+    EventHandle,
+    EventPoison,
+    EventStatus,
+    InvalidGenerationError,
+    OutcomeUnknown,
+)
+from velo_event.lowlevel import LOOKAHEAD, PENDING, EventCore, Wake
+
+STALE = "handle minted by an earlier incarnation of worker 0x2"
+
+
+@pytest.fixture
+async def pair(make_worker: Callable[..., Any]) -> tuple[Worker, Worker]:
+    """Worker 1 (the subscriber) and worker 2 (the owner), connected."""
+    a = await make_worker(1, forget_after=30.0)
+    b = await make_worker(2, forget_after=30.0)
+    await a.connect(b.address)
+    return a, b
+
+
+# -- item 4: a subscriber never invents an outcome --------------------------------------------
+
+
+async def test_a_frozen_owner_leaves_one_outcome_for_every_observer(
+    pair: tuple[Worker, Worker], network: FakeNetwork
+) -> None:
+    """Measured: a subscriber whose owner froze past the liveness window poisoned its waiters
+    with "owner lost"; thawed, the owner triggered the same handle, and a new await returned
+    READY: one handle, two answers. Now the waiters get ``OutcomeUnknown`` (no outcome), and
+    every later question, on either side, gets the owner's one verdict."""
+    a, b = pair
+    event = b.events.new_event()
+    handle = event.handle
+    awaiter = a.events.awaiter(handle)
+    waiter = asyncio.ensure_future(awaiter)
+    merged = a.events.merge_events([handle])  # a's own event, over b's
+    blocked: list[BaseException | None] = []
+
+    def wait_in_thread() -> None:
+        try:
+            a.events.wait(handle, timeout=10)
+            blocked.append(None)
+        except Exception as error:
+            blocked.append(error)
+
+    thread = threading.Thread(target=wait_in_thread)
+    thread.start()
+    await wait_until(
+        lambda: b.events.stats()["served"] == 1 and len(a.events.remote_waiters()[0][1]) == 3
+    )
+
+    network.filter = lambda address, frames: False  # b freezes: nothing in, nothing out
+    with pytest.raises(OutcomeUnknown) as caught:
+        await asyncio.wait_for(waiter, 5)
+    assert caught.value.handle == handle
+    assert caught.value.reason.startswith("owner lost: worker 0x2 at fake://")
+    await asyncio.to_thread(thread.join, 5)
+    assert len(blocked) == 1 and isinstance(blocked[0], OutcomeUnknown), blocked
+    assert a.events.poll(handle) is EventStatus.PENDING  # nothing was recorded for b's handle
+    # The merge is a's own event: it must complete, and it names the lost owner.
+    merge_reason = a.events.poison_reason(merged)
+    assert merge_reason is not None
+    assert merge_reason.startswith(f"Merge dependency {handle} failed: owner lost: worker 0x2")
+
+    network.filter = None  # thawed
+    event.trigger()  # the owner's verdict, the only one
+    await wait_until(lambda: a.peers[2].state == "alive", 10)
+    assert await asyncio.wait_for(a.events.awaiter(handle), 5) is None
+    assert await asyncio.wait_for(awaiter, 5) is None  # the same awaiter, asked again
+    assert a.events.poll(handle) is EventStatus.READY
+    assert await a.events.poll_remote(handle, timeout=5) is EventStatus.READY
+    assert b.events.poll(handle) is EventStatus.READY
+    assert a.events.poll(merged) is EventStatus.POISONED  # its verdict stands too
+
+
+async def test_an_unreachable_owner_records_nothing_either(make_worker: Any) -> None:
+    a = await make_worker(1)
+    ghost = EventHandle.from_parts(0x77, 0, 5)
+    with pytest.raises(OutcomeUnknown, match="owner unreachable: unknown worker 0x77"):
+        await asyncio.wait_for(a.events.awaiter(ghost), 5)
+    assert a.events.poll(ghost) is EventStatus.PENDING
+    assert a.events.stats()["cached"] == 0
+
+
+# -- item 5: generations an owner has not issued ------------------------------------------------
+
+
+async def test_a_generation_not_issued_yet_is_pending_until_issued(
+    pair: tuple[Worker, Worker],
+) -> None:
+    """Measured: awaiting the next generation of a slot (or a slot not allocated yet) was
+    answered "minted by an earlier incarnation" and cached as POISONED, so once the owner
+    issued and triggered it the subscriber still said POISONED. The owner now holds such a
+    subscription until it issues and completes that generation."""
+    a, b = pair
+    first = b.events.new_event()
+    first.trigger()
+    next_generation = first.handle.with_generation(first.handle.generation + 1)
+    next_slot = EventHandle.from_parts(2, first.handle.index + 1, first.handle.generation)
+    waiters = [asyncio.ensure_future(a.events.awaiter(h)) for h in (next_generation, next_slot)]
+    await wait_until(
+        lambda: b.events.stats()["served"] == 2 or any(waiter.done() for waiter in waiters)
+    )
+    assert not any(waiter.done() for waiter in waiters), [w.exception() for w in waiters]
+    assert a.events.poll(next_generation) is a.events.poll(next_slot) is EventStatus.PENDING
+    assert await a.events.poll_remote(next_slot, timeout=5) is EventStatus.PENDING
+    assert not any(waiter.done() for waiter in waiters)
+
+    issued = b.events.new_event()  # the freed slot's next generation
+    also = b.events.new_event()  # the next slot, at the first generation
+    assert (issued.handle, also.handle) == (next_generation, next_slot)
+    issued.trigger()
+    also.poison("disk full")
+    assert await asyncio.wait_for(waiters[0], 5) is None
+    with pytest.raises(EventPoison, match="disk full"):
+        await asyncio.wait_for(waiters[1], 5)
+    assert a.events.poll(next_generation) is EventStatus.READY
+    assert a.events.poll(next_slot) is EventStatus.POISONED
+
+
+async def test_a_subscription_to_a_generation_never_issued_is_answered_when_the_owner_closes(
+    pair: tuple[Worker, Worker],
+) -> None:
+    a, b = pair
+    first = b.events.new_event()
+    ahead = first.handle.with_generation(first.handle.generation + 2)
+    waiter = asyncio.ensure_future(a.events.awaiter(ahead))
+    await wait_until(lambda: b.events.stats()["served"] == 1)
+    await b.close()
+    with pytest.raises(EventPoison, match="worker 0x2 shutting down"):
+        await asyncio.wait_for(waiter, 5)
+
+
+async def test_status_of_a_colliding_predecessors_handle_is_stale_not_pending(
+    pair: tuple[Worker, Worker],
+) -> None:
+    """Measured: with the 8-bit slot tags of two incarnations colliding (1 restart in 255),
+    ``_ev.status`` answered PENDING for a predecessor's handle whose generation was ahead of
+    the slot's. A generation this incarnation never issued, nor will soon, is stale."""
+    a, b = pair
+    event = b.events.new_event()
+    far = LOOKAHEAD + 1_000
+    # What a predecessor with the same tag and a higher first generation minted:
+    crafted = [
+        event.handle.with_generation(event.handle.generation + far),  # an allocated slot
+        EventHandle.from_parts(2, event.handle.index + 3, event.handle.generation + far),
+    ]
+    for handle in crafted:
+        assert await a.events.poll_remote(handle, timeout=5) is EventStatus.POISONED
+        assert a.events.poison_reason(handle) == STALE
+        assert b.events.poll(handle) is EventStatus.POISONED
+        with pytest.raises(EventPoison, match="earlier incarnation"):
+            await asyncio.wait_for(a.events.awaiter(handle), 5)
+    assert await a.events.poll_remote(event.handle, timeout=5) is EventStatus.PENDING
+
+
+# -- the core's rule, alone ---------------------------------------------------------------------
+
+
+def tagged_core(first_generation: int = 1_000) -> EventCore:
+    return EventCore(2, local=False, first_generation=first_generation, index_tag=7)
+
+
+def test_a_tagged_core_reads_generations_within_the_lookahead_as_not_issued_yet() -> None:
+    core = tagged_core()
+    handle = core.new_event()
+    core.trigger(handle)  # the slot's last generation: 1000
+    assert core.status(handle.with_generation(1_000 + LOOKAHEAD)) is PENDING
+    assert core.status(handle.with_generation(1_001 + LOOKAHEAD)) == core.stale_reason
+    unallocated = EventHandle.from_parts(2, handle.index + 1, 1_000)
+    assert core.status(unallocated) is PENDING
+    assert core.status(unallocated.with_generation(999 + LOOKAHEAD)) is PENDING
+    assert core.status(unallocated.with_generation(1_000 + LOOKAHEAD)) == core.stale_reason
+    other_tag = EventHandle.from_parts(2, 0, 1_000)  # tag 0: another incarnation's
+    assert core.status(other_tag) == core.stale_reason
+    predecessor = tagged_core(first_generation=1_000 + 10 * LOOKAHEAD)
+    assert core.status(predecessor.new_event()) == core.stale_reason
+
+
+def test_an_untagged_core_keeps_every_future_generation_pending() -> None:
+    core = EventCore(2, local=False)
+    handle = core.new_event()
+    assert core.status(handle.with_generation(handle.generation + 10 * LOOKAHEAD)) is PENDING
+
+
+def test_early_waiters_move_to_their_generation_when_it_is_issued() -> None:
+    core = tagged_core()
+    woken: list[tuple[Hashable, Wake]] = []
+
+    def wake(key: Hashable, reason: Wake) -> None:
+        woken.append((key, reason))
+
+    first = core.new_event()
+    second = first.with_generation(first.generation + 1)
+    with pytest.raises(InvalidGenerationError):  # a local await is refused at once
+        core.add_waiter(second, "local", wake)
+    assert core.add_waiter(second, "early", wake, early=True) is PENDING
+    assert core.add_waiter(second, "dropped", wake, early=True) is PENDING
+    core.remove_waiter(second, "dropped")
+    far = first.with_generation(first.generation + LOOKAHEAD + 1)
+    with pytest.raises(InvalidGenerationError):
+        core.add_waiter(far, "stale", wake, early=True)
+    core.trigger(first)
+    assert woken == []
+    assert core.new_event() == second
+    core.poison(second, "bad input")
+    assert woken == [("early", "bad input")]
+    next_slot = EventHandle.from_parts(2, first.index + 1, first.generation)
+    assert core.add_waiter(next_slot, "new slot", wake, early=True) is PENDING
+    busy = core.new_event()  # the freed slot, reused
+    assert core.new_event() == next_slot  # a slot allocated at the first generation
+    core.trigger(next_slot)
+    assert woken[-1] == ("new slot", None)
+    core.trigger(busy)
+    third = second.with_generation(second.generation + 3)
+    unallocated = EventHandle.from_parts(2, first.index + 2, first.generation)
+    assert core.add_waiter(third, "closing", wake, early=True) is PENDING
+    assert core.add_waiter(unallocated, "closing too", wake, early=True) is PENDING
+    core.force_shutdown("closing")
+    assert woken[-2:] == [("closing", "closing"), ("closing too", "closing")]
+    core.remove_waiter(unallocated, "closing too")  # woken already: harmless
+    late = third.with_generation(third.generation + 1)
+    assert core.add_waiter(late, "late", wake, early=True) == "closing"

@@ -1,0 +1,57 @@
+"""What a waiter is told: a generation's outcome, or that none could be learned.
+
+A waiter is a ``(key, callback)`` pair; the callback gets ``(key, reason)``: ``None`` for a
+trigger, the poison reason for a poison, both *outcomes*, final for that generation; or, from
+a runtime that serves other systems' handles, :class:`Unanswered` when the outcome could not
+be learned (a remote owner lost), which is no outcome at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["PENDING", "Outcome", "Unanswered", "Wake", "WakeCallback", "wake_waiters"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+#: Returned by :meth:`EventCore.add_waiter` when the waiter was registered.
+PENDING: Final = _Pending()
+
+#: ``None`` for a triggered generation, the reason for a poisoned one, or :data:`PENDING`.
+Outcome = str | None | _Pending
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    """A wake-up without an outcome: whoever answers for the generation could not (a remote
+    owner was lost, closed or is unreachable). It is no verdict: an await raises
+    :class:`~velo_event.OutcomeUnknown` with ``reason``, a merge counts the input as failed,
+    and nothing records it as the generation's outcome."""
+
+    reason: str
+
+
+#: What a waiter is woken with: ``None`` (triggered), the poison reason, or :class:`Unanswered`.
+Wake = str | None | Unanswered
+WakeCallback = Callable[[Hashable, Wake], None]
+
+
+def wake_waiters(waiters: Mapping[Hashable, WakeCallback], reason: Wake) -> None:
+    """Run wake callbacks ``callback(key, reason)``, outside any lock. A failing callback is
+    logged and never stops the others."""
+    for key, callback in waiters.items():
+        try:
+            callback(key, reason)
+        except Exception:
+            logger.exception("event wake-up callback %r failed", callback)

@@ -165,6 +165,7 @@ async def test_status_of_a_colliding_predecessors_handle_is_stale_not_pending(
         assert await a.events.poll_remote(handle, timeout=5) is EventStatus.POISONED
         assert a.events.poison_reason(handle) == STALE
         assert b.events.poll(handle) is EventStatus.POISONED
+        assert await a.call(2, "_ev.pending", [handle.to_bytes(), 10]) == [[], 0]
         with pytest.raises(EventPoison, match="earlier incarnation"):
             await asyncio.wait_for(a.events.awaiter(handle), 5)
     assert await a.events.poll_remote(event.handle, timeout=5) is EventStatus.PENDING

@@ -32,6 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._errors import AMError, WorkerClosed
 from ._handlers import Handler, HandlerStats
+from ._launchers import Placement, options_from_env
 from ._peers import PeerStatus
 from ._sync_events import SyncEvents
 from ._sync_runtime import CLOSE_MARGIN, Runtime, loop_thread_error, track
@@ -90,13 +91,29 @@ class SyncWorker:
         if start:
             self.start()
 
+    @classmethod
+    def from_env(
+        cls, *, wait_for_world: bool = False, start: bool = True, **overrides: Any
+    ) -> SyncWorker:
+        """:meth:`Worker.from_env <velo_am.Worker.from_env>`, blocking: a worker placed by its
+        launcher (the README's table), keywords given winning. ``ValueError`` names a missing
+        or malformed variable. With ``wait_for_world``, :meth:`start` returns once every
+        rank is a member (``PeerUnreachable`` if they are not within ``join_timeout``)."""
+        placement, options = options_from_env(overrides)
+        sync = cls(start=False, **options)
+        sync.worker.placement, sync.worker.waits_for_world = placement, wait_for_world
+        if start:
+            sync.start()
+        return sync
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind, start the heartbeat and connect to the seeds (``peers`` / ``$VELO_PEERS``).
-        Raises :class:`PeerUnreachable` if a seed does not answer the handshake (the worker
-        is then closed), :class:`AMError` if already started, :class:`WorkerClosed` once
-        closed."""
+        Raises :class:`PeerUnreachable` if a seed does not answer the handshake, or (made by
+        :meth:`from_env` with ``wait_for_world``) not every rank joined within
+        ``join_timeout`` (the worker is then closed); :class:`AMError` if already started,
+        :class:`WorkerClosed` once closed."""
         runtime = self._runtime
         if runtime.on_loop_thread():
             raise loop_thread_error("start")
@@ -203,6 +220,11 @@ class SyncWorker:
     def incarnation(self) -> int:
         """Random per start of a process: tells a restarted worker from its predecessor."""
         return self._worker.incarnation
+
+    @property
+    def placement(self) -> Placement | None:
+        """Where its launcher put this worker, if :meth:`from_env` made it (else ``None``)."""
+        return self._worker.placement
 
     @property
     def address(self) -> str:

@@ -29,6 +29,7 @@ from ._events import DistributedEvents, event_core
 from ._execution import HandlerExecution, Serving
 from ._handlers import CallContext, Handler, HandlerRegistry, HandlerStats
 from ._inspect import DEFAULT_LIMIT, snapshot
+from ._launchers import FromEnv, wait_for_world
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._metrics import MetricsServer, start_metrics_server
@@ -59,10 +60,11 @@ class WorkerState(enum.StrEnum):
     CLOSED = "closed"
 
 
-class Worker:
+class Worker(FromEnv):
     """A worker of a velo mesh: binds one endpoint, reaches peers by worker id, serves handlers.
 
-    Use as ``async with Worker(...) as w:`` (or ``await w.start()`` / ``await w.close()``).
+    Use as ``async with Worker(...) as w:`` (or ``await w.start()`` / ``await w.close()``);
+    :meth:`from_env` makes one placed by its launcher (torchrun, Slurm, MPI, Kubernetes).
 
     Every option is keyword-only; one left out (``None``) is read from its environment
     variable, else takes its default: the README's configuration table (generated from
@@ -259,7 +261,8 @@ class Worker:
     async def start(self) -> None:
         """Bind, register in discovery and join the mesh through the seeds, else through
         those discovery lists (retried with back-off until one answers). Raises
-        :class:`PeerUnreachable` if none has within ``join_timeout`` (the message names them)."""
+        :class:`PeerUnreachable` if none has (or, for :meth:`from_env`'s ``wait_for_world``,
+        not every rank has) within ``join_timeout`` (the message names them)."""
         if self._state is not WorkerState.NEW:
             raise AMError(f"worker {self.worker_id:#x} was already started")
         self._loop = asyncio.get_running_loop()
@@ -280,6 +283,7 @@ class Worker:
                 await self._routes.join(self._seeds, self.join_timeout)
             else:
                 await self._routes.join_through_discovery(self.join_timeout)
+            await wait_for_world(self)  # with from_env(wait_for_world=True)
         except BaseException:
             await self.close(grace=0)
             raise

@@ -29,6 +29,18 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "(default: $VELO_DISCOVERY)",
     )
     parser.add_argument(
+        "--from-env",
+        action="store_true",
+        help="take the id, the address to bind and the seed from the launcher's variables "
+        "(torchrun, Slurm, MPI, a Kubernetes Indexed Job, LeaderWorkerSet); flags given win",
+    )
+    parser.add_argument(
+        "--wait-world",
+        action="store_true",
+        help="with --from-env: print READY only once every rank of the world has joined "
+        "(exit 3 if they have not within the join timeout)",
+    )
+    parser.add_argument(
         "--load",
         action="append",
         metavar="MODULE:FUNCTION",
@@ -64,8 +76,14 @@ async def _run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
     options["peers"] = args.seed
     options["discovery"] = args.discovery
+    if args.wait_world and not args.from_env:
+        raise CommandError("--wait-world needs --from-env (the launcher tells the world's size)")
     try:
-        worker = Worker(**options)
+        if args.from_env:
+            given = {name: value for name, value in options.items() if value is not None}
+            worker = Worker.from_env(wait_for_world=args.wait_world, **given)
+        else:
+            worker = Worker(**options)
     except (TypeError, ValueError) as error:
         raise CommandError(str(error)) from None
     for spec in args.load or ():
@@ -94,6 +112,7 @@ COMMANDS = (
         velo-am worker --id 0x1 --bind tcp://127.0.0.1:5555
         velo-am worker --id 0x2 --bind tcp://127.0.0.1:5556 --seed tcp://127.0.0.1:5555
         velo-am worker --id 0x3 --discovery /run/velo --load myapp.handlers:register
+        torchrun --nproc-per-node 4 --no-python velo-am worker --from-env --wait-world
         """,
         _configure,
         _run,

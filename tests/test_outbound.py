@@ -129,6 +129,26 @@ def test_an_answer_goes_back_on_the_link_its_request_came_on() -> None:
     assert transport.messages(link)[-1] == p.Response(ME, MY_INC, 0x33, 6, pack("late"))
 
 
+def test_sends_keep_to_the_link_of_the_previous_send_while_it_lasts() -> None:
+    """Messages on two links may overtake each other: sends keep to one, so that they arrive
+    in the order they were made, even once this worker has a link of its own."""
+    out, transport, _ = outbound()
+    peer = Peer(3, 0x33)
+    out.heard(3, b"their-link", now=1.0)  # worker 3 opened a link to us
+    out.request(peer, 1, "note", None, reply=False)
+    out.watch([3], now=2.0)  # business with worker 3: a link of our own opens
+    (own,) = transport.connected
+    out.request(peer, 2, "note", None, reply=False)
+    out.request(peer, 3, "echo", None, reply=True)  # a call takes our own link
+    ids = [m.msg_id for m in transport.messages(b"their-link") if isinstance(m, p.Request)]
+    assert ids == [1, 2]
+    transport.gone.add(b"their-link")  # their link is gone: sends move to ours, and stay
+    out.request(peer, 4, "note", None, reply=False)
+    out.request(peer, 5, "note", None, reply=False)
+    ids = [m.msg_id for m in transport.messages(own) if isinstance(m, p.Request)]
+    assert ids == [3, 4, 5]
+
+
 def test_a_handshake_link_a_call_just_went_on_stays_open() -> None:
     """Seen in 1 of ~15 stressed runs: a client's call went on its join link, the answer to a
     second handshake on that link arrived, and the link was closed as having no business

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from velo_am._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     PROTOCOL_VERSION,
+    Credit,
     Draining,
     ErrorCode,
     ErrorResponse,
@@ -74,7 +75,7 @@ def decode_or_error(frames: Any) -> Message | None:
 
 
 def test_constants_and_enums() -> None:
-    assert PROTOCOL_VERSION == 3
+    assert PROTOCOL_VERSION == 4
     assert DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     assert {k.name: int(k) for k in Kind} == {
         "HELLO": 1,
@@ -86,6 +87,7 @@ def test_constants_and_enums() -> None:
         "ERROR_RESPONSE": 7,
         "GOODBYE": 8,
         "DRAINING": 9,
+        "CREDIT": 10,
         "EVENT_UPDATES": 16,
     }
     assert {c.name: int(c) for c in ErrorCode} == {
@@ -128,6 +130,8 @@ EXAMPLES: list[Message] = [
     Goodbye(U64, U64, U64),
     Draining(1, INC, 0),
     Draining(U64, U64, U64),
+    Credit(1, INC, 0, 0, 0),
+    Credit(U64, U64, U64, U64, U64),
     EventUpdates(1, INC, 0, (), ()),
     EventUpdates(U64, U64, U64, (H1, H2), (EventDone(H1, None), EventDone(H2, "ünïcødé 😀"))),
 ]
@@ -168,7 +172,7 @@ def test_golden_bytes_of_documented_example() -> None:
     )
     frames = encode(msg)
     assert frames[0].hex(" ") == (
-        "98 03 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
+        "98 04 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
     )
     assert frames[1].hex(" ") == "81 a1 78 01"
     assert decode(frames) == msg
@@ -188,7 +192,7 @@ def test_golden_bytes_of_documented_event_updates() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("97 03 10 02 22 33 91 c4 10")
+    assert hexed.startswith("97 04 10 02 22 33 91 c4 10")
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -201,7 +205,19 @@ def test_golden_bytes_of_documented_hello() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("9a 03 01 01 cd 11 11 00 2a b3")
+    assert hexed.startswith("9a 04 01 01 cd 11 11 00 2a b3")
+    assert " ".join(doc.split()).count(hexed) == 1, hexed
+
+
+def test_golden_bytes_of_documented_credit() -> None:
+    # The Credit example of docs/protocol.md: worker 3 tells worker 2 that it has received
+    # its sends up to msg_id 300, and that 17 of them have not finished.
+    msg = Credit(3, 0x33, 0x22, 300, 17)
+    frames = encode(msg)
+    assert decode(frames) == msg
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    hexed = frames[0].hex(" ")
+    assert hexed == "97 04 0a 03 33 22 cd 01 2c 11"
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -247,7 +263,7 @@ def test_decode_accepts_bytes_like_frames() -> None:
 
 def test_decode_accepts_any_int_encoding() -> None:
     # A peer written in another language may use e.g. uint64 for small values.
-    raw = b"\x98\x03\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
+    raw = b"\x98\x04\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
     raw += b"\x00\xcc\x07\xa1h\xc2"
     assert decode([raw, b""]) == Request(1, 2, 0, 7, "h", False, b"")
 
@@ -312,6 +328,8 @@ def test_encode_is_thread_safe() -> None:
         (lambda: Heartbeat(1, 1, -1), "Heartbeat.dst_incarnation"),
         (lambda: Goodbye(True, 1, 0), "Goodbye.src"),
         (lambda: Draining(1, 2**64, 0), "Draining.src_incarnation"),
+        (lambda: Credit(1, 1, 0, -1, 0), "Credit.last_received"),
+        (lambda: Credit(1, 1, 0, 1, True), "Credit.unfinished"),
         (lambda: Request(1, 1, 0, -1, "h", True, b""), "Request.msg_id"),
         (lambda: Request(1, 1, 0, 1, "", True, b""), "Request.handler"),
         (lambda: Request(1, 1, 0, 1, "h" * 256, True, b""), "Request.handler"),
@@ -389,9 +407,9 @@ def test_good_request_frames_decode() -> None:
     assert decode(req_frames()) == Request(1, INC, 0, 7, "echo", True, b"payload")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 255, 2**64 - 1, -1])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255, 2**64 - 1, -1])
 def test_wrong_version_names_seen_and_expected(version: int) -> None:
-    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 3\)"):
+    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 4\)"):
         decode(req_frames(index=0, value=version))
 
 
@@ -402,17 +420,19 @@ def test_version_of_wrong_type(version: Any) -> None:
 
 
 def test_newer_version_with_different_shape_reports_version() -> None:
-    with pytest.raises(ProtocolError, match="version 4"):
-        decode([header(4, "totally", {"different": "layout"})])
-    with pytest.raises(ProtocolError, match="version 4"):
-        decode([header(4)])
-    with pytest.raises(ProtocolError, match=r"version 5 \(expected 3\)"):
-        decode([header(5, 1, 2) + b"trailing"])
-    with pytest.raises(ProtocolError, match="malformed header"):  # version 3 but broken
+    with pytest.raises(ProtocolError, match="version 5"):
+        decode([header(5, "totally", {"different": "layout"})])
+    with pytest.raises(ProtocolError, match="version 5"):
+        decode([header(5)])
+    with pytest.raises(ProtocolError, match=r"version 6 \(expected 4\)"):
+        decode([header(6, 1, 2) + b"trailing"])
+    with pytest.raises(ProtocolError, match=r"version 3 \(expected 4\)"):  # the previous one
+        decode([header(3, Kind.HEARTBEAT, 1, 1, 0)])
+    with pytest.raises(ProtocolError, match="malformed header"):  # version 4 but broken
         decode([header(V, {"a": 1})])
 
 
-@pytest.mark.parametrize("kind", [0, 10, 15, 17, 31, 32, 255, 2**64 - 1, -5])
+@pytest.mark.parametrize("kind", [0, 11, 15, 17, 31, 32, 255, 2**64 - 1, -5])
 def test_unknown_kind(kind: int) -> None:
     with pytest.raises(ProtocolError, match=f"unknown message kind {kind}"):
         decode([header(V, kind, 1, 1, 0)])
@@ -683,6 +703,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     ),
     st.builds(Goodbye, *common),
     st.builds(Draining, *common),
+    st.builds(Credit, *common, u64, u64),
     st.builds(
         EventUpdates,
         *common,

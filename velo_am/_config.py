@@ -121,6 +121,9 @@ OPTIONS: Final = (
            "gossip neighbors each member keeps (news of members spreads through them)", "3"),
     Option("close_grace", "VELO_CLOSE_GRACE", 5.0, _non_negative_float,
            "seconds close() lets in-flight handlers finish", "5.0"),
+    Option("send_window", "VELO_SEND_WINDOW", 4096, _positive_int,
+           "sends to one peer that it has not finished handling, at most: send() waits for "
+           "room (use one value across a mesh)", "4096"),
     Option("max_message_size", "VELO_MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE, _int,
            "largest message in bytes, either way; larger payloads raise ValueError",
            "67108864 (64 MiB)"),
@@ -171,6 +174,7 @@ class WorkerOptions:
     max_links: int
     gossip_fanout: int
     close_grace: float
+    send_window: int
     max_message_size: int
     metrics_port: int | None
     metrics_host: str
@@ -188,6 +192,9 @@ class WorkerOptions:
             raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
         if not 0 < worker_id < 1 << 64:
             raise ValueError(f"worker_id must be a non-zero 64-bit integer, got {worker_id}")
+        window = values["send_window"]
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"send_window must be a positive integer, got {window!r}")
         if not 0 < values["heartbeat_interval"] < values["heartbeat_timeout"]:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
         return cls(**values)

@@ -6,6 +6,7 @@ __all__ = [
     "AMError",
     "CallTimeout",
     "HandlerNotFound",
+    "PeerBusy",
     "PeerDraining",
     "PeerLost",
     "PeerUnreachable",
@@ -37,13 +38,19 @@ class CallTimeout(AMError, TimeoutError):
     """No answer within the call's timeout (the handler may still be running remotely)."""
 
 
+class PeerBusy(AMError, TimeoutError):
+    """A send was not made: the peer had not finished ``send_window`` earlier sends of this
+    worker within the timeout (it handles them slower than they come). Unlike
+    :class:`CallTimeout`, nothing reached the peer: trying again later is safe."""
+
+
 class PeerUnreachable(AMError):
     """Unknown worker id (no route, no discovery entry), or the address cannot be reached."""
 
 
 class PeerLost(AMError):
     """The peer died, went silent past the liveness window, closed or restarted while the call
-    was in flight."""
+    was in flight (or while a send waited for room in its window: that send was not made)."""
 
 
 class PeerDraining(AMError):

@@ -6,7 +6,10 @@ with an error for a handler that does not exist or a predecessor's request. Sync
 one burst run together in one loop callback scheduled after the receive drain; async handlers
 each get a task; ordered handlers run per (handler, sender) lane. Each run is timed into its
 handler's latency histogram. Replies go out through the worker's
-:class:`~velo_am._outbound.Outbound`; runs and failures are counted in its counters.
+:class:`~velo_am._outbound.Outbound`; runs and failures are counted in its counters. Each
+send (``reply`` false) is reported to the flow control's
+:class:`~velo_am._flow.ReceiveWindows` when it arrives and when it finishes (ran, failed, or
+was refused), which is how its sender learns it may send more.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ._handlers import CallContext, HandlerRegistry, HandlerSpec, OrderedLanes
 from ._log import RateLimitedLog, fields
 
 if TYPE_CHECKING:
+    from ._flow import ReceiveWindows
     from ._outbound import Addressee, Outbound
     from .transport import LinkId
 
@@ -56,8 +60,10 @@ class HandlerExecution:
         outbound: Outbound,
         counters: dict[str, int],
         log: RateLimitedLog,
+        receipts: ReceiveWindows,
     ) -> None:
         self._registry = registry
+        self._receipts = receipts
         self._outbound = outbound
         self._counters = counters
         self._log = log
@@ -70,6 +76,8 @@ class HandlerExecution:
     def dispatch(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         """An inbound request from ``peer`` on ``link`` (its answer goes back there): run its
         handler, or refuse it."""
+        if not msg.reply:
+            self._receipts.received(peer, msg.msg_id)
         serving = self.serving
         # Runtime traffic (names starting with "_") still flows while draining.
         if serving is not Serving.ALL and not (
@@ -80,6 +88,8 @@ class HandlerExecution:
                 self._outbound.reply_error(
                     peer, link, msg.msg_id, p.ErrorCode.DRAINING, "PeerDraining", "draining"
                 )
+            else:
+                self._receipts.finished(peer)
             return
         spec = self._registry.get(msg.handler)
         if spec is not None:
@@ -90,6 +100,7 @@ class HandlerExecution:
             self._outbound.reply_error(peer, link, msg.msg_id, code, "", text)
         else:
             self._log.warning("handler", "no handler named %r for a send", msg.handler)
+            self._receipts.finished(peer)
 
     def refuse_stale(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         """A request meant for an earlier incarnation of this worker: answered in that
@@ -195,6 +206,12 @@ class HandlerExecution:
                 code = p.ErrorCode.BAD_REQUEST
                 error_type = type(error).__name__
                 self._outbound.reply_error(peer, link, msg.msg_id, code, error_type, str(error))
+            else:
+                what = f"a send to {msg.handler!r} from worker {peer.worker_id:#x}"
+                self._log.warning(
+                    "payload", "dropping %s: its payload does not decode: %s", what, error
+                )
+                self._receipts.finished(peer)
             raise _BadRequest from error
 
     def _reply(
@@ -218,6 +235,8 @@ class HandlerExecution:
         spec.timer.record(time.perf_counter() - started, False)
         if msg.reply:
             outbound.reply(peer, link, msg.msg_id, body)
+        else:
+            self._receipts.finished(peer)
 
     def _handler_failed(
         self,
@@ -231,6 +250,7 @@ class HandlerExecution:
         self._counters["requests_failed"] += 1
         spec.timer.record(time.perf_counter() - started, True)
         if not msg.reply:
+            self._receipts.finished(peer)
             logger.error(
                 "handler %r failed on a send from %#x",
                 spec.name,

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -35,6 +35,7 @@ __all__ = [
     "render_dot",
     "render_mermaid",
     "render_text",
+    "serve_inspect",
     "snapshot",
 ]
 
@@ -232,6 +233,16 @@ def snapshot(worker: Inspected, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         },
         "truncated": truncated,
     }
+
+
+def serve_inspect(worker: Inspected) -> Callable[[dict[str, Any] | None, object], dict[str, Any]]:
+    """The runtime handler ``_inspect`` of ``worker``: its :func:`snapshot` (payload
+    ``{limit: int}``, optional)."""
+
+    def on_inspect(payload: dict[str, Any] | None, ctx: object) -> dict[str, Any]:
+        return snapshot(worker, limit=(payload or {}).get("limit", DEFAULT_LIMIT))
+
+    return on_inspect
 
 
 # -- graph views (pure) -----------------------------------------------------------------------

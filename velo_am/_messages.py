@@ -21,11 +21,12 @@ from ._errors import AMError
 __all__ = ["PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE", "ProtocolError", "Kind", "ErrorCode"]
 __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "Response"]
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
-__all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState"]
+__all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
 
+#: Version 4: kind 10, the receiver's credit for fire-and-forget requests (flow control).
 #: Version 3: handshakes carry flags and a ``seq``, and PeerInfo a ``seq`` and a state (the
 #: membership gossip); version 2 added kind 16, the events layer's updates.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
 U64_MAX: Final = 2**64 - 1
@@ -53,6 +54,7 @@ class Kind(enum.IntEnum):
     ERROR_RESPONSE = 7
     GOODBYE = 8
     DRAINING = 9
+    CREDIT = 10
     EVENT_UPDATES = 16
 
 
@@ -394,6 +396,18 @@ class Draining(_Envelope):
     KIND: ClassVar[Kind] = Kind.DRAINING
 
 
+@dataclass(frozen=True, slots=True)
+class Credit(_Envelope):
+    """Flow control of the receiver's fire-and-forget Requests to the sender: of those, the
+    sender has received every one up to msg_id ``last_received`` that will ever arrive, and
+    ``unfinished`` of them have not finished running (docs/protocol.md §10.1)."""
+
+    KIND: ClassVar[Kind] = Kind.CREDIT
+    CHECKS: ClassVar[_Spec] = _spec(last_received=_u64, unfinished=_u64)
+    last_received: int
+    unfinished: int
+
+
 class EventDone(NamedTuple):
     """One completion in :class:`EventUpdates`: the owner's ``handle`` (that generation)
     completed, triggered (``reason`` None) or poisoned with its first ``reason``. A plain
@@ -427,5 +441,7 @@ class EventUpdates(_Envelope):
 
 
 Message: TypeAlias = (
-    Hello | HelloAck | Heartbeat | Peers | Request | Response | ErrorResponse | Goodbye | Draining
-) | EventUpdates
+    (Hello | HelloAck | Heartbeat | Peers | Request | Response | ErrorResponse | Goodbye | Draining)
+    | Credit
+    | EventUpdates
+)

@@ -8,7 +8,9 @@ the choice of link, the transport send and its failure, and the ``messages_out``
 there is first business with that peer (and introduced with a ``Hello``); without one, on a
 link the peer opened to this worker. An answer (``Response``, ``ErrorResponse``) goes back on
 the link its request came on, so a worker serving many callers holds no link of its own to
-each. Links this worker opened are closed after ``link_idle`` seconds without traffic unless
+each. Fire-and-forget requests to a peer keep to the link the previous one took while it
+lasts: messages on two links may overtake each other, and sends arrive in the order they were
+made. Links this worker opened are closed after ``link_idle`` seconds without traffic unless
 its business with the peer goes on (``interest``), and at most ``max_links`` stay open: past
 that, the least recently used idle one is closed first.
 """
@@ -85,6 +87,7 @@ class Outbound:
         self._owner: dict[LinkId, int] = {}  # our links whose peer is known
         self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
+        self._sends_on: dict[int, LinkId] = {}  # peer -> the link its last send took
         self._used: dict[LinkId, float] = {}  # our links -> last traffic (loop time)
         self._up: set[LinkId] = set()  # our links that reach their peer now
         self._dialing: dict[LinkId, int] = {}  # our links -> handshakes in flight on them
@@ -182,6 +185,7 @@ class Outbound:
     def forget(self, peer_id: int) -> None:
         """The peer is gone: close this worker's link to it, forget the one it opened."""
         self._theirs.pop(peer_id, None)
+        self._sends_on.pop(peer_id, None)
         link = self._own.pop(peer_id, None)
         if link is not None:
             self._close(link)
@@ -201,6 +205,10 @@ class Outbound:
     def linked(self) -> set[int]:
         """Every peer this worker has a link with, either way."""
         return set(self._own) | set(self._theirs)
+
+    def has_link(self, peer_id: int) -> bool:
+        """Whether this worker has a link with ``peer_id``, either way."""
+        return peer_id in self._own or peer_id in self._theirs
 
     def own_links(self) -> int:
         return len(self._used)
@@ -258,6 +266,7 @@ class Outbound:
         for link in list(self._used):
             self._close(link)
         self._theirs.clear()
+        self._sends_on.clear()
 
     # -- the send path ----------------------------------------------------------------------
 
@@ -271,21 +280,23 @@ class Outbound:
             )
         return body
 
-    def send_frames(self, peer_id: int, frames: list[bytes], *, dial: bool = True) -> None:
-        """Hand encoded frames to a link to ``peer_id`` (see the module's doc);
-        :class:`PeerUnreachable` if there is none (and ``dial`` is false, or the peer's
-        address is unknown) or its queue is full."""
+    def send_frames(
+        self, peer_id: int, frames: list[bytes], *, dial: bool = True, in_order: bool = False
+    ) -> None:
+        """Hand encoded frames to a link to ``peer_id`` (see the module's doc; ``in_order``:
+        a send, on the link of the previous send while it lasts); :class:`PeerUnreachable`
+        if there is none (and ``dial`` is false, or the peer's address is unknown) or its
+        queue is full."""
         # Our own link even while it connects (what waits on it is ours to keep); else
         # theirs, which keeps what follows a handshake's answer in order after it.
-        link = self._own.get(peer_id)
-        if link is not None:
+        own, theirs = self._own.get(peer_id), self._theirs.get(peer_id)
+        link = self._sends_on.get(peer_id) if in_order else None
+        if link is None or link not in (own, theirs):
+            link = own or theirs or self._open_for(peer_id, dial)
+        if link in self._used:
             self._used[link] = self._now
             if link in self._dialing:
                 self._carried.add(link)
-        else:
-            link = self._theirs.get(peer_id)
-            if link is None:
-                link = self._open_for(peer_id, dial)
         try:
             self._transport.send(link, frames)
         except LinkFull as error:
@@ -294,8 +305,10 @@ class Outbound:
             if self._theirs.get(peer_id) != link:
                 raise PeerUnreachable(f"worker {peer_id:#x} is not connected") from None
             del self._theirs[peer_id]  # its link is gone: ours, then
-            self.send_frames(peer_id, frames, dial=dial)
+            self.send_frames(peer_id, frames, dial=dial, in_order=in_order)
             return
+        if in_order:
+            self._sends_on[peer_id] = link
         self._counters["messages_out"] += 1
 
     def _open_for(self, peer_id: int, dial: bool) -> LinkId:
@@ -345,7 +358,7 @@ class Outbound:
         frames = p.encode_request(
             self.worker_id, self.incarnation, peer.incarnation, msg_id, name, reply, body
         )
-        self.send_frames(peer.worker_id, frames)
+        self.send_frames(peer.worker_id, frames, in_order=not reply)
 
     def _answer(self, peer: Addressee, link: LinkId, frames: list[bytes], what: str) -> None:
         """An answer goes back on the link its request came on (else by any link)."""

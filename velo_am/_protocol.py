@@ -37,6 +37,7 @@ from ._messages import (
     MAX_PEERS,
     PROTOCOL_VERSION,
     U64_MAX,
+    Credit,
     Draining,
     ErrorCode,
     ErrorResponse,
@@ -63,7 +64,7 @@ from ._messages import (
 __all__ = ["PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE", "ProtocolError", "Kind", "ErrorCode"]
 __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "Response"]
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
-__all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState"]
+__all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
 __all__ += ["encode", "decode"]
 __all__ += ["encode_request", "encode_response"]
 

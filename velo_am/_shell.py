@@ -5,10 +5,11 @@ The transport reports three things (:class:`~velo_am.transport.TransportEvents`)
 on a link, and a link of this worker's going up or down. :meth:`Shell.message` decodes a
 message and, without awaiting, hands it to the layer it concerns: handshakes and membership
 messages to the table, requests to the handler executor, answers to the table of calls in
-flight, event updates to the events layer. A link going down is the table's business (a lost
-member). :meth:`Shell.apply` carries out the table's effects: sends, answers on a link,
-dials, and the consequences of a lost peer (its calls fail, its links close, the peer-lost
-callbacks run). Runs on the worker's loop.
+flight, event updates to the events layer, credits to the flow control of sends. A link
+going down is the table's business (a lost member). :meth:`Shell.apply` carries out the
+table's effects: sends, answers on a link, dials, and the consequences of a lost peer (its
+calls fail, its unconfirmed sends are counted, its links close, the peer-lost callbacks
+run). Runs on the worker's loop.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Callable, Iterable
 from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
-from ._errors import PeerLost
+from ._errors import AMError, PeerLost
 from ._execution import HandlerExecution
+from ._flow import FlowControl
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._outbound import Outbound
@@ -48,12 +50,14 @@ class Shell:
         calls: CallTable,
         execution: HandlerExecution,
         events: RemoteEvents,
+        flow: FlowControl,
         counters: dict[str, int],
         log: RateLimitedLog,
         lease_holders: Callable[[], set[int]],
     ) -> None:
         """``lease_holders``: the workers whose loss breaks a lease on this worker's events."""
         self._membership = table
+        self._flow = flow
         self._outbound = outbound
         outbound.business = self.interest
         self._calls = calls
@@ -112,6 +116,8 @@ class Shell:
                 counters["late_responses"] += 1
         elif isinstance(msg, p.EventUpdates):
             self._remote_events.on_updates(peer.worker_id, msg)
+        elif isinstance(msg, p.Credit):
+            self._flow.sends.on_credit(peer, msg)
         elif isinstance(msg, p.ErrorResponse):
             if not self._calls.on_error(peer.worker_id, msg, peer.describe()):
                 counters["late_responses"] += 1
@@ -119,6 +125,7 @@ class Shell:
             self.apply(self._membership.on_peers(msg.peers, peer.worker_id, now))
         elif isinstance(msg, p.Draining):
             self._membership.on_draining(peer)
+            self._flow.sends.on_draining(peer.worker_id, peer.describe())
         elif isinstance(msg, p.Goodbye):
             self.apply(self._membership.on_goodbye(peer, link))
 
@@ -149,6 +156,11 @@ class Shell:
 
     # -- closing --------------------------------------------------------------------------------
 
+    def fail_waiting(self, error: AMError) -> None:
+        """This worker is closing: its calls in flight and its sends waiting for room fail."""
+        self._calls.fail_all(error)
+        self._flow.sends.fail_all(error)
+
     def begin_drain(self) -> None:
         """The worker began closing: peers it has links to are told so."""
         self.apply(self._membership.begin_drain(self._outbound.linked()))
@@ -156,7 +168,8 @@ class Shell:
     async def say_goodbye(self, timeout: float) -> None:
         """The last word to every peer this worker has a link with; waits (at most
         ``timeout`` seconds) for each to acknowledge it, since a socket closed right after a
-        burst may lose its tail."""
+        burst may lose its tail. Senders first learn which of their sends were done."""
+        self._flow.receipts.flush()
         self.apply(self._membership.begin_goodbye(self._outbound.linked()))
         if not self._membership.goodbyes_acknowledged:
             answered = self.goodbyes_answered = asyncio.Event()
@@ -168,19 +181,21 @@ class Shell:
 
     def interest(self) -> set[int]:
         """The peers this worker has business with: its gossip neighbors, the peers of its
-        calls in flight, the owners of the events it awaits, the subscribers it serves and
-        the holders of the leases on its events."""
-        interest = self._calls.peers() | self._remote_events.interest() | self._lease_holders()
+        calls in flight and of its unconfirmed sends, the owners of the events it awaits, the
+        subscribers it serves and the holders of the leases on its events."""
+        interest = self._calls.peers() | self._flow.sends.peers() | self._lease_holders()
+        interest |= self._remote_events.interest()
         interest |= self._membership.neighbors
         return interest
 
     def tick(self, now: float) -> None:
         """Time passes for the table and the links: dials expire, old entries go, neighbors
-        are kept, lost members redialed, idle links closed, and the peers this worker has
-        business with watched through links of its own."""
+        are kept, lost members redialed, idle links closed, the peers this worker has
+        business with watched through links of its own, and credits repeated."""
         interest = self.interest()
         self.apply(self._membership.tick(now))
         self._remote_events.tick(now)
+        self._flow.receipts.tick()
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, why, now))
@@ -208,12 +223,14 @@ class Shell:
             elif isinstance(effect, ms.Joined):
                 routes.changed.set()
                 self._remote_events.on_peer_joined(effect.peer_id)
+                self._flow.receipts.on_joined(effect.peer_id)
                 extra = fields(self._worker_id, effect.peer_id)
                 (logger.debug if effect.heard else logger.info)(
                     "peer %s joined", effect.text, extra=extra
                 )
             elif isinstance(effect, ms.Forgotten):
                 self._remote_events.on_peer_forgotten(effect.peer_id)
+                self._flow.receipts.forget(effect.peer_id)
             elif isinstance(effect, ms.ScheduleGossip):
                 if not self._gossip_scheduled:
                     self._gossip_scheduled = True
@@ -234,6 +251,7 @@ class Shell:
         extra = fields(self._worker_id, lost.peer_id)
         (logger.info if lost.closed else logger.warning)("peer %s", lost.text, extra=extra)
         self._calls.fail_peer(lost.peer_id, PeerLost(lost.text))
+        self._flow.sends.on_lost(lost.peer_id, lost.text)
         self._outbound.forget(lost.peer_id)
         self._remote_events.on_peer_lost(lost.peer_id, lost.text, closed=lost.closed)
         for callback in list(self.peer_lost_callbacks):

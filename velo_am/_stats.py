@@ -41,6 +41,15 @@ STATS: Final = (
         "Inbound requests whose handler raised or whose result could not be encoded.",
     ),
     _counter("calls_sent", "Calls (requests awaiting a result) sent to peers."),
+    _counter(
+        "sends_waited",
+        "Sends that waited for room: the peer had send_window of this worker's sends unfinished.",
+    ),
+    _counter(
+        "sends_lost",
+        "Sends accepted for a peer that was lost or closed before confirming it had handled "
+        "them (they may not have run).",
+    ),
     _counter("dropped_malformed", "Inbound messages dropped because they could not be decoded."),
     _counter(
         "dropped_wrong_incarnation",
@@ -70,6 +79,15 @@ STATS: Final = (
     _gauge("links_open", "Links this worker opened to peers and keeps open."),
     _gauge("calls_in_flight", "Calls sent by this worker still awaiting their result."),
     _gauge("handlers_running", "Handlers running on this worker."),
+    _gauge(
+        "sends_unconfirmed",
+        "Sends of this worker its peers have not confirmed handled (send_window per peer at most).",
+    ),
+    _gauge(
+        "sends_unfinished",
+        "Sends from peers received here whose handler has not finished (each sender's "
+        "send_window at most).",
+    ),
     _gauge("events_pending", "This worker's events not yet completed."),
     _gauge("events_remote_awaited", "Other workers' events awaited on this worker."),
     _gauge("events_cached", "Outcomes of other workers' events kept in this worker's cache."),

@@ -312,11 +312,15 @@ class SyncWorker:
         ``ValueError`` for a payload msgpack cannot encode or over ``max_message_size``."""
         return self._blocking("call", self._worker.call, peer_id, name, payload, timeout)
 
-    def send(self, peer_id: int, name: str, payload: Any = None) -> None:
-        """Fire-and-forget: returns once the message is handed to the transport. Raises
-        :class:`PeerUnreachable`, :class:`PeerDraining`, :class:`WorkerClosed`, or for the
-        payload ``TypeError`` / ``ValueError`` as :meth:`call`."""
-        self._blocking("send", self._worker.send, peer_id, name, payload)
+    def send(
+        self, peer_id: int, name: str, payload: Any = None, timeout: float | None = None
+    ) -> None:
+        """Fire-and-forget: returns once the message is queued for the peer within its window
+        of ``send_window`` unfinished sends (a full one blocks, up to ``timeout``, default
+        ``call_timeout``). Raises :class:`PeerBusy` / :class:`PeerLost` (still full / peer
+        lost meanwhile: not sent), :class:`PeerUnreachable`, :class:`PeerDraining`,
+        :class:`WorkerClosed`, or for the payload ``TypeError`` / ``ValueError``."""
+        self._blocking("send", self._worker.send, peer_id, name, payload, timeout)
 
     # -- introspection ----------------------------------------------------------------------
 

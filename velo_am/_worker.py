@@ -27,8 +27,9 @@ from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
 from ._event_handlers import runtime_handlers
 from ._events import DistributedEvents, event_core
 from ._execution import HandlerExecution, Serving
-from ._handlers import CallContext, Handler, HandlerRegistry, HandlerStats
-from ._inspect import DEFAULT_LIMIT, snapshot
+from ._flow import FlowControl
+from ._handlers import Handler, HandlerRegistry, HandlerStats
+from ._inspect import serve_inspect
 from ._launchers import FromEnv, wait_for_world
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
@@ -99,6 +100,7 @@ class Worker(FromEnv):
         max_links: int | None = None,
         gossip_fanout: int | None = None,
         close_grace: float | None = None,
+        send_window: int | None = None,
         max_message_size: int | None = None,
         metrics_port: int | None = None,
         metrics_host: str | None = None,
@@ -170,8 +172,9 @@ class Worker(FromEnv):
         )
         self._calls = CallTable()
         self._handlers = HandlerRegistry()
+        self._flow = FlowControl(options.send_window, self._outbound, self._calls, self._counters)
         self._execution = HandlerExecution(
-            self._handlers, self._outbound, self._counters, self._log
+            self._handlers, self._outbound, self._counters, self._log, self._flow.receipts
         )
         messenger = Messenger(
             loop=lambda: self._loop,
@@ -191,7 +194,7 @@ class Worker(FromEnv):
         self._remote_events = remote
         #: The mesh's events: this worker's own, and any other worker's by routing.
         self.events = DistributedEvents(core, self._remote_events, messenger)
-        internal = {**runtime_handlers(self.events), "_inspect": self._on_inspect}
+        internal = {**runtime_handlers(self.events), "_inspect": serve_inspect(self)}
         for name, fn in internal.items():
             self._handlers.register(name, fn, ordered=False, replace=False, internal=True)
         self._shell = Shell(
@@ -200,6 +203,7 @@ class Worker(FromEnv):
             self._calls,
             self._execution,
             self._remote_events,
+            self._flow,
             self._counters,
             self._log,
             lease_holders=self.events.lease_holders,
@@ -315,7 +319,7 @@ class Worker(FromEnv):
             self._execution.serving = Serving.NONE
             for task in in_flight:
                 task.cancel()
-            self._calls.fail_all(WorkerClosed(f"worker {self.worker_id:#x} closed"))
+            self._shell.fail_waiting(WorkerClosed(f"worker {self.worker_id:#x} closed"))
             await self._shell.say_goodbye(min(1.0, max(grace, 0.1)))
         finally:
             await self._release()
@@ -406,11 +410,15 @@ class Worker(FromEnv):
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def send(self, peer_id: int, name: str, payload: Any = None) -> None:
-        """Fire-and-forget: returns once the message is handed to the transport. Raises
-        :class:`PeerUnreachable` (unknown or unreachable peer) or :class:`PeerDraining`."""
+    async def send(
+        self, peer_id: int, name: str, payload: Any = None, timeout: float | None = None
+    ) -> None:
+        """Fire-and-forget, queued for the peer within its window of ``send_window`` unfinished
+        sends (a full one waits up to ``timeout``, default ``call_timeout``; see the README).
+        Raises :class:`PeerBusy`, :class:`PeerLost`, :class:`PeerDraining` (still full, lost,
+        closing: not sent), :class:`PeerUnreachable`, :class:`WorkerClosed`, ``ValueError``."""
         peer = await self._live_peer(peer_id)
-        self._outbound.request(peer, self._calls.next_id(), name, payload, reply=False)
+        await self._flow.sends.send(peer, name, payload, timeout, self.call_timeout)
 
     async def call(
         self,
@@ -439,11 +447,10 @@ class Worker(FromEnv):
         return await self._calls.wait(loop, msg_id, future, timeout, what)
 
     def send_nowait(self, peer_id: int, name: str, payload: Any = None) -> None:
-        """:meth:`send` to a connected peer, without awaiting (for runtime layers and loop
-        callbacks, on the worker's loop: its sockets are not thread-safe). Raises
-        :class:`PeerUnreachable` if the peer is not connected now."""
-        peer = self._connected(peer_id)
-        self._outbound.request(peer, self._calls.next_id(), name, payload, reply=False)
+        """:meth:`send` to a connected peer, never waiting (runtime layers, loop callbacks: on the
+        loop, whose sockets are not thread-safe). Raises :class:`PeerUnreachable` if it is not
+        connected now, :class:`PeerBusy` if its window is full (runtime ``_`` sends go anyway)."""
+        self._flow.sends.send_now(self._connected(peer_id), name, payload)
 
     async def _live_peer(self, peer_id: int) -> ms.Member:
         peer = self._membership.alive(peer_id)
@@ -499,6 +506,7 @@ class Worker(FromEnv):
         snapshot["links_open"] = self._outbound.own_links()
         snapshot["calls_in_flight"] = len(self._calls)
         snapshot["handlers_running"] = len(self._execution.tasks)
+        snapshot.update(self._flow.stats())
         for name, value in self.events.stats().items():
             snapshot[f"events_{name}"] = value
         return snapshot
@@ -507,11 +515,6 @@ class Worker(FromEnv):
         """Per handler: runs, failures and a latency histogram (runtime ``_`` handlers too
         with ``internal=True``)."""
         return self._handlers.stats(internal=internal)
-
-    def _on_inspect(self, payload: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
-        """``velo-am inspect``: this worker's state as plain data (see ``_inspect.snapshot``)."""
-        limit = (payload or {}).get("limit", DEFAULT_LIMIT)
-        return snapshot(self, limit=limit)
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id:#x} {self._state} at {self._address or '-'}>"

@@ -4,6 +4,7 @@ alone (the network-namespace tests in test_cluster_addresses.py run them for rea
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 
@@ -109,3 +110,16 @@ def test_a_dialler_takes_the_endpoint_on_a_subnet_it_shares() -> None:
     assert choose_endpoint("tcp://10.0.0.1:5555", []) == "tcp://10.0.0.1:5555"
     # Loopback shares a subnet with everything local, so it never decides.
     assert choose_endpoint("tcp://10.3.0.1:1 tcp://127.0.0.1:1", HOST) == "tcp://10.3.0.1:1"
+
+
+async def test_an_address_that_cannot_be_advertised_leaves_no_port_bound() -> None:
+    from velo_am import Worker
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bind = f"tcp://127.0.0.1:{port}"
+    with pytest.raises(ValueError, match="cannot advertise"):
+        await Worker(bind=bind, advertise="0.0.0.0").start()
+    async with Worker(bind=bind) as worker:  # the port is free again
+        assert worker.address == bind

@@ -20,6 +20,7 @@ from velo_event import (
     InvalidGenerationError,
     OutcomeUnknown,
 )
+from velo_event._core import _Slot
 from velo_event.lowlevel import LOOKAHEAD, PENDING, EventCore, Wake
 
 STALE = "handle minted by an earlier incarnation of worker 0x2"
@@ -192,6 +193,44 @@ def test_a_tagged_core_reads_generations_within_the_lookahead_as_not_issued_yet(
     assert core.status(other_tag) == core.stale_reason
     predecessor = tagged_core(first_generation=1_000 + 10 * LOOKAHEAD)
     assert core.status(predecessor.new_event()) == core.stale_reason
+
+
+class _TriggeredBetweenReads(_Slot):
+    """A slot whose pending generation is triggered (by another thread, as it were) right when
+    ``status`` reads ``active``: after it read ``last``, before it reads anything else."""
+
+    __slots__ = ("_active", "armed")
+
+    def __init__(self, slot: _Slot, trigger: Callable[[], None]) -> None:
+        super().__init__(slot.last + 1)
+        self._active = slot.active
+        self.armed: Callable[[], None] | None = trigger
+
+    @property
+    def active(self) -> int:
+        if self.armed is not None:
+            trigger, self.armed = self.armed, None
+            trigger()
+        return self._active
+
+    @active.setter
+    def active(self, generation: int) -> None:
+        self._active = generation
+
+
+def test_a_generation_triggered_while_status_reads_it_is_ready_not_stale() -> None:
+    core = tagged_core()
+    handle = core.new_event()
+    index = (handle - core._prefix) >> 32  # the slot's position, the tag aside
+    core._slots[index] = _TriggeredBetweenReads(core._slots[index], lambda: core.trigger(handle))
+    assert core.status(handle) is None  # ready; it read as another incarnation's before
+
+
+def test_generation_zero_is_complete_for_the_owner_as_for_everyone() -> None:
+    core = tagged_core()
+    unallocated = EventHandle.from_parts(2, core.new_event().index + 1, 0)
+    assert core.status(unallocated) is None
+    assert core.add_waiter(unallocated, "early", lambda key, wake: None, early=True) is None
 
 
 def test_an_untagged_core_keeps_every_future_generation_pending() -> None:

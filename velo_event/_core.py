@@ -298,25 +298,33 @@ class EventCore:
         """The outcome of the handle's generation, or :data:`PENDING` (also for one not issued
         yet); a tagged core's :attr:`stale_reason` for another incarnation's handle."""
         generation = handle & _U32
+        if generation == 0 and handle >> 64 == self.system_id:
+            return None  # generation 0 is never issued: always complete
         slot = self._peek(handle)
-        if slot is None:
-            try:
-                with self._lock:
-                    slot = self._slot_if_allocated(handle) if self._tagged else self._slot(handle)
-            except UnknownEventError:
-                if self._tagged:
-                    return self.stale_reason
-                raise
-            finally:
-                if self._deferred:
-                    self._drain_deferred()
-            if slot is None:  # not allocated yet
-                return PENDING if self._ahead(None, generation) else self.stale_reason
-        if generation <= slot.last:
-            return self._outcome(slot, generation)
-        if generation == slot.active or self._ahead(slot, generation):
-            return PENDING
-        return self.stale_reason
+        if slot is not None:
+            # Read once each: between two reads of ``last`` a trigger may end the generation.
+            last, active = slot.last, slot.active
+            if generation <= last:
+                return self._outcome(slot, generation)
+            if generation == active:
+                return PENDING
+        try:
+            with self._lock:  # rare: not issued yet, or stale, or the slot just moved on
+                slot = self._slot_if_allocated(handle) if self._tagged else self._slot(handle)
+                if slot is None:  # not allocated yet
+                    return PENDING if self._ahead(None, generation) else self.stale_reason
+                if generation <= slot.last:
+                    return self._outcome(slot, generation)
+                if generation == slot.active or self._ahead(slot, generation):
+                    return PENDING
+                return self.stale_reason
+        except UnknownEventError:
+            if self._tagged:
+                return self.stale_reason
+            raise
+        finally:
+            if self._deferred:
+                self._drain_deferred()
 
     def awaitable(self, handle: int) -> Outcome:
         """Like :meth:`status`, but a generation not issued yet raises
@@ -351,9 +359,11 @@ class EventCore:
         (``UnknownEventError`` in a slot not allocated yet), unless ``early`` (another worker's
         subscription, which cannot be refused): one this core may still issue, within the
         lookahead, gets its waiter, woken when it completes (or with the shutdown reason)."""
+        generation = handle & _U32
+        if generation == 0 and handle >> 64 == self.system_id:
+            return None  # never issued: always complete
         try:
             with self._lock:
-                generation = handle & _U32
                 slot = self._slot_if_allocated(handle) if early else self._slot(handle)
                 if slot is not None:
                     if generation <= slot.last:

@@ -101,8 +101,8 @@ class ZmqTransport:
         interface: str | None = None,
     ) -> None:
         self._bind = bind
-        self._advertise = advertise
-        self._interface = interface
+        self._advertise = advertise or None  # "": the bound address, whatever else is set
+        self._interface = interface or None
         #: This host's interfaces, read at start: dials choose among a peer's endpoints by them.
         self._interfaces: list[Interface] = []
         self.security: ZmqSecurity = Plaintext() if security is None else security
@@ -166,28 +166,29 @@ class ZmqTransport:
         try:
             self.security.configure_listener(router)
             router.bind(bind)
-        except zmq.ZMQError:
+            bound = router.getsockopt(zmq.LAST_ENDPOINT)
+            assert isinstance(bound, bytes)
+            advertised = advertised_address(
+                bound.decode(),
+                advertise=self._advertise,
+                interface=self._interface,
+                interfaces=self._interfaces,
+            )
+        except (zmq.ZMQError, ValueError):  # no port is left bound, nothing half-started
             router.close(linger=0)
             self.security.close()
             context.term()
+            self._router = self._context = None
             raise
         self._silent = (
             f"silent for {liveness.timeout} s or disconnected (no heartbeat answer, or the "
             "connection closed)"
         )
         self._monitor = monitor = router.get_monitor_socket(_WATCHED)
-        bound = router.getsockopt(zmq.LAST_ENDPOINT)
-        assert isinstance(bound, bytes)
         loop.add_reader(router.FD, self._drain)
         loop.add_reader(monitor.FD, self._drain_monitor)
         self._schedule_drain()  # messages may have arrived before the readers were added
         loop.call_soon(self._drain_monitor)
-        advertised = advertised_address(
-            bound.decode(),
-            advertise=self._advertise,
-            interface=self._interface,
-            interfaces=self._interfaces,
-        )
         if advertised != bound.decode():
             logger.info("listening on %s, advertised as %s", bound.decode(), advertised)
         return advertised

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from support import FAKE_FAST, wait_until
 
 from velo_am import HandlerNotFound, RemoteError, SyncWorker, Worker
-from velo_am._waiting import Asker, ask_owners, encode_answer
+from velo_am._waiting import Asker, ask_from_thread, ask_owners, encode_answer
 from velo_am.transport import FakeNetwork
 from velo_event import (
     DistributedEventFactory,
@@ -421,3 +422,32 @@ def test_sync_wait_timeout_names_labels_owners_and_liveness(
         (expected_by_a[0], PendingEvent(tokenizer.handle, b.worker_id, None, "alive")),
         0,
     ), "without asking, worker b's label is not known to worker a"
+
+
+def test_a_question_cancelled_with_the_workers_loop_falls_back_to_what_is_known() -> None:
+    # A thread's wait timed out and asks the owners on the worker's loop, which then shuts
+    # down (cancelling its tasks): the wait still ends with what this worker knows.
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    asked = threading.Event()
+
+    async def question() -> WaitingOn:
+        asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    answers: list[WaitingOn] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(ask_from_thread(loop, question, lambda: ((), 0), 30.0))
+    )
+    waiter.start()
+    try:
+        assert asked.wait(5)
+        loop.call_soon_threadsafe(lambda: [task.cancel() for task in asyncio.all_tasks(loop)])
+        waiter.join(5)
+        assert answers == [((), 0)]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()

@@ -14,7 +14,6 @@ a random generation: handles of its predecessor read as poisoned, never as a suc
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -43,14 +42,13 @@ from velo_event.lowlevel import (
     CoreEventManager,
     EventCore,
     WaitingOn,
-    running_loop,
 )
 
 from ._errors import AMError, RemoteError
 from ._leases import Broken, LeaseTable, check_lease_seconds
 from ._protocol import EventStatusCode
 from ._remote import Messenger, RemoteEvents
-from ._waiting import Asker, ask_owners
+from ._waiting import Asker, ask_from_any_loop, ask_from_thread, ask_owners
 
 __all__ = ["DistributedEvents", "event_core"]
 
@@ -446,30 +444,21 @@ class DistributedEvents(CoreEventManager):
     def _pending_for_timeout(self, handle: EventHandle) -> WaitingOn:
         """A timed-out thread wait: other workers' events are asked of their owners, on the
         worker's loop, briefly (see :meth:`waiting_on_remote`)."""
-        loop = self._messenger.loop()
-        if loop is None or not loop.is_running():
-            return self.waiting_on(handle)
-        future = asyncio.run_coroutine_threadsafe(self.waiting_on_remote(handle), loop)
-        try:
-            return future.result(ASK_OWNER_TIMEOUT + 1.0)
-        except (TimeoutError, RuntimeError, asyncio.CancelledError):  # the loop ended first
-            future.cancel()
-            return self.waiting_on(handle)
+        return ask_from_thread(
+            self._messenger.loop(),
+            lambda: self.waiting_on_remote(handle),
+            lambda: self.waiting_on(handle),
+            ASK_OWNER_TIMEOUT + 1.0,
+        )
 
     async def _pending_for_timeout_async(self, handle: EventHandle) -> WaitingOn:
         """A timed-out await: as for :meth:`_pending_for_timeout`, on whichever loop awaits."""
-        loop = self._messenger.loop()
-        if loop is None or not loop.is_running():
-            return self.waiting_on(handle)
-        if running_loop() is loop:
-            return await self.waiting_on_remote(handle)
-        future = asyncio.run_coroutine_threadsafe(self.waiting_on_remote(handle), loop)
-        try:
-            async with asyncio.timeout(ASK_OWNER_TIMEOUT + 1.0):
-                return await asyncio.wrap_future(future)
-        except (TimeoutError, RuntimeError):
-            future.cancel()
-            return self.waiting_on(handle)
+        return await ask_from_any_loop(
+            self._messenger.loop(),
+            lambda: self.waiting_on_remote(handle),
+            lambda: self.waiting_on(handle),
+            ASK_OWNER_TIMEOUT + 1.0,
+        )
 
     # -- lifecycle and inspection -----------------------------------------------------------------
 

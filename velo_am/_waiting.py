@@ -10,8 +10,9 @@ Only connected owners are asked; whatever is not answered in time stays as this 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from velo_event.lowlevel import UNKNOWN, WaitingOn
 from ._errors import AMError
 
 __all__ = ["MAX_HOPS", "MAX_PENDING_ANSWERED", "Asker", "ask_owners", "encode_answer"]
+__all__ += ["ask_from_any_loop", "ask_from_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +135,63 @@ async def ask_owners(
     except TimeoutError:  # what was learnt by then stands
         logger.debug("asking owners what events wait on ran out of time (%s s)", timeout)
     return shown, more
+
+
+# -- asking from wherever a wait timed out ---------------------------------------------------
+
+Question = Callable[[], Coroutine[Any, Any, WaitingOn]]
+
+
+def ask_from_thread(
+    loop: asyncio.AbstractEventLoop | None,
+    question: Question,
+    known: Callable[[], WaitingOn],
+    timeout: float,
+) -> WaitingOn:
+    """``question()`` run on the worker's ``loop`` for a thread whose wait timed out; what is
+    ``known`` here if the loop has ended, ends meanwhile, or takes over ``timeout`` seconds."""
+    future = _on_loop(loop, question)
+    if future is None:
+        return known()
+    try:
+        return future.result(timeout)
+    except (TimeoutError, concurrent.futures.CancelledError):  # the loop ended first
+        future.cancel()
+        return known()
+
+
+async def ask_from_any_loop(
+    loop: asyncio.AbstractEventLoop | None,
+    question: Question,
+    known: Callable[[], WaitingOn],
+    timeout: float,
+) -> WaitingOn:
+    """As :func:`ask_from_thread`, for a task on any loop (the worker's own included)."""
+    if loop is not None and asyncio.get_running_loop() is loop:
+        return await question()
+    future = _on_loop(loop, question)
+    if future is None:
+        return known()
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.wrap_future(future)
+    except TimeoutError:
+        future.cancel()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not future.cancelled() or task is None or task.cancelling():
+            raise  # this task was cancelled, not the question
+    return known()
+
+
+def _on_loop(
+    loop: asyncio.AbstractEventLoop | None, question: Question
+) -> concurrent.futures.Future[WaitingOn] | None:
+    if loop is None or not loop.is_running():
+        return None
+    coroutine = question()
+    try:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop)
+    except RuntimeError:  # the loop closed since
+        coroutine.close()
+        return None

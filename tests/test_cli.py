@@ -3,6 +3,7 @@ shell script or cron job runs it, against long-lived `velo-am worker` processes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import pydot
 import pytest
 from support import Script, velo
 
+from velo_am._cli._shared import member
 from velo_event import EventHandle
 
 
@@ -100,6 +102,36 @@ def test_new_event_wait_trigger_exit_codes(mesh: tuple[list[str], int, int]) -> 
     assert poisoned.returncode == 1
     assert "backup failed: disk full" in poisoned.stderr
     assert ok("status", str(other), *seed) == "poisoned: backup failed: disk full"
+
+
+def test_commands_ignore_the_long_lived_workers_identity_in_the_environment(
+    mesh: tuple[list[str], int, int],
+) -> None:
+    # A shell that exported the long-lived worker's id and address (as a Slurm or Kubernetes
+    # script does for `velo-am worker`) runs commands that take part as themselves.
+    seed, first_id, _ = mesh
+    handle = ok("new-event", *seed)
+    identity = {"VELO_WORKER_ID": hex(first_id), "VELO_ADVERTISE": "tcp://127.0.0.1:9"}
+    waiter = Script("-m", "velo_am", "wait", handle, "--timeout", "30", *seed, env=identity)
+    try:
+        ok("trigger", handle, *seed)
+        assert waiter.wait() == 0, waiter.stderr()
+    finally:
+        waiter.reap()
+
+
+async def test_a_command_listens_and_advertises_as_itself(
+    mesh: tuple[list[str], int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed, first_id, _ = mesh
+    monkeypatch.setenv("VELO_WORKER_ID", hex(first_id))
+    monkeypatch.setenv("VELO_ADVERTISE", "tcp://127.0.0.1:9")
+    monkeypatch.setenv("VELO_INTERFACE", "=no-such-interface")
+    args = argparse.Namespace(seed=seed[1:], discovery=None, bind=None, connect_timeout=5.0)
+    async with member(args) as command:
+        assert command.worker_id != first_id
+        assert command.address.startswith("tcp://127.0.0.1:")
+        assert command.address != "tcp://127.0.0.1:9"
 
 
 def test_wait_timeout_names_what_the_merge_still_waits_on(

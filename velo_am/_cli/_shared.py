@@ -233,7 +233,8 @@ def add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
 def local_endpoint_towards(addresses: Sequence[str]) -> str:
     """Where a short-lived process listens: loopback, unless a seed is on another host; then
     the local interface that routes to it (so the mesh can answer). No packet is sent."""
-    for address in addresses:
+    # A seed pasted from a READY line may name several endpoints (a wildcard-bound worker's).
+    for address in (endpoint for seed in addresses for endpoint in seed.split()):
         if not address.startswith("tcp://"):
             continue
         host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
@@ -253,12 +254,15 @@ async def member(args: argparse.Namespace) -> AsyncIterator[Worker]:
     discovery = args.discovery or resolve("discovery", None)
     if not seeds and not discovery:
         raise CommandError("no mesh to join: give --seed ADDR or --discovery URL")
-    # An observer: it acts and leaves, nobody gossips it, dials it or remembers it.
-    # A random id of its own, whatever VELO_WORKER_ID says: that names the long-lived worker
-    # of the same shell. (Nobody dials an observer: what it advertises does not matter.)
+    # An observer: it acts and leaves, nobody gossips it or remembers it; the owners of the
+    # events it awaits watch it through links of their own, so it listens where they can
+    # reach it. Its own id and address, whatever VELO_WORKER_ID, VELO_ADVERTISE and
+    # VELO_INTERFACE say: those describe the long-lived worker of the same shell.
     worker = Worker(
         secrets.randbits(64) or 1,
         bind=args.bind or local_endpoint_towards(seeds),
+        advertise="",
+        interface="",
         peers=seeds,
         discovery=discovery,
         handshake_timeout=args.connect_timeout,

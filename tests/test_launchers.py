@@ -209,6 +209,9 @@ def test_mpi_takes_the_leader_from_velo_leader_or_velo_peers() -> None:
     )
     found = placement({**mpich_env(1, 4), "VELO_PEERS": "tcp://node02:5555,tcp://node03:5555"})
     assert (found.launcher, found.seed, found.port) == ("pmi", "tcp://node02:5555", 5555)
+    several = "tcp://10.0.0.2:5555 tcp://10.1.0.2:5555"  # a wildcard-bound seed's endpoints
+    found = placement({**mpich_env(1, 4), "VELO_PEERS": several})
+    assert (found.seed, found.port) == ("tcp://10.0.0.2:5555", 5555)
     with pytest.raises(ValueError, match=r"VELO_PEERS is not set .*VELO_LEADER=HOST"):
         placement(openmpi_env(0, 4))
     with pytest.raises(ValueError, match="VELO_PORT=6000 but VELO_PEERS names port 5555"):

@@ -144,7 +144,8 @@ def _mpi(rank_name: str, size_name: str) -> Callable[[_Variables, str | None], _
         peers = env.text(
             "VELO_PEERS", " (MPI names no leader host: set VELO_LEADER=HOST, rank 0's host)"
         )
-        first = peers.split(",")[0].strip()
+        # The first seed's first endpoint (a wildcard-bound seed advertises several).
+        first = (peers.replace(",", " ").split() or [""])[0]
         host, port = _tcp_address(first, "VELO_PEERS")
         velo_port = _port(env, port)
         if velo_port != port:

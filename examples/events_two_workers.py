@@ -5,8 +5,9 @@
 
 ``owner`` prints ``READY <worker id> <address>`` and ``HANDLE <handle>``, completes its events
 when called on ``go`` (or after ``--delay`` seconds): triggered, or poisoned with ``--fail
-REASON``. It serves until SIGINT or SIGTERM. ``--count N`` makes N events, all returned as
-bytes by the ``handles`` handler. ``waiter`` awaits the handle given as text and prints
+REASON``. It serves until SIGINT or SIGTERM. ``--count N`` makes N events, all returned by
+the ``handles`` handler (handles travel in payloads as themselves). ``waiter`` awaits the
+handle given as text and prints
 ``READY-EVENT <handle>``, ``POISONED <reason>``, or ``OUTCOME-UNKNOWN <reason>`` when the
 owner was lost or unreachable before it answered.
 """
@@ -59,8 +60,8 @@ async def owner(args: argparse.Namespace) -> None:
             complete()
 
         @worker.handler("handles")
-        def handles(payload: Any, ctx: CallContext) -> list[bytes]:
-            return [event.handle.to_bytes() for event in events]  # msgpack has no 128-bit ints
+        def handles(payload: Any, ctx: CallContext) -> list[EventHandle]:
+            return [event.handle for event in events]
 
         @worker.handler("stats")
         def stats(payload: Any, ctx: CallContext) -> dict[str, int]:

@@ -10,7 +10,7 @@ their loading ends (``--delay S``) — or poisoned with ``--fail REASON``. ``mer
 both loaders for their handles, merges them into an event of its own and prints ``MERGED
 <handle>``. ``serve`` (0xd) asks ``merge`` for the merged handle, awaits it and prints
 ``SERVING after <seconds>``, ``POISONED <reason>`` or ``OUTCOME-UNKNOWN <reason>`` (the merge's
-owner lost), then exits. Handles travel as 16 bytes in call results; every other role prints
+owner lost), then exits. Handles travel in call results as themselves; every other role prints
 ``READY <id> <address>`` and serves until SIGINT/SIGTERM.
 """
 
@@ -54,8 +54,8 @@ def load(worker: Worker, args: argparse.Namespace) -> Event:
     event = worker.events.new_event()
 
     @worker.handler("handle")
-    def handle(payload: Any, ctx: CallContext) -> bytes:
-        return event.handle.to_bytes()  # 16 bytes: msgpack has no 128-bit integers
+    def handle(payload: Any, ctx: CallContext) -> EventHandle:
+        return event.handle
 
     def loaded() -> None:
         if args.fail is None:
@@ -74,8 +74,8 @@ def serve_merged(worker: Worker) -> asyncio.Future[EventHandle]:
     merged: asyncio.Future[EventHandle] = asyncio.get_running_loop().create_future()
 
     @worker.handler("merged")
-    async def merged_handle(payload: Any, ctx: CallContext) -> bytes:
-        return (await merged).to_bytes()
+    async def merged_handle(payload: Any, ctx: CallContext) -> EventHandle:
+        return await merged
 
     return merged
 
@@ -85,7 +85,7 @@ async def merge(
 ) -> None:
     """The merge: one event of this worker over the loaders' events on two other workers."""
     inputs = [
-        EventHandle.from_bytes(await call_member(worker, WORKER_IDS[role], "handle", args.timeout))
+        await call_member(worker, WORKER_IDS[role], "handle", args.timeout)
         for role in ("weights", "tokenizer")
     ]
     merged.set_result(worker.events.merge_events(inputs))
@@ -97,7 +97,7 @@ async def serve(worker: Worker, args: argparse.Namespace) -> None:
     started = time.perf_counter()
     gate = await call_member(worker, WORKER_IDS["merge"], "merged", args.timeout)
     try:
-        await worker.events.awaiter(EventHandle.from_bytes(gate))
+        await worker.events.awaiter(gate)
     except EventPoison as poison:
         print(f"POISONED {poison.reason}", flush=True)
     except OutcomeUnknown as unknown:  # the merge's owner was lost before it answered

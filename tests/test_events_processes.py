@@ -250,7 +250,7 @@ async def outcomes_after_restart(
     address = f"ipc://{tmp_path}/owner.sock"
     first, _, _, old = start_owner(launch, "--id", "0x77", "--bind", address, "--count", "2")
     assert await worker.connect(address) == 0x77
-    minted = [EventHandle.from_bytes(h) for h in await worker.call(0x77, "handles")]
+    minted = await worker.call(0x77, "handles")
     first.signal(signal.SIGKILL)
     await asyncio.to_thread(first.wait)
     second, _, _, new = start_owner(launch, "--id", "0x77", "--bind", address)
@@ -291,7 +291,7 @@ async def test_ten_thousand_remote_events_awaited_at_once(
     count = 10_000
     owner, owner_id, address, _ = start_owner(launch, "--count", str(count))
     await worker.connect(address)
-    handles = [EventHandle.from_bytes(h) for h in await worker.call(owner_id, "handles")]
+    handles = await worker.call(owner_id, "handles")
     assert len(set(handles)) == count
     everything = asyncio.gather(*(worker.events.awaiter(h) for h in handles))
     await wait_until(lambda: worker.events.stats()["remote_awaited"] == count, within=20)

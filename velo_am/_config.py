@@ -102,7 +102,7 @@ OPTIONS: Final = (
            "seconds between heartbeats on each watched link (answered below the application)",
            "1.0"),
     Option("heartbeat_timeout", "VELO_HEARTBEAT_TIMEOUT", 5.0, _positive_float,
-           "a watched peer silent this many seconds is lost: its calls fail, its events poison",
+           "a watched peer silent this many seconds is lost: calls and waits on it fail",
            "5.0"),
     Option("call_timeout", "VELO_CALL_TIMEOUT", 30.0, _positive_float,
            "default timeout of call() in seconds", "30.0"),

@@ -7,9 +7,11 @@ handle, asking its owner, or having it create an event goes through runtime hand
 (:mod:`velo_am._event_handlers`, docs/protocol.md §12).
 
 When an owner is lost (heartbeats), closes or cannot be reached, every local waiter on its
-handles is poisoned with a reason naming it. A closing worker first poisons its own pending
-events, so remote waiters learn it before the goodbye. A restarted worker starts its slots at
-a random generation: handles of its predecessor read as poisoned, never as a success.
+handles ends with ``OutcomeUnknown`` naming why, and nothing is recorded: only the owner
+decides a handle's outcome, and a later await asks it again. A closing worker first poisons
+its own pending events, so remote waiters learn it before the goodbye. A restarted worker
+starts its slots at a random generation: handles of its predecessor read as poisoned, never
+as a success.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ class RemoteEvents:
                 continue
             interval = min(interval * 2, max(_MAX_RESUBSCRIBE_INTERVAL, interval))
             heapq.heappush(repeats, (now + interval, handle, interval))
-            # A lost owner poisons its waiters; one not connected now is left to that.
+            # A lost owner ends its waits (OutcomeUnknown); one not connected now is left to that.
             if self._post(handle >> 64, handle):
                 self._counters["events_subscriptions_sent"] += 1
 

@@ -228,7 +228,7 @@ class SyncWorker:
 
     @property
     def address(self) -> str:
-        """The endpoint actually bound (port 0 resolved); empty before :meth:`start`."""
+        """The address other workers reach this one at (see :attr:`Worker.address`)."""
         return self._worker.address
 
     # -- peers ------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ class SyncEvents(EventManager):
             if self._runtime.state == "closed":
                 raise WorkerClosed(self._runtime.closed_text())
         # A remote wait whose subscription never leaves (the loop ended first) is still woken:
-        # the runtime poisons every remote waiter once its loop is gone.
+        # the runtime ends every remote wait (OutcomeUnknown) once its loop is gone.
         self._routed(self._events.wait, handle, timeout)
 
     def trigger_confirmed(self, handle: EventHandle, timeout: float | None = None) -> None:

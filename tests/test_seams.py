@@ -174,8 +174,10 @@ async def test_socket_security_applies_to_every_socket() -> None:
 
 
 def test_security_belongs_to_the_transport_it_configures() -> None:
-    with pytest.raises(ValueError, match="give security to the transport"):
+    with pytest.raises(ValueError, match="give security and addresses to the transport"):
         Worker(1, transport=FakeNetwork().transport(), security=Plaintext())
+    with pytest.raises(ValueError, match="give security and addresses to the transport"):
+        Worker(1, transport=FakeNetwork().transport(), advertise="node7")
     transport = ZmqTransport("tcp://127.0.0.1:0", max_message_size=1024, security=Plaintext())
     assert isinstance(transport.security, Plaintext)
 

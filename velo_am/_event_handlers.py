@@ -67,9 +67,7 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
         return handle if lease is None else [handle, lease]  # the lease kept: creators check
 
     def renew(payload: list[Any], ctx: CallContext) -> float:
-        handle = EventHandle.from_bytes(payload[0])
-        with stale_as_invalid(handle):
-            return events.renew_own_lease(handle, payload[1])
+        return events.renew_own_lease(EventHandle.from_bytes(payload[0]), payload[1])
 
     def pending(payload: list[Any], ctx: CallContext) -> list[Any]:
         handle = EventHandle.from_bytes(payload[0])

@@ -108,7 +108,7 @@ class Worker(FromEnv):
         transport: Transport | None = None,
         observer: bool = False,
     ) -> None:
-        # Every parameter but the last three is an option of the table (velo_am._config).
+        # The parameters that are options of the table (velo_am._config), by name.
         given = {name: value for name, value in locals().items() if name in OPTION_NAMES}
         options = WorkerOptions.resolve(**given)
         self.worker_id: Final = options.worker_id
@@ -126,11 +126,11 @@ class Worker(FromEnv):
         #: ``time.monotonic()`` at :meth:`start`.
         self.started_at = 0.0
         self._seeds = options.peers
-        found_by = options.discovery
-        finder = open_discovery(found_by) if isinstance(found_by, str) else found_by
+        chosen = options.discovery
+        backend = open_discovery(chosen) if isinstance(chosen, str) else chosen
         size = options.max_message_size
-        if transport is not None and security is not None:
-            raise ValueError("give security to the transport you pass, not to the Worker")
+        if transport is not None and (security is not None or advertise or interface):
+            raise ValueError("give security and addresses to the transport you pass instead")
         self._transport = transport or ZmqTransport(
             options.bind,
             max_message_size=size,
@@ -212,7 +212,7 @@ class Worker(FromEnv):
         self._routes = Routes(
             self._membership,
             self._outbound,
-            finder,
+            backend,
             options.handshake_timeout,
             self._check_running,
             self._shell.apply,

@@ -13,18 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import wait_until
 
-from velo_am._demo import CausalProgress, _Demo, _Node, progress_line
+from velo_am._demo import CausalProgress, DemoNode, _Demo, progress_line
 from velo_event import EventHandle
 
 _indexes = itertools.count(1)
 
 
-def node(label: str, *inputs: _Node, fail_fast: bool = False) -> _Node:
+def node(label: str, *inputs: DemoNode, fail_fast: bool = False) -> DemoNode:
     handle = EventHandle.from_parts(7, next(_indexes), 1)
-    return _Node(label, handle, 7, list(inputs), fail_fast=fail_fast)
+    return DemoNode(label, handle, 7, list(inputs), fail_fast=fail_fast)
 
 
-def heard(progress: CausalProgress, *observations: tuple[_Node, float, str | None]) -> list[str]:
+def heard(progress: CausalProgress, *observations: tuple[DemoNode, float, str | None]) -> list[str]:
     """Feed what the coordinator heard of, in this order: the labels shown, in order."""
     shown = []
     for item, at, reason in observations:
@@ -80,7 +80,7 @@ def test_what_never_got_its_cause_is_shown_at_the_end_in_the_order_heard() -> No
     assert progress.held() == [], "then forgotten"
 
 
-def _demo_graph() -> list[_Node]:
+def _demo_graph() -> list[DemoNode]:
     shards = [node(f"shard {index}") for index in range(3)]
     caches = [node(f"cache {index}") for index in range(3)]
     tokenizer, draft = node("tokenizer"), node("draft")
@@ -95,7 +95,7 @@ def _demo_graph() -> list[_Node]:
 def test_any_order_heard_is_shown_in_causal_order(data: st.DataObject) -> None:
     graph = _demo_graph()
     progress = CausalProgress()
-    shown: list[_Node] = []
+    shown: list[DemoNode] = []
     for item in data.draw(st.permutations(graph)):
         reason = "draft failed" if item.label in ("draft", "speculative") else None
         item.finished, item.reason = 1.0, reason
@@ -121,9 +121,9 @@ async def test_the_demo_shows_a_merge_after_the_remote_input_it_waited_on(
     demo = _Demo(1, lines.append)
     demo.started = time.monotonic()
     cache = owner.events.new_event(label="KV cache")
-    kv = _Node("KV cache on worker 0x2", cache.handle, 2)
+    kv = DemoNode("KV cache on worker 0x2", cache.handle, 2)
     merged = coordinator.events.merge_events([cache.handle], label="server ready")
-    demo.nodes += [kv, _Node("server ready", merged, 0xC0, [kv])]
+    demo.nodes += [kv, DemoNode("server ready", merged, 0xC0, [kv])]
     watchers = [asyncio.ensure_future(demo.watch(coordinator, item)) for item in demo.nodes]
 
     def both_wait() -> bool:

@@ -60,11 +60,12 @@ def register(worker: Worker) -> None:
 
 
 @dataclass
-class _Node:
+class DemoNode:
+    """One event of the demo's graph, as the coordinator sees it complete."""
     label: str
     handle: EventHandle
     owner: int
-    inputs: list[_Node] = field(default_factory=list)
+    inputs: list[DemoNode] = field(default_factory=list)
     finished: float | None = None
     reason: str | None = None
     fail_fast: bool = False
@@ -90,9 +91,9 @@ class CausalProgress:
 
     def __init__(self) -> None:
         self._shown: set[EventHandle] = set()
-        self._held: list[_Node] = []
+        self._held: list[DemoNode] = []
 
-    def seen(self, node: _Node) -> list[_Node]:
+    def seen(self, node: DemoNode) -> list[DemoNode]:
         """``node`` was heard of complete (its ``reason`` set if poisoned): what to show now,
         in order (``node`` and what it released, or nothing while a cause is missing)."""
         self._held.append(node)
@@ -103,13 +104,13 @@ class CausalProgress:
             shown.append(ready)
         return shown
 
-    def held(self) -> list[_Node]:
+    def held(self) -> list[DemoNode]:
         """What is still held back, in the order it was heard of (the watch ended before a
         cause was heard of: shown anyway, it happened); then forgotten."""
         held, self._held = self._held, []
         return held
 
-    def _caused(self, node: _Node) -> bool:
+    def _caused(self, node: DemoNode) -> bool:
         shown = [cause for cause in node.inputs if cause.handle in self._shown]
         if len(shown) == len(node.inputs):
             return True
@@ -117,7 +118,7 @@ class CausalProgress:
         return node.fail_fast and node.reason is not None and failed
 
 
-def progress_line(node: _Node) -> str:
+def progress_line(node: DemoNode) -> str:
     """A completed node's line in the live progress."""
     mark = "✔" if node.reason is None else "✘"
     line = f"  {node.finished or 0.0:6.2f} s  {mark} {node.label:<34} (worker {node.owner:#x})"
@@ -193,7 +194,7 @@ class _Demo:
     def __init__(self, workers: int, out: Callable[[str], None]) -> None:
         self.count = workers
         self.out = out
-        self.nodes: list[_Node] = []
+        self.nodes: list[DemoNode] = []
         self.progress = CausalProgress()
         self.started = 0.0
 
@@ -202,11 +203,11 @@ class _Demo:
 
     async def load(
         self, coordinator: Worker, owner: int, label: str, fail: str | None = None
-    ) -> _Node:
+    ) -> DemoNode:
         seconds = round(random.uniform(0.3, 1.2), 2)
         payload = {"label": label, "seconds": seconds, "fail": fail}
         handle: EventHandle = await coordinator.call(owner, "demo.load", payload)
-        node = _Node(label, handle, owner)
+        node = DemoNode(label, handle, owner)
         self.nodes.append(node)
         return node
 
@@ -215,18 +216,18 @@ class _Demo:
         coordinator: Worker,
         owner: int,
         label: str,
-        inputs: list[_Node],
+        inputs: list[DemoNode],
         fail_fast: bool = False,
-    ) -> _Node:
+    ) -> DemoNode:
         handles = [node.handle for node in inputs]
         handle = await coordinator.events.merge_events_on(
             owner, handles, label=label, fail_fast=fail_fast
         )
-        node = _Node(label, handle, owner, inputs, fail_fast=fail_fast)
+        node = DemoNode(label, handle, owner, inputs, fail_fast=fail_fast)
         self.nodes.append(node)
         return node
 
-    async def watch(self, coordinator: Worker, node: _Node) -> None:
+    async def watch(self, coordinator: Worker, node: DemoNode) -> None:
         try:
             await coordinator.events.awaiter(node.handle)
         except EventPoison as poison:
@@ -345,7 +346,7 @@ class _Demo:
         out(f"messages sent: {sent} in all ({per})")
 
     def tree(
-        self, node: _Node, prefix: str, last: bool, shown: set[int], top: bool = False
+        self, node: DemoNode, prefix: str, last: bool, shown: set[int], top: bool = False
     ) -> None:
         branch = "" if top else ("└─ " if last else "├─ ")
         when = f"{node.finished:6.2f} s" if node.finished is not None else "    -   "

@@ -62,6 +62,7 @@ def register(worker: Worker) -> None:
 @dataclass
 class DemoNode:
     """One event of the demo's graph, as the coordinator sees it complete."""
+
     label: str
     handle: EventHandle
     owner: int

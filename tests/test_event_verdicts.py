@@ -230,7 +230,7 @@ def test_generation_zero_is_complete_for_the_owner_as_for_everyone() -> None:
     core = tagged_core()
     unallocated = EventHandle.from_parts(2, core.new_event().index + 1, 0)
     assert core.status(unallocated) is None
-    assert core.add_waiter(unallocated, "early", lambda key, wake: None, early=True) is None
+    assert core.add_early_waiter(unallocated, "early", lambda key, wake: None) is None
 
 
 def test_an_untagged_core_keeps_every_future_generation_pending() -> None:
@@ -250,19 +250,19 @@ def test_early_waiters_move_to_their_generation_when_it_is_issued() -> None:
     second = first.with_generation(first.generation + 1)
     with pytest.raises(InvalidGenerationError):  # a local await is refused at once
         core.add_waiter(second, "local", wake)
-    assert core.add_waiter(second, "early", wake, early=True) is PENDING
-    assert core.add_waiter(second, "dropped", wake, early=True) is PENDING
+    assert core.add_early_waiter(second, "early", wake) is PENDING
+    assert core.add_early_waiter(second, "dropped", wake) is PENDING
     core.remove_waiter(second, "dropped")
     far = first.with_generation(first.generation + LOOKAHEAD + 1)
     with pytest.raises(InvalidGenerationError):
-        core.add_waiter(far, "stale", wake, early=True)
+        core.add_early_waiter(far, "stale", wake)
     core.trigger(first)
     assert woken == []
     assert core.new_event() == second
     core.poison(second, "bad input")
     assert woken == [("early", "bad input")]
     next_slot = EventHandle.from_parts(2, first.index + 1, first.generation)
-    assert core.add_waiter(next_slot, "new slot", wake, early=True) is PENDING
+    assert core.add_early_waiter(next_slot, "new slot", wake) is PENDING
     busy = core.new_event()  # the freed slot, reused
     assert core.new_event() == next_slot  # a slot allocated at the first generation
     core.trigger(next_slot)
@@ -270,10 +270,10 @@ def test_early_waiters_move_to_their_generation_when_it_is_issued() -> None:
     core.trigger(busy)
     third = second.with_generation(second.generation + 3)
     unallocated = EventHandle.from_parts(2, first.index + 2, first.generation)
-    assert core.add_waiter(third, "closing", wake, early=True) is PENDING
-    assert core.add_waiter(unallocated, "closing too", wake, early=True) is PENDING
+    assert core.add_early_waiter(third, "closing", wake) is PENDING
+    assert core.add_early_waiter(unallocated, "closing too", wake) is PENDING
     core.force_shutdown("closing")
     assert woken[-2:] == [("closing", "closing"), ("closing too", "closing")]
     core.remove_waiter(unallocated, "closing too")  # woken already: harmless
     late = third.with_generation(third.generation + 1)
-    assert core.add_waiter(late, "late", wake, early=True) == "closing"
+    assert core.add_early_waiter(late, "late", wake) == "closing"

@@ -370,7 +370,7 @@ class RemoteEvents:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed
         try:
             # Early: a generation this incarnation may still issue waits until it does.
-            outcome = self._core.add_waiter(handle, key, self._notify, early=True)
+            outcome = self._core.add_early_waiter(handle, key, self._notify)
         except (UnknownEventError, InvalidGenerationError):
             # A slot or generation this incarnation never issued, nor will: a predecessor's.
             outcome = self._core.stale_reason

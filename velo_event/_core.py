@@ -298,8 +298,6 @@ class EventCore:
         """The outcome of the handle's generation, or :data:`PENDING` (also for one not issued
         yet); a tagged core's :attr:`stale_reason` for another incarnation's handle."""
         generation = handle & _U32
-        if generation == 0 and handle >> 64 == self.system_id:
-            return None  # generation 0 is never issued: always complete
         slot = self._peek(handle)
         if slot is not None:
             # Read once each: between two reads of ``last`` a trigger may end the generation.
@@ -311,6 +309,8 @@ class EventCore:
         try:
             with self._lock:  # rare: not issued yet, or stale, or the slot just moved on
                 slot = self._slot_if_allocated(handle) if self._tagged else self._slot(handle)
+                if generation == 0:
+                    return None  # never issued: always complete
                 if slot is None:  # not allocated yet
                     return PENDING if self._ahead(None, generation) else self.stale_reason
                 if generation <= slot.last:
@@ -350,21 +350,37 @@ class EventCore:
             if self._deferred:
                 self._drain_deferred()
 
-    def add_waiter(
-        self, handle: int, key: Hashable, callback: WakeCallback, *, early: bool = False
-    ) -> Outcome:
+    def add_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
-        its outcome. A generation not issued yet raises :class:`InvalidGenerationError`
-        (``UnknownEventError`` in a slot not allocated yet), unless ``early`` (another worker's
-        subscription, which cannot be refused): one this core may still issue, within the
-        lookahead, gets its waiter, woken when it completes (or with the shutdown reason)."""
-        generation = handle & _U32
-        if generation == 0 and handle >> 64 == self.system_id:
-            return None  # never issued: always complete
+        its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
         try:
             with self._lock:
-                slot = self._slot_if_allocated(handle) if early else self._slot(handle)
+                slot = self._slot(handle)
+                generation = handle & _U32
+                if generation <= slot.last:
+                    return self._outcome(slot, generation)
+                if generation != slot.active:
+                    raise self._invalid_generation(handle, slot)
+                if slot.waiters is None:
+                    slot.waiters = {key: callback}
+                else:
+                    slot.waiters[key] = callback
+        finally:
+            if self._deferred:
+                self._drain_deferred()
+        return PENDING
+
+    def add_early_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
+        """:meth:`add_waiter` for another worker's subscription, which cannot be refused: a
+        generation this core may still issue (within the lookahead, also in a slot not
+        allocated yet) gets its waiter, woken when it completes (or with the shutdown reason).
+        Any other generation not issued raises ``InvalidGenerationError`` (``UnknownEventError``
+        in a slot not allocated yet)."""
+        try:
+            with self._lock:
+                generation = handle & _U32
+                slot = self._slot_if_allocated(handle)
                 if slot is not None:
                     if generation <= slot.last:
                         return self._outcome(slot, generation)
@@ -374,7 +390,9 @@ class EventCore:
                         else:
                             slot.waiters[key] = callback
                         return PENDING
-                if not (early and self._ahead(slot, generation)):
+                if not self._ahead(slot, generation):
+                    if generation == 0:
+                        return None  # never issued: always complete
                     if slot is None:
                         raise UnknownEventError(f"Unknown event {EventHandle.from_int(handle)}")
                     raise self._invalid_generation(handle, slot)

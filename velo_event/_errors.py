@@ -56,9 +56,8 @@ class SystemShutdownError(EventError):
     """``new_event`` or ``merge_events`` after ``force_shutdown``."""
 
 
-class EventPoison(EventError):
-    """An awaited event was poisoned: ``handle`` is the poisoned event (for a merge, the merged
-    handle) and ``reason`` the first reason it was poisoned with."""
+class _AboutAHandle(EventError):
+    """An error about one handle, for one reason (both kept, and through pickling)."""
 
     def __init__(self, handle: EventHandle, reason: str) -> None:
         super().__init__(handle, reason)
@@ -73,11 +72,16 @@ class EventPoison(EventError):
     def reason(self) -> str:
         return self._reason
 
-    def __str__(self) -> str:
-        return f"Event {self._handle} poisoned: {self._reason}"
-
     def __reduce__(self) -> tuple[object, tuple[EventHandle, str]]:
         return (type(self), (self._handle, self._reason))
+
+
+class EventPoison(_AboutAHandle):
+    """An awaited event was poisoned: ``handle`` is the poisoned event (for a merge, the merged
+    handle) and ``reason`` the first reason it was poisoned with."""
+
+    def __str__(self) -> str:
+        return f"Event {self._handle} poisoned: {self._reason}"
 
 
 class EventTimeout(TimeoutError):
@@ -121,28 +125,12 @@ class EventTimeout(TimeoutError):
         return (type(self), (self._handle, self._timeout, self._pending, self._more))
 
 
-class OutcomeUnknown(EventError):
+class OutcomeUnknown(_AboutAHandle):
     """An await ended without the event's outcome: whoever answers for the handle could not
     (for another worker's handle: its owner was lost, closed or could not be reached, or this
     worker closed). It is not a verdict: the event may still complete, nothing recorded it as
     poisoned, and a later await or poll asks again. ``handle`` is the awaited handle and
     ``reason`` says why no answer came."""
 
-    def __init__(self, handle: EventHandle, reason: str) -> None:
-        super().__init__(handle, reason)
-        self._handle = handle
-        self._reason = reason
-
-    @property
-    def handle(self) -> EventHandle:
-        return self._handle
-
-    @property
-    def reason(self) -> str:
-        return self._reason
-
     def __str__(self) -> str:
         return f"Outcome of event {self._handle} unknown: {self._reason}"
-
-    def __reduce__(self) -> tuple[object, tuple[EventHandle, str]]:
-        return (type(self), (self._handle, self._reason))

@@ -88,6 +88,7 @@ class Outbound:
         self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
         self._sends_on: dict[int, LinkId] = {}  # peer -> the link its last send took
+        self._closed = False  # set by close(): the worker is going
         self._used: dict[LinkId, float] = {}  # our links -> last traffic (loop time)
         self._up: set[LinkId] = set()  # our links that reach their peer now
         self._dialing: dict[LinkId, int] = {}  # our links -> handshakes in flight on them
@@ -263,6 +264,7 @@ class Outbound:
 
     def close(self) -> None:
         """Close every link at once (the worker is closing)."""
+        self._closed = True
         for link in list(self._used):
             self._close(link)
         self._theirs.clear()
@@ -347,6 +349,9 @@ class Outbound:
         try:
             self.send(peer_id, msg, dial=dial)
         except (PeerUnreachable, p.ProtocolError) as error:
+            if self._closed:  # membership news of a worker that closed concern nobody now
+                logger.debug("dropping %s: %s", type(msg).__name__, error)
+                return
             self._log.warning("send", "dropping %s: %s", type(msg).__name__, error, peer=peer_id)
 
     def request(

@@ -19,6 +19,7 @@ from velo_event import (
     EventStatus,
     InvalidGenerationError,
     OutcomeUnknown,
+    UnknownEventError,
 )
 from velo_event._core import _Slot
 from velo_event.lowlevel import LOOKAHEAD, PENDING, EventCore, Wake
@@ -277,3 +278,20 @@ def test_early_waiters_move_to_their_generation_when_it_is_issued() -> None:
     core.remove_waiter(unallocated, "closing too")  # woken already: harmless
     late = third.with_generation(third.generation + 1)
     assert core.add_early_waiter(late, "late", wake) == "closing"
+
+
+def test_a_local_await_or_merge_of_an_earlier_incarnations_handle_reads_as_stale() -> None:
+    # The soak (benchmarks/soak.py) found it: a merge made on a restarted worker over a
+    # handle of its predecessor failed with "Unknown event …", naming no restart.
+    earlier = EventCore(2, local=False, first_generation=1_000, index_tag=7)
+    core = EventCore(2, local=False, first_generation=1_000 + 10 * LOOKAHEAD, index_tag=9)
+    core.new_event()
+    for handle in (earlier.new_event(), EventHandle.from_parts(2, 5, 1_000)):
+        assert core.awaitable(handle) == core.stale_reason
+        assert core.add_waiter(handle, "merge", lambda key, wake: None) == core.stale_reason
+    # This incarnation's own tag, a slot not allocated yet: not issued, still refused.
+    not_issued = EventHandle.from_parts(2, 9 << 23 | 5, 1_000 + 10 * LOOKAHEAD)
+    with pytest.raises(UnknownEventError):
+        core.awaitable(not_issued)
+    with pytest.raises(UnknownEventError):
+        core.add_waiter(not_issued, "merge", lambda key, wake: None)

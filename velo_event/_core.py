@@ -129,6 +129,17 @@ class EventCore:
             return None
         return self._slot(handle)
 
+    def _from_another_incarnation(self, handle: int) -> bool:
+        """Whether a handle naming no slot here was minted by an earlier incarnation of this
+        tagged core (another tag, or a generation below this one's first): a local await
+        then reads it as :attr:`stale_reason`, as other workers do, not as an unknown event
+        (which would name neither the restart nor the worker)."""
+        index = (handle - self._prefix) >> 32
+        generation = handle & _U32
+        return self._tagged and (
+            not 0 <= index <= self._max_index or 0 < generation < self._first_generation
+        )
+
     def _ahead(self, slot: _Slot | None, generation: int) -> bool:
         """Whether a generation above the slot's last (``slot`` None: not allocated yet) is
         one this core may still issue, within its lookahead."""
@@ -345,6 +356,10 @@ class EventCore:
             if generation != slot.active:
                 raise self._invalid_generation(handle, slot)
             return PENDING
+        except UnknownEventError:
+            if self._from_another_incarnation(handle):
+                return self.stale_reason
+            raise
         finally:
             lock.release()
             if self._deferred:
@@ -366,6 +381,10 @@ class EventCore:
                     slot.waiters = {key: callback}
                 else:
                     slot.waiters[key] = callback
+        except UnknownEventError:
+            if self._from_another_incarnation(handle):
+                return self.stale_reason
+            raise
         finally:
             if self._deferred:
                 self._drain_deferred()

@@ -14,7 +14,7 @@ soak. Handlers (called by the soak's coordinator):
   ``["poisoned", reason]``, ``["unknown", reason]`` (``OutcomeUnknown``) or ``["timeout"]``.
 * ``soak.ping``: ``None``. ``soak.stats``: ``[messages_out, messages_in]``.
 
-Exits after ``--max-seconds`` (a soak that died without reaping it leaves nothing behind).
+Exits once the soak that started it is gone (its parent changed), or after ``--max-seconds``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from velo_am import CallContext, Worker
@@ -73,9 +74,23 @@ async def main(args: argparse.Namespace) -> None:
         def ready() -> None:
             print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
 
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(args.max_seconds):
-                await worker.serve_forever(ready=ready)
+        serving = asyncio.ensure_future(worker.serve_forever(ready=ready))
+        watching = asyncio.ensure_future(watch_parent(os.getppid()))
+        try:
+            await asyncio.wait(
+                [serving, watching], timeout=args.max_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (serving, watching):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def watch_parent(parent: int) -> None:
+    """Returns once the soak that started this process is gone (it crashed: nobody reaps)."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no notification of a parent's death
+        await asyncio.sleep(1.0)
 
 
 if __name__ == "__main__":

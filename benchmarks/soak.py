@@ -127,7 +127,7 @@ class Soak:
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.incarnations: Counter[int] = Counter()
         self.logs: dict[int, IO[bytes]] = {}
-        self.directory = tempfile.mkdtemp(prefix="velo-soak-")
+        self.directory = ""  # the workers' logs: made by run()
         self.faulting: set[int] = set()  # workers in a fault now
         self.fault_windows: list[tuple[int, float, float]] = []  # worker, start, end
         self.injected: Counter[str] = Counter()
@@ -213,7 +213,25 @@ class Soak:
             return
         self.messages[worker_id, self.incarnations[worker_id]] = out
 
+    async def check_alive(self) -> None:
+        """A worker that exited with no fault injected crashed: a violation; it restarts."""
+        for worker_id in self.ids:
+            process = self.processes[worker_id]
+            if worker_id in self.faulting or process.returncode is None:
+                continue
+            last = self.last_log_line(worker_id)
+            self.violation(
+                f"worker {worker_id:#x} exited by itself with code {process.returncode}: {last}"
+            )
+            await self.launch(worker_id)
+
+    def last_log_line(self, worker_id: int) -> str:
+        path = Path(self.directory) / f"worker-{worker_id}.log"
+        lines = path.read_text(errors="replace").splitlines()
+        return lines[-1] if lines else "(nothing on stderr)"
+
     async def sample(self) -> None:
+        await self.check_alive()
         for worker_id in self.ids:
             self.sample_rss(worker_id)
         live = [w for w in self.ids if w not in self.faulting]
@@ -489,6 +507,7 @@ class Soak:
     # -- the run -------------------------------------------------------------------------------
 
     async def run(self) -> float:
+        self.directory = tempfile.mkdtemp(prefix="velo-soak-")
         self.coordinator = Worker(
             COORDINATOR,
             bind="tcp://127.0.0.1:0",
@@ -579,10 +598,14 @@ async def main(args: argparse.Namespace) -> int:
     soak = Soak(args)
     try:
         elapsed = await soak.run()
+    except BaseException:
+        if soak.directory:
+            print(f"worker logs kept in {soak.directory}", file=sys.stderr)
+        raise
     finally:
         soak.kill_all()
     soak.report(elapsed)
-    if not soak.violations:
+    if not soak.violations and soak.directory:
         shutil.rmtree(soak.directory, ignore_errors=True)
     return 1 if soak.violations else 0
 
@@ -598,7 +621,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=positive, default=60.0, help="run length (60)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (4)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed: the same graphs and fault choices (timings differ); default random",
+    )
     parser.add_argument(
         "--faults-every", type=positive, default=3.0, help="mean seconds between faults (3)"
     )

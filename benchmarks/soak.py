@@ -452,7 +452,7 @@ class Soak:
             # A stale read says nothing of the outcome the inputs' merges saw.
             stale = f"{STALE} of worker {node.owner:#x}"
             views.append([o for o in answers if o.reason != stale])
-            for answer in answers:
+            for answer in {(o.kind, o.reason): o for o in answers}.values():  # each answer once
                 if answer.kind == "poisoned":
                     self.check_reason(name, node, answer.reason, faulted)
                 elif node.planned_poison:

@@ -180,8 +180,14 @@ class Soak:
         self.processes[worker_id] = process
         self.incarnations[worker_id] += 1
         assert process.stdout is not None
-        async with asyncio.timeout(60):
-            line = await process.stdout.readline()
+        try:
+            async with asyncio.timeout(60):
+                line = await process.stdout.readline()
+        except TimeoutError:
+            raise RuntimeError(
+                f"worker {worker_id:#x} (incarnation {self.incarnations[worker_id]}) printed no "
+                "READY within 60 s: its start() could not join the mesh"
+            ) from None
         if not line.startswith(b"READY"):
             raise RuntimeError(f"worker {worker_id:#x} did not start: {line!r}")
 

@@ -108,27 +108,38 @@ class EventAwaiter:
         future: asyncio.Future[object] = loop.create_future()
         outcome: object = self._add_waiter(self._handle, future, wake_future)
         if outcome is PENDING:
-            timeout = self._timeout
-            timer = None
-            if timeout is not None:
-                timer = loop.call_later(timeout, _resolve, future, _EXPIRED)
-            try:
-                outcome = yield from future.__await__()
-            except BaseException:
-                self._remove_waiter(self._handle, future)
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if outcome is _EXPIRED:
-                self._remove_waiter(self._handle, future)
-                assert self._expired is not None and timeout is not None
-                outcome = yield from self._expired(self._handle, timeout).__await__()
-        if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
-            raise OutcomeUnknown(self._handle, outcome.reason)
-        self._outcome = cast(Outcome, outcome)  # later awaits take the fast path
+            if self._timeout is not None:
+                outcome = yield from self._wait_within(loop, future, self._timeout)
+            else:  # the hot path: nothing here but the wait
+                try:
+                    outcome = yield from future.__await__()
+                except BaseException:
+                    self._remove_waiter(self._handle, future)
+                    raise
         if outcome is not None:
+            if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
+                raise OutcomeUnknown(self._handle, outcome.reason)
+            self._outcome = cast(str, outcome)  # later awaits take the fast path
             raise EventPoison(self._handle, cast(str, outcome))
+        self._outcome = None
+
+    def _wait_within(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[object], timeout: float
+    ) -> Generator[Any, None, object]:
+        """The wait on ``future``, up to ``timeout`` seconds; then ``expired`` decides."""
+        timer = loop.call_later(timeout, _resolve, future, _EXPIRED)
+        try:
+            outcome = yield from future.__await__()
+        except BaseException:
+            self._remove_waiter(self._handle, future)
+            raise
+        finally:
+            timer.cancel()
+        if outcome is not _EXPIRED:
+            return outcome
+        self._remove_waiter(self._handle, future)
+        assert self._expired is not None
+        return (yield from self._expired(self._handle, timeout).__await__())
 
     def __repr__(self) -> str:
         state = "pending" if self._outcome is PENDING else "complete"

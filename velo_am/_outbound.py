@@ -179,6 +179,10 @@ class Outbound:
     def is_up(self, link: LinkId) -> bool:
         return link in self._up
 
+    def authenticated(self, link: LinkId) -> str | None:
+        """What the peer on ``link`` proved (its key), while a message on it is delivered."""
+        return self._transport.authenticated(link)
+
     def peer_of(self, link: LinkId) -> int | None:
         """The peer of one of this worker's links, if known."""
         return self._owner.get(link)

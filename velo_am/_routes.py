@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, TypeVar
 
 from . import _peers as ms
-from ._errors import PeerUnreachable, WorkerClosed
+from ._errors import AuthenticationRefused, PeerUnreachable, WorkerClosed
 from ._membership import PeerTable
 from ._outbound import Outbound
 from .discovery import Discovery, DiscoveryEntry, this_host
@@ -136,11 +136,13 @@ class Routes:
         if dial is not None:
             self._fail(token, PeerUnreachable(f"{dial.address} {why}"))
 
-    def link_failed(self, link: LinkId, why: str) -> None:
-        """A link opened for dials went down before anyone answered on it."""
+    def link_failed(self, link: LinkId, why: str, *, refused: bool = False) -> None:
+        """A link opened for dials went down before anyone answered on it (``refused``: the
+        peer refused this worker's credentials)."""
         for token, dial in list(self._dials.items()):
             if dial.link == link:
-                self._fail(token, PeerUnreachable(f"cannot reach {dial.address}: {why}"))
+                error = AuthenticationRefused(why) if refused else None
+                self._fail(token, error or PeerUnreachable(f"cannot reach {dial.address}: {why}"))
 
     async def connect(self, address: str) -> int:
         """Handshake with ``address``; the peer's worker id. Raises
@@ -241,8 +243,10 @@ class Routes:
                     error = dial.exception()
                     if error is None:
                         return None
-                    if not isinstance(error, PeerUnreachable):
-                        raise error
+                    if isinstance(error, AuthenticationRefused) or not isinstance(
+                        error, PeerUnreachable
+                    ):
+                        raise error  # retrying cannot help
                     why = str(error)
             return why
         finally:

@@ -26,6 +26,7 @@ from ._calls import CallTable
 from ._errors import AMError, PeerLost
 from ._execution import HandlerExecution
 from ._flow import FlowControl
+from ._keys import KeyBindings
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._outbound import Outbound
@@ -73,6 +74,7 @@ class Shell:
         #: While closing: set once every peer told goodbye has answered.
         self.goodbyes_answered: asyncio.Event | None = None
         self._gossip_scheduled = False
+        self._keys = KeyBindings()
 
     # -- the transport's events ---------------------------------------------------------------
 
@@ -88,11 +90,15 @@ class Shell:
             return
         now = time.monotonic()
         if isinstance(msg, p.Hello):  # a handshake may name any incarnation
+            if not self._may_claim(msg, link):
+                return
             self.apply(self._membership.on_hello(msg, link, now))
             if self._membership.get(msg.src) is not None:
                 self._outbound.heard(msg.src, link, now)
             return
         if isinstance(msg, p.HelloAck):
+            if not self._may_claim(msg, link):
+                return
             self._outbound.heard(msg.src, link, now)
             self.apply(self._membership.on_hello_ack(msg, now))
             if self._outbound.is_up(link):  # it came up before we knew whose it was
@@ -135,13 +141,23 @@ class Shell:
         if peer_id is not None:
             self._membership.on_link_up(peer_id)
 
-    def link_down(self, link: LinkId, why: str) -> None:
+    def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
         peer_id = self._outbound.link_down(link)
         if peer_id is None:  # opened for a dial nobody has answered yet
             if self.routes is not None:
-                self.routes.link_failed(link, why)
+                self.routes.link_failed(link, why, refused=refused)
             return
         self.apply(self._membership.on_link_down(peer_id, why, time.monotonic()))
+
+    def _may_claim(self, msg: p.Hello | p.HelloAck, link: LinkId) -> bool:
+        """Whether the key the peer proved on ``link`` (if any) may speak as ``msg.src``."""
+        refused = self._keys.claim(self._outbound.authenticated(link), msg.src)
+        if refused is None:
+            return True
+        self._counters["dropped_wrong_key"] += 1
+        what = f"{type(msg).__name__} claiming worker {msg.src:#x}"
+        self._log.warning("wrong key", "dropping %s: %s", what, refused, peer=msg.src)
+        return False
 
     def _on_rejected(self, msg: p.Message, link: LinkId, rejected: ms.Rejected) -> None:
         self._counters[rejected.counter] += 1
@@ -231,6 +247,8 @@ class Shell:
             elif isinstance(effect, ms.Forgotten):
                 self._remote_events.on_peer_forgotten(effect.peer_id)
                 self._flow.receipts.forget(effect.peer_id)
+                if self._membership.get(effect.peer_id) is None:  # not replaced: gone
+                    self._keys.release(effect.peer_id)
             elif isinstance(effect, ms.ScheduleGossip):
                 if not self._gossip_scheduled:
                     self._gossip_scheduled = True

@@ -56,6 +56,10 @@ STATS: Final = (
         "Inbound messages dropped because they were meant for an earlier incarnation.",
     ),
     _counter(
+        "dropped_wrong_key",
+        "Handshakes dropped because the key the peer proved (CURVE) speaks for another worker.",
+    ),
+    _counter(
         "dropped_unknown_peer",
         "Inbound messages dropped because their sender was unknown or lost.",
     ),

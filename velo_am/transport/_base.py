@@ -61,8 +61,9 @@ class TransportEvents(Protocol):
         """A link this worker opened reached its peer (again, after a loss)."""
         ...
 
-    def link_down(self, link: LinkId, why: str) -> None:
-        """A link this worker opened stopped reaching its peer (it may come back)."""
+    def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
+        """A link this worker opened stopped reaching its peer (it may come back);
+        ``refused``: the peer refused this worker's credentials (retrying cannot help)."""
         ...
 
 
@@ -95,6 +96,12 @@ class Transport(Protocol):
     def send(self, link: LinkId, frames: list[bytes]) -> None:
         """Queue one message on ``link`` without blocking: :class:`LinkFull` if its queue is
         full, :class:`LinkClosed` if the link is gone."""
+        ...
+
+    def authenticated(self, link: LinkId) -> str | None:
+        """What the peer on ``link`` proved who it is with (its key, with CURVE), asked while
+        a message on ``link`` is delivered; ``None``: nothing that tells one peer from
+        another (plaintext, a key shared mesh-wide)."""
         ...
 
     def disconnect(self, link: LinkId) -> None:

@@ -208,6 +208,9 @@ class FakeTransport:
         connection.listener_link = link
         self._accepted[link] = connection
 
+    def authenticated(self, link: LinkId) -> str | None:
+        return None  # no security: nobody proves anything
+
     @property
     def identity(self) -> bytes:
         return self._identity

@@ -29,6 +29,7 @@ from ._addresses import (
     Interface,
     advertised_address,
     choose_endpoint,
+    endpoints_of,
     listen_endpoint,
     local_interfaces,
 )
@@ -67,10 +68,14 @@ class _Outgoing:
     monitor reports events by endpoint, and an event of an earlier connection to the same
     address (the link closed and reopened, a peer restarted there) must not count."""
 
-    __slots__ = ("address", "fd", "reported_down", "up")
+    __slots__ = ("address", "dialled", "fd", "identity", "reported_down", "up")
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, dialled: str, identity: str | None) -> None:
         self.address = address
+        #: The address as given (with its tokens, e.g. the key dialled).
+        self.dialled = dialled
+        #: What the peer proves by answering (the security's; e.g. the server key dialled).
+        self.identity = identity
         self.fd: int | None = None
         self.up = False
         self.reported_down = False
@@ -115,6 +120,9 @@ class ZmqTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: TransportEvents | None = None
         self._drain_scheduled = False
+        # The message being delivered: its link and first frame (what it proved is read from
+        # the frame only if asked, at a handshake).
+        self._delivering: tuple[LinkId, zmq.Frame] | None = None
         self._ids = itertools.count(1)
         self._outgoing: dict[LinkId, _Outgoing] = {}
         self._by_address: dict[str, LinkId] = {}
@@ -168,11 +176,13 @@ class ZmqTransport:
             router.bind(bind)
             bound = router.getsockopt(zmq.LAST_ENDPOINT)
             assert isinstance(bound, bytes)
-            advertised = advertised_address(
-                bound.decode(),
-                advertise=self._advertise,
-                interface=self._interface,
-                interfaces=self._interfaces,
+            advertised = self.security.advertise(
+                advertised_address(
+                    bound.decode(),
+                    advertise=self._advertise,
+                    interface=self._interface,
+                    interfaces=self._interfaces,
+                )
             )
         except (zmq.ZMQError, ValueError):  # no port is left bound, nothing half-started
             router.close(linger=0)
@@ -223,18 +233,19 @@ class ZmqTransport:
         router = self._router
         if router is None:
             raise LinkClosed("transport closed")
-        address = choose_endpoint(address, self._interfaces)
+        given = address
+        address = choose_endpoint(endpoints_of(address), self._interfaces)
         existing = self._by_address.get(address)
         if existing is not None:
             return existing
         link = b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
         try:
             router.setsockopt(zmq.CONNECT_ROUTING_ID, link)
-            self.security.configure_link(router, address, peer_id)
+            identity = self.security.configure_link(router, given, peer_id)
             router.connect(address)
-        except zmq.ZMQError as error:
+        except (zmq.ZMQError, ValueError) as error:
             raise LinkFull(f"cannot connect to {address}: {error}") from None
-        self._outgoing[link] = _Outgoing(address)
+        self._outgoing[link] = _Outgoing(address, given, identity)
         self._by_address[address] = link
         self._recheck(router)
         return link
@@ -276,6 +287,18 @@ class ZmqTransport:
         if not self._drain_scheduled and int(router.getsockopt(_EVENTS)) & _POLLIN:
             self._schedule_drain()
 
+    def authenticated(self, link: LinkId) -> str | None:
+        """What the peer on ``link`` proved (its key, with CURVE): for a link this worker
+        opened, the identity it dialled; for another, what the message being delivered on
+        it proved. ``None``: nothing (plaintext, or a key shared mesh-wide)."""
+        outgoing = self._outgoing.get(link)
+        if outgoing is not None:
+            return outgoing.identity
+        delivering = self._delivering
+        if delivering is None or delivering[0] != link:
+            return None
+        return self.security.peer_identity(delivering[1])
+
     def open_links(self) -> int:
         """Links this worker opened and has not closed (for statistics and tests)."""
         return len(self._outgoing)
@@ -302,6 +325,7 @@ class ZmqTransport:
                 link = recv(_NOBLOCK)
                 frames = []
                 frame = recv(_NOBLOCK, copy=False)
+                self._delivering = (link, frame)
                 frames.append(frame.bytes)
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
@@ -315,6 +339,8 @@ class ZmqTransport:
                 deliver(link, frames)
             except Exception:
                 logger.exception("inbound message handler failed")
+            finally:
+                self._delivering = None
         self._schedule_drain()  # more may be queued; let other tasks run first
 
     def _drain_monitor(self) -> None:
@@ -346,13 +372,17 @@ class ZmqTransport:
                         outgoing.fd = None
                         self._down(link, outgoing, self._silent)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
-                    self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
+                    refusal = self.security.refusal(kind, outgoing.dialled)
+                    if refusal is not None:
+                        self._down(link, outgoing, refusal, refused=True)
+                    else:
+                        self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
             except Exception:
                 logger.exception("link event handler failed")
 
-    def _down(self, link: LinkId, outgoing: _Outgoing, why: str) -> None:
+    def _down(self, link: LinkId, outgoing: _Outgoing, why: str, *, refused: bool = False) -> None:
         if outgoing.reported_down:
             return
         outgoing.up, outgoing.reported_down = False, True
         assert self._events is not None
-        self._events.link_down(link, why)
+        self._events.link_down(link, why, refused=refused)

@@ -147,10 +147,22 @@ class PlainSecurity:
         socket.plain_server = True
         self.calls.append("listener")
 
-    def configure_link(self, socket: zmq.Socket[bytes], address: str, peer_id: int | None) -> None:
+    def configure_link(
+        self, socket: zmq.Socket[bytes], address: str, peer_id: int | None
+    ) -> str | None:
         socket.plain_username = b"velo"
         socket.plain_password = self.password
         self.calls.append(f"link {peer_id}")
+        return None  # PLAIN: the server proves nothing
+
+    def advertise(self, address: str) -> str:
+        return address
+
+    def peer_identity(self, frame: zmq.Frame) -> str | None:
+        return None
+
+    def refusal(self, event: int, address: str) -> str | None:
+        return None  # the refusal is retried until the join timeout, as before
 
     def close(self) -> None:
         if self.authenticator is not None:

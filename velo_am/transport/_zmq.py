@@ -20,6 +20,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import secrets
 from typing import Final
 
 import zmq
@@ -66,16 +67,29 @@ _FAILED: Final[dict[int, str]] = {
 class _Outgoing:
     """One link this worker opened. ``fd`` is its current connection's descriptor: the
     monitor reports events by endpoint, and an event of an earlier connection to the same
-    address (the link closed and reopened, a peer restarted there) must not count."""
+    address (the link closed and reopened, a peer restarted there) must not count.
+    ``connection`` is the routing id of its current ZeroMQ connection: the link's own id
+    until the link is re-dialed (see :meth:`ZmqTransport._redial`)."""
 
-    __slots__ = ("address", "dialled", "fd", "identity", "reported_down", "up")
+    __slots__ = (
+        "address",
+        "connection",
+        "dialled",
+        "fd",
+        "identity",
+        "peer_id",
+        "reported_down",
+        "up",
+    )
 
-    def __init__(self, address: str, dialled: str, identity: str | None) -> None:
+    def __init__(self, address: str, dialled: str, connection: bytes, peer_id: int | None) -> None:
         self.address = address
         #: The address as given (with its tokens, e.g. the key dialled).
         self.dialled = dialled
+        self.connection = connection
+        self.peer_id = peer_id
         #: What the peer proves by answering (the security's; e.g. the server key dialled).
-        self.identity = identity
+        self.identity: str | None = None
         self.fd: int | None = None
         self.up = False
         self.reported_down = False
@@ -126,7 +140,12 @@ class ZmqTransport:
         self._ids = itertools.count(1)
         self._outgoing: dict[LinkId, _Outgoing] = {}
         self._by_address: dict[str, LinkId] = {}
+        # Links re-dialed after a lost connection: the link -> its connection's routing id,
+        # and back. Empty unless a connection was lost while its link stayed open.
+        self._connection_of: dict[LinkId, bytes] = {}
+        self._link_of: dict[bytes, LinkId] = {}
         self._silent = ""
+        self._identity = b""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -140,6 +159,7 @@ class ZmqTransport:
     ) -> str:
         self._loop = loop
         self._events = events
+        self._identity = identity
         self._interfaces = local_interfaces()
         bind = listen_endpoint(self._bind, self._interface, self._interfaces)
         self._context = context = zmq.Context()
@@ -151,10 +171,11 @@ class ZmqTransport:
         timeout_ms = max(int(liveness.timeout * 1000) - interval_ms, interval_ms)
         for option, value in (
             (zmq.ROUTER_MANDATORY, 1),
-            # A worker reconnecting (a link closed and reopened) replaces its old connection,
-            # which may linger on this side: refused, it would look like a lost peer.
-            (zmq.ROUTER_HANDOVER, 1),
-            (zmq.ROUTING_ID, identity),
+            # No ROUTER_HANDOVER: each connection this worker opens presents a routing id of
+            # its own (see connect), so a reconnecting worker never collides with its old
+            # connection lingering on the other side, and nobody can take over a link by
+            # presenting a member's id (handover also let libzmq replace a connection in the
+            # middle of a message).
             # A link closed while messages wait on it (a goodbye's answer) lets them out first.
             (zmq.LINGER, 200),
             (zmq.MAXMSGSIZE, self._max_message_size),
@@ -219,6 +240,8 @@ class ZmqTransport:
         router.close(linger=0)
         self._outgoing.clear()
         self._by_address.clear()
+        self._connection_of.clear()
+        self._link_of.clear()
         self.security.close()
         try:
             await asyncio.to_thread(context.term)
@@ -238,23 +261,60 @@ class ZmqTransport:
         existing = self._by_address.get(address)
         if existing is not None:
             return existing
-        link = b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+        link = self._new_connection_id()
         try:
-            router.setsockopt(zmq.CONNECT_ROUTING_ID, link)
-            identity = self.security.configure_link(router, given, peer_id)
-            router.connect(address)
+            outgoing = _Outgoing(address, given, link, peer_id)
+            self._connect(router, link, outgoing)
         except (zmq.ZMQError, ValueError) as error:
             raise LinkFull(f"cannot connect to {address}: {error}") from None
-        self._outgoing[link] = _Outgoing(address, given, identity)
+        self._outgoing[link] = outgoing
         self._by_address[address] = link
         self._recheck(router)
         return link
+
+    def _new_connection_id(self) -> bytes:
+        return b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+
+    def _connect(self, router: zmq.Socket[bytes], connection: bytes, outgoing: _Outgoing) -> None:
+        router.setsockopt(zmq.CONNECT_ROUTING_ID, connection)
+        # What the other side names this connection: libzmq copies the socket's options at
+        # connect, so each connection presents a routing id of its own that nobody can
+        # predict (the bound listener keeps the options it had at bind).
+        router.setsockopt(zmq.ROUTING_ID, self._identity + secrets.token_bytes(8))
+        outgoing.identity = self.security.configure_link(router, outgoing.dialled, outgoing.peer_id)
+        router.connect(outgoing.address)
+
+    def _redial(self, link: LinkId, outgoing: _Outgoing) -> None:
+        """The link's connection was lost: connect again under fresh routing ids. libzmq's
+        own reconnection would present the old routing id, which the other side may still
+        hold for the old connection (a peer frozen, a partition): without handover it would
+        ignore the new one. The link keeps its id; what was queued on it is dropped."""
+        router = self._router
+        if router is None or self._outgoing.get(link) is not outgoing:
+            return  # closed meanwhile (its owner heard it was down)
+        try:
+            router.disconnect(outgoing.address)
+        except zmq.ZMQError as error:
+            logger.debug("disconnecting %s: %s", outgoing.address, error)
+        self._link_of.pop(outgoing.connection, None)
+        connection = self._new_connection_id()
+        try:
+            self._connect(router, connection, outgoing)
+        except (zmq.ZMQError, ValueError) as error:  # the link stays down; its owner closes it
+            logger.warning("reconnecting to %s: %s", outgoing.address, error)
+            return
+        outgoing.connection = connection
+        self._connection_of[link] = connection
+        self._link_of[connection] = link
+        self._recheck(router)
 
     def disconnect(self, link: LinkId) -> None:
         outgoing = self._outgoing.pop(link, None)
         if outgoing is None or self._router is None:
             return
         self._by_address.pop(outgoing.address, None)
+        self._connection_of.pop(link, None)
+        self._link_of.pop(outgoing.connection, None)
         try:
             self._router.disconnect(outgoing.address)
         except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
@@ -267,6 +327,8 @@ class ZmqTransport:
             raise LinkClosed("transport closed")
         # Frame by frame with plain int flags: half the cost of send_multipart per message.
         send = router.send
+        if self._connection_of:
+            link = self._connection_of.get(link, link)
         try:
             send(link, _MORE_NOBLOCK)
             for frame in frames[:-1]:
@@ -320,12 +382,12 @@ class ZmqTransport:
             return
         recv = router.recv
         deliver = events.message
+        renamed = self._link_of
         for _ in range(_DRAIN_BATCH):
             try:
                 link = recv(_NOBLOCK)
                 frames = []
-                frame = recv(_NOBLOCK, copy=False)
-                self._delivering = (link, frame)
+                frame = first = recv(_NOBLOCK, copy=False)
                 frames.append(frame.bytes)
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
@@ -335,6 +397,9 @@ class ZmqTransport:
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
+            if renamed:
+                link = renamed.get(link, link)
+            self._delivering = (link, first)
             try:
                 deliver(link, frames)
             except Exception:
@@ -371,6 +436,7 @@ class ZmqTransport:
                     if value == outgoing.fd:
                         outgoing.fd = None
                         self._down(link, outgoing, self._silent)
+                        self._redial(link, outgoing)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
                     refusal = self.security.refusal(kind, outgoing.dialled)
                     if refusal is not None:

@@ -90,8 +90,8 @@ class CountingTransport:
                 transport.ups.append(link)
                 events.link_up(link)
 
-            def link_down(self, link: LinkId, why: str) -> None:
-                events.link_down(link, why)
+            def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
+                events.link_down(link, why, refused=refused)
 
         return self.inner.start(loop, Counted(), identity=identity, liveness=liveness)
 
@@ -101,6 +101,9 @@ class CountingTransport:
     def send(self, link: LinkId, frames: list[bytes]) -> None:
         self.inner.send(link, frames)
         self.sent += 1
+
+    def authenticated(self, link: LinkId) -> str | None:
+        return self.inner.authenticated(link)
 
     def disconnect(self, link: LinkId) -> None:
         self.inner.disconnect(link)

@@ -435,8 +435,8 @@ class ZmqTransport:
                 elif kind == zmq.EVENT_DISCONNECTED:
                     if value == outgoing.fd:
                         outgoing.fd = None
+                        self._redial(link, outgoing)  # first: what is sent next goes on it
                         self._down(link, outgoing, self._silent)
-                        self._redial(link, outgoing)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
                     refusal = self.security.refusal(kind, outgoing.dialled)
                     if refusal is not None:

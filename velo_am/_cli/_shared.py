@@ -227,8 +227,8 @@ def add_curve_options(parser: argparse.ArgumentParser) -> None:
 
 def curve_of(args: argparse.Namespace) -> tuple[str, str] | None:
     """The CURVE pair of the flags, each else from its variable; ``None``: CURVE off."""
-    key = args.curve_key or resolve("curve_key", None)
-    allow = args.curve_allow or resolve("curve_allow", None)
+    key = getattr(args, "curve_key", None) or resolve("curve_key", None)
+    allow = getattr(args, "curve_allow", None) or resolve("curve_allow", None)
     if key is None and allow is None:
         return None
     if key is None or allow is None:

@@ -23,7 +23,14 @@ import zmq
 import zmq.auth
 from support import FAST, Script, velo, wait_until
 
-from velo_am import AuthenticationRefused, CallContext, Curve, CurveConfig, Worker
+from velo_am import (
+    AuthenticationRefused,
+    CallContext,
+    Curve,
+    CurveConfig,
+    SyncWorker,
+    Worker,
+)
 from velo_am import _codec as codec
 from velo_am import _protocol as p
 from velo_am.transport import Plaintext
@@ -143,6 +150,16 @@ async def test_a_refused_key_is_named_at_once_not_a_join_timeout(per_worker: Key
         with pytest.raises(AuthenticationRefused, match="does not hold the key dialled"):
             await wrong.start()
         assert time.monotonic() - started < 5
+
+
+def test_a_sync_worker_takes_curve_too(shared: Keys) -> None:
+    with (
+        SyncWorker(1, curve=shared.curve("mesh"), **FAST) as a,
+        SyncWorker(2, curve=shared.curve("mesh"), peers=[a.address], **FAST) as b,
+    ):
+        a.register_handler("echo", lambda payload, ctx: payload)
+        assert b.call(1, "echo", "sync over CURVE") == "sync over CURVE"
+        assert " curve:" in a.address
 
 
 def test_bad_certificates_are_named(per_worker: Keys, tmp_path: Path) -> None:

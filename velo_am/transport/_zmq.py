@@ -59,7 +59,9 @@ _WATCHED: Final = (
 )
 _FAILED: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the ZMTP handshake failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the ZMTP handshake failed (protocol error)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+        "the ZMTP handshake failed (protocol error: does one side use CURVE, the other not?)"
+    ),
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (the peer refused our credentials)",
 }
 

@@ -119,6 +119,16 @@ async def test_a_mesh_with_a_key_per_worker(per_worker: Keys) -> None:
             assert await d.call(1, "whoami") == "a, asked by 0x4"
 
 
+async def test_discovery_entries_carry_the_key(per_worker: Keys, tmp_path: Path) -> None:
+    keys, spec = per_worker, f"dir:{tmp_path / 'board'}"
+    async with (
+        Worker(1, curve=keys.curve("a"), discovery=spec, **FAST) as a,
+        Worker(2, curve=keys.curve("b"), discovery=spec, **FAST) as b,
+    ):
+        a.register_handler("whoami", lambda payload, ctx: 1)
+        assert await b.call(1, "whoami") == 1, "found a, and its key, in the directory"
+
+
 async def test_a_mesh_with_one_shared_key(shared: Keys) -> None:
     keys = shared
     async with Worker(1, curve=keys.curve("mesh"), **FAST) as a:
@@ -464,7 +474,8 @@ async def test_a_stranger_reaches_no_handler_and_changes_no_event(
                 after = worker.stats()
                 assert [after[drop] for drop in drops] == [before[drop] for drop in drops]
         else:  # an allowed member's key: read, and dropped as b's impersonation
-            assert a.stats()["dropped_wrong_key"] > before_a["dropped_wrong_key"]
+            assert a.stats()["messages_spoofed"] >= before_a["messages_spoofed"] + 6
+            assert b.stats()["messages_spoofed"] == before_b["messages_spoofed"] + 1
         # The members still do business.
         assert await b.call(a.worker_id, "work") == "done" and v.calls == [b.worker_id]
     finally:

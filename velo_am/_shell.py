@@ -287,7 +287,7 @@ class Shell:
         refused = self._keys.claim(self._outbound.authenticated(link), msg.src)
         if refused is None:
             return True
-        self._counters["dropped_wrong_key"] += 1
+        self._counters["messages_spoofed"] += 1
         what = f"{type(msg).__name__} claiming worker {msg.src:#x}"
         self._log.warning("wrong key", "dropping %s: %s", what, refused, peer=msg.src)
         return False

@@ -56,18 +56,14 @@ STATS: Final = (
         "Inbound messages dropped because they were meant for an earlier incarnation.",
     ),
     _counter(
-        "dropped_wrong_key",
-        "Handshakes dropped because the key the peer proved (CURVE) speaks for another worker.",
-    ),
-    _counter(
         "dropped_unknown_peer",
         "Inbound messages dropped because their sender was unknown or lost.",
     ),
     _counter(
         "messages_spoofed",
         "Inbound messages dropped because their link does not speak for the sender they name "
-        "(another worker's link, no handshake on it, or a claim to be a member it could not "
-        "prove).",
+        "(another worker's link, no handshake on it, a claim to be a member it could not "
+        "prove, or with CURVE a key bound to another worker).",
     ),
     _counter(
         "late_responses",

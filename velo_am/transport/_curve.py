@@ -94,7 +94,8 @@ class Curve:
 
     With one key pair shared mesh-wide, a key proves membership of the mesh; with a pair per
     worker, it proves which member: a worker binds each member's id to the key it first
-    proved (see the README's threat model)."""
+    proved (see the README's threat model). A ``Curve`` runs one worker's ZAP handler: give
+    each worker its own (``Worker(curve=(key, allow))`` makes one)."""
 
     def __init__(self, secret_key: str | os.PathLike[str], allow: str | os.PathLike[str]) -> None:
         path = Path(secret_key)

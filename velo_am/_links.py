@@ -30,7 +30,7 @@ import enum
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from .transport import LinkId
 
@@ -48,9 +48,9 @@ MAX_CLAIMS: Final = 65_536
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Speaker:
-    """The worker (and incarnation) a link speaks for."""
+class Speaker(NamedTuple):
+    """The worker (and incarnation) a link speaks for (a tuple: made and compared once per
+    message)."""
 
     worker_id: int
     incarnation: int
@@ -82,13 +82,15 @@ class LinkTrust(Generic[T]):
     while a claim is proven (decoded messages)."""
 
     def __init__(self) -> None:
-        self._bound: dict[LinkId, Speaker] = {}
+        #: The bound links and whom each speaks for (read on every message: see
+        #: :meth:`verdict` for the rule).
+        self.bound: dict[LinkId, Speaker] = {}
         self._claims: dict[LinkId, Claim[T]] = {}
         self._by_token: dict[int, Claim[T]] = {}
         self._held = 0  # messages held on all claims
 
     def __len__(self) -> int:
-        return len(self._bound) + len(self._claims)
+        return len(self.bound) + len(self._claims)
 
     def on_hello(
         self, link: LinkId, speaker: Speaker, *, needs_proof: bool, hello_token: int, now: float
@@ -96,14 +98,14 @@ class LinkTrust(Generic[T]):
         """A ``Hello`` on ``link`` from ``speaker``; ``needs_proof``: it names a member this
         worker knows, with the incarnation it knows (and is no observer). A ``CHALLENGE``
         verdict made a claim: send :meth:`claim_of`'s token to the member."""
-        bound = self._bound.get(link)
+        bound = self.bound.get(link)
         if bound is not None:
             return Verdict.PASS if bound == speaker else Verdict.SPOOFED
         claim = self._claims.get(link)
         if claim is not None:
             return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
         if not needs_proof:
-            self._bound[link] = speaker
+            self.bound[link] = speaker
             return Verdict.PASS
         if len(self._claims) >= MAX_CLAIMS:
             return Verdict.SPOOFED
@@ -114,7 +116,7 @@ class LinkTrust(Generic[T]):
 
     def verdict(self, link: LinkId, speaker: Speaker) -> Verdict:
         """Any other message on ``link``, naming ``speaker``."""
-        bound = self._bound.get(link)
+        bound = self.bound.get(link)
         if bound is not None:
             return Verdict.PASS if bound == speaker else Verdict.SPOOFED
         claim = self._claims.get(link)
@@ -149,7 +151,7 @@ class LinkTrust(Generic[T]):
         self._held -= len(claim.held)
         proven = inbound and link == claim.link and speaker == claim.speaker
         if proven:
-            self._bound[link] = speaker
+            self.bound[link] = speaker
         return claim, proven
 
     def expire(self, now: float, timeout: float) -> list[Claim[T]]:
@@ -163,6 +165,6 @@ class LinkTrust(Generic[T]):
 
     def retain(self, known: Callable[[int], bool]) -> None:
         """Forget the links of workers for whom ``known`` is false (forgotten, gone)."""
-        for link, speaker in list(self._bound.items()):
+        for link, speaker in list(self.bound.items()):
             if not known(speaker.worker_id):
-                del self._bound[link]
+                del self.bound[link]

@@ -86,6 +86,8 @@ class Shell:
         self._gossip_scheduled = False
         #: Whom the links others opened to this worker speak for (see :mod:`._links`).
         self.trust: LinkTrust[p.Message] = LinkTrust()
+        self._bound = self.trust.bound
+        self._peer_of = outbound.peer_of
         self._keys = KeyBindings()
 
     # -- the transport's events ---------------------------------------------------------------
@@ -101,19 +103,33 @@ class Shell:
             counters["dropped_malformed"] += 1
             self._log.warning("malformed", "dropping malformed message: %s", error)
             return
-        if isinstance(msg, p.Hello | p.HelloAck):
-            if not self._may_claim(msg, link):  # before the link is bound to the claim
+        kind = type(msg)
+        if kind is not p.Hello and kind is not p.HelloAck:
+            # The common case first: a link others opened, bound, or one of ours, whose peer
+            # is known (whoever answers at the address this worker dialed).
+            speaker = self._bound.get(link)
+            if speaker is None:
+                owner = self._peer_of(link)
+                speaker = None if owner is None else Speaker(owner, msg.src_incarnation)
+            if speaker is not None:
+                if speaker.worker_id == msg.src and speaker.incarnation == msg.src_incarnation:
+                    self._handle(msg, link)
+                else:
+                    self._spoofed(msg, Verdict.SPOOFED)
                 return
-            if msg.flags & _PROVE:
-                self._prove(msg, link) if isinstance(msg, p.Hello) else self._on_proof(msg, link)
+            if self._outbound.is_own(link):  # a dial not answered yet: only its handshake
+                self._spoofed(msg, Verdict.UNBOUND)
                 return
-        if self._outbound.is_own(link):
-            # Whoever answers at the address this worker dialed: its handshakes are checked
-            # by membership (dial tokens), anything else must come from the link's peer.
-            if isinstance(msg, p.Hello | p.HelloAck) or self._outbound.peer_of(link) == msg.src:
-                self._handle(msg, link)
+        elif isinstance(msg, p.Hello | p.HelloAck) and not self._may_claim(msg, link):
+            return  # a CURVE key bound to another worker: before the link is bound to it
+        elif isinstance(msg, p.Hello | p.HelloAck) and msg.flags & _PROVE:
+            if isinstance(msg, p.Hello):
+                self._prove(msg, link)
             else:
-                self._spoofed(msg, Verdict.SPOOFED)
+                self._on_proof(msg, link)
+            return
+        elif self._outbound.is_own(link):
+            self._handle(msg, link)  # handshakes on our links: matched by dial token
             return
         speaker = Speaker(msg.src, msg.src_incarnation)
         if isinstance(msg, p.Hello):

@@ -287,10 +287,12 @@ class ZmqTransport:
         router.connect(outgoing.address)
 
     def _redial(self, link: LinkId, outgoing: _Outgoing) -> None:
-        """The link's connection was lost: connect again under fresh routing ids. libzmq's
-        own reconnection would present the old routing id, which the other side may still
-        hold for the old connection (a peer frozen, a partition): without handover it would
-        ignore the new one. The link keeps its id; what was queued on it is dropped."""
+        """The link's connection, which had completed its handshake, was lost: connect
+        again under fresh routing ids. libzmq's own reconnection would present the old
+        routing id, which the other side may still hold for the old connection (a peer
+        frozen, a partition): without handover it would ignore the new one. The link keeps
+        its id; what was queued on it is dropped. A new connection that fails is retried by
+        libzmq, backing off (``RECONNECT_IVL`` to ``RECONNECT_IVL_MAX``)."""
         router = self._router
         if router is None or self._outgoing.get(link) is not outgoing:
             return  # closed meanwhile (its owner heard it was down)
@@ -437,7 +439,8 @@ class ZmqTransport:
                 elif kind == zmq.EVENT_DISCONNECTED:
                     if value == outgoing.fd:
                         outgoing.fd = None
-                        self._redial(link, outgoing)  # first: what is sent next goes on it
+                        if outgoing.up:  # never up (a handshake failed): libzmq retries it
+                            self._redial(link, outgoing)  # first: what is sent next goes on it
                         self._down(link, outgoing, self._silent)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
                     refusal = self.security.refusal(kind, outgoing.dialled)

@@ -1,8 +1,9 @@
 """Two-process benchmark of velo_am against raw pyzmq doing the same work on loopback.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_am.py [--repeat N] [--quick] [--transport ipc]``
-(``--profile`` instead runs only the velo cases, under cProfile in both processes, and prints
-where the time goes).
+Run: ``PYTHONPATH=. python benchmarks/bench_am.py [--repeat N] [--quick] [--transport ipc]
+[--curve]`` (``--profile`` instead runs only the velo cases, under cProfile in both processes,
+and prints where the time goes; ``--curve`` adds the velo cases over CURVE, beside the
+plaintext ones).
 
 Method
 ------
@@ -36,6 +37,10 @@ Method
   DEALER's queue (SNDHWM 100,000) is full; N <= 100,000 cannot fill it, but a send refused
   for that reason is retried after 1 ms (bounded by the run's deadline) and counted in the
   per-run line (``retries``); raw senders do the same on ``zmq.Again``.
+* ``--curve``: one more velo server, and a client worker, with CURVE on (one key pair made
+  for the run, shared by both: ``Worker(curve=...)``, the server through ``VELO_CURVE_KEY``
+  and ``VELO_CURVE_ALLOW``); its call and send cases run interleaved with the others and
+  the table compares them with velo over plaintext.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import zmq
 import zmq.asyncio
+import zmq.auth
 
 from velo_am import PeerUnreachable, Worker
 
@@ -101,9 +107,11 @@ def start_server(mode: str, bind: str, profile: str | None = None) -> Server:
     return launch_server(mode, command)
 
 
-def launch_server(name: str, arguments: list[str]) -> Server:
+def launch_server(
+    name: str, arguments: list[str], extra_env: dict[str, str] | None = None
+) -> Server:
     """Run ``python *arguments`` and wait (bounded) for its ``READY <address>`` line."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     root = str(_HERE.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     # Own session: a Ctrl-C in the terminal reaches only us, and we stop the servers. Their
@@ -218,6 +226,8 @@ class Clients:
     drain: PlainReader
     count_await: PlainReader
     count_drain: PlainReader
+    curve_worker: Worker | None = None
+    curve_peer: int = 0
 
 
 def _percentile(sorted_samples: list[int], q: float) -> float:
@@ -300,6 +310,11 @@ async def latency_velo(c: Clients, n: int, payload: bytes) -> LatencyRun:
     return await velo_calls(c.worker, c.velo_peer, n, payload)
 
 
+async def latency_velo_curve(c: Clients, n: int, payload: bytes) -> LatencyRun:
+    assert c.curve_worker is not None
+    return await velo_calls(c.curve_worker, c.curve_peer, n, payload)
+
+
 async def velo_calls(worker: Worker, peer: int, n: int, payload: bytes) -> LatencyRun:
     for _ in range(WARMUP_CALLS):
         await worker.call(peer, "ping", payload)
@@ -357,6 +372,11 @@ async def throughput_velo(c: Clients, n: int, payload: bytes) -> ThroughputRun:
     return await velo_stream(c.worker, c.velo_peer, n, payload)
 
 
+async def throughput_velo_curve(c: Clients, n: int, payload: bytes) -> ThroughputRun:
+    assert c.curve_worker is not None
+    return await velo_stream(c.curve_worker, c.curve_peer, n, payload)
+
+
 async def velo_stream(worker: Worker, peer: int, n: int, payload: bytes) -> ThroughputRun:
     await worker.call(peer, "count_reset")
     retries = 0
@@ -395,8 +415,8 @@ class Case:
     runs: list[Run] = field(default_factory=list)
 
 
-def make_cases() -> list[Case]:
-    return [
+def make_cases(curve: bool) -> list[Case]:
+    cases = [
         Case("velo_call", "velo call", latency_velo, False),
         Case("A", "A raw zmq.asyncio", latency_asyncio, False),
         Case("B", "B sync pyzmq", latency_sync, False),
@@ -405,6 +425,10 @@ def make_cases() -> list[Case]:
         Case("C", "C raw await/msg", throughput_await, True),
         Case("D", "D raw NOBLOCK drain", throughput_drain, True),
     ]
+    if curve:
+        cases.insert(1, Case("curve_call", "velo call, CURVE", latency_velo_curve, False))
+        cases.insert(6, Case("curve_send", "velo send, CURVE", throughput_velo_curve, True))
+    return cases
 
 
 def _values(case: Case, attr: str) -> list[float]:
@@ -435,6 +459,15 @@ def print_table(cases: dict[str, Case]) -> None:
         Row("send msgs/s vs C (await/msg)", v_send, cases["C"], "rate", 3.0, True),
         Row("send msgs/s vs D (NOBLOCK drain)", v_send, cases["D"], "rate", 0.5, True),
     ]
+    if "curve_call" in cases:
+        c_call, c_send = cases["curve_call"], cases["curve_send"]
+        rows += [
+            Row("CURVE call RTT p50 vs velo call", c_call, v_call, "p50", None, False),
+            Row("CURVE call RTT p99 vs velo call", c_call, v_call, "p99", None, False),
+            Row("CURVE call RTT p50 vs A (zmq.asyncio)", c_call, cases["A"], "p50", None, False),
+            Row("CURVE send msgs/s vs velo send", c_send, v_send, "rate", None, True),
+            Row("CURVE send msgs/s vs D (NOBLOCK drain)", c_send, cases["D"], "rate", None, True),
+        ]
     header = ("metric", "velo", "baseline", "ratio (min-max)", "target", "met?")
     lines: list[tuple[str, ...]] = []
     for row in rows:
@@ -537,7 +570,10 @@ async def run_case(case: Case, clients: Clients, args: argparse.Namespace) -> Ru
 
 
 async def open_clients(
-    servers: dict[str, Server], endpoints: Endpoints, stack: contextlib.AsyncExitStack
+    servers: dict[str, Server],
+    endpoints: Endpoints,
+    stack: contextlib.AsyncExitStack,
+    curve: tuple[str, str] | None,
 ) -> Clients:
     loop = asyncio.get_running_loop()
     sync_context: zmq.Context[Any] = zmq.Context()
@@ -558,18 +594,42 @@ async def open_clients(
         reader = PlainReader(_dealer(sync_context, servers[mode].address), loop)
         stack.callback(reader.close)
         readers.append(reader)
-    return Clients(worker, peer, async_sock, sync_sock, *readers)
+    clients = Clients(worker, peer, async_sock, sync_sock, *readers)
+    if curve is not None:
+        clients.curve_worker = Worker(
+            bind=endpoints.bind("curve-client"), close_grace=0.5, curve=curve
+        )
+        await clients.curve_worker.start()
+        stack.push_async_callback(clients.curve_worker.close)
+        clients.curve_peer = await clients.curve_worker.connect(servers["velo_curve"].address)
+    return clients
+
+
+def make_curve_keys(directory: str) -> tuple[str, str]:
+    """One CURVE key pair for the run (shared by the client and the server), and the
+    directory of allowed keys: ``(secret certificate, allowed directory)``."""
+    allow = os.path.join(directory, "allow")
+    os.makedirs(allow)
+    public, secret = zmq.auth.create_certificates(directory, "bench")
+    shutil.copy(public, allow)
+    return secret, allow
 
 
 async def benchmark(args: argparse.Namespace, endpoints: Endpoints) -> None:
     servers: list[Server] = []
+    keys = tempfile.mkdtemp(prefix="velo-bench-curve-") if args.curve else None
     try:
         for mode in ("velo", "asyncio", "sync", "drain"):
             servers.append(start_server(mode, endpoints.bind(mode)))
+        curve = make_curve_keys(keys) if keys is not None else None
+        if curve is not None:
+            variables = {"VELO_CURVE_KEY": curve[0], "VELO_CURVE_ALLOW": curve[1]}
+            arguments = [str(_PEER_SCRIPT), "velo", "--bind", endpoints.bind("velo_curve")]
+            servers.append(launch_server("velo_curve", arguments, variables))
         by_mode = {server.mode: server for server in servers}
         async with contextlib.AsyncExitStack() as stack:
-            clients = await open_clients(by_mode, endpoints, stack)
-            cases = make_cases()
+            clients = await open_clients(by_mode, endpoints, stack, curve)
+            cases = make_cases(curve is not None)
             print_header(endpoints.describe(), args)
             for case in cases:  # warm-up: one short run of each case, not recorded
                 warm = argparse.Namespace(**{**vars(args), "messages": args.messages // 10})
@@ -583,6 +643,8 @@ async def benchmark(args: argparse.Namespace, endpoints: Endpoints) -> None:
             print_runs(cases)
     finally:
         stop_servers(servers)
+        if keys is not None:
+            shutil.rmtree(keys, ignore_errors=True)
 
 
 # -- profiling ---------------------------------------------------------------------------------
@@ -648,6 +710,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--payload", type=int, default=64, help="payload bytes")
     parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp")
     parser.add_argument("--profile", action="store_true", help="profile the velo cases only")
+    parser.add_argument("--curve", action="store_true", help="velo over CURVE too, side by side")
     parser.add_argument("--top", type=int, default=25, help="rows per profile listing")
     args = parser.parse_args()
     if args.quick:

@@ -134,9 +134,13 @@ class Hosts:
 
 
 def velo(
-    *args: str, launcher: Sequence[str] = (), timeout: float = 60.0
+    *args: str,
+    launcher: Sequence[str] = (),
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one ``python -m velo_am`` command to completion (``launcher``: on another host)."""
+    """Run one ``python -m velo_am`` command to completion (``launcher``: on another host;
+    ``env``: variables added to this process's)."""
     return subprocess.run(
         [*launcher, sys.executable, "-m", "velo_am", *args],
         cwd=ROOT,
@@ -145,6 +149,7 @@ def velo(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -39,7 +39,7 @@ from velo_am._peers import (
 )
 
 ME, MY_INC, ADDRESS = 1, 0x1111, "tcp://me:1"
-OBSERVER, NEIGHBOR, VERIFY, JOIN = (int(flag) for flag in p.HelloFlags)
+OBSERVER, NEIGHBOR, VERIFY, JOIN, _PROVE = (int(flag) for flag in p.HelloFlags)
 ALIVE, LOST, CLOSED = (int(state) for state in p.MemberState)
 
 

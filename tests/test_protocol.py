@@ -75,7 +75,7 @@ def decode_or_error(frames: Any) -> Message | None:
 
 
 def test_constants_and_enums() -> None:
-    assert PROTOCOL_VERSION == 4
+    assert PROTOCOL_VERSION == 5
     assert DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     assert {k.name: int(k) for k in Kind} == {
         "HELLO": 1,
@@ -172,7 +172,7 @@ def test_golden_bytes_of_documented_example() -> None:
     )
     frames = encode(msg)
     assert frames[0].hex(" ") == (
-        "98 04 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
+        "98 05 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
     )
     assert frames[1].hex(" ") == "81 a1 78 01"
     assert decode(frames) == msg
@@ -192,7 +192,7 @@ def test_golden_bytes_of_documented_event_updates() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("97 04 10 02 22 33 91 c4 10")
+    assert hexed.startswith("97 05 10 02 22 33 91 c4 10")
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -205,7 +205,7 @@ def test_golden_bytes_of_documented_hello() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("9a 04 01 01 cd 11 11 00 2a b3")
+    assert hexed.startswith("9a 05 01 01 cd 11 11 00 2a b3")
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -217,7 +217,7 @@ def test_golden_bytes_of_documented_credit() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed == "97 04 0a 03 33 22 cd 01 2c 11"
+    assert hexed == "97 05 0a 03 33 22 cd 01 2c 11"
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -263,7 +263,7 @@ def test_decode_accepts_bytes_like_frames() -> None:
 
 def test_decode_accepts_any_int_encoding() -> None:
     # A peer written in another language may use e.g. uint64 for small values.
-    raw = b"\x98\x04\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
+    raw = b"\x98\x05\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
     raw += b"\x00\xcc\x07\xa1h\xc2"
     assert decode([raw, b""]) == Request(1, 2, 0, 7, "h", False, b"")
 
@@ -407,9 +407,9 @@ def test_good_request_frames_decode() -> None:
     assert decode(req_frames()) == Request(1, INC, 0, 7, "echo", True, b"payload")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255, 2**64 - 1, -1])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 255, 2**64 - 1, -1])
 def test_wrong_version_names_seen_and_expected(version: int) -> None:
-    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 4\)"):
+    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 5\)"):
         decode(req_frames(index=0, value=version))
 
 
@@ -420,15 +420,15 @@ def test_version_of_wrong_type(version: Any) -> None:
 
 
 def test_newer_version_with_different_shape_reports_version() -> None:
-    with pytest.raises(ProtocolError, match="version 5"):
-        decode([header(5, "totally", {"different": "layout"})])
-    with pytest.raises(ProtocolError, match="version 5"):
-        decode([header(5)])
-    with pytest.raises(ProtocolError, match=r"version 6 \(expected 4\)"):
-        decode([header(6, 1, 2) + b"trailing"])
-    with pytest.raises(ProtocolError, match=r"version 3 \(expected 4\)"):  # the previous one
-        decode([header(3, Kind.HEARTBEAT, 1, 1, 0)])
-    with pytest.raises(ProtocolError, match="malformed header"):  # version 4 but broken
+    with pytest.raises(ProtocolError, match="version 6"):
+        decode([header(6, "totally", {"different": "layout"})])
+    with pytest.raises(ProtocolError, match="version 6"):
+        decode([header(6)])
+    with pytest.raises(ProtocolError, match=r"version 7 \(expected 5\)"):
+        decode([header(7, 1, 2) + b"trailing"])
+    with pytest.raises(ProtocolError, match=r"version 4 \(expected 5\)"):  # the previous one
+        decode([header(4, Kind.HEARTBEAT, 1, 1, 0)])
+    with pytest.raises(ProtocolError, match="malformed header"):  # version 5 but broken
         decode([header(V, {"a": 1})])
 
 

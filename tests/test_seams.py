@@ -90,8 +90,8 @@ class CountingTransport:
                 transport.ups.append(link)
                 events.link_up(link)
 
-            def link_down(self, link: LinkId, why: str) -> None:
-                events.link_down(link, why)
+            def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
+                events.link_down(link, why, refused=refused)
 
         return self.inner.start(loop, Counted(), identity=identity, liveness=liveness)
 
@@ -101,6 +101,9 @@ class CountingTransport:
     def send(self, link: LinkId, frames: list[bytes]) -> None:
         self.inner.send(link, frames)
         self.sent += 1
+
+    def authenticated(self, link: LinkId) -> str | None:
+        return self.inner.authenticated(link)
 
     def disconnect(self, link: LinkId) -> None:
         self.inner.disconnect(link)
@@ -147,10 +150,22 @@ class PlainSecurity:
         socket.plain_server = True
         self.calls.append("listener")
 
-    def configure_link(self, socket: zmq.Socket[bytes], address: str, peer_id: int | None) -> None:
+    def configure_link(
+        self, socket: zmq.Socket[bytes], address: str, peer_id: int | None
+    ) -> str | None:
         socket.plain_username = b"velo"
         socket.plain_password = self.password
         self.calls.append(f"link {peer_id}")
+        return None  # PLAIN: the server proves nothing
+
+    def advertise(self, address: str) -> str:
+        return address
+
+    def peer_identity(self, frame: zmq.Frame) -> str | None:
+        return None
+
+    def refusal(self, event: int, address: str) -> str | None:
+        return None  # the refusal is retried until the join timeout, as before
 
     def close(self) -> None:
         if self.authenticator is not None:

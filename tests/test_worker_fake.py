@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import FAKE_FAST, wait_until
 
 from velo_am import (
     CallContext,
@@ -190,15 +190,18 @@ async def test_close_refuses_new_work_and_says_goodbye(make_worker: Any) -> None
 async def test_message_for_earlier_incarnation_is_not_delivered(
     make_worker: Any, network: FakeNetwork
 ) -> None:
-    a, b = await make_worker(1), await make_worker(2)
-    calls: list[Any] = []
-    b.register_handler("note", lambda payload, ctx: calls.append(payload))
-    await a.connect(b.address)
-    stale = p.Request(1, a.incarnation, b.incarnation ^ 1, 99, "note", False, b"\xc0")
-    network.deliver(b.address, p.encode(stale))
-    await a.send(2, "note", "fresh")
-    await wait_until(lambda: calls == ["fresh"])
-    assert b.stats()["dropped_wrong_incarnation"] == 1
+    b = await make_worker(2)
+    transport = network.transport()
+    async with Worker(1, transport=transport, **FAKE_FAST) as a:
+        calls: list[Any] = []
+        b.register_handler("note", lambda payload, ctx: calls.append(payload))
+        await a.connect(b.address)
+        stale = p.Request(1, a.incarnation, b.incarnation ^ 1, 99, "note", False, b"\xc0")
+        # On a's own link to b (a forged one would not be believed at all).
+        transport.send(transport.connect(b.address), p.encode(stale))
+        await a.send(2, "note", "fresh")
+        await wait_until(lambda: calls == ["fresh"])
+        assert b.stats()["dropped_wrong_incarnation"] == 1
 
 
 async def test_malformed_input_is_dropped_and_counted(

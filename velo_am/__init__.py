@@ -12,6 +12,7 @@ find each other: a shared directory, DNS records, or a backend of one's own).
 
 from ._errors import (
     AMError,
+    AuthenticationRefused,
     CallTimeout,
     HandlerNotFound,
     PeerBusy,
@@ -27,9 +28,13 @@ from ._protocol import ProtocolError
 from ._sync import SyncWorker
 from ._sync_events import SyncEvents
 from ._worker import Worker, WorkerState
+from .transport import Curve, CurveConfig
 
 __all__ = [
     "AMError",
+    "AuthenticationRefused",
+    "Curve",
+    "CurveConfig",
     "CallContext",
     "CallTimeout",
     "HandlerNotFound",

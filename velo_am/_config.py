@@ -18,8 +18,20 @@ from typing import Any, Final
 
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .discovery import Discovery
+from .transport import Curve, CurveConfig, ZmqSecurity
 
-__all__ = ["OPTIONS", "OPTION_NAMES", "Option", "WorkerOptions", "resolve"]
+__all__ = [
+    "OPTIONS",
+    "OPTIONS_BY_NAME",
+    "OPTION_NAMES",
+    "Option",
+    "WorkerOptions",
+    "resolve",
+    "security_of",
+]
+
+#: How ``Worker(curve=...)`` may be given.
+CurveSpec = Curve | CurveConfig | tuple[Any, Any]
 
 
 def _positive_float(text: str) -> float:
@@ -132,11 +144,16 @@ OPTIONS: Final = (
            "off"),
     Option("metrics_host", "VELO_METRICS_HOST", "127.0.0.1", str,
            "the interface the metrics endpoint listens on", "127.0.0.1"),
+    Option("curve_key", "VELO_CURVE_KEY", None, str,
+           "this worker's secret CURVE certificate (velo-am keygen): with curve_allow, only "
+           "workers with an allowed key reach it, and links are encrypted", "off"),
+    Option("curve_allow", "VELO_CURVE_ALLOW", None, str,
+           "with curve_key: the directory of the public certificates (*.key) let in", "none"),
 )  # fmt: skip
 
-_BY_NAME: Final = {opt.name: opt for opt in OPTIONS}
+OPTIONS_BY_NAME: Final = {opt.name: opt for opt in OPTIONS}
 #: The keywords of :class:`~velo_am.Worker` that are options of the table.
-OPTION_NAMES: Final = frozenset(_BY_NAME)
+OPTION_NAMES: Final = frozenset(OPTIONS_BY_NAME)
 
 
 def resolve(name: str, given: Any) -> Any:
@@ -144,7 +161,7 @@ def resolve(name: str, given: Any) -> Any:
     the default. A malformed variable raises ``ValueError`` naming it."""
     if given is not None:
         return given
-    opt = _BY_NAME[name]
+    opt = OPTIONS_BY_NAME[name]
     text = os.environ.get(opt.env, "").strip()
     if not text:
         return opt.default
@@ -178,6 +195,8 @@ class WorkerOptions:
     max_message_size: int
     metrics_port: int | None
     metrics_host: str
+    curve_key: str | None
+    curve_allow: str | None
 
     @classmethod
     def resolve(cls, *, peers: Iterable[str] | None, **given: Any) -> WorkerOptions:
@@ -198,3 +217,23 @@ class WorkerOptions:
         if not 0 < values["heartbeat_interval"] < values["heartbeat_timeout"]:
             raise ValueError("need 0 < heartbeat_interval < heartbeat_timeout")
         return cls(**values)
+
+
+def security_of(
+    security: ZmqSecurity | None, curve: CurveSpec | None, options: WorkerOptions
+) -> ZmqSecurity | None:
+    """The ZeroMQ transport's security: ``security``, or CURVE from ``curve``, else from the
+    ``curve_key`` and ``curve_allow`` options (their variables). ``ValueError`` for a missing
+    half, a bad certificate (naming it), or both ``security`` and ``curve``."""
+    if curve is None:
+        key, allow = options.curve_key, options.curve_allow
+        if (key is None and allow is None) or security is not None:
+            return security  # security given in code wins over the variables
+        if key is None or allow is None:
+            missing = "VELO_CURVE_KEY (curve_key)" if key is None else "VELO_CURVE_ALLOW"
+            raise ValueError(f"CURVE needs both a secret certificate and the allowed keys: "
+                             f"{missing} is not set")  # fmt: skip
+        curve = (key, allow)
+    if security is not None:
+        raise ValueError("give either security or curve, not both")
+    return Curve.of(curve)

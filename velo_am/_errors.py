@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AMError",
+    "AuthenticationRefused",
     "CallTimeout",
     "HandlerNotFound",
     "PeerBusy",
@@ -46,6 +47,12 @@ class PeerBusy(AMError, TimeoutError):
 
 class PeerUnreachable(AMError):
     """Unknown worker id (no route, no discovery entry), or the address cannot be reached."""
+
+
+class AuthenticationRefused(PeerUnreachable):
+    """With CURVE: a peer refused this worker's key (not among its allowed keys), or does not
+    hold the key this worker dialled it with. Raised at once, not retried: a configuration
+    error, not a slow peer."""
 
 
 class PeerLost(AMError):

@@ -26,7 +26,7 @@ __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "
 #: Version 4: kind 10, the receiver's credit for fire-and-forget requests (flow control).
 #: Version 3: handshakes carry flags and a ``seq``, and PeerInfo a ``seq`` and a state (the
 #: membership gossip); version 2 added kind 16, the events layer's updates.
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
 U64_MAX: Final = 2**64 - 1
@@ -230,6 +230,9 @@ class HelloFlags(enum.IntFlag):
     NEIGHBOR = 2  # Hello: be my gossip neighbor; HelloAck: accepted
     VERIFY = 4  # Hello: only say you are here (a newcomer's address is checked before it joins)
     JOIN = 8  # Hello: answer with every live member you know; HelloAck: push me yours
+    # Hello: prove that the link your Hello with token ``seq`` came on is yours (0: your own
+    # link to me): answer on it; HelloAck: that answer (docs/protocol.md §9.6)
+    PROVE = 16
 
 
 @dataclass(frozen=True, slots=True)

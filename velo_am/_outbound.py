@@ -107,11 +107,18 @@ class Outbound:
     # -- links ------------------------------------------------------------------------------
 
     def dial(
-        self, address: str, peer_id: int | None, now: float, *, handshake: bool = False
+        self,
+        address: str,
+        peer_id: int | None,
+        now: float,
+        *,
+        handshake: bool = False,
+        adopt: bool = True,
     ) -> LinkId:
         """This worker's link to ``address`` (opened if there is none); ``peer_id`` when the
-        worker there is known; ``handshake``: one starts on it (see :meth:`dial_ended`).
-        Raises :class:`PeerUnreachable` if none can be opened."""
+        worker there is known (or, without ``adopt``, claimed: the link is not its until its
+        answer is taken); ``handshake``: one starts on it (see :meth:`dial_ended`). Raises
+        :class:`PeerUnreachable` if none can be opened."""
         try:
             link = self._transport.connect(address, peer_id)
         except LinkError as error:
@@ -119,7 +126,7 @@ class Outbound:
         if link not in self._used:
             self._connecting[link] = now
         self._used[link] = now
-        if peer_id is not None:
+        if peer_id is not None and adopt:
             self._adopt(peer_id, link)
         elif link not in self._owner:
             self._dials.add(link)
@@ -172,12 +179,42 @@ class Outbound:
 
     def link_down(self, link: LinkId) -> int | None:
         """The transport says ``link`` (ours) stopped reaching its peer: that peer, if
-        known."""
+        known. The link may reconnect, to a new connection on the other side: it is
+        introduced again first (the other side believes nothing on a link before a
+        handshake)."""
         self._up.discard(link)
+        if link in self._used and not self._closed:
+            try:
+                self._introduce(link)
+            except LinkError as error:
+                logger.debug("cannot introduce link %s again: %s", link.hex(), error)
         return self._owner.get(link)
+
+    def is_own(self, link: LinkId) -> bool:
+        """Whether this worker opened ``link`` (and has not closed it)."""
+        return link in self._used
+
+    def own_link(self, peer_id: int) -> LinkId | None:
+        """This worker's own link to ``peer_id``, if it has one."""
+        return self._own.get(peer_id)
+
+    def send_on_own(self, peer_id: int, msg: p.Message) -> None:
+        """Send on this worker's own link to ``peer_id`` (opened and introduced if there is
+        none), never on one the peer opened. Raises :class:`PeerUnreachable`."""
+        link = self._own.get(peer_id) or self._open_for(peer_id, dial=True)
+        self._used[link] = self._now
+        try:
+            self._transport.send(link, p.encode(msg))
+        except LinkError as error:
+            raise PeerUnreachable(f"cannot send to worker {peer_id:#x}: {error}") from None
+        self._counters["messages_out"] += 1
 
     def is_up(self, link: LinkId) -> bool:
         return link in self._up
+
+    def authenticated(self, link: LinkId) -> str | None:
+        """What the peer on ``link`` proved (its key), while a message on it is delivered."""
+        return self._transport.authenticated(link)
 
     def peer_of(self, link: LinkId) -> int | None:
         """The peer of one of this worker's links, if known."""

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, TypeVar
 
 from . import _peers as ms
-from ._errors import PeerUnreachable, WorkerClosed
+from . import _protocol as p
+from ._errors import AuthenticationRefused, PeerUnreachable, WorkerClosed
 from ._membership import PeerTable
 from ._outbound import Outbound
 from .discovery import Discovery, DiscoveryEntry, this_host
@@ -37,7 +38,7 @@ T = TypeVar("T")
 
 
 class _Dial:
-    __slots__ = ("address", "future", "link", "timer")
+    __slots__ = ("address", "future", "link", "peer_id", "timer")
 
     def __init__(
         self,
@@ -45,9 +46,11 @@ class _Dial:
         link: LinkId,
         future: asyncio.Future[int],
         timer: asyncio.TimerHandle,
+        peer_id: int | None,
     ) -> None:
         self.address = address
         self.link = link
+        self.peer_id = peer_id
         self.future = future
         self.timer = timer
 
@@ -88,16 +91,29 @@ class Routes:
         future: asyncio.Future[int] = loop.create_future()
         future.add_done_callback(_retrieve)
         token, now = dial.hello.token, time.monotonic()
+        # A verification dial goes to the address a newcomer named, which may be anyone's:
+        # its link is not the newcomer's until the answer is taken (Shell.message).
+        verify = dial.hello.flags & p.HelloFlags.VERIFY
         try:
-            link = self._outbound.dial(dial.address, dial.peer_id, now, handshake=True)
+            link = self._outbound.dial(
+                dial.address, dial.peer_id, now, handshake=True, adopt=not verify
+            )
         except PeerUnreachable as error:
             future.set_exception(error)
             self._apply(self._table.dial_failed(token, time.monotonic()))
             return future
         timer = loop.call_later(self.handshake_timeout, self._expire, token)
-        self._dials[token] = _Dial(dial.address, link, future, timer)
+        self._dials[token] = _Dial(dial.address, link, future, timer, dial.peer_id)
         self._outbound.send_on(link, dial.hello)
         return future
+
+    def dial_link(self, token: int, peer_id: int) -> LinkId | None:
+        """The link of this worker's dial ``token`` in flight, if it was made to ``peer_id``
+        or to an address whose worker was not known (a join)."""
+        dial = self._dials.get(token)
+        if dial is None or dial.peer_id not in (None, peer_id):
+            return None
+        return dial.link
 
     def _end(self, token: int) -> _Dial | None:
         dial = self._dials.pop(token, None)
@@ -136,11 +152,13 @@ class Routes:
         if dial is not None:
             self._fail(token, PeerUnreachable(f"{dial.address} {why}"))
 
-    def link_failed(self, link: LinkId, why: str) -> None:
-        """A link opened for dials went down before anyone answered on it."""
+    def link_failed(self, link: LinkId, why: str, *, refused: bool = False) -> None:
+        """A link opened for dials went down before anyone answered on it (``refused``: the
+        peer refused this worker's credentials)."""
         for token, dial in list(self._dials.items()):
             if dial.link == link:
-                self._fail(token, PeerUnreachable(f"cannot reach {dial.address}: {why}"))
+                error = AuthenticationRefused(why) if refused else None
+                self._fail(token, error or PeerUnreachable(f"cannot reach {dial.address}: {why}"))
 
     async def connect(self, address: str) -> int:
         """Handshake with ``address``; the peer's worker id. Raises
@@ -241,8 +259,10 @@ class Routes:
                     error = dial.exception()
                     if error is None:
                         return None
-                    if not isinstance(error, PeerUnreachable):
-                        raise error
+                    if isinstance(error, AuthenticationRefused) or not isinstance(
+                        error, PeerUnreachable
+                    ):
+                        raise error  # retrying cannot help
                     why = str(error)
             return why
         finally:

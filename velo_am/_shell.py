@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterable
 from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
-from ._errors import AMError, PeerLost
+from ._errors import AMError, PeerLost, PeerUnreachable
 from ._execution import HandlerExecution
 from ._flow import FlowControl
+from ._keys import KeyBindings
+from ._links import Claim, LinkTrust, Speaker, Verdict
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._outbound import Outbound
@@ -38,6 +40,15 @@ __all__ = ["PeerLostCallback", "Shell"]
 logger = logging.getLogger(__name__)
 
 PeerLostCallback = Callable[[int, str], None]
+
+_PROVE = int(p.HelloFlags.PROVE)
+_OBSERVER = int(p.HelloFlags.OBSERVER)
+_WHY: dict[Verdict, str] = {
+    Verdict.SPOOFED: "the link speaks for another worker",
+    Verdict.UNBOUND: "no handshake on its link",
+    Verdict.HOLD: "too many messages held while its link's claim is proven",
+    Verdict.CHALLENGE: "too many messages held while its link's claim is proven",
+}
 
 
 class Shell:
@@ -73,11 +84,17 @@ class Shell:
         #: While closing: set once every peer told goodbye has answered.
         self.goodbyes_answered: asyncio.Event | None = None
         self._gossip_scheduled = False
+        #: Whom the links others opened to this worker speak for (see :mod:`._links`).
+        self.trust: LinkTrust[p.Message] = LinkTrust()
+        self._bound = self.trust.bound
+        self._peer_of = outbound.peer_of
+        self._keys = KeyBindings()
 
     # -- the transport's events ---------------------------------------------------------------
 
     def message(self, link: LinkId, frames: list[bytes]) -> None:
-        """One inbound message, on ``link``."""
+        """One inbound message, on ``link``: believed only if the link speaks for its
+        sender (docs/protocol.md §9.6)."""
         counters = self._counters
         counters["messages_in"] += 1
         try:
@@ -86,16 +103,154 @@ class Shell:
             counters["dropped_malformed"] += 1
             self._log.warning("malformed", "dropping malformed message: %s", error)
             return
+        kind = type(msg)
+        if kind is not p.Hello and kind is not p.HelloAck:
+            # The common case first: a link others opened, bound, or one of ours, whose peer
+            # is known (whoever answers at the address this worker dialed).
+            speaker = self._bound.get(link)
+            if speaker is None:
+                owner = self._peer_of(link)
+                speaker = None if owner is None else Speaker(owner, msg.src_incarnation)
+            if speaker is not None:
+                if speaker.worker_id == msg.src and speaker.incarnation == msg.src_incarnation:
+                    self._handle(msg, link)
+                else:
+                    self._spoofed(msg, Verdict.SPOOFED)
+                return
+            if self._outbound.is_own(link):  # a dial not answered yet: only its handshake
+                self._spoofed(msg, Verdict.UNBOUND)
+                return
+        elif isinstance(msg, p.Hello | p.HelloAck) and not self._may_claim(msg, link):
+            return  # a CURVE key bound to another worker: before the link is bound to it
+        elif isinstance(msg, p.Hello | p.HelloAck) and msg.flags & _PROVE:
+            if isinstance(msg, p.Hello):
+                self._prove(msg, link)
+            else:
+                self._on_proof(msg, link)
+            return
+        elif self._outbound.is_own(link):
+            self._handle(msg, link)  # handshakes on our links: matched by dial token
+            return
+        speaker = Speaker(msg.src, msg.src_incarnation)
+        if isinstance(msg, p.Hello):
+            verdict = self.trust.on_hello(
+                link,
+                speaker,
+                needs_proof=self._needs_proof(msg),
+                hello_token=msg.token,
+                now=time.monotonic(),
+            )
+        else:
+            verdict = self.trust.verdict(link, speaker)
+        if verdict is Verdict.PASS:
+            self._handle(msg, link)
+        elif verdict is Verdict.CHALLENGE or verdict is Verdict.HOLD:
+            if not self.trust.hold(link, msg):
+                self._spoofed(msg, verdict)
+            if verdict is Verdict.CHALLENGE:
+                self._challenge(link)
+        else:
+            self._spoofed(msg, verdict)
+
+    def _needs_proof(self, hello: p.Hello) -> bool:
+        """Whether a ``Hello`` on a link others opened names a member this worker knows, as
+        the incarnation it knows: incarnations are public, so the link must prove it."""
+        known = self._membership.get(hello.src)
+        if known is None or known.observer:
+            return False
+        return known.incarnation == hello.src_incarnation or bool(hello.flags & _OBSERVER)
+
+    def _known_as(self, msg: p.Hello | p.HelloAck) -> bool:
+        """Whether membership knows the handshake's sender as that incarnation."""
+        known = self._membership.get(msg.src)
+        return known is not None and known.incarnation == msg.src_incarnation
+
+    def _spoofed(self, msg: p.Message, verdict: Verdict) -> None:
+        self._counters["messages_spoofed"] += 1
+        self._log.warning(
+            "spoofed",
+            "dropping %s naming worker %#x: %s",
+            type(msg).__name__,
+            msg.src,
+            _WHY[verdict],
+            peer=msg.src,
+        )
+
+    def _challenge(self, link: LinkId) -> None:
+        """Ask the member a claim on ``link`` names to prove it, on this worker's own link
+        to the member's known address (the secret token goes nowhere else)."""
+        claim = self.trust.claim_of(link)
+        member = self._membership.get(claim.speaker.worker_id) if claim else None
+        if claim is None or member is None:
+            return
+        me, inc = self._worker_id, self._membership.incarnation
+        hello = p.Hello(
+            me, inc, member.incarnation, claim.token, self._membership.address, _PROVE,
+            claim.hello_token, (),
+        )  # fmt: skip
+        try:
+            self._outbound.send_on_own(member.worker_id, hello)
+        except (PeerUnreachable, p.ProtocolError) as error:
+            logger.debug("cannot challenge %#x: %s", member.worker_id, error)
+
+    def _prove(self, challenge: p.Hello, link: LinkId) -> None:
+        """A peer asks this worker to prove that a link is its own: the answer goes on that
+        link (the one its dial ``seq`` took, or its own link to the peer); without one, back
+        on the challenge's link, which refutes the claim at once."""
+        peer = challenge.src
+        token = challenge.seq
+        routes = self.routes
+        own = self._outbound.own_link(peer) if not token else None
+        if token and routes is not None:
+            own = routes.dial_link(token, peer)
+        me, inc = self._worker_id, self._membership.incarnation
+        answer = p.HelloAck(
+            me, inc, challenge.src_incarnation, challenge.token, self._membership.address,
+            _PROVE, 0, (),
+        )  # fmt: skip
+        self._outbound.send_on(link if own is None else own, answer)
+
+    def _on_proof(self, answer: p.HelloAck, link: LinkId) -> None:
+        speaker = Speaker(answer.src, answer.src_incarnation)
+        inbound = not self._outbound.is_own(link)
+        claim, proven = self.trust.on_proof(answer.token, speaker, link, inbound=inbound)
+        if claim is None:
+            return
+        if proven:
+            for msg in claim.held:
+                self._handle(msg, link)
+        else:
+            self._refuted(claim, "its answer came on another link")
+
+    def _refuted(self, claim: Claim[p.Message], why: str) -> None:
+        self._counters["messages_spoofed"] += len(claim.held)
+        self._log.warning(
+            "spoofed",
+            "dropping %d message(s) naming worker %#x: their link's claim was refuted (%s)",
+            len(claim.held),
+            claim.speaker.worker_id,
+            why,
+            peer=claim.speaker.worker_id,
+        )
+
+    def _handle(self, msg: p.Message, link: LinkId) -> None:
+        """A message its link speaks for: handed to the layer it concerns."""
+        counters = self._counters
         now = time.monotonic()
         if isinstance(msg, p.Hello):  # a handshake may name any incarnation
             self.apply(self._membership.on_hello(msg, link, now))
-            if self._membership.get(msg.src) is not None:
+            if self._known_as(msg):
                 self._outbound.heard(msg.src, link, now)
             return
         if isinstance(msg, p.HelloAck):
-            self._outbound.heard(msg.src, link, now)
-            self.apply(self._membership.on_hello_ack(msg, now))
-            if self._outbound.is_up(link):  # it came up before we knew whose it was
+            effects = self._membership.on_hello_ack(msg, now)
+            # The link is the sender's only if membership took its word (a dial's answer
+            # that claims a member's id, refused, must not carry that member's traffic).
+            known = self._known_as(msg)
+            if known:
+                self._outbound.heard(msg.src, link, now)
+            self.apply(effects)
+            if known and self._outbound.is_up(link):  # it came up before we knew whose
                 self._membership.on_link_up(msg.src)
             return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
@@ -135,13 +290,23 @@ class Shell:
         if peer_id is not None:
             self._membership.on_link_up(peer_id)
 
-    def link_down(self, link: LinkId, why: str) -> None:
+    def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
         peer_id = self._outbound.link_down(link)
         if peer_id is None:  # opened for a dial nobody has answered yet
             if self.routes is not None:
-                self.routes.link_failed(link, why)
+                self.routes.link_failed(link, why, refused=refused)
             return
         self.apply(self._membership.on_link_down(peer_id, why, time.monotonic()))
+
+    def _may_claim(self, msg: p.Hello | p.HelloAck, link: LinkId) -> bool:
+        """Whether the key the peer proved on ``link`` (if any) may speak as ``msg.src``."""
+        refused = self._keys.claim(self._outbound.authenticated(link), msg.src)
+        if refused is None:
+            return True
+        self._counters["messages_spoofed"] += 1
+        what = f"{type(msg).__name__} claiming worker {msg.src:#x}"
+        self._log.warning("wrong key", "dropping %s: %s", what, refused, peer=msg.src)
+        return False
 
     def _on_rejected(self, msg: p.Message, link: LinkId, rejected: ms.Rejected) -> None:
         self._counters[rejected.counter] += 1
@@ -199,6 +364,10 @@ class Shell:
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, why, now))
+        if self.routes is not None:
+            for claim in self.trust.expire(now, self.routes.handshake_timeout):
+                self._refuted(claim, "no answer to the challenge")
+        self.trust.retain(lambda worker_id: self._membership.get(worker_id) is not None)
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 
     # -- effects --------------------------------------------------------------------------------
@@ -231,6 +400,8 @@ class Shell:
             elif isinstance(effect, ms.Forgotten):
                 self._remote_events.on_peer_forgotten(effect.peer_id)
                 self._flow.receipts.forget(effect.peer_id)
+                if self._membership.get(effect.peer_id) is None:  # not replaced: gone
+                    self._keys.release(effect.peer_id)
             elif isinstance(effect, ms.ScheduleGossip):
                 if not self._gossip_scheduled:
                     self._gossip_scheduled = True

@@ -60,6 +60,12 @@ STATS: Final = (
         "Inbound messages dropped because their sender was unknown or lost.",
     ),
     _counter(
+        "messages_spoofed",
+        "Inbound messages dropped because their link does not speak for the sender they name "
+        "(another worker's link, no handshake on it, a claim to be a member it could not "
+        "prove, or with CURVE a key bound to another worker).",
+    ),
+    _counter(
         "late_responses",
         "Responses that arrived after their call had ended (timed out or abandoned).",
     ),

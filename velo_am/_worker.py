@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
-from ._config import OPTION_NAMES, WorkerOptions
+from ._config import OPTION_NAMES, CurveSpec, WorkerOptions, security_of
 from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
 from ._event_handlers import runtime_handlers
 from ._events import DistributedEvents, event_core
@@ -70,11 +70,11 @@ class Worker(FromEnv):
     Every option is keyword-only; one left out (``None``) is read from its environment
     variable, else takes its default: the README's configuration table (generated from
     :data:`velo_am._config.OPTIONS`) lists them all. Invalid values raise ``ValueError``
-    (naming the variable when it came from one). ``security`` configures the sockets of the
-    ZeroMQ transport (a :class:`~velo_am.transport.ZmqSecurity`; default: plaintext);
-    ``transport`` replaces that transport altogether (e.g. a
-    :class:`~velo_am.transport.FakeNetwork`'s in tests). ``observer=True`` makes a
-    short-lived member (the command line's): answered, but never gossiped nor dialed.
+    (naming the variable when it came from one). ``security`` configures the ZeroMQ
+    transport's sockets (a :class:`~velo_am.transport.ZmqSecurity`; default: plaintext, or
+    CURVE: ``curve=(secret_certificate, allowed_dir)``, see the README); ``transport``
+    replaces that transport (e.g. a :class:`~velo_am.transport.FakeNetwork`'s in tests).
+    ``observer=True``: a short-lived member (the command line's), never gossiped nor dialed.
 
     A ``Worker`` belongs to the event loop that started it: use it from that loop's thread
     (``w.events`` is the exception: its operations are thread-safe). From plain threads, use
@@ -105,6 +105,7 @@ class Worker(FromEnv):
         metrics_port: int | None = None,
         metrics_host: str | None = None,
         security: ZmqSecurity | None = None,
+        curve: CurveSpec | None = None,
         transport: Transport | None = None,
         observer: bool = False,
     ) -> None:
@@ -129,12 +130,12 @@ class Worker(FromEnv):
         chosen = options.discovery
         backend = open_discovery(chosen) if isinstance(chosen, str) else chosen
         size = options.max_message_size
-        if transport is not None and (security is not None or advertise or interface):
+        if transport is not None and (security or curve or advertise or interface):
             raise ValueError("give security and addresses to the transport you pass instead")
         self._transport = transport or ZmqTransport(
             options.bind,
             max_message_size=size,
-            security=security,
+            security=security_of(security, curve, options),
             advertise=options.advertise,
             interface=options.interface,
         )
@@ -421,11 +422,7 @@ class Worker(FromEnv):
         await self._flow.sends.send(peer, name, payload, timeout, self.call_timeout)
 
     async def call(
-        self,
-        peer_id: int,
-        name: str,
-        payload: Any = None,
-        timeout: float | None = None,
+        self, peer_id: int, name: str, payload: Any = None, timeout: float | None = None
     ) -> Any:
         """Run handler ``name`` on the peer and return its result. ``timeout`` defaults to the
         worker's ``call_timeout``. Raises :class:`RemoteError` (the handler raised),

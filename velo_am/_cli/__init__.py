@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from .._demo import run_demo
-from . import _events, _inspect, _worker
+from . import _events, _inspect, _keygen, _worker
 from ._shared import (
     EXIT_ERROR,
     Command,
@@ -54,7 +54,13 @@ _DEMO: Final = Command(
 )
 COMMANDS: Final = {
     command.name: command
-    for command in (_DEMO, *_worker.COMMANDS, *_events.COMMANDS, *_inspect.COMMANDS)
+    for command in (
+        _DEMO,
+        *_worker.COMMANDS,
+        *_events.COMMANDS,
+        *_inspect.COMMANDS,
+        *_keygen.COMMANDS,
+    )
 }
 
 

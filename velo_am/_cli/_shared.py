@@ -19,7 +19,7 @@ from typing import Any, Final, NoReturn
 
 from velo_event import EventHandle
 
-from .._config import resolve
+from .._config import OPTIONS_BY_NAME, resolve
 from .._errors import AMError
 from .._worker import Worker
 from ..discovery import schemes
@@ -32,9 +32,11 @@ __all__ = [
     "Command",
     "CommandError",
     "Parser",
+    "add_curve_options",
     "add_logging_options",
     "add_mesh_options",
     "configure_logging",
+    "curve_of",
     "default_owner",
     "discovery_url",
     "examples",
@@ -207,6 +209,32 @@ def add_mesh_options(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds to wait for the mesh to answer (default: 5)",
     )
+    add_curve_options(parser)
+
+
+def add_curve_options(parser: argparse.ArgumentParser) -> None:
+    """``--curve-key``/``--curve-allow``: this process's CURVE certificate and allowed keys."""
+    group = parser.add_argument_group("authentication (CURVE)")
+    for name in ("curve_key", "curve_allow"):
+        opt = OPTIONS_BY_NAME[name]
+        group.add_argument(
+            opt.flag,
+            dest=name,
+            metavar="PATH" if name == "curve_key" else "DIR",
+            help=f"{opt.doc} (default: ${opt.env})",
+        )
+
+
+def curve_of(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The CURVE pair of the flags, each else from its variable; ``None``: CURVE off."""
+    key = getattr(args, "curve_key", None) or resolve("curve_key", None)
+    allow = getattr(args, "curve_allow", None) or resolve("curve_allow", None)
+    if key is None and allow is None:
+        return None
+    if key is None or allow is None:
+        missing = "--curve-key (or $VELO_CURVE_KEY)" if key is None else "--curve-allow"
+        raise CommandError(f"CURVE needs a secret certificate and the allowed keys: {missing}")
+    return key, allow
 
 
 def add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -258,18 +286,22 @@ async def member(args: argparse.Namespace) -> AsyncIterator[Worker]:
     # events it awaits watch it through links of their own, so it listens where they can
     # reach it. Its own id and address, whatever VELO_WORKER_ID, VELO_ADVERTISE and
     # VELO_INTERFACE say: those describe the long-lived worker of the same shell.
-    worker = Worker(
-        secrets.randbits(64) or 1,
-        bind=args.bind or local_endpoint_towards(seeds),
-        advertise="",
-        interface="",
-        peers=seeds,
-        discovery=discovery,
-        handshake_timeout=args.connect_timeout,
-        join_timeout=args.connect_timeout,
-        close_grace=1.0,
-        observer=True,
-    )
+    try:
+        worker = Worker(
+            secrets.randbits(64) or 1,
+            bind=args.bind or local_endpoint_towards(seeds),
+            advertise="",
+            interface="",
+            peers=seeds,
+            discovery=discovery,
+            handshake_timeout=args.connect_timeout,
+            join_timeout=args.connect_timeout,
+            close_grace=1.0,
+            curve=curve_of(args),
+            observer=True,
+        )
+    except ValueError as error:  # a bad certificate, named
+        raise CommandError(str(error)) from None
     try:
         await worker.start()
     except AMError as error:

@@ -13,7 +13,15 @@ from typing import Any
 from .._config import OPTIONS
 from .._errors import AMError
 from .._worker import Worker
-from ._shared import EXIT_OK, Command, CommandError, discovery_url, worker_id
+from ._shared import (
+    EXIT_OK,
+    Command,
+    CommandError,
+    add_curve_options,
+    curve_of,
+    discovery_url,
+    worker_id,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -47,7 +55,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="call FUNCTION(worker) before joining, to register handlers (repeatable)",
     )
     for opt in OPTIONS:
-        if opt.name in ("worker_id", "peers", "discovery"):
+        if opt.name in ("worker_id", "peers", "discovery", "curve_key", "curve_allow"):
             continue
         parser.add_argument(
             opt.flag,
@@ -56,6 +64,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
             metavar=opt.name.split("_")[-1].upper(),
             help=f"{opt.doc} (default: ${opt.env} or {opt.default_text})",
         )
+    add_curve_options(parser)
 
 
 def _load(spec: str) -> Callable[[Worker], Any]:
@@ -76,6 +85,8 @@ async def _run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
     options["peers"] = args.seed
     options["discovery"] = args.discovery
+    del options["curve_key"], options["curve_allow"]
+    options["curve"] = curve_of(args)
     if args.wait_world and not args.from_env:
         raise CommandError("--wait-world needs --from-env (the launcher tells the world's size)")
     try:

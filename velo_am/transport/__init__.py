@@ -5,7 +5,8 @@
   watches links; :class:`LinkFull` and :class:`LinkClosed` are what a send raises.
 * :class:`ZmqTransport`: one ZeroMQ ROUTER per worker, what a :class:`~velo_am.Worker`
   uses unless given ``transport=``. Its socket is configured by a :class:`ZmqSecurity`
-  (:class:`Plaintext` by default), the place for authentication and encryption.
+  (:class:`Plaintext` by default), the place for authentication and encryption:
+  :class:`Curve` is ZeroMQ's CURVE (``Worker(curve=...)``).
 * :class:`FakeNetwork`: an in-process network for tests, without sockets; each worker takes
   ``transport=network.transport()``.
 """
@@ -19,11 +20,14 @@ from ._base import (
     Transport,
     TransportEvents,
 )
+from ._curve import Curve, CurveConfig
 from ._fake import FakeNetwork, FakeTransport
 from ._security import Plaintext, ZmqSecurity
 from ._zmq import ZmqTransport
 
 __all__ = [
+    "Curve",
+    "CurveConfig",
     "FakeNetwork",
     "FakeTransport",
     "LinkClosed",

@@ -34,6 +34,7 @@ __all__ = [
     "Interface",
     "advertised_address",
     "choose_endpoint",
+    "endpoints_of",
     "listen_endpoint",
     "local_interfaces",
     "match_interfaces",
@@ -138,6 +139,12 @@ def advertised_address(
         ]
         hosts = list(dict.fromkeys(hosts)) or ["127.0.0.1"]  # an offline host: itself
     return " ".join(f"tcp://{host}:{port}" for host in hosts)
+
+
+def endpoints_of(address: str) -> str:
+    """The endpoints of an address (words with ``://``), without the other tokens a security
+    adds (a ``curve:KEY``)."""
+    return " ".join(word for word in address.split() if "://" in word)
 
 
 def choose_endpoint(address: str, interfaces: Sequence[Interface]) -> str:

@@ -61,8 +61,9 @@ class TransportEvents(Protocol):
         """A link this worker opened reached its peer (again, after a loss)."""
         ...
 
-    def link_down(self, link: LinkId, why: str) -> None:
-        """A link this worker opened stopped reaching its peer (it may come back)."""
+    def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
+        """A link this worker opened stopped reaching its peer (it may come back);
+        ``refused``: the peer refused this worker's credentials (retrying cannot help)."""
         ...
 
 
@@ -81,7 +82,9 @@ class Transport(Protocol):
         """Bind and start reporting to ``events`` on ``loop``; returns the address peers
         connect to (a port 0 resolved): the bound endpoint, or what the worker advertises
         (one or more endpoints, separated by spaces). ``identity`` names this worker's
-        side of the links it opens, as the other end sees them (unique per incarnation)."""
+        side of the links it opens, as the other end sees them (unique per incarnation),
+        followed by a nonce of each link's own: no two links collide, and nobody can present
+        the name of another's link."""
         ...
 
     def connect(self, address: str, peer_id: int | None = None) -> LinkId:
@@ -95,6 +98,12 @@ class Transport(Protocol):
     def send(self, link: LinkId, frames: list[bytes]) -> None:
         """Queue one message on ``link`` without blocking: :class:`LinkFull` if its queue is
         full, :class:`LinkClosed` if the link is gone."""
+        ...
+
+    def authenticated(self, link: LinkId) -> str | None:
+        """What the peer on ``link`` proved who it is with (its key, with CURVE), asked while
+        a message on ``link`` is delivered; ``None``: nothing that tells one peer from
+        another (plaintext, a key shared mesh-wide)."""
         ...
 
     def disconnect(self, link: LinkId) -> None:

@@ -1,12 +1,14 @@
 """Socket security of :class:`~velo_am.transport.ZmqTransport`: the seam where
-authentication and encryption (ZeroMQ's CURVE, with ``zmq.auth`` for certificates and ZAP)
-plug in.
+authentication and encryption plug in (:class:`~velo_am.transport.Curve`: ZeroMQ's CURVE, with
+``zmq.auth`` for certificates and ZAP).
 
 A :class:`ZmqSecurity` configures the worker's ROUTER before it binds, and again before each
 connection it opens: ZeroMQ applies a socket's options to the connections made after they are
-set, so per-peer settings (the server key CURVE needs) go there. :class:`Plaintext`, the
-default, leaves the socket as it is: anyone who can reach the endpoint can speak (see the
-README's threat model).
+set, so per-peer settings (the server key CURVE needs) go there. It may add to the address the
+worker advertises what a peer needs to dial it (CURVE: the public key), and names the
+*identity* a peer proved on a link (CURVE: its key), which the worker binds to the worker id
+claimed on that link. :class:`Plaintext`, the default, leaves the socket as it is: anyone who
+can reach the endpoint can speak (see the README's threat model).
 """
 
 from __future__ import annotations
@@ -31,9 +33,29 @@ class ZmqSecurity(Protocol):
         """The worker's ROUTER, before it binds (e.g. ``curve_server``, its secret key)."""
         ...
 
-    def configure_link(self, socket: zmq.Socket[bytes], address: str, peer_id: int | None) -> None:
-        """A DEALER to ``address`` (worker ``peer_id`` when known), before it connects (e.g.
-        this worker's key pair and the server's public key)."""
+    def advertise(self, address: str) -> str:
+        """The address peers are given to dial this worker (``address``, the endpoints, plus
+        what a dial needs, e.g. a ``curve:KEY`` token; tokens without ``://`` are not
+        endpoints)."""
+        ...
+
+    def configure_link(
+        self, socket: zmq.Socket[bytes], address: str, peer_id: int | None
+    ) -> str | None:
+        """The ROUTER, before it connects to ``address`` (as advertised, with its tokens;
+        worker ``peer_id`` when known), e.g. the server's public key. Returns the identity the
+        peer proves by answering (its key), ``None`` if it proves none. ``ValueError``: the
+        address cannot be dialled so."""
+        ...
+
+    def peer_identity(self, frame: zmq.Frame) -> str | None:
+        """The identity the sender of an inbound message proved (``frame``: its first frame,
+        e.g. ZAP's ``User-Id``), ``None`` if none."""
+        ...
+
+    def refusal(self, event: int, address: str) -> str | None:
+        """Why a handshake failure (a monitor ``event``) on a link to ``address`` means this
+        worker's credentials are refused, so retrying cannot help; ``None`` if it does not."""
         ...
 
     def close(self) -> None:
@@ -50,8 +72,19 @@ class Plaintext:
     def configure_listener(self, socket: zmq.Socket[bytes]) -> None:
         pass
 
-    def configure_link(self, socket: zmq.Socket[bytes], address: str, peer_id: int | None) -> None:
-        pass
+    def advertise(self, address: str) -> str:
+        return address
+
+    def configure_link(
+        self, socket: zmq.Socket[bytes], address: str, peer_id: int | None
+    ) -> str | None:
+        return None
+
+    def peer_identity(self, frame: zmq.Frame) -> str | None:
+        return None
+
+    def refusal(self, event: int, address: str) -> str | None:
+        return None
 
     def close(self) -> None:
         pass

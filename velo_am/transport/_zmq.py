@@ -20,6 +20,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import secrets
 from typing import Final
 
 import zmq
@@ -29,6 +30,7 @@ from ._addresses import (
     Interface,
     advertised_address,
     choose_endpoint,
+    endpoints_of,
     listen_endpoint,
     local_interfaces,
 )
@@ -57,7 +59,9 @@ _WATCHED: Final = (
 )
 _FAILED: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the ZMTP handshake failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the ZMTP handshake failed (protocol error)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+        "the ZMTP handshake failed (protocol error: does one side use CURVE, the other not?)"
+    ),
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (the peer refused our credentials)",
 }
 
@@ -65,12 +69,29 @@ _FAILED: Final[dict[int, str]] = {
 class _Outgoing:
     """One link this worker opened. ``fd`` is its current connection's descriptor: the
     monitor reports events by endpoint, and an event of an earlier connection to the same
-    address (the link closed and reopened, a peer restarted there) must not count."""
+    address (the link closed and reopened, a peer restarted there) must not count.
+    ``connection`` is the routing id of its current ZeroMQ connection: the link's own id
+    until the link is re-dialed (see :meth:`ZmqTransport._redial`)."""
 
-    __slots__ = ("address", "fd", "reported_down", "up")
+    __slots__ = (
+        "address",
+        "connection",
+        "dialled",
+        "fd",
+        "identity",
+        "peer_id",
+        "reported_down",
+        "up",
+    )
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, dialled: str, connection: bytes, peer_id: int | None) -> None:
         self.address = address
+        #: The address as given (with its tokens, e.g. the key dialled).
+        self.dialled = dialled
+        self.connection = connection
+        self.peer_id = peer_id
+        #: What the peer proves by answering (the security's; e.g. the server key dialled).
+        self.identity: str | None = None
         self.fd: int | None = None
         self.up = False
         self.reported_down = False
@@ -115,10 +136,18 @@ class ZmqTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: TransportEvents | None = None
         self._drain_scheduled = False
+        # The message being delivered: its link and first frame (what it proved is read from
+        # the frame only if asked, at a handshake).
+        self._delivering: tuple[LinkId, zmq.Frame] | None = None
         self._ids = itertools.count(1)
         self._outgoing: dict[LinkId, _Outgoing] = {}
         self._by_address: dict[str, LinkId] = {}
+        # Links re-dialed after a lost connection: the link -> its connection's routing id,
+        # and back. Empty unless a connection was lost while its link stayed open.
+        self._connection_of: dict[LinkId, bytes] = {}
+        self._link_of: dict[bytes, LinkId] = {}
         self._silent = ""
+        self._identity = b""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -132,6 +161,7 @@ class ZmqTransport:
     ) -> str:
         self._loop = loop
         self._events = events
+        self._identity = identity
         self._interfaces = local_interfaces()
         bind = listen_endpoint(self._bind, self._interface, self._interfaces)
         self._context = context = zmq.Context()
@@ -143,10 +173,11 @@ class ZmqTransport:
         timeout_ms = max(int(liveness.timeout * 1000) - interval_ms, interval_ms)
         for option, value in (
             (zmq.ROUTER_MANDATORY, 1),
-            # A worker reconnecting (a link closed and reopened) replaces its old connection,
-            # which may linger on this side: refused, it would look like a lost peer.
-            (zmq.ROUTER_HANDOVER, 1),
-            (zmq.ROUTING_ID, identity),
+            # No ROUTER_HANDOVER: each connection this worker opens presents a routing id of
+            # its own (see connect), so a reconnecting worker never collides with its old
+            # connection lingering on the other side, and nobody can take over a link by
+            # presenting a member's id (handover also let libzmq replace a connection in the
+            # middle of a message).
             # A link closed while messages wait on it (a goodbye's answer) lets them out first.
             (zmq.LINGER, 200),
             (zmq.MAXMSGSIZE, self._max_message_size),
@@ -168,11 +199,13 @@ class ZmqTransport:
             router.bind(bind)
             bound = router.getsockopt(zmq.LAST_ENDPOINT)
             assert isinstance(bound, bytes)
-            advertised = advertised_address(
-                bound.decode(),
-                advertise=self._advertise,
-                interface=self._interface,
-                interfaces=self._interfaces,
+            advertised = self.security.advertise(
+                advertised_address(
+                    bound.decode(),
+                    advertise=self._advertise,
+                    interface=self._interface,
+                    interfaces=self._interfaces,
+                )
             )
         except (zmq.ZMQError, ValueError):  # no port is left bound, nothing half-started
             router.close(linger=0)
@@ -209,6 +242,8 @@ class ZmqTransport:
         router.close(linger=0)
         self._outgoing.clear()
         self._by_address.clear()
+        self._connection_of.clear()
+        self._link_of.clear()
         self.security.close()
         try:
             await asyncio.to_thread(context.term)
@@ -223,27 +258,67 @@ class ZmqTransport:
         router = self._router
         if router is None:
             raise LinkClosed("transport closed")
-        address = choose_endpoint(address, self._interfaces)
+        given = address
+        address = choose_endpoint(endpoints_of(address), self._interfaces)
         existing = self._by_address.get(address)
         if existing is not None:
             return existing
-        link = b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+        link = self._new_connection_id()
         try:
-            router.setsockopt(zmq.CONNECT_ROUTING_ID, link)
-            self.security.configure_link(router, address, peer_id)
-            router.connect(address)
-        except zmq.ZMQError as error:
+            outgoing = _Outgoing(address, given, link, peer_id)
+            self._connect(router, link, outgoing)
+        except (zmq.ZMQError, ValueError) as error:
             raise LinkFull(f"cannot connect to {address}: {error}") from None
-        self._outgoing[link] = _Outgoing(address)
+        self._outgoing[link] = outgoing
         self._by_address[address] = link
         self._recheck(router)
         return link
+
+    def _new_connection_id(self) -> bytes:
+        return b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+
+    def _connect(self, router: zmq.Socket[bytes], connection: bytes, outgoing: _Outgoing) -> None:
+        router.setsockopt(zmq.CONNECT_ROUTING_ID, connection)
+        # What the other side names this connection: libzmq copies the socket's options at
+        # connect, so each connection presents a routing id of its own that nobody can
+        # predict (the bound listener keeps the options it had at bind).
+        router.setsockopt(zmq.ROUTING_ID, self._identity + secrets.token_bytes(8))
+        outgoing.identity = self.security.configure_link(router, outgoing.dialled, outgoing.peer_id)
+        router.connect(outgoing.address)
+
+    def _redial(self, link: LinkId, outgoing: _Outgoing) -> None:
+        """The link's connection, which had completed its handshake, was lost: connect
+        again under fresh routing ids. libzmq's own reconnection would present the old
+        routing id, which the other side may still hold for the old connection (a peer
+        frozen, a partition): without handover it would ignore the new one. The link keeps
+        its id; what was queued on it is dropped. A new connection that fails is retried by
+        libzmq, backing off (``RECONNECT_IVL`` to ``RECONNECT_IVL_MAX``)."""
+        router = self._router
+        if router is None or self._outgoing.get(link) is not outgoing:
+            return  # closed meanwhile (its owner heard it was down)
+        try:
+            router.disconnect(outgoing.address)
+        except zmq.ZMQError as error:
+            logger.debug("disconnecting %s: %s", outgoing.address, error)
+        self._link_of.pop(outgoing.connection, None)
+        connection = self._new_connection_id()
+        try:
+            self._connect(router, connection, outgoing)
+        except (zmq.ZMQError, ValueError) as error:  # the link stays down; its owner closes it
+            logger.warning("reconnecting to %s: %s", outgoing.address, error)
+            return
+        outgoing.connection = connection
+        self._connection_of[link] = connection
+        self._link_of[connection] = link
+        self._recheck(router)
 
     def disconnect(self, link: LinkId) -> None:
         outgoing = self._outgoing.pop(link, None)
         if outgoing is None or self._router is None:
             return
         self._by_address.pop(outgoing.address, None)
+        self._connection_of.pop(link, None)
+        self._link_of.pop(outgoing.connection, None)
         try:
             self._router.disconnect(outgoing.address)
         except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
@@ -256,6 +331,8 @@ class ZmqTransport:
             raise LinkClosed("transport closed")
         # Frame by frame with plain int flags: half the cost of send_multipart per message.
         send = router.send
+        if self._connection_of:
+            link = self._connection_of.get(link, link)
         try:
             send(link, _MORE_NOBLOCK)
             for frame in frames[:-1]:
@@ -275,6 +352,18 @@ class ZmqTransport:
         would wait for the next edge, maybe forever)."""
         if not self._drain_scheduled and int(router.getsockopt(_EVENTS)) & _POLLIN:
             self._schedule_drain()
+
+    def authenticated(self, link: LinkId) -> str | None:
+        """What the peer on ``link`` proved (its key, with CURVE): for a link this worker
+        opened, the identity it dialled; for another, what the message being delivered on
+        it proved. ``None``: nothing (plaintext, or a key shared mesh-wide)."""
+        outgoing = self._outgoing.get(link)
+        if outgoing is not None:
+            return outgoing.identity
+        delivering = self._delivering
+        if delivering is None or delivering[0] != link:
+            return None
+        return self.security.peer_identity(delivering[1])
 
     def open_links(self) -> int:
         """Links this worker opened and has not closed (for statistics and tests)."""
@@ -297,11 +386,12 @@ class ZmqTransport:
             return
         recv = router.recv
         deliver = events.message
+        renamed = self._link_of
         for _ in range(_DRAIN_BATCH):
             try:
                 link = recv(_NOBLOCK)
                 frames = []
-                frame = recv(_NOBLOCK, copy=False)
+                frame = first = recv(_NOBLOCK, copy=False)
                 frames.append(frame.bytes)
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
@@ -311,10 +401,15 @@ class ZmqTransport:
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
+            if renamed:
+                link = renamed.get(link, link)
+            self._delivering = (link, first)
             try:
                 deliver(link, frames)
             except Exception:
                 logger.exception("inbound message handler failed")
+            finally:
+                self._delivering = None
         self._schedule_drain()  # more may be queued; let other tasks run first
 
     def _drain_monitor(self) -> None:
@@ -344,15 +439,21 @@ class ZmqTransport:
                 elif kind == zmq.EVENT_DISCONNECTED:
                     if value == outgoing.fd:
                         outgoing.fd = None
+                        if outgoing.up:  # never up (a handshake failed): libzmq retries it
+                            self._redial(link, outgoing)  # first: what is sent next goes on it
                         self._down(link, outgoing, self._silent)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
-                    self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
+                    refusal = self.security.refusal(kind, outgoing.dialled)
+                    if refusal is not None:
+                        self._down(link, outgoing, refusal, refused=True)
+                    else:
+                        self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
             except Exception:
                 logger.exception("link event handler failed")
 
-    def _down(self, link: LinkId, outgoing: _Outgoing, why: str) -> None:
+    def _down(self, link: LinkId, outgoing: _Outgoing, why: str, *, refused: bool = False) -> None:
         if outgoing.reported_down:
             return
         outgoing.up, outgoing.reported_down = False, True
         assert self._events is not None
-        self._events.link_down(link, why)
+        self._events.link_down(link, why, refused=refused)

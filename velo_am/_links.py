@@ -1,0 +1,170 @@
+"""Which worker a link speaks for (pure): ``src`` and incarnation bound to the link that
+completed the handshake.
+
+Anyone can open a connection to a worker and write any ``src`` in a header, so the header is
+believed only on a link that speaks for that worker. The links this worker opened speak for
+whoever answers at the address it dialed (the shell checks them against the outbound path's
+owner); this module decides for the links others opened to it:
+
+* A link speaks for nobody until a ``Hello`` on it names a worker (and incarnation); every
+  other message on it is dropped.
+* A ``Hello`` from a newcomer (an id this worker does not know, or a new incarnation, whose
+  address membership verifies before admitting it) or from an observer binds the link at
+  once.
+* A ``Hello`` in the name of a member this worker already knows, with the incarnation it
+  knows, is a *claim*: incarnations are public, so anyone could send it. The claim is proven
+  by a challenge sent on this worker's own link to the member's known address (a secret
+  token); the member answers it on its own link to this worker. The claim holds while the
+  answer is on its way (what arrives on the link waits, in order, up to ``MAX_HELD``, and
+  ``MAX_HELD_TOTAL`` on all links), and is refuted if the answer comes on another link or
+  not within the handshake timeout. At most ``MAX_CLAIMS`` are proven at once.
+* Once bound, a link speaks for that worker and incarnation only: a message naming any other
+  is dropped.
+
+The shell counts what is dropped in ``messages_spoofed``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Generic, NamedTuple, TypeVar
+
+from .transport import LinkId
+
+__all__ = ["MAX_CLAIMS", "MAX_HELD", "MAX_HELD_TOTAL", "Claim", "LinkTrust", "Speaker"]
+__all__ += ["Verdict"]
+
+#: Messages held on a link whose claim is being proven; more are dropped.
+MAX_HELD: Final = 1024
+#: Messages held on all links together; more are dropped.
+MAX_HELD_TOTAL: Final = 65_536
+#: Claims being proven at once (a server that thousands of members dial at once proves each
+#: link); a claim past it is refused.
+MAX_CLAIMS: Final = 65_536
+
+T = TypeVar("T")
+
+
+class Speaker(NamedTuple):
+    """The worker (and incarnation) a link speaks for (a tuple: made and compared once per
+    message)."""
+
+    worker_id: int
+    incarnation: int
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"  # the link speaks for this sender: handle the message
+    HOLD = "hold"  # a claim is being proven: keep the message until it is
+    CHALLENGE = "challenge"  # a new claim: hold the message and challenge the member
+    SPOOFED = "spoofed"  # the link speaks for another worker or incarnation
+    UNBOUND = "unbound"  # the link never carried a handshake
+
+
+@dataclass(slots=True)
+class Claim(Generic[T]):
+    """A link's claim to speak for a member, being proven: ``token`` is the challenge's
+    secret, ``hello_token`` the token of the ``Hello`` that made the claim."""
+
+    link: LinkId
+    speaker: Speaker
+    token: int
+    hello_token: int
+    started: float
+    held: list[T] = field(default_factory=list)
+
+
+class LinkTrust(Generic[T]):
+    """The links others opened to this worker, and whom each speaks for. ``T``: what is held
+    while a claim is proven (decoded messages)."""
+
+    def __init__(self) -> None:
+        #: The bound links and whom each speaks for (read on every message: see
+        #: :meth:`verdict` for the rule).
+        self.bound: dict[LinkId, Speaker] = {}
+        self._claims: dict[LinkId, Claim[T]] = {}
+        self._by_token: dict[int, Claim[T]] = {}
+        self._held = 0  # messages held on all claims
+
+    def __len__(self) -> int:
+        return len(self.bound) + len(self._claims)
+
+    def on_hello(
+        self, link: LinkId, speaker: Speaker, *, needs_proof: bool, hello_token: int, now: float
+    ) -> Verdict:
+        """A ``Hello`` on ``link`` from ``speaker``; ``needs_proof``: it names a member this
+        worker knows, with the incarnation it knows (and is no observer). A ``CHALLENGE``
+        verdict made a claim: send :meth:`claim_of`'s token to the member."""
+        bound = self.bound.get(link)
+        if bound is not None:
+            return Verdict.PASS if bound == speaker else Verdict.SPOOFED
+        claim = self._claims.get(link)
+        if claim is not None:
+            return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
+        if not needs_proof:
+            self.bound[link] = speaker
+            return Verdict.PASS
+        if len(self._claims) >= MAX_CLAIMS:
+            return Verdict.SPOOFED
+        claim = Claim(link, speaker, secrets.randbits(64) or 1, hello_token, now)
+        self._claims[link] = claim
+        self._by_token[claim.token] = claim
+        return Verdict.CHALLENGE
+
+    def verdict(self, link: LinkId, speaker: Speaker) -> Verdict:
+        """Any other message on ``link``, naming ``speaker``."""
+        bound = self.bound.get(link)
+        if bound is not None:
+            return Verdict.PASS if bound == speaker else Verdict.SPOOFED
+        claim = self._claims.get(link)
+        if claim is not None:
+            return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
+        return Verdict.UNBOUND
+
+    def claim_of(self, link: LinkId) -> Claim[T] | None:
+        return self._claims.get(link)
+
+    def hold(self, link: LinkId, item: T) -> bool:
+        """Keep ``item`` until the claim on ``link`` is proven; False if there is no claim or
+        it holds ``MAX_HELD`` already."""
+        claim = self._claims.get(link)
+        if claim is None or len(claim.held) >= MAX_HELD or self._held >= MAX_HELD_TOTAL:
+            return False
+        claim.held.append(item)
+        self._held += 1
+        return True
+
+    def on_proof(
+        self, token: int, speaker: Speaker, link: LinkId, *, inbound: bool
+    ) -> tuple[Claim[T] | None, bool]:
+        """The answer to challenge ``token`` arrived on ``link`` (``inbound``: a link
+        another worker opened) from ``speaker``: the claim it answers (``None``: no such
+        challenge) and whether it is proven (the answer came on the claimed link, from the
+        claimed speaker). Either way the claim ends; a proven link is bound."""
+        claim = self._by_token.pop(token, None)
+        if claim is None:
+            return None, False
+        del self._claims[claim.link]
+        self._held -= len(claim.held)
+        proven = inbound and link == claim.link and speaker == claim.speaker
+        if proven:
+            self.bound[link] = speaker
+        return claim, proven
+
+    def expire(self, now: float, timeout: float) -> list[Claim[T]]:
+        """The claims not proven within ``timeout`` seconds: refuted."""
+        expired = [claim for claim in self._claims.values() if now - claim.started > timeout]
+        for claim in expired:
+            del self._claims[claim.link]
+            del self._by_token[claim.token]
+            self._held -= len(claim.held)
+        return expired
+
+    def retain(self, known: Callable[[int], bool]) -> None:
+        """Forget the links of workers for whom ``known`` is false (forgotten, gone)."""
+        for link, speaker in list(self.bound.items()):
+            if not known(speaker.worker_id):
+                del self.bound[link]

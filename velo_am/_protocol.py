@@ -234,24 +234,6 @@ def _decode_peers(kind: str, raw: Any) -> tuple[PeerInfo, ...]:
     return tuple(peers)
 
 
-def _builder(cls: Any) -> Callable[..., Message]:
-    """``cls(*values)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
-    per field, the costliest part of a decode): set the slots directly, then run the same
-    ``__post_init__`` validation. Callers pass exactly one value per field."""
-    setters = [getattr(cls, field.name).__set__ for field in fields(cls)]
-    post_init = cls.__post_init__
-    new = object.__new__
-
-    def build(*values: Any) -> Message:
-        msg = new(cls)
-        for setter, value in zip(setters, values, strict=True):
-            setter(msg, value)
-        post_init(msg)
-        return msg  # type: ignore[no-any-return]
-
-    return build
-
-
 def _bad_handle(where: str, raw: Any) -> ProtocolError:
     if type(raw) is bytes and len(raw) == 16:
         return ProtocolError(f"{where}: expected a distributed EventHandle (local flag set)")
@@ -275,7 +257,7 @@ def _decode_updates(header: list[Any], _: bytes | None) -> Message:
         done = tuple([_new_tuple(EventDone, _done_of(item)) for item in raw_done])
     except _BadItem:
         subscribe, done = _slow_items(raw_subscribe, raw_done)
-    msg = _new_updates(EventUpdates)
+    msg = _new_message(EventUpdates)
     _set_src(msg, header[2])
     _set_src_incarnation(msg, header[3])
     _set_dst_incarnation(msg, header[4])
@@ -343,17 +325,54 @@ def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
         return lambda h, _: cls(*h[2:-1], _decode_peers(cls.__name__, h[-1]))
     if cls is EventUpdates:
         return _decode_updates
-    if has_payload:
-        build = _builder(cls)
-        return lambda h, payload: build(*h[2:], payload)
+    if cls is Request:
+        return _decode_request
+    if cls is Response:
+        return _decode_response
     return lambda h, _: cls(*h[2:])
 
 
-# EventUpdates built field by field (see _builder), unrolled: every event update takes it.
-_new_updates: Final = object.__new__
+# The hot kinds are built without the frozen dataclass __init__ (one object.__setattr__ per
+# field, the costliest part of a decode): their slots are set directly, unrolled, then the
+# same validation runs (__post_init__; for EventUpdates, whose items the decoder checked, the
+# common fields only).
+_new_message: Final = object.__new__
 _set_src, _set_src_incarnation, _set_dst_incarnation, _set_subscribe, _set_done = (
     getattr(EventUpdates, field.name).__set__ for field in fields(EventUpdates)
 )
+_set_msg_id, _set_handler, _set_reply, _set_payload = (
+    getattr(Request, name).__set__ for name in ("msg_id", "handler", "reply", "payload")
+)
+_set_response_id, _set_response_payload = (
+    getattr(Response, name).__set__ for name in ("msg_id", "payload")
+)
+_check_request: Final = Request.__post_init__
+_check_response: Final = Response.__post_init__
+
+
+def _decode_request(h: list[Any], payload: bytes | None) -> Message:
+    msg = _new_message(Request)
+    _set_src(msg, h[2])
+    _set_src_incarnation(msg, h[3])
+    _set_dst_incarnation(msg, h[4])
+    _set_msg_id(msg, h[5])
+    _set_handler(msg, h[6])
+    _set_reply(msg, h[7])
+    _set_payload(msg, payload)
+    _check_request(msg)
+    return msg
+
+
+def _decode_response(h: list[Any], payload: bytes | None) -> Message:
+    msg = _new_message(Response)
+    _set_src(msg, h[2])
+    _set_src_incarnation(msg, h[3])
+    _set_dst_incarnation(msg, h[4])
+    _set_response_id(msg, h[5])
+    _set_response_payload(msg, payload)
+    _check_response(msg)
+    return msg
+
 
 # kind -> (decoder, class name, header length, has payload frame)
 _DECODERS: Final[dict[int, tuple[_Decoder, str, int, bool]]] = {

@@ -242,7 +242,7 @@ class ZmqTransport:
             raise LinkFull(f"cannot connect to {address}: {error}") from None
         self._outgoing[link] = _Outgoing(address)
         self._by_address[address] = link
-        self._recheck(router)
+        self._recheck()
         return link
 
     def disconnect(self, link: LinkId) -> None:
@@ -254,7 +254,7 @@ class ZmqTransport:
             self._router.disconnect(outgoing.address)
         except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
             logger.debug("disconnecting %s: %s", outgoing.address, error)
-        self._recheck(self._router)
+        self._recheck()
 
     def send(self, link: LinkId, frames: list[bytes]) -> None:
         router = self._router
@@ -275,14 +275,16 @@ class ZmqTransport:
                 raise LinkClosed("no such connection (closed or lost)") from None
             raise LinkFull(str(error)) from None
         if not self._draining:  # else the drain looks before it returns
-            self._recheck(router)
+            self._recheck()
 
-    def _recheck(self, router: zmq.Socket[bytes]) -> None:
+    def _recheck(self) -> None:
         """Any operation on the socket (a send, a connect) may consume the edge of its file
         descriptor that announced messages to read: look, and drain if some wait (else they
-        would wait for the next edge, maybe forever)."""
-        if not self._drain_scheduled and _get_option(router, _EVENTS) & _POLLIN:
-            self._schedule_drain()
+        would wait for the next edge, maybe forever). The look (``ZMQ_EVENTS``, as dear as a
+        send) is made once, by the loop's next iteration, however many sends come first."""
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._look)
 
     def open_links(self) -> int:
         """Links this worker opened and has not closed (for statistics and tests)."""
@@ -298,6 +300,12 @@ class ZmqTransport:
     def _drain_later(self) -> None:
         self._drain_scheduled = False
         self._drain()
+
+    def _look(self) -> None:
+        self._drain_scheduled = False
+        router = self._router
+        if router is not None and _get_option(router, _EVENTS) & _POLLIN:
+            self._drain()
 
     def _drain(self) -> None:
         router, events = self._router, self._events

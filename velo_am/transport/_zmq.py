@@ -11,7 +11,10 @@ Links are watched below the application: ZMTP heartbeats, answered by libzmq's I
 while the worker's event loop is busy, and the socket monitor's events (handshake succeeded,
 disconnected, connection refused, handshake failed) become ``link_up`` / ``link_down``.
 The socket is read from the event loop: its file descriptor is edge-triggered, so a drain
-reads until empty and a drain cut short reschedules itself.
+reads until empty (a lone message: until ``ZMQ_EVENTS`` says so; a burst: until ``zmq.Again``)
+and a drain cut short reschedules itself. Any other use of the socket (a send, a connect) may
+take the edge that announced messages, so the loop's next iteration looks (``ZMQ_EVENTS``)
+and drains if some wait: one look however many sends came first.
 """
 
 from __future__ import annotations

@@ -330,6 +330,10 @@ class ZmqTransport:
         recv, get = _recv_frame, _get_option
         for count in range(_DRAIN_BATCH):
             try:
+                # The look also consumes any edge a send made while delivering: nothing is
+                # left unseen.
+                if count == 1 and not get(router, _EVENTS) & _POLLIN:
+                    return
                 link = recv(router, _NOBLOCK)
                 frame = recv(router, _NOBLOCK, False)
                 frames = [frame.bytes]
@@ -345,9 +349,6 @@ class ZmqTransport:
                 deliver(link, frames)
             except Exception:
                 logger.exception("inbound message handler failed")
-            # Also consumes any edge a send made while delivering: nothing is left unseen.
-            if not count and not get(router, _EVENTS) & _POLLIN:
-                return
         self._schedule_drain()  # more may be queued; let other tasks run first
 
     def _drain_monitor(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Final
 from velo_event import EventHandle, EventPoison, OutcomeUnknown
 
 from ._handlers import CallContext
+from ._loops import run as run_loop
 from ._worker import Worker
 
 __all__ = ["CausalProgress", "progress_line", "register", "run_demo"]
@@ -371,7 +372,7 @@ def run_demo(workers: int, out: Callable[[str], None] | None = None) -> int:
     write = out or (lambda line: print(line, flush=True))
     demo = _Demo(workers, write)
     try:
-        code = asyncio.run(_interruptible(demo.run()))
+        code = run_loop(_interruptible(demo.run()))
     except Exception as error:
         print(f"velo-am demo: failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -22,7 +22,8 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from dataclasses import fields as dataclass_fields
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _protocol as p
 from ._codec import unpack
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 __all__ = ["HandlerExecution", "Serving"]
 
 logger = logging.getLogger(__name__)
+
+_new_context: Final = object.__new__
+_set_sender, _set_message_id, _set_expects_reply = (
+    getattr(CallContext, field.name).__set__ for field in dataclass_fields(CallContext)
+)
 
 
 class _BadRequest(Exception):
@@ -152,7 +158,8 @@ class HandlerExecution:
                 except (Exception, asyncio.CancelledError) as error:
                     self._handler_failed(spec, peer, msg, link, error, started)
                     continue
-                if inspect.isawaitable(result):  # a sync function returning an awaitable
+                # (None first: what nearly every sync handler returns, at no cost to check)
+                if result is not None and inspect.isawaitable(result):  # a coroutine, say
                     self.spawn(self._finish(spec, peer, msg, link, result, started))
                 else:
                     self._reply(spec, peer, msg, link, result, started)
@@ -196,7 +203,13 @@ class HandlerExecution:
 
     @staticmethod
     def _context(peer: Addressee, msg: p.Request) -> CallContext:
-        return CallContext(peer.worker_id, msg.msg_id, msg.reply)
+        # CallContext(...) without the frozen dataclass __init__ (object.__setattr__ per
+        # field): one is made for every request, and the values are the checked message's.
+        context = _new_context(CallContext)
+        _set_sender(context, peer.worker_id)
+        _set_message_id(context, msg.msg_id)
+        _set_expects_reply(context, msg.reply)
+        return context
 
     def _payload(self, peer: Addressee, msg: p.Request, link: LinkId) -> Any:
         try:

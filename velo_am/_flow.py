@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from . import _protocol as p
 from ._errors import AMError, PeerBusy, PeerDraining, PeerLost
@@ -45,6 +45,22 @@ if TYPE_CHECKING:
 __all__ = ["FlowControl", "Ledger", "ReceiveWindows", "SendWindow", "SendWindows"]
 
 logger = logging.getLogger(__name__)
+
+
+# An exhausted iterator: awaiting through it returns at once.
+_DONE: Final = cast("Generator[Any, None, None]", iter(()))
+
+
+class _Sent:
+    """What :meth:`SendWindows.send` returns for a send made at once: awaiting it is done."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _DONE
+
+
+_SENT: Final = _Sent()
 
 
 class _Expired(Exception):
@@ -134,17 +150,30 @@ class SendWindows:
             window = self._windows[peer.worker_id] = SendWindow(peer.incarnation)
         return window
 
-    async def send(
+    def send(
         self, peer: Addressee, name: str, payload: Any, timeout: float | None, default: float
-    ) -> None:
+    ) -> Awaitable[None]:
         """Send when the window has room, waiting for it (first come, first served) up to
-        ``timeout`` seconds (``None``: ``default``). Raises :class:`PeerBusy` (timed out: not sent),
-        :class:`PeerLost` or :class:`PeerDraining` (the peer was lost or began closing
-        meanwhile: not sent), and what :meth:`send_now` raises."""
+        ``timeout`` seconds (``None``: ``default``). What it returns is awaited at once; it
+        raises :class:`PeerBusy` (timed out: not sent), :class:`PeerLost` or
+        :class:`PeerDraining` (the peer was lost or began closing meanwhile: not sent), and
+        what :meth:`send_now` raises. A send with room goes out now, and costs no coroutine."""
         window = self._window(peer)
-        if window.used < self.size:  # no send waits while there is room: see _wake
+        # No send waits while there is room (see _wake). ``used``, inlined: every send asks.
+        if len(window.sent) + window.unfinished + window.granted < self.size:
             self._send(window, peer, name, payload)
-            return
+            return _SENT
+        return self._send_with_room(window, peer, name, payload, default, timeout)
+
+    async def _send_with_room(
+        self,
+        window: SendWindow,
+        peer: Addressee,
+        name: str,
+        payload: Any,
+        default: float,
+        timeout: float | None,
+    ) -> None:
         await self._room(window, peer, default if timeout is None else timeout)
         window.granted -= 1
         try:

@@ -468,10 +468,10 @@ class Outbound:
         """The events layer's items for ``peer``, in as many messages as the item limit and
         ``max_message_size`` require. Raises :class:`PeerUnreachable`."""
         for subscribe_part, done_part in _chunks(subscribe, done, self.max_message_size):
-            msg = p.EventUpdates(
+            frames = p.encode_updates(
                 self.worker_id, self.incarnation, peer.incarnation, subscribe_part, done_part
             )
-            self.send(peer.worker_id, msg)
+            self.send_frames(peer.worker_id, frames)
 
 
 def _cost(item: p.EventDone) -> int:

@@ -66,7 +66,7 @@ __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "R
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
 __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
 __all__ += ["encode", "decode"]
-__all__ += ["encode_request", "encode_response"]
+__all__ += ["encode_request", "encode_response", "encode_updates"]
 
 _SMALL_HEADER: Final = 1024  # headers up to this size skip the element budget
 _MAX_HEADER_ITEMS: Final = 6 * MAX_PEERS + 16  # total array elements in one header
@@ -167,6 +167,53 @@ def encode_response(
     return encode(Response(src, src_incarnation, dst_incarnation, msg_id, payload))
 
 
+def encode_updates(
+    src: int,
+    src_incarnation: int,
+    dst_incarnation: int,
+    subscribe: Sequence[EventHandle],
+    done: Sequence[EventDone],
+) -> list[bytes]:
+    """``encode(EventUpdates(...))`` without building the message (see :func:`encode_request`):
+    the hot path of every remote await and completion."""
+    if (
+        type(src) is type(src_incarnation) is type(dst_incarnation) is int
+        and 0 < src <= U64_MAX
+        and 0 < src_incarnation <= U64_MAX
+        and 0 <= dst_incarnation <= U64_MAX
+        and len(subscribe) + len(done) <= MAX_EVENT_ITEMS
+    ):
+        try:
+            header: list[object] = [PROTOCOL_VERSION, Kind.EVENT_UPDATES, src, src_incarnation]
+            header.append(dst_incarnation)
+            header.append([_wire_handle(handle) for handle in subscribe])
+            header.append([_wire_done(item) for item in done])
+            return [_local.pack(header)]
+        except Exception:  # a bad item, or a reason msgpack cannot encode: worded below
+            pass
+    return encode(
+        EventUpdates(src, src_incarnation, dst_incarnation, tuple(subscribe), tuple(done))
+    )
+
+
+_int_to_bytes: Final = int.to_bytes
+
+
+def _wire_handle(handle: EventHandle) -> bytes:
+    if type(handle) is not EventHandle or handle & _LOCAL:
+        raise TypeError("not a distributed EventHandle")
+    return _int_to_bytes(handle, 16, "big")
+
+
+def _wire_done(item: EventDone) -> tuple[bytes, str | None]:
+    if type(item) is not EventDone:
+        raise TypeError("not an EventDone")
+    handle, reason = item
+    if reason is not None and type(reason) is not str:
+        raise TypeError("not a reason")
+    return _wire_handle(handle), reason
+
+
 # ----------------------------------------------------------------------------- decoding
 _Decoder: TypeAlias = Callable[[list[Any], "bytes | None"], Message]
 
@@ -187,28 +234,6 @@ def _decode_peers(kind: str, raw: Any) -> tuple[PeerInfo, ...]:
     return tuple(peers)
 
 
-def _builder(cls: Any, *, check: bool = True) -> Callable[..., Message]:
-    """``cls(*values)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
-    per field, the costliest part of a decode): set the slots directly, then run the same
-    ``__post_init__`` validation (with ``check=False``, only the common fields': the caller
-    validated the others). Callers pass exactly one value per field."""
-    setters = [getattr(cls, field.name).__set__ for field in fields(cls)]
-    post_init = cls.__post_init__
-    new = object.__new__
-
-    def build(*values: Any) -> Message:
-        msg = new(cls)
-        for setter, value in zip(setters, values, strict=True):
-            setter(msg, value)
-        if check:
-            post_init(msg)
-        else:  # the decoder checked the rest
-            check_envelope(msg)
-        return msg  # type: ignore[no-any-return]
-
-    return build
-
-
 def _bad_handle(where: str, raw: Any) -> ProtocolError:
     if type(raw) is bytes and len(raw) == 16:
         return ProtocolError(f"{where}: expected a distributed EventHandle (local flag set)")
@@ -218,7 +243,8 @@ def _bad_handle(where: str, raw: Any) -> ProtocolError:
 
 def _decode_updates(header: list[Any], _: bytes | None) -> Message:
     """Items are checked as they are decoded; the message is then built without checking
-    them again (the common fields still are)."""
+    them again (the common fields still are). Well-formed items take one comprehension each;
+    the first bad one sends the whole message down the slow path, which names it."""
     raw_subscribe, raw_done = header[5], header[6]
     if type(raw_subscribe) is not list:
         raise ProtocolError("EventUpdates.subscribe: expected an array")
@@ -226,24 +252,72 @@ def _decode_updates(header: list[Any], _: bytes | None) -> Message:
         raise ProtocolError("EventUpdates.done: expected an array")
     if len(raw_subscribe) + len(raw_done) > MAX_EVENT_ITEMS:
         raise ProtocolError(f"EventUpdates: more than {MAX_EVENT_ITEMS} items")
-    new_handle, from_bytes, handle_type, local = int.__new__, int.from_bytes, EventHandle, 1 << 63
-    new_item = tuple.__new__
+    try:
+        subscribe = tuple([_handle_of(raw) for raw in raw_subscribe])
+        done = tuple([_new_tuple(EventDone, _done_of(item)) for item in raw_done])
+    except _BadItem:
+        subscribe, done = _slow_items(raw_subscribe, raw_done)
+    msg = _new_message(EventUpdates)
+    _set_src(msg, header[2])
+    _set_src_incarnation(msg, header[3])
+    _set_dst_incarnation(msg, header[4])
+    _set_subscribe(msg, subscribe)
+    _set_done(msg, done)
+    check_envelope(msg)
+    return msg
+
+
+class _BadItem(Exception):
+    """An update item failed the fast check (the slow path words the error)."""
+
+
+_new_tuple: Final = tuple.__new__
+_new_int: Final = int.__new__
+_from_bytes: Final = int.from_bytes
+_LOCAL: Final = 1 << 63  # a handle's local-only flag: such handles never travel
+
+
+def _handle_of(raw: Any) -> EventHandle:
+    if type(raw) is not bytes or len(raw) != 16:
+        raise _BadItem
+    value = _from_bytes(raw)
+    if value & _LOCAL:
+        raise _BadItem
+    return _new_int(EventHandle, value)
+
+
+def _done_of(item: Any) -> tuple[EventHandle, str | None]:
+    if type(item) is not list or len(item) != 2:
+        raise _BadItem
+    raw, reason = item
+    if reason is not None and type(reason) is not str:
+        raise _BadItem
+    return _handle_of(raw), reason
+
+
+def _slow_items(
+    raw_subscribe: list[Any], raw_done: list[Any]
+) -> tuple[tuple[EventHandle, ...], tuple[EventDone, ...]]:
+    """The items one by one, raising the :class:`ProtocolError` naming the first bad one."""
     subscribe = []
     for i, raw in enumerate(raw_subscribe):
-        if type(raw) is not bytes or len(raw) != 16 or (value := from_bytes(raw)) & local:
-            raise _bad_handle(f"EventUpdates.subscribe[{i}]", raw)
-        subscribe.append(new_handle(handle_type, value))
+        try:
+            subscribe.append(_handle_of(raw))
+        except _BadItem:
+            raise _bad_handle(f"EventUpdates.subscribe[{i}]", raw) from None
     done = []
     for i, item in enumerate(raw_done):
         if type(item) is not list or len(item) != 2:
             raise ProtocolError(f"EventUpdates.done[{i}]: expected [handle, reason]")
         raw, reason = item
-        if type(raw) is not bytes or len(raw) != 16 or (value := from_bytes(raw)) & local:
-            raise _bad_handle(f"EventUpdates.done[{i}].handle", raw)
+        try:
+            handle = _handle_of(raw)
+        except _BadItem:
+            raise _bad_handle(f"EventUpdates.done[{i}].handle", raw) from None
         if reason is not None and type(reason) is not str:
             raise ProtocolError(f"EventUpdates.done[{i}].reason: expected str or None")
-        done.append(new_item(EventDone, (new_handle(handle_type, value), reason)))
-    return _build_updates(header[2], header[3], header[4], tuple(subscribe), tuple(done))
+        done.append(EventDone(handle, reason))
+    return tuple(subscribe), tuple(done)
 
 
 def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
@@ -251,13 +325,54 @@ def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
         return lambda h, _: cls(*h[2:-1], _decode_peers(cls.__name__, h[-1]))
     if cls is EventUpdates:
         return _decode_updates
-    if has_payload:
-        build = _builder(cls)
-        return lambda h, payload: build(*h[2:], payload)
+    if cls is Request:
+        return _decode_request
+    if cls is Response:
+        return _decode_response
     return lambda h, _: cls(*h[2:])
 
 
-_build_updates: Final = _builder(EventUpdates, check=False)
+# The hot kinds are built without the frozen dataclass __init__ (one object.__setattr__ per
+# field, the costliest part of a decode): their slots are set directly, unrolled, then the
+# same validation runs (__post_init__; for EventUpdates, whose items the decoder checked, the
+# common fields only).
+_new_message: Final = object.__new__
+_set_src, _set_src_incarnation, _set_dst_incarnation, _set_subscribe, _set_done = (
+    getattr(EventUpdates, field.name).__set__ for field in fields(EventUpdates)
+)
+_set_msg_id, _set_handler, _set_reply, _set_payload = (
+    getattr(Request, name).__set__ for name in ("msg_id", "handler", "reply", "payload")
+)
+_set_response_id, _set_response_payload = (
+    getattr(Response, name).__set__ for name in ("msg_id", "payload")
+)
+_check_request: Final = Request.__post_init__
+_check_response: Final = Response.__post_init__
+
+
+def _decode_request(h: list[Any], payload: bytes | None) -> Message:
+    msg = _new_message(Request)
+    _set_src(msg, h[2])
+    _set_src_incarnation(msg, h[3])
+    _set_dst_incarnation(msg, h[4])
+    _set_msg_id(msg, h[5])
+    _set_handler(msg, h[6])
+    _set_reply(msg, h[7])
+    _set_payload(msg, payload)
+    _check_request(msg)
+    return msg
+
+
+def _decode_response(h: list[Any], payload: bytes | None) -> Message:
+    msg = _new_message(Response)
+    _set_src(msg, h[2])
+    _set_src_incarnation(msg, h[3])
+    _set_dst_incarnation(msg, h[4])
+    _set_response_id(msg, h[5])
+    _set_response_payload(msg, payload)
+    _check_response(msg)
+    return msg
+
 
 # kind -> (decoder, class name, header length, has payload frame)
 _DECODERS: Final[dict[int, tuple[_Decoder, str, int, bool]]] = {

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from ._errors import WorkerClosed
+from ._loops import loop_factory
 from ._worker import Worker
 
 __all__ = ["CLOSE_MARGIN", "Runtime", "loop_thread_error", "track"]
@@ -109,7 +110,7 @@ class Runtime:
         self.jobs: set[_Job] = set()
         self.wakeups: set[threading.Event] = set()  # serve_forever() calls, set on close
         self._tasks: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()()  # uvloop if installed (see _loops)
         self.thread = threading.Thread(target=self._main, name="velo-am-loop", daemon=True)
 
     def describe(self) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from .._demo import run_demo
+from .._loops import run as run_loop
 from . import _events, _inspect, _keygen, _worker
 from ._shared import (
     EXIT_ERROR,
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level, args.log_format)
     try:
         outcome = COMMANDS[args.command].run(args)
-        return asyncio.run(outcome) if asyncio.iscoroutine(outcome) else outcome
+        return run_loop(outcome) if asyncio.iscoroutine(outcome) else outcome
     except CommandError as error:
         print(f"velo-am {args.command}: {error}", file=sys.stderr)
         return error.code

@@ -96,7 +96,7 @@ class Shell:
             self._outbound.heard(msg.src, link, now)
             self.apply(self._membership.on_hello_ack(msg, now))
             if self._outbound.is_up(link):  # it came up before we knew whose it was
-                self._membership.on_link_up(msg.src)
+                self._membership.on_link_up(msg.src, msg.src_incarnation)
             return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
         if type(peer) is not ms.Member:

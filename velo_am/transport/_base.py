@@ -81,7 +81,9 @@ class Transport(Protocol):
         """Bind and start reporting to ``events`` on ``loop``; returns the address peers
         connect to (a port 0 resolved): the bound endpoint, or what the worker advertises
         (one or more endpoints, separated by spaces). ``identity`` names this worker's
-        side of the links it opens, as the other end sees them (unique per incarnation)."""
+        side of the links it opens, as the other end sees them (unique per incarnation),
+        followed by a nonce of each link's own: no two links collide, and nobody can present
+        the name of another's link."""
         ...
 
     def connect(self, address: str, peer_id: int | None = None) -> LinkId:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 from collections.abc import Callable
 from typing import Final
 
@@ -199,11 +200,9 @@ class FakeTransport:
         self.receive(b"i" + next(self._ids).to_bytes(8, "big"), frames)
 
     def accept(self, connection: _Connection) -> None:
-        # As with ZeroMQ: the listener names a link by the dialer's identity.
-        link = connection.dialer.identity
-        old = self._accepted.get(link)
-        if old is not None and old is not connection:
-            old.open = False
+        # As with ZeroMQ: the listener names a link by the routing id the dialer presents,
+        # its identity and a nonce of this connection's own.
+        link = connection.dialer.identity + secrets.token_bytes(8)
         connection.listener = self
         connection.listener_link = link
         self._accepted[link] = connection

@@ -20,6 +20,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import secrets
 from typing import Final
 
 import zmq
@@ -65,12 +66,16 @@ _FAILED: Final[dict[int, str]] = {
 class _Outgoing:
     """One link this worker opened. ``fd`` is its current connection's descriptor: the
     monitor reports events by endpoint, and an event of an earlier connection to the same
-    address (the link closed and reopened, a peer restarted there) must not count."""
+    address (the link closed and reopened, a peer restarted there) must not count.
+    ``connection`` is the routing id of its current ZeroMQ connection: the link's own id
+    until the link is re-dialed (see :meth:`ZmqTransport._redial`)."""
 
-    __slots__ = ("address", "fd", "reported_down", "up")
+    __slots__ = ("address", "connection", "fd", "peer_id", "reported_down", "up")
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, connection: bytes, peer_id: int | None) -> None:
         self.address = address
+        self.connection = connection
+        self.peer_id = peer_id
         self.fd: int | None = None
         self.up = False
         self.reported_down = False
@@ -118,7 +123,12 @@ class ZmqTransport:
         self._ids = itertools.count(1)
         self._outgoing: dict[LinkId, _Outgoing] = {}
         self._by_address: dict[str, LinkId] = {}
+        # Links re-dialed after a lost connection: the link -> its connection's routing id,
+        # and back. Empty unless a connection was lost while its link stayed open.
+        self._connection_of: dict[LinkId, bytes] = {}
+        self._link_of: dict[bytes, LinkId] = {}
         self._silent = ""
+        self._identity = b""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -132,6 +142,7 @@ class ZmqTransport:
     ) -> str:
         self._loop = loop
         self._events = events
+        self._identity = identity
         self._interfaces = local_interfaces()
         bind = listen_endpoint(self._bind, self._interface, self._interfaces)
         self._context = context = zmq.Context()
@@ -143,10 +154,11 @@ class ZmqTransport:
         timeout_ms = max(int(liveness.timeout * 1000) - interval_ms, interval_ms)
         for option, value in (
             (zmq.ROUTER_MANDATORY, 1),
-            # A worker reconnecting (a link closed and reopened) replaces its old connection,
-            # which may linger on this side: refused, it would look like a lost peer.
-            (zmq.ROUTER_HANDOVER, 1),
-            (zmq.ROUTING_ID, identity),
+            # No ROUTER_HANDOVER: each connection this worker opens presents a routing id of
+            # its own (see connect), so a reconnecting worker never collides with its old
+            # connection lingering on the other side, and nobody can take over a link by
+            # presenting a member's id (handover also let libzmq replace a connection in the
+            # middle of a message).
             # A link closed while messages wait on it (a goodbye's answer) lets them out first.
             (zmq.LINGER, 200),
             (zmq.MAXMSGSIZE, self._max_message_size),
@@ -209,6 +221,8 @@ class ZmqTransport:
         router.close(linger=0)
         self._outgoing.clear()
         self._by_address.clear()
+        self._connection_of.clear()
+        self._link_of.clear()
         self.security.close()
         try:
             await asyncio.to_thread(context.term)
@@ -227,23 +241,61 @@ class ZmqTransport:
         existing = self._by_address.get(address)
         if existing is not None:
             return existing
-        link = b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+        link = self._new_connection_id()
         try:
-            router.setsockopt(zmq.CONNECT_ROUTING_ID, link)
-            self.security.configure_link(router, address, peer_id)
-            router.connect(address)
+            self._connect(router, link, address, peer_id)
         except zmq.ZMQError as error:
             raise LinkFull(f"cannot connect to {address}: {error}") from None
-        self._outgoing[link] = _Outgoing(address)
+        self._outgoing[link] = _Outgoing(address, link, peer_id)
         self._by_address[address] = link
         self._recheck(router)
         return link
+
+    def _new_connection_id(self) -> bytes:
+        return b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
+
+    def _connect(
+        self, router: zmq.Socket[bytes], connection: bytes, address: str, peer_id: int | None
+    ) -> None:
+        router.setsockopt(zmq.CONNECT_ROUTING_ID, connection)
+        # What the other side names this connection: libzmq copies the socket's options at
+        # connect, so each connection presents a routing id of its own that nobody can
+        # predict (the bound listener keeps the options it had at bind).
+        router.setsockopt(zmq.ROUTING_ID, self._identity + secrets.token_bytes(8))
+        self.security.configure_link(router, address, peer_id)
+        router.connect(address)
+
+    def _redial(self, link: LinkId, outgoing: _Outgoing) -> None:
+        """The link's connection was lost: connect again under fresh routing ids. libzmq's
+        own reconnection would present the old routing id, which the other side may still
+        hold for the old connection (a peer frozen, a partition): without handover it would
+        ignore the new one. The link keeps its id; what was queued on it is dropped."""
+        router = self._router
+        if router is None or self._outgoing.get(link) is not outgoing:
+            return  # closed meanwhile (its owner heard it was down)
+        try:
+            router.disconnect(outgoing.address)
+        except zmq.ZMQError as error:
+            logger.debug("disconnecting %s: %s", outgoing.address, error)
+        self._link_of.pop(outgoing.connection, None)
+        connection = self._new_connection_id()
+        try:
+            self._connect(router, connection, outgoing.address, outgoing.peer_id)
+        except zmq.ZMQError as error:  # the link stays down; its owner closes it
+            logger.warning("reconnecting to %s: %s", outgoing.address, error)
+            return
+        outgoing.connection = connection
+        self._connection_of[link] = connection
+        self._link_of[connection] = link
+        self._recheck(router)
 
     def disconnect(self, link: LinkId) -> None:
         outgoing = self._outgoing.pop(link, None)
         if outgoing is None or self._router is None:
             return
         self._by_address.pop(outgoing.address, None)
+        self._connection_of.pop(link, None)
+        self._link_of.pop(outgoing.connection, None)
         try:
             self._router.disconnect(outgoing.address)
         except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
@@ -256,6 +308,8 @@ class ZmqTransport:
             raise LinkClosed("transport closed")
         # Frame by frame with plain int flags: half the cost of send_multipart per message.
         send = router.send
+        if self._connection_of:
+            link = self._connection_of.get(link, link)
         try:
             send(link, _MORE_NOBLOCK)
             for frame in frames[:-1]:
@@ -297,6 +351,7 @@ class ZmqTransport:
             return
         recv = router.recv
         deliver = events.message
+        renamed = self._link_of
         for _ in range(_DRAIN_BATCH):
             try:
                 link = recv(_NOBLOCK)
@@ -311,6 +366,8 @@ class ZmqTransport:
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
+            if renamed:
+                link = renamed.get(link, link)
             try:
                 deliver(link, frames)
             except Exception:
@@ -345,6 +402,7 @@ class ZmqTransport:
                     if value == outgoing.fd:
                         outgoing.fd = None
                         self._down(link, outgoing, self._silent)
+                        self._redial(link, outgoing)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
                     self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
             except Exception:

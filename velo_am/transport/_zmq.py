@@ -21,6 +21,8 @@ import errno
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import zmq
@@ -129,6 +131,8 @@ class ZmqTransport:
         self._link_of: dict[bytes, LinkId] = {}
         self._silent = ""
         self._identity = b""
+        # Connects and disconnects waiting for a moment when nothing is prefetched.
+        self._at_rest: list[Callable[[zmq.Socket[bytes]], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -223,6 +227,7 @@ class ZmqTransport:
         self._by_address.clear()
         self._connection_of.clear()
         self._link_of.clear()
+        self._at_rest.clear()
         self.security.close()
         try:
             await asyncio.to_thread(context.term)
@@ -242,10 +247,13 @@ class ZmqTransport:
         if existing is not None:
             return existing
         link = self._new_connection_id()
-        try:
-            self._connect(router, link, address, peer_id)
-        except zmq.ZMQError as error:
-            raise LinkFull(f"cannot connect to {address}: {error}") from None
+        if self._at_rest:  # after the disconnects waiting there (of this address, maybe)
+            self._when_at_rest(partial(self._connect_quietly, link, address, peer_id))
+        else:
+            try:
+                self._connect(router, link, address, peer_id)
+            except zmq.ZMQError as error:
+                raise LinkFull(f"cannot connect to {address}: {error}") from None
         self._outgoing[link] = _Outgoing(address, link, peer_id)
         self._by_address[address] = link
         self._recheck(router)
@@ -273,21 +281,31 @@ class ZmqTransport:
         router = self._router
         if router is None or self._outgoing.get(link) is not outgoing:
             return  # closed meanwhile (its owner heard it was down)
-        try:
-            router.disconnect(outgoing.address)
-        except zmq.ZMQError as error:
-            logger.debug("disconnecting %s: %s", outgoing.address, error)
+        self._when_at_rest(partial(_disconnect, outgoing.address))
         self._link_of.pop(outgoing.connection, None)
         connection = self._new_connection_id()
-        try:
-            self._connect(router, connection, outgoing.address, outgoing.peer_id)
-        except zmq.ZMQError as error:  # the link stays down; its owner closes it
-            logger.warning("reconnecting to %s: %s", outgoing.address, error)
-            return
+        connect = partial(self._connect_quietly, connection, outgoing.address, outgoing.peer_id)
+        self._when_at_rest(connect)  # if it fails, the link stays down; its owner closes it
         outgoing.connection = connection
         self._connection_of[link] = connection
         self._link_of[connection] = link
-        self._recheck(router)
+
+    def _connect_quietly(
+        self, connection: bytes, address: str, peer_id: int | None, router: zmq.Socket[bytes]
+    ) -> None:
+        try:
+            self._connect(router, connection, address, peer_id)
+        except zmq.ZMQError as error:
+            logger.warning("connecting to %s: %s", address, error)
+
+    def _when_at_rest(self, operation: Callable[[zmq.Socket[bytes]], None]) -> None:
+        """Run ``operation`` (a connect or disconnect) on the ROUTER once nothing is
+        prefetched in it, in order. libzmq 4.3.5 aborts (``!_more``, fq.cpp:80; libzmq
+        #3485) when a connection is disconnected after the ROUTER prefetched the first frame
+        of a message from it (a poll, ``ZMQ_EVENTS``) and that message is then read. Right
+        after a receive found nothing, nothing is prefetched: the drain runs them there."""
+        self._at_rest.append(operation)
+        self._schedule_drain()
 
     def disconnect(self, link: LinkId) -> None:
         outgoing = self._outgoing.pop(link, None)
@@ -296,11 +314,7 @@ class ZmqTransport:
         self._by_address.pop(outgoing.address, None)
         self._connection_of.pop(link, None)
         self._link_of.pop(outgoing.connection, None)
-        try:
-            self._router.disconnect(outgoing.address)
-        except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
-            logger.debug("disconnecting %s: %s", outgoing.address, error)
-        self._recheck(self._router)
+        self._when_at_rest(partial(_disconnect, outgoing.address))
 
     def send(self, link: LinkId, frames: list[bytes]) -> None:
         router = self._router
@@ -362,6 +376,11 @@ class ZmqTransport:
                     frame = recv(_NOBLOCK, copy=False)
                     frames.append(frame.bytes)
             except zmq.Again:
+                if self._at_rest:
+                    operations, self._at_rest = self._at_rest, []
+                    for operation in operations:
+                        operation(router)
+                    self._recheck(router)
                 return
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
@@ -414,3 +433,10 @@ class ZmqTransport:
         outgoing.up, outgoing.reported_down = False, True
         assert self._events is not None
         self._events.link_down(link, why)
+
+
+def _disconnect(address: str, router: zmq.Socket[bytes]) -> None:
+    try:
+        router.disconnect(address)
+    except zmq.ZMQError as error:  # the endpoint was never connected (a bad address)
+        logger.debug("disconnecting %s: %s", address, error)

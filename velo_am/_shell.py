@@ -31,6 +31,7 @@ from ._membership import PeerTable
 from ._outbound import Outbound
 from ._remote import RemoteEvents
 from ._routes import Routes
+from ._stall import StallWatch
 from .transport import LinkId
 
 __all__ = ["PeerLostCallback", "Shell"]
@@ -73,6 +74,7 @@ class Shell:
         #: While closing: set once every peer told goodbye has answered.
         self.goodbyes_answered: asyncio.Event | None = None
         self._gossip_scheduled = False
+        self._stalls = StallWatch(table.worker_id, outbound.connect_timeout)
 
     # -- the transport's events ---------------------------------------------------------------
 
@@ -141,7 +143,8 @@ class Shell:
             if self.routes is not None:
                 self.routes.link_failed(link, why)
             return
-        self.apply(self._membership.on_link_down(peer_id, why, time.monotonic()))
+        now = time.monotonic()
+        self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
 
     def _on_rejected(self, msg: p.Message, link: LinkId, rejected: ms.Rejected) -> None:
         self._counters[rejected.counter] += 1
@@ -192,13 +195,14 @@ class Shell:
         """Time passes for the table and the links: dials expire, old entries go, neighbors
         are kept, lost members redialed, idle links closed, the peers this worker has
         business with watched through links of its own, and credits repeated."""
+        self._stalls.tick(now)
         interest = self.interest()
         self.apply(self._membership.tick(now))
         self._remote_events.tick(now)
         self._flow.receipts.tick()
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
-            self.apply(self._membership.on_link_down(peer_id, why, now))
+            self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 
     # -- effects --------------------------------------------------------------------------------

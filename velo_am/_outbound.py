@@ -107,11 +107,19 @@ class Outbound:
     # -- links ------------------------------------------------------------------------------
 
     def dial(
-        self, address: str, peer_id: int | None, now: float, *, handshake: bool = False
+        self,
+        address: str,
+        peer_id: int | None,
+        now: float,
+        *,
+        handshake: bool = False,
+        adopt: bool = True,
     ) -> LinkId:
         """This worker's link to ``address`` (opened if there is none); ``peer_id`` when the
-        worker there is known; ``handshake``: one starts on it (see :meth:`dial_ended`).
-        Raises :class:`PeerUnreachable` if none can be opened."""
+        worker there is known; ``handshake``: one starts on it (see :meth:`dial_ended`);
+        ``adopt``: it is now the link to ``peer_id`` (not for a newcomer's verification: a
+        live member of its id may be elsewhere). Raises :class:`PeerUnreachable` if none
+        can be opened."""
         try:
             link = self._transport.connect(address, peer_id)
         except LinkError as error:
@@ -119,7 +127,7 @@ class Outbound:
         if link not in self._used:
             self._connecting[link] = now
         self._used[link] = now
-        if peer_id is not None:
+        if peer_id is not None and adopt:
             self._adopt(peer_id, link)
         elif link not in self._owner:
             self._dials.add(link)

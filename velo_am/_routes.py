@@ -22,6 +22,7 @@ from typing import Final, TypeVar
 from . import _peers as ms
 from ._errors import PeerUnreachable, WorkerClosed
 from ._membership import PeerTable
+from ._messages import HelloFlags
 from ._outbound import Outbound
 from .discovery import Discovery, DiscoveryEntry, this_host
 from .transport import LinkId
@@ -89,7 +90,10 @@ class Routes:
         future.add_done_callback(_retrieve)
         token, now = dial.hello.token, time.monotonic()
         try:
-            link = self._outbound.dial(dial.address, dial.peer_id, now, handshake=True)
+            verify = bool(dial.hello.flags & HelloFlags.VERIFY)
+            link = self._outbound.dial(
+                dial.address, dial.peer_id, now, handshake=True, adopt=not verify
+            )
         except PeerUnreachable as error:
             future.set_exception(error)
             self._apply(self._table.dial_failed(token, time.monotonic()))

@@ -90,12 +90,16 @@ class Shell:
             return
         now = time.monotonic()
         if isinstance(msg, p.Hello):  # a handshake may name any incarnation
+            self._stalls.ran(now)  # a worker handshakes as it starts, before its first tick
             self.apply(self._membership.on_hello(msg, link, now))
-            if self._membership.get(msg.src) is not None:
+            if self._membership.owns_links(msg.src, msg.src_incarnation):
                 self._outbound.heard(msg.src, link, now)
             return
         if isinstance(msg, p.HelloAck):
-            self._outbound.heard(msg.src, link, now)
+            self._stalls.ran(now)
+            # A new incarnation's link is not (yet) the link to the live member of its id.
+            if self._membership.owns_links(msg.src, msg.src_incarnation, known=False):
+                self._outbound.heard(msg.src, link, now)
             self.apply(self._membership.on_hello_ack(msg, now))
             if self._outbound.is_up(link):  # it came up before we knew whose it was
                 self._membership.on_link_up(msg.src, msg.src_incarnation)
@@ -195,7 +199,7 @@ class Shell:
         """Time passes for the table and the links: dials expire, old entries go, neighbors
         are kept, lost members redialed, idle links closed, the peers this worker has
         business with watched through links of its own, and credits repeated."""
-        self._stalls.tick(now)
+        self._stalls.ran(now)
         interest = self.interest()
         self.apply(self._membership.tick(now))
         self._remote_events.tick(now)

@@ -24,8 +24,9 @@ class StallWatch:
     _stall_ended: float = -math.inf
     _stall: float = 0.0
 
-    def tick(self, now: float) -> None:
-        """The worker's clock ticked at ``now``."""
+    def ran(self, now: float) -> None:
+        """The worker's loop ran at ``now``: its clock ticked (or a handshake arrived, as
+        at its start, before the first tick)."""
         last, self._last_tick = self._last_tick, now
         if last is not None and now - last > self.window:
             self._stall, self._stall_ended = now - last, now

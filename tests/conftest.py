@@ -15,6 +15,26 @@ from support import FAKE_FAST, FAST, Hosts, Lan, Script, ip
 from velo_am import Worker
 from velo_am.transport import FakeNetwork
 
+#: What the fault tests measured: (test, name, value), printed after the run.
+_FIGURES: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """A fault test's figures (``figures["sends lost"] = "12"``), printed after the run
+    under "fault suite figures" (recorded even if the test fails, to show how far it got)."""
+    measured: dict[str, str] = {}
+    yield measured
+    _FIGURES.extend((request.node.name, name, value) for name, value in measured.items())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("fault suite figures")
+    for test, name, value in _FIGURES:
+        terminalreporter.write_line(f"{test}: {name}: {value}")
+
 
 @pytest.fixture
 def launch() -> Iterator[Callable[..., Script]]:

@@ -183,7 +183,7 @@ async def test_sigkill_of_the_owner_fails_waiters_with_owner_lost(
 
 
 async def test_an_owner_frozen_past_the_window_then_thawed_gives_one_outcome(
-    launch: Callable[..., Script], worker: Worker
+    launch: Callable[..., Script], worker: Worker, figures: dict[str, str]
 ) -> None:
     """Measured: waiters whose owner was frozen (SIGSTOP) past the liveness window were
     poisoned "owner lost"; thawed, the owner triggered the same handle and a new await said
@@ -201,9 +201,11 @@ async def test_an_owner_frozen_past_the_window_then_thawed_gives_one_outcome(
     merged = worker.events.merge_events([handle])  # this worker's own event, over the owner's
     await wait_served(worker, owner_id, 2)
     os.kill(owner.process.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
         async with asyncio.timeout(10 * FAST["heartbeat_timeout"]):
             await asyncio.wait([here])
+        figures["frozen owner: OutcomeUnknown after, s"] = f"{time.monotonic() - stopped:.1f}"
         assert expect_unknown(here).startswith(f"owner lost: worker {owner_id:#x}")
         assert worker.events.poll(handle) is EventStatus.PENDING
         reason = worker.events.poison_reason(merged)  # the merge's own verdict: final
@@ -212,7 +214,9 @@ async def test_an_owner_frozen_past_the_window_then_thawed_gives_one_outcome(
         os.kill(owner.process.pid, signal.SIGCONT)
     await worker.wait_for_peer(owner_id, timeout=20)
     await worker.call(owner_id, "go", timeout=10)
+    thawed = time.monotonic()
     assert await asyncio.wait_for(worker.events.awaiter(handle), 10) is None
+    figures["thawed owner's verdict (READY) after, s"] = f"{time.monotonic() - thawed:.2f}"
     assert worker.events.poll(handle) is EventStatus.READY
     assert await worker.events.poll_remote(handle, timeout=10) is EventStatus.READY
     assert await ended(patient, "READY-EVENT") == f"READY-EVENT {text}"

@@ -43,7 +43,7 @@ def window(monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 async def test_a_slow_handler_keeps_its_senders_waiting_not_its_memory_growing(
-    launch: Callable[..., Script], window: int
+    launch: Callable[..., Script], window: int, figures: dict[str, str]
 ) -> None:
     server = launch("examples/am_ping.py", "serve")
     _, address = server.ready()
@@ -58,10 +58,9 @@ async def test_a_slow_handler_keeps_its_senders_waiting_not_its_memory_growing(
         sending = time.monotonic() - started
         stats = await sender.call(peer, "stats")  # behind every send, on the same link
         grown = status_kib(pid, "VmHWM") - before
-        print(
-            f"\n{SENDS:,} sends to a 5 ms handler in {sending:.1f} s: the receiver's peak RSS "
-            f"grew by {grown / MIB:.1f} MiB; the sender waited for room {waits(sender):,} times"
-        )
+        figures["sends to a 5 ms handler"] = f"{SENDS:,} in {sending:.1f} s"
+        figures["receiver's peak RSS growth, MiB"] = f"{grown / MIB:.1f}"
+        figures["sender waited for room, times"] = f"{waits(sender):,}"
         assert grown < 16 * MIB, f"the receiver grew by {grown / MIB:.0f} MiB"
         assert stats["sends_unfinished"] <= window
         await wait_until(lambda: sender.stats()["sends_unconfirmed"] == 0, within=15)
@@ -74,7 +73,7 @@ def waits(worker: Worker) -> int:
 
 
 async def test_a_frozen_peer_holds_one_window_of_sends_and_its_loss_counts_them(
-    launch: Callable[..., Script], window: int
+    launch: Callable[..., Script], window: int, figures: dict[str, str]
 ) -> None:
     server = launch("examples/am_ping.py", "serve")
     _, address = server.ready()
@@ -113,11 +112,10 @@ async def test_a_frozen_peer_holds_one_window_of_sends_and_its_loss_counts_them(
         finally:
             flooding.cancel()
         lost_after = time.monotonic() - stopped_at
-        print(
-            f"\nfrozen peer: {accepted} of {SENDS:,} sends of 1 KiB accepted, the sender's RSS "
-            f"grew by {grown} KiB; lost after {lost_after:.1f} s with "
-            f"sends_lost = {sender.stats()['sends_lost']}"
-        )
+        figures["sends to a frozen peer accepted"] = f"{accepted:,} of {SENDS:,}"
+        figures["sender's RSS growth, KiB"] = str(grown)
+        figures["peer lost after, s"] = f"{lost_after:.1f}"
+        figures["sends lost (counted)"] = str(sender.stats()["sends_lost"])
         assert sender.stats()["sends_lost"] == window
         assert grown < 32 * MIB
         assert lost_after < FAST["heartbeat_timeout"] + 3.0

@@ -198,10 +198,90 @@ def test_a_hello_never_evicts_a_live_member() -> None:
     impostor = hello(2, 0x99, at="tcp://elsewhere:1")
     (verify,) = of(Dial, peers.on_hello(impostor, b"x", now=2.0))
     effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
+    (check,) = of(Dial, effects)
+    assert check.address == address(2), "the member is checked at its own address"
+    assert not of(Lost, effects) and not of(Reply, effects)
+    # The member answers there, as itself: it keeps its place, the impostor is refused.
+    effects = peers.on_hello_ack(ack(2, 0x22, check.hello.token), 2.2)
     (note,) = of(Note, effects)
     assert note.error and "another live worker uses id 0x2" in note.text
+    assert "it answered at its address" in note.text
     assert not of(Lost, effects) and not of(Reply, effects)
     assert peers.statuses(3.0)[2].incarnation == 0x22
+    assert peers.pending_count == 0
+
+
+def test_a_hello_never_evicts_a_member_whose_link_is_up() -> None:
+    peers = table()
+    admit(peers, 2)
+    peers.on_link_up(2, 0x22)  # its heartbeats are answered: alive, no dial needed
+    (verify,) = of(Dial, peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"x", now=2.0))
+    effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
+    (note,) = of(Note, effects)
+    assert note.error and "another live worker uses id 0x2" in note.text
+    assert not of(Dial, effects) and not of(Lost, effects) and not of(Reply, effects)
+    assert peers.statuses(3.0)[2].incarnation == 0x22
+
+
+def test_a_newcomers_link_never_passes_for_the_live_member_of_its_id() -> None:
+    peers = table()
+    admit(peers, 2)
+    peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"x", now=2.0)
+    peers.on_link_up(2)  # whose? the verification's link to the newcomer, maybe
+    peers.on_link_up(2, 0x99)  # the newcomer's, by its answer
+    assert 2 not in peers.watched, "hearsay of the member's loss is not refuted by it"
+    peers.on_link_up(2, 0x22)
+    assert 2 in peers.watched
+
+
+def test_a_worker_restarted_elsewhere_replaces_its_silent_predecessor() -> None:
+    # Killed and restarted at another port before this worker noticed: the old incarnation
+    # is still alive here. The newcomer waits while the old one is dialed at its address; no
+    # answer there within the handshake timeout, and the newcomer takes its place.
+    peers = table()
+    admit(peers, 2)
+    restarted = hello(2, 0x99, at="tcp://elsewhere:1", token=41)
+    (verify,) = of(Dial, peers.on_hello(restarted, b"new", now=2.0))
+    effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
+    (check,) = of(Dial, effects)
+    assert check.address == address(2)
+    again = hello(2, 0x99, at="tcp://elsewhere:1", token=42)
+    assert peers.on_hello(again, b"new", now=3.0) == [], "queued, not a second check"
+    assert peers.statuses(3.0)[2].incarnation == 0x22
+    effects = peers.tick(now=2.1 + 5.0 + 0.1)  # the check's handshake timeout
+    (lost,) = of(Lost, effects)
+    assert "did not answer at its address" in lost.text and "0x2" in lost.text
+    assert of(Joined, effects), effects
+    answers = {reply.message.token for reply in of(Reply, effects)}
+    assert answers == {41, 42}, "both of its handshakes are answered"
+    status = peers.statuses(8.0)[2]
+    assert (status.incarnation, status.address) == (0x99, "tcp://elsewhere:1")
+    assert status.state == "alive"
+
+
+def test_a_worker_restarted_elsewhere_replaces_a_predecessor_whose_port_is_reused() -> None:
+    peers = table()
+    admit(peers, 2)
+    (verify,) = of(Dial, peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"n", now=2.0))
+    effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
+    (check,) = of(Dial, effects)
+    effects = peers.on_hello_ack(ack(7, 0x77, check.hello.token, at=address(2)), 2.2)
+    (lost,) = of(Lost, effects)
+    assert "answered as another worker at its address" in lost.text
+    assert of(DialRefused, effects) and of(Joined, effects)
+    assert peers.statuses(3.0)[2].incarnation == 0x99
+
+
+def test_a_dial_answered_by_a_new_incarnation_elsewhere_checks_the_live_one() -> None:
+    peers = table(seeds=["tcp://seed:1"])
+    admit(peers, 2)
+    (join,) = [d for d in of(Dial, peers.tick(now=1.5)) if d.address == "tcp://seed:1"]
+    effects = peers.on_hello_ack(ack(2, 0x99, join.hello.token, at="tcp://seed:1"), 1.6)
+    assert of(DialRefused, effects), "not while the live one may answer"
+    (check,) = [d for d in of(Dial, effects) if d.address == address(2)]
+    (lost,) = of(Lost, peers.dial_failed(check.hello.token, now=7.0))
+    assert "did not answer at its address" in lost.text
+    assert peers.state_of(2) == "lost", "the next dial finds the new incarnation welcome"
 
 
 def test_a_restart_at_the_same_address_replaces_the_old_incarnation() -> None:
@@ -690,3 +770,13 @@ class MeshMachine(RuleBasedStateMachine):
 
 MeshMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
 test_mesh_state_machine = pytest.mark.timeout(300)(MeshMachine.TestCase)
+
+
+def test_a_new_incarnations_links_are_not_the_live_members() -> None:
+    peers = table()
+    admit(peers, 2)
+    assert peers.owns_links(2, 0x22)
+    assert not peers.owns_links(2, 0x99), "the live member's links stay its own"
+    assert peers.owns_links(9, 0x99, known=False) and not peers.owns_links(9, 0x99)
+    peers.on_link_down(2, "gone", now=2.0)
+    assert peers.owns_links(2, 0x99), "lost: a new incarnation may take its links"

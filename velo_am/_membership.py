@@ -14,7 +14,9 @@ The rules, briefly:
   member the acceptor knows. The newcomer is *pending* until its advertised address answers
   a ``Hello`` of the acceptor's own (so an address nobody listens on is never spread); then
   it is a member, announced once, as a delta. Handshakes from unknown workers are
-  rate-limited and the pending ones capped; a ``Hello`` never evicts a live member.
+  rate-limited and the pending ones capped. A ``Hello`` never evicts a live member: a new
+  incarnation of a live member's id elsewhere waits while that member is dialed at *its*
+  address, and replaces it only if it does not answer there.
 * **Spreading news** to a few *gossip neighbors*: :mod:`velo_am._gossip` (a join costs
   O(N) messages and reaches everyone in O(log N) hops).
 * **Liveness by interest.** Nothing is heartbeated here. A member is lost when a link this
@@ -32,11 +34,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from . import _messages as m
-from ._dials import Dials
+from ._dials import Dialed
 from ._peers import (
     FROM_CLOSED,
     FROM_LOST,
@@ -59,6 +60,7 @@ from ._peers import (
     Returned,
     Send,
 )
+from ._successors import Pending, Successors
 from .transport import LinkId
 
 __all__ = ["PeerTable"]
@@ -67,19 +69,10 @@ _ALIVE: Final = PeerState.ALIVE
 _DRAINING: Final = PeerState.DRAINING
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A newcomer whose address is being checked, and its handshakes waiting for answers."""
-
-    member: Member
-    waiting: list[tuple[LinkId, m.Hello]]
-    token: int
-
-
 # -- the table --------------------------------------------------------------------------------
 
 
-class PeerTable(Dials):
+class PeerTable(Successors):
     """The members known to worker ``worker_id`` (incarnation ``incarnation``) and the rules
     that change them. Every method runs on the worker's loop; none blocks or does I/O."""
 
@@ -113,7 +106,7 @@ class PeerTable(Dials):
         self.handshake_timeout = handshake_timeout
         self.forget_after = forget_after
         self.max_pending = max_pending
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
         self._observers: dict[int, Member] = {}
         self._hello_budget = RateLimit(hello_rate, hello_burst)
 
@@ -153,6 +146,15 @@ class PeerTable(Dials):
         if peer is not None:
             return peer.state is _ALIVE or peer.state is _DRAINING
         return peer_id in self._pending or peer_id in self._observers
+
+    def owns_links(self, peer_id: int, incarnation: int, *, known: bool = True) -> bool:
+        """Whether links that incarnation ``incarnation`` of ``peer_id`` speaks on are the
+        links to ``peer_id``: it is known (or, ``known=False``, it may be unknown) and no
+        live member of that id is another incarnation."""
+        peer = self.get(peer_id)
+        if peer is None:
+            return not known
+        return peer.incarnation == incarnation or not peer.state.connected
 
     def is_observer(self, peer_id: int) -> bool:
         return peer_id in self._observers
@@ -221,6 +223,8 @@ class PeerTable(Dials):
                 return [Note("verify", f"not admitting {text}")]
         if dial.purpose is Purpose.PROBE and dial.peer_id is not None:
             self._backoff_probe(dial.peer_id, now)
+        if dial.purpose is Purpose.PREDECESSOR:
+            return self._predecessor_checked(dial, token, None, now)
         return []
 
     # -- handshakes ---------------------------------------------------------------------------
@@ -265,7 +269,7 @@ class PeerTable(Dials):
             return [Note("hello", f"too many unverified newcomers: ignoring {src:#x}")]
         verify = self.start_dial(msg.address, Purpose.VERIFY, now, src)
         newcomer = Member(src, inc, msg.address, msg.seq, now)
-        self._pending[src] = _Pending(newcomer, [(link, msg)], verify.hello.token)
+        self._pending[src] = Pending(newcomer, [(link, msg)], verify.hello.token)
         return [verify]
 
     def _answer(self, msg: m.Hello, link: LinkId) -> list[Effect]:
@@ -297,6 +301,8 @@ class PeerTable(Dials):
         """The answer to one of this worker's dials (or a stray one, ignored)."""
         src, inc = msg.src, msg.src_incarnation
         dial = self._end_dial(msg.token)
+        if dial is not None and dial.purpose is Purpose.PREDECESSOR:
+            return self._predecessor_checked(dial, msg.token, msg, now)
         if src == self.worker_id:
             if dial is None:
                 return []
@@ -325,7 +331,9 @@ class PeerTable(Dials):
             if member is not None and member.incarnation != inc:
                 if member.state.connected and member.address != msg.address:
                     text = f"another live worker uses id {src:#x} ({msg.address})"
-                    return [Note("identity", text, error=True), DialRefused(msg.token, text)]
+                    refused: list[Effect] = [Note("identity", text, error=True)]
+                    refused.append(DialRefused(msg.token, text))
+                    return refused + self._check_predecessor(member, None, now)
                 effects += self._lose(member, "restarted as a new incarnation", PeerState.LOST)
                 effects.append(Forgotten(src))
                 member = None
@@ -351,7 +359,7 @@ class PeerTable(Dials):
         effects.append(DialAnswered(msg.token, src, keep=src in self.neighbors))
         return effects
 
-    def _admit_verified(self, pending: _Pending, now: float) -> list[Effect]:
+    def _admit_verified(self, pending: Pending, now: float) -> list[Effect]:
         """A pending newcomer answered at its address: it is a member now, its handshakes
         are answered, and everyone hears of it. A live member of its id is replaced only if
         the newcomer answers at that member's very address (one endpoint cannot host both:
@@ -361,8 +369,7 @@ class PeerTable(Dials):
         old = self._members.get(newcomer.worker_id)
         if old is not None and old.incarnation != newcomer.incarnation:
             if old.state.connected and old.address != newcomer.address:
-                text = f"another live worker uses id {old.worker_id:#x} ({newcomer.address})"
-                return [Note("identity", text, error=True)]
+                return self._check_predecessor(old, pending, now)
             effects += self._lose(old, "restarted as a new incarnation", PeerState.LOST)
             effects.append(Forgotten(old.worker_id))
         newcomer.last_seen = newcomer.changed_at = now
@@ -373,6 +380,14 @@ class PeerTable(Dials):
             effects = [*self._answer(hello, link), *effects]
             effects += self._merge(hello.peers, newcomer.worker_id, now)
         return effects
+
+    def _predecessor_checked(
+        self, dial: Dialed, token: int, answer: m.HelloAck | None, now: float
+    ) -> list[Effect]:
+        effects, freed, alive = self._predecessor_verdict(dial, token, answer, now)
+        if freed is None or alive:
+            return effects
+        return [*effects, *self._admit_verified(freed, now)]
 
     def _hello_from_self(self, msg: m.Hello | m.HelloAck) -> list[Effect]:
         if msg.src_incarnation != self.incarnation:
@@ -434,11 +449,16 @@ class PeerTable(Dials):
             return [Reply(link, ack)]
         return [Reply(link, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
 
-    def on_link_up(self, peer_id: int) -> None:
-        """A link this worker opened to ``peer_id`` reaches it: this worker watches it now,
-        and its own word beats hearsay of the peer's loss."""
+    def on_link_up(self, peer_id: int, incarnation: int | None = None) -> None:
+        """A link this worker opened to ``peer_id`` reaches it (``incarnation``, if it said
+        so): this worker watches it now, and its own word beats hearsay of the peer's loss.
+        While a newcomer of that id is pending, a link that has not said who it reaches
+        may be the newcomer's, not the member's."""
         peer = self._members.get(peer_id)
-        if peer is not None and peer.state.connected:
+        if peer is None or not peer.state.connected:
+            return
+        unsure = incarnation is None and peer_id in self._pending
+        if peer.incarnation == incarnation or (incarnation is None and not unsure):
             self.watched.add(peer_id)
 
     def on_link_down(self, peer_id: int, why: str, now: float) -> list[Effect]:

@@ -142,12 +142,14 @@ class Member:
 
 class Purpose(enum.Enum):
     """Why this worker dialed: to join (``connect``, seeds), to verify a newcomer's address,
-    to win a gossip neighbor, or to see whether a lost member is back."""
+    to win a gossip neighbor, to see whether a lost member is back, or whether a live member
+    still answers at its address when a new incarnation of its id claims its place."""
 
     JOIN = "join"
     VERIFY = "verify"
     NEIGHBOR = "neighbor"
     PROBE = "probe"
+    PREDECESSOR = "predecessor"
 
 
 class RateLimit:

@@ -33,6 +33,7 @@ from ._membership import PeerTable
 from ._outbound import Outbound
 from ._remote import RemoteEvents
 from ._routes import Routes
+from ._stall import StallWatch
 from .transport import LinkId
 
 __all__ = ["PeerLostCallback", "Shell"]
@@ -89,6 +90,7 @@ class Shell:
         self._bound = self.trust.bound
         self._peer_of = outbound.peer_of
         self._keys = KeyBindings()
+        self._stalls = StallWatch(table.worker_id, outbound.connect_timeout)
 
     # -- the transport's events ---------------------------------------------------------------
 
@@ -238,11 +240,13 @@ class Shell:
         counters = self._counters
         now = time.monotonic()
         if isinstance(msg, p.Hello):  # a handshake may name any incarnation
+            self._stalls.ran(now)  # a worker handshakes as it starts, before its first tick
             self.apply(self._membership.on_hello(msg, link, now))
             if self._known_as(msg):
                 self._outbound.heard(msg.src, link, now)
             return
         if isinstance(msg, p.HelloAck):
+            self._stalls.ran(now)
             effects = self._membership.on_hello_ack(msg, now)
             # The link is the sender's only if membership took its word (a dial's answer
             # that claims a member's id, refused, must not carry that member's traffic).
@@ -251,7 +255,7 @@ class Shell:
                 self._outbound.heard(msg.src, link, now)
             self.apply(effects)
             if known and self._outbound.is_up(link):  # it came up before we knew whose
-                self._membership.on_link_up(msg.src)
+                self._membership.on_link_up(msg.src, msg.src_incarnation)
             return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
         if type(peer) is not ms.Member:
@@ -296,7 +300,8 @@ class Shell:
             if self.routes is not None:
                 self.routes.link_failed(link, why, refused=refused)
             return
-        self.apply(self._membership.on_link_down(peer_id, why, time.monotonic()))
+        now = time.monotonic()
+        self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
 
     def _may_claim(self, msg: p.Hello | p.HelloAck, link: LinkId) -> bool:
         """Whether the key the peer proved on ``link`` (if any) may speak as ``msg.src``."""
@@ -357,13 +362,14 @@ class Shell:
         """Time passes for the table and the links: dials expire, old entries go, neighbors
         are kept, lost members redialed, idle links closed, the peers this worker has
         business with watched through links of its own, and credits repeated."""
+        self._stalls.ran(now)
         interest = self.interest()
         self.apply(self._membership.tick(now))
         self._remote_events.tick(now)
         self._flow.receipts.tick()
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
-            self.apply(self._membership.on_link_down(peer_id, why, now))
+            self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
         if self.routes is not None:
             for claim in self.trust.expire(now, self.routes.handshake_timeout):
                 self._refuted(claim, "no answer to the challenge")

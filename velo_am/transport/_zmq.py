@@ -393,6 +393,11 @@ class ZmqTransport:
         self._drain_scheduled = False
         self._drain()
 
+    # Every look (``ZMQ_EVENTS``) that finds a message is followed by its receive, in the
+    # same callback: libzmq 4.3.5 aborts (``!_more``, fq.cpp:80; libzmq #3485) if a ROUTER
+    # drops a connection after prefetching the first frame of one of its messages (what a
+    # look does) and that message is then read. So nothing stays prefetched while a
+    # callback may disconnect a link.
     def _look(self) -> None:
         self._drain_scheduled = False
         router = self._router

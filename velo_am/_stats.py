@@ -52,6 +52,26 @@ STATS: Final = (
     ),
     _counter("dropped_malformed", "Inbound messages dropped because they could not be decoded."),
     _counter(
+        "dropped_oversized",
+        "Inbound messages dropped unread: over max_message_size, or of more frames than the "
+        "protocol's two.",
+    ),
+    _counter(
+        "connections_cut",
+        "Inbound connections cut for holding an unfinished message larger than "
+        "max_message_size (a multipart message that never ends).",
+    ),
+    _counter(
+        "connections_ended",
+        "Inbound connections that ended: closed by their peer, or dropped by libzmq for a "
+        "frame over max_message_size (it does not say which).",
+    ),
+    _counter(
+        "refused_busy",
+        "Inbound requests refused because their sender's unfinished requests held this "
+        "worker's per-peer budget (calls answered PeerBusy, sends dropped).",
+    ),
+    _counter(
         "dropped_wrong_incarnation",
         "Inbound messages dropped because they were meant for an earlier incarnation.",
     ),

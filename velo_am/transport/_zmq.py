@@ -10,6 +10,9 @@ TCP connection per pair of workers that talk.
 Links are watched below the application: ZMTP heartbeats, answered by libzmq's I/O thread even
 while the worker's event loop is busy, and the socket monitor's events (handshake succeeded,
 disconnected, connection refused, handshake failed) become ``link_up`` / ``link_down``.
+Inbound connections are watched for what libzmq cannot bound (:mod:`._inbound`): a message
+of more frames or bytes than the protocol allows is dropped uncopied, and a connection
+holding an unfinished message larger than any message may be is cut.
 The socket is read from the event loop: its file descriptor is edge-triggered, so a drain
 reads until empty and a drain cut short reschedules itself.
 """
@@ -33,6 +36,7 @@ from ._addresses import (
     local_interfaces,
 )
 from ._base import LinkClosed, LinkFull, LinkId, Liveness, TransportEvents
+from ._inbound import InboundLedger, bytes_received, cut, endpoints
 from ._security import Plaintext, ZmqSecurity
 
 __all__ = ["ZmqTransport"]
@@ -47,8 +51,16 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = zmq.EVENTS
 _POLLIN: Final = int(zmq.POLLIN)
+_SRCFD: Final = zmq.SRCFD
+#: Seconds between looks at the inbound connections' byte counts (see :mod:`._inbound`).
+_LOOK_EVERY: Final = 0.1
+#: Room, beyond the largest message, for what the kernel has received and libzmq not read.
+_KERNEL_ROOM: Final = 16 * 1024 * 1024
+#: Bytes of ZMTP framing counted per frame read (a long frame's header is 9 bytes).
+_FRAMING: Final = 9
 _WATCHED: Final = (
-    zmq.EVENT_CONNECTED
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_CONNECTED
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -84,9 +96,12 @@ class ZmqTransport:
     ``advertise`` and ``interface`` say what address others dial (see
     :mod:`~velo_am.transport._addresses`: a wildcard bind advertises the host's addresses);
     ``max_message_size`` bounds each inbound frame (libzmq drops the connection of a peer that
-    sends a larger one); ``send_queue`` and ``receive_queue`` are the high-water marks of each
-    link; ``security`` configures the socket before it binds and before each connection
-    (:class:`Plaintext` by default).
+    sends a larger one) and each message (``max_frames`` frames at most, the protocol's two by
+    default; a larger message is dropped uncopied, reported by ``TransportEvents.refused``);
+    an inbound connection holding an unfinished message larger than that is cut (reported by
+    ``TransportEvents.inbound_ended``); ``send_queue`` and ``receive_queue`` are the
+    high-water marks of each link; ``security`` configures the socket before it binds and
+    before each connection (:class:`Plaintext` by default).
     """
 
     def __init__(
@@ -94,6 +109,7 @@ class ZmqTransport:
         bind: str,
         *,
         max_message_size: int,
+        max_frames: int = 2,
         send_queue: int = 100_000,
         receive_queue: int = 100_000,
         security: ZmqSecurity | None = None,
@@ -107,6 +123,9 @@ class ZmqTransport:
         self._interfaces: list[Interface] = []
         self.security: ZmqSecurity = Plaintext() if security is None else security
         self._max_message_size = max_message_size
+        self._max_frames = max_frames
+        self._inbound = InboundLedger(max_message_size + _KERNEL_ROOM)
+        self._look_timer: asyncio.TimerHandle | None = None
         self._send_queue = send_queue
         self._receive_queue = receive_queue
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -189,6 +208,7 @@ class ZmqTransport:
         loop.add_reader(monitor.FD, self._drain_monitor)
         self._schedule_drain()  # messages may have arrived before the readers were added
         loop.call_soon(self._drain_monitor)
+        self._look_timer = loop.call_later(_LOOK_EVERY, self._look)
         if advertised != bound.decode():
             logger.info("listening on %s, advertised as %s", bound.decode(), advertised)
         return advertised
@@ -199,6 +219,9 @@ class ZmqTransport:
             return
         self._router = self._monitor = None
         self._context = None
+        if self._look_timer is not None:
+            self._look_timer.cancel()
+        self._inbound.by_fd.clear()
         if self._loop is not None:
             self._loop.remove_reader(router.FD)
             if monitor is not None:
@@ -297,22 +320,34 @@ class ZmqTransport:
             return
         recv = router.recv
         deliver = events.message
+        watched = self._inbound.by_fd
+        max_size, max_frames = self._max_message_size, self._max_frames
         for _ in range(_DRAIN_BATCH):
             try:
                 link = recv(_NOBLOCK)
-                frames = []
                 frame = recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
+                parts = [frame]
+                size, count = len(frame), 1
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
-                    frames.append(frame.bytes)
+                    size += len(frame)
+                    count += 1
+                    if count <= max_frames:  # frames past those are counted, never kept
+                        parts.append(frame)
             except zmq.Again:
                 return
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
+            inbound = watched.get(parts[0].get(_SRCFD)) if watched else None
+            if inbound is not None:
+                inbound.delivered += size + _FRAMING * count
+                inbound.messages += 1
             try:
-                deliver(link, frames)
+                if size > max_size or count > max_frames:
+                    events.refused(link, f"{count} frames, {size} bytes")
+                else:
+                    deliver(link, [part.bytes for part in parts])
             except Exception:
                 logger.exception("inbound message handler failed")
         self._schedule_drain()  # more may be queued; let other tasks run first
@@ -331,9 +366,10 @@ class ZmqTransport:
             endpoint = event["endpoint"].decode(errors="replace")
             link = self._by_address.get(endpoint)
             outgoing = self._outgoing.get(link) if link is not None else None
-            if link is None or outgoing is None:
-                continue  # a connection another worker opened to us: watched from its side
             kind, value = int(event["event"]), int(event["value"])
+            if link is None or outgoing is None:
+                self._inbound_event(kind, value)  # one another worker opened to us
+                continue
             try:
                 if kind == zmq.EVENT_CONNECTED:
                     outgoing.fd = value
@@ -349,6 +385,48 @@ class ZmqTransport:
                     self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
             except Exception:
                 logger.exception("link event handler failed")
+
+    def _inbound_event(self, kind: int, fd: int) -> None:
+        """An inbound connection was accepted (watched, if TCP) or ended."""
+        if kind == zmq.EVENT_ACCEPTED:
+            addresses = endpoints(fd)
+            if addresses is not None:
+                self._inbound.accepted(fd, *addresses)
+        elif kind == zmq.EVENT_DISCONNECTED:
+            inbound = self._inbound.closed(fd)
+            if inbound is not None and self._events is not None:
+                self._events.inbound_ended(inbound.peer, None)
+
+    def _look(self) -> None:
+        """Every ``_LOOK_EVERY`` s: cut the inbound connections that hold an unfinished
+        message larger than any message may be (see :mod:`._inbound`). Skipped while complete
+        messages wait to be read: what a connection holds is then not known."""
+        router, loop = self._router, self._loop
+        if router is None or loop is None:
+            return
+        self._look_timer = loop.call_later(_LOOK_EVERY, self._look)
+        self._drain_monitor()  # connections that ended are forgotten first
+        ledger = self._inbound
+        if not ledger.by_fd or int(router.getsockopt(_EVENTS)) & _POLLIN:
+            return
+        counts = {}
+        for fd in ledger.by_fd:
+            count = bytes_received(fd)
+            if count is not None:
+                counts[fd] = count
+        for inbound in ledger.look(counts):
+            if endpoints(inbound.fd) != (inbound.peer, inbound.local):
+                ledger.closed(inbound.fd)  # the descriptor is another connection's by now
+                continue
+            cut(inbound.fd)
+            ledger.closed(inbound.fd)
+            held = counts[inbound.fd] - inbound.delivered
+            why = (
+                f"it held {held} bytes of an unfinished message (more than the "
+                f"{ledger.limit} bytes any message may take, with the kernel's buffer)"
+            )
+            if self._events is not None:
+                self._events.inbound_ended(inbound.peer, why)
 
     def _down(self, link: LinkId, outgoing: _Outgoing, why: str) -> None:
         if outgoing.reported_down:

@@ -96,6 +96,7 @@ def test_constants_and_enums() -> None:
         "DRAINING": 3,
         "BAD_REQUEST": 4,
         "WRONG_INCARNATION": 5,
+        "BUSY": 6,
     }
     assert issubclass(ProtocolError, Exception)
     assert ProtocolError.__doc__

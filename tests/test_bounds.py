@@ -39,6 +39,8 @@ def test_a_budget_admits_until_its_limit_and_always_admits_a_sender_holding_noth
     assert not budget.admit(7, room + 1)
     assert budget.admit(7, room)
     assert budget.held(7) == 20_000
+    assert budget.admit(7, 0, always=True), "the runtime's own requests are never refused"
+    budget.release(7, 0)
     assert budget.held() == 20_000 + 1000 + REQUEST_COST
 
 
@@ -85,6 +87,8 @@ async def test_a_sender_ignoring_its_window_and_a_flood_of_calls_are_refused_pas
     await wait_until(lambda: running + b.stats()["refused_busy"] == 100)
     assert running * (8192 + REQUEST_COST) <= budget + 8192 + REQUEST_COST
     assert b.stats()["sends_unfinished"] == running  # the refused ones finished at once
+    await wait_until(lambda: a.stats()["sends_refused"] == b.stats()["refused_busy"])
+    assert a.stats()["late_responses"] == 0
     with pytest.raises(PeerBusy, match="per-peer budget"):
         await a.call(2, "slow", b"y" * 16384, timeout=5)
     gate.set()

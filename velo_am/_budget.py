@@ -9,8 +9,9 @@ is dispatched until its handler finishes (returned, raised, or the request was r
 request that would take a sender past ``limit`` is refused: a call is answered ``BUSY`` (its
 caller gets :class:`~velo_am.PeerBusy`), a send is dropped; both are counted in
 ``refused_busy``. A sender that holds nothing here is always admitted, so a message of any
-size allowed gets through. The socket keeps being read either way: answers and membership
-share it.
+size allowed gets through; so are requests to the runtime's own handlers (names starting with
+``_``: event triggers and poisons must not be lost; they run at once), which are charged. The
+socket keeps being read either way: answers and membership share it.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ class ReceiveBudget:
         self.limit = limit
         self._held: dict[int, int] = {}
 
-    def admit(self, peer_id: int, payload: int) -> bool:
+    def admit(self, peer_id: int, payload: int, always: bool = False) -> bool:
         """A request of ``payload`` bytes from ``peer_id``: charged and ``True``, or ``False``
-        (nothing charged) if it would take the sender past the limit."""
+        (nothing charged) if it would take the sender past the limit, unless ``always``."""
         held = self._held.get(peer_id, 0)
         cost = payload + REQUEST_COST
-        if held and held + cost > self.limit():
+        if held and not always and held + cost > self.limit():
             return False
         self._held[peer_id] = held + cost
         return True

@@ -96,7 +96,8 @@ class HandlerExecution:
             return
         spec = self._registry.get(msg.handler)
         if spec is not None:
-            if self._budget.admit(peer.worker_id, len(msg.payload)):
+            runtime = msg.handler.startswith("_")  # never lost, and quick: always admitted
+            if self._budget.admit(peer.worker_id, len(msg.payload), always=runtime):
                 self.submit(spec, peer, msg, link)
             else:
                 self._refuse_busy(peer, msg, link)
@@ -115,12 +116,11 @@ class HandlerExecution:
             f"worker {peer.worker_id:#x}'s unfinished requests hold {held} bytes of worker "
             f"{self._outbound.worker_id:#x}'s per-peer budget ({limit} bytes)"
         )
-        if msg.reply:
-            code = p.ErrorCode.BUSY
-            self._outbound.reply_error(peer, link, msg.msg_id, code, "PeerBusy", text)
-        else:
+        # A send is answered too (its sender counts it refused), and finishes at once.
+        self._outbound.reply_error(peer, link, msg.msg_id, p.ErrorCode.BUSY, "PeerBusy", text)
+        if not msg.reply:
             self._receipts.finished(peer)
-            self._log.warning("busy", "dropping a send to %r: %s", msg.handler, text)
+            self._log.warning("busy", "refusing a send to %r: %s", msg.handler, text)
 
     def refuse_stale(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         """A request meant for an earlier incarnation of this worker: answered in that

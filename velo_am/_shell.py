@@ -120,7 +120,14 @@ class Shell:
         elif isinstance(msg, p.Credit):
             self._flow.sends.on_credit(peer, msg)
         elif isinstance(msg, p.ErrorResponse):
-            if not self._calls.on_error(peer.worker_id, msg, peer.describe()):
+            if self._calls.on_error(peer.worker_id, msg, peer.describe()):
+                pass
+            elif msg.code == p.ErrorCode.BUSY:  # a send of ours, refused unrun
+                counters["sends_refused"] += 1
+                self._log.warning(
+                    "busy", "a send to %s was refused: %s", peer.describe(), msg.message
+                )
+            else:
                 counters["late_responses"] += 1
         elif isinstance(msg, p.Peers):
             self.apply(self._membership.on_peers(msg.peers, peer.worker_id, now))

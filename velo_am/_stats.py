@@ -50,6 +50,11 @@ STATS: Final = (
         "Sends accepted for a peer that was lost or closed before confirming it had handled "
         "them (they may not have run).",
     ),
+    _counter(
+        "sends_refused",
+        "Sends of this worker a peer refused unrun: this worker's unfinished requests held "
+        "that peer's per-peer budget.",
+    ),
     _counter("dropped_malformed", "Inbound messages dropped because they could not be decoded."),
     _counter(
         "dropped_oversized",

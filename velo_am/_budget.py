@@ -7,7 +7,7 @@ payload's bytes plus :data:`REQUEST_COST` (what a request in flight holds beyond
 its message, its task or its place in a queue) from its sender's *budget*, from the moment it
 is dispatched until its handler finishes (returned, raised, or the request was refused). A
 request that would take a sender past ``limit`` is refused: a call is answered ``BUSY`` (its
-caller gets :class:`~velo_am.PeerBusy`), a send is dropped; both are counted in
+caller gets :class:`~velo_am.PeerBusy`), a send too (its sender counts it); both are counted in
 ``refused_busy``. A sender that holds nothing here is always admitted, so a message of any
 size allowed gets through; so are requests to the runtime's own handlers (names starting with
 ``_``: event triggers and poisons must not be lost; they run at once), which are charged. The

@@ -53,7 +53,8 @@ def test_the_ledger_cuts_a_connection_that_holds_more_than_a_message_and_deliver
     for step in range(1, 50):  # 6 only chatters (heartbeats): never cut, however long
         assert ledger.look({5: 300, 6: 300 + step * CHATTER}) == []
     busy = ledger.by_fd[5]
-    busy.delivered, busy.messages = 5000, 1  # 5 delivered a message: all it held is explained
+    ledger.delivered(5, 5000, 1)  # 5 delivered a message: all it held is explained
+    ledger.delivered(9, 100, 1)  # one that ended meanwhile: ignored
     assert ledger.look({5: 5300, 6: 300 + 50 * CHATTER}) == []
     assert ledger.look({5: 6000, 6: 300 + 51 * CHATTER}) == []  # a message in flight
     assert ledger.look({5: 6400, 6: 300 + 52 * CHATTER}) == [busy]  # past the limit, undelivered

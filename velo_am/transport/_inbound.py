@@ -63,6 +63,13 @@ class InboundLedger:
     def accepted(self, fd: int, peer: str, local: str) -> None:
         self.by_fd[fd] = Inbound(fd, peer, local)
 
+    def delivered(self, fd: int, delivered: int, messages: int) -> None:
+        """Connection ``fd`` delivered ``messages`` messages of ``delivered`` bytes."""
+        conn = self.by_fd.get(fd)
+        if conn is not None:
+            conn.delivered += delivered
+            conn.messages += messages
+
     def closed(self, fd: int) -> Inbound | None:
         return self.by_fd.pop(fd, None)
 

@@ -125,6 +125,9 @@ class ZmqTransport:
         self._max_message_size = max_message_size
         self._max_frames = max_frames
         self._inbound = InboundLedger(max_message_size + _KERNEL_ROOM)
+        #: What each link delivered since the last look: [its connection's fd, bytes,
+        #: messages]. The fd (``ZMQ_SRCFD``) is asked once per link per look, not per message.
+        self._deliveries: dict[LinkId, list[int]] = {}
         self._look_timer: asyncio.TimerHandle | None = None
         self._send_queue = send_queue
         self._receive_queue = receive_queue
@@ -222,6 +225,7 @@ class ZmqTransport:
         if self._look_timer is not None:
             self._look_timer.cancel()
         self._inbound.by_fd.clear()
+        self._deliveries.clear()
         if self._loop is not None:
             self._loop.remove_reader(router.FD)
             if monitor is not None:
@@ -320,7 +324,7 @@ class ZmqTransport:
             return
         recv = router.recv
         deliver = events.message
-        watched = self._inbound.by_fd
+        watched, deliveries = self._inbound.by_fd, self._deliveries
         max_size, max_frames = self._max_message_size, self._max_frames
         for _ in range(_DRAIN_BATCH):
             try:
@@ -339,10 +343,12 @@ class ZmqTransport:
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
-            inbound = watched.get(parts[0].get(_SRCFD)) if watched else None
-            if inbound is not None:
-                inbound.delivered += size + _FRAMING * count
-                inbound.messages += 1
+            if watched:
+                delivery = deliveries.get(link)
+                if delivery is None:
+                    delivery = deliveries[link] = [parts[0].get(_SRCFD), 0, 0]
+                delivery[1] += size + _FRAMING * count
+                delivery[2] += 1
             try:
                 if size > max_size or count > max_frames:
                     events.refused(link, f"{count} frames, {size} bytes")
@@ -407,7 +413,14 @@ class ZmqTransport:
         self._look_timer = loop.call_later(_LOOK_EVERY, self._look)
         self._drain_monitor()  # connections that ended are forgotten first
         ledger = self._inbound
-        if not ledger.by_fd or int(router.getsockopt(_EVENTS)) & _POLLIN:
+        for fd, delivered, messages in self._deliveries.values():
+            ledger.delivered(fd, delivered, messages)
+        self._deliveries.clear()
+        if not ledger.by_fd:
+            return
+        if int(router.getsockopt(_EVENTS)) & _POLLIN:
+            # Reading the events may have taken the edge that announced these messages.
+            self._schedule_drain()
             return
         counts = {}
         for fd in ledger.by_fd:

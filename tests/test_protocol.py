@@ -96,6 +96,7 @@ def test_constants_and_enums() -> None:
         "DRAINING": 3,
         "BAD_REQUEST": 4,
         "WRONG_INCARNATION": 5,
+        "BUSY": 6,
     }
     assert issubclass(ProtocolError, Exception)
     assert ProtocolError.__doc__
@@ -339,7 +340,7 @@ def test_encode_is_thread_safe() -> None:
         (lambda: Request(1, 1, 0, 1, "h", True, "x"), "Request.payload"),
         (lambda: Request(1, 1, 0, 1, "h", True, bytearray()), "Request.payload"),
         (lambda: Response(1, 1, 0, 1.0, b""), "Response.msg_id"),
-        (lambda: ErrorResponse(1, 1, 0, 1, 6, "", "", ""), "ErrorResponse.code"),
+        (lambda: ErrorResponse(1, 1, 0, 1, 7, "", "", ""), "ErrorResponse.code"),
         (lambda: ErrorResponse(1, 1, 0, 1, True, "", "", ""), "ErrorResponse.code"),
         (lambda: ErrorResponse(1, 1, 0, 1, 1, None, "", ""), "ErrorResponse.error_type"),
         (lambda: ErrorResponse(1, 1, 0, 1, 1, "", b"", ""), "ErrorResponse.message"),

@@ -93,6 +93,12 @@ class CountingTransport:
             def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
                 events.link_down(link, why, refused=refused)
 
+            def refused(self, link: LinkId, what: str) -> None:
+                events.refused(link, what)
+
+            def inbound_ended(self, peer: str, cut: str | None) -> None:
+                events.inbound_ended(peer, cut)
+
         return self.inner.start(loop, Counted(), identity=identity, liveness=liveness)
 
     def connect(self, address: str, peer_id: int | None = None) -> LinkId:

@@ -19,6 +19,7 @@ from ._errors import (
     AMError,
     CallTimeout,
     HandlerNotFound,
+    PeerBusy,
     PeerDraining,
     PeerLost,
     RemoteError,
@@ -43,6 +44,8 @@ def error_for(error: p.ErrorResponse, peer: str) -> AMError:
         return HandlerNotFound(error.message)
     if code == p.ErrorCode.DRAINING:
         return PeerDraining(f"{peer} is shutting down")
+    if code == p.ErrorCode.BUSY:
+        return PeerBusy(f"{peer} refused the call: {error.message}")
     if code == p.ErrorCode.WRONG_INCARNATION:
         return PeerLost(f"{peer} restarted: {error.message}")
     return RemoteError(error.error_type, error.message, error.traceback)

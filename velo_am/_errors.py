@@ -41,8 +41,9 @@ class CallTimeout(AMError, TimeoutError):
 
 class PeerBusy(AMError, TimeoutError):
     """A send was not made: the peer had not finished ``send_window`` earlier sends of this
-    worker within the timeout (it handles them slower than they come). Unlike
-    :class:`CallTimeout`, nothing reached the peer: trying again later is safe."""
+    worker within the timeout (it handles them slower than they come); or a call was refused
+    unrun: this worker's unfinished requests on the peer held its per-peer budget. Unlike
+    :class:`CallTimeout`, nothing ran on the peer: trying again later is safe."""
 
 
 class PeerUnreachable(AMError):

@@ -9,7 +9,9 @@ handler's latency histogram. Replies go out through the worker's
 :class:`~velo_am._outbound.Outbound`; runs and failures are counted in its counters. Each
 send (``reply`` false) is reported to the flow control's
 :class:`~velo_am._flow.ReceiveWindows` when it arrives and when it finishes (ran, failed, or
-was refused), which is how its sender learns it may send more.
+was refused), which is how its sender learns it may send more. Each request is charged to
+its sender's budget (:class:`~velo_am._budget.ReceiveBudget`) from dispatch to that finish;
+one that would overrun it is refused (``BUSY``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class HandlerExecution:
     ) -> None:
         self._registry = registry
         self._receipts = receipts
+        self._budget = receipts.budget
         self._outbound = outbound
         self._counters = counters
         self._log = log
@@ -99,7 +102,11 @@ class HandlerExecution:
             return
         spec = self._registry.get(msg.handler)
         if spec is not None:
-            self.submit(spec, peer, msg, link)
+            runtime = msg.handler.startswith("_")  # never lost, and quick: always admitted
+            if self._budget.admit(peer.worker_id, len(msg.payload), always=runtime):
+                self.submit(spec, peer, msg, link)
+            else:
+                self._refuse_busy(peer, msg, link)
         elif msg.reply:
             text = f"no handler named {msg.handler!r} on worker {self._outbound.worker_id:#x}"
             code = p.ErrorCode.HANDLER_NOT_FOUND
@@ -107,6 +114,19 @@ class HandlerExecution:
         else:
             self._log.warning("handler", "no handler named %r for a send", msg.handler)
             self._receipts.finished(peer)
+
+    def _refuse_busy(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
+        self._counters["refused_busy"] += 1
+        held, limit = self._budget.held(peer.worker_id), self._budget.limit()
+        text = (
+            f"worker {peer.worker_id:#x}'s unfinished requests hold {held} bytes of worker "
+            f"{self._outbound.worker_id:#x}'s per-peer budget ({limit} bytes)"
+        )
+        # A send is answered too (its sender counts it refused), and finishes at once.
+        self._outbound.reply_error(peer, link, msg.msg_id, p.ErrorCode.BUSY, "PeerBusy", text)
+        if not msg.reply:
+            self._receipts.finished(peer)
+            self._log.warning("busy", "refusing a send to %r: %s", msg.handler, text)
 
     def refuse_stale(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         """A request meant for an earlier incarnation of this worker: answered in that
@@ -215,6 +235,7 @@ class HandlerExecution:
         try:
             return unpack(msg.payload)
         except Exception as error:
+            self._budget.release(peer.worker_id, len(msg.payload))
             if msg.reply:
                 code = p.ErrorCode.BAD_REQUEST
                 error_type = type(error).__name__
@@ -244,6 +265,7 @@ class HandlerExecution:
             except (TypeError, ValueError) as error:
                 self._handler_failed(spec, peer, msg, link, error, started)
                 return
+        self._budget.release(peer.worker_id, len(msg.payload))
         self._counters["requests_handled"] += 1
         spec.timer.record(time.perf_counter() - started, False)
         if msg.reply:
@@ -260,6 +282,7 @@ class HandlerExecution:
         error: BaseException,
         started: float,
     ) -> None:
+        self._budget.release(peer.worker_id, len(msg.payload))
         self._counters["requests_failed"] += 1
         spec.timer.record(time.perf_counter() - started, True)
         if not msg.reply:

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from . import _protocol as p
+from ._budget import REQUEST_COST, ReceiveBudget
 from ._errors import AMError, PeerBusy, PeerDraining, PeerLost
 from ._log import fields
 
@@ -289,10 +290,13 @@ class SendWindows:
 
 class ReceiveWindows:
     """The sends this worker received, per sender, and the credits it owes them. ``window``
-    is its own ``send_window``: a credit goes out every quarter of it."""
+    is its own ``send_window``: a credit goes out every quarter of it. ``budget`` bounds what
+    each sender's unfinished requests, calls and sends, hold: two messages of the largest
+    size, and a window of sends at :data:`~velo_am._budget.REQUEST_COST` each."""
 
     def __init__(self, window: int, outbound: Outbound) -> None:
         self._batch = max(1, window // 4)
+        self.budget = ReceiveBudget(lambda: 2 * outbound.max_message_size + window * REQUEST_COST)
         self._outbound = outbound
         self._ledgers: dict[int, Ledger] = {}
 

@@ -66,6 +66,7 @@ class ErrorCode(enum.IntEnum):
     DRAINING = 3
     BAD_REQUEST = 4
     WRONG_INCARNATION = 5
+    BUSY = 6
 
 
 _ERROR_CODES: Final = frozenset(int(c) for c in ErrorCode)

@@ -1,15 +1,16 @@
 """The I/O shell around the membership rules: what the transport reports is decoded, admitted
 and handed on; what the :class:`~velo_am._membership.PeerTable` decides is done.
 
-The transport reports three things (:class:`~velo_am.transport.TransportEvents`): a message
-on a link, and a link of this worker's going up or down. :meth:`Shell.message` decodes a
-message and, without awaiting, hands it to the layer it concerns: handshakes and membership
-messages to the table, requests to the handler executor, answers to the table of calls in
-flight, event updates to the events layer, credits to the flow control of sends. A link
-going down is the table's business (a lost member). :meth:`Shell.apply` carries out the
-table's effects: sends, answers on a link, dials, and the consequences of a lost peer (its
-calls fail, its unconfirmed sends are counted, its links close, the peer-lost callbacks
-run). Runs on the worker's loop.
+The transport reports (:class:`~velo_am.transport.TransportEvents`) a message on a link, a
+link of this worker's going up or down, a message it refused unread (oversized) and an inbound
+connection ending (cut for holding too much): the last two are counted and logged.
+:meth:`Shell.message` decodes a message and, without awaiting, hands it to the layer it
+concerns: handshakes and membership messages to the table, requests to the handler executor,
+answers to the table of calls in flight, event updates to the events layer, credits to the
+flow control of sends. A link going down is the table's business (a lost member).
+:meth:`Shell.apply` carries out the table's effects: sends, answers on a link, dials, and the
+consequences of a lost peer (its calls fail, its unconfirmed sends are counted, its links
+close, the peer-lost callbacks run). Runs on the worker's loop.
 """
 
 from __future__ import annotations
@@ -278,7 +279,14 @@ class Shell:
         elif isinstance(msg, p.Credit):
             self._flow.sends.on_credit(peer, msg)
         elif isinstance(msg, p.ErrorResponse):
-            if not self._calls.on_error(peer.worker_id, msg, peer.describe()):
+            if self._calls.on_error(peer.worker_id, msg, peer.describe()):
+                pass
+            elif msg.code == p.ErrorCode.BUSY:  # a send of ours, refused unrun
+                counters["sends_refused"] += 1
+                self._log.warning(
+                    "busy", "a send to %s was refused: %s", peer.describe(), msg.message
+                )
+            else:
                 counters["late_responses"] += 1
         elif isinstance(msg, p.Peers):
             self.apply(self._membership.on_peers(msg.peers, peer.worker_id, now))
@@ -312,6 +320,27 @@ class Shell:
         what = f"{type(msg).__name__} claiming worker {msg.src:#x}"
         self._log.warning("wrong key", "dropping %s: %s", what, refused, peer=msg.src)
         return False
+
+    def refused(self, link: LinkId, what: str) -> None:
+        """The transport dropped a message unread: over ``max_message_size``, or of more
+        frames than the protocol's two."""
+        self._counters["dropped_oversized"] += 1
+        self._log.warning(
+            "oversized",
+            "dropping a message of %s on link %s: a message has at most 2 frames and %d bytes",
+            what,
+            link.hex(),
+            self._outbound.max_message_size,
+        )
+
+    def inbound_ended(self, peer: str, cut: str | None) -> None:
+        """A connection from ``peer`` ended; ``cut``: the transport cut it, and why."""
+        if cut is None:
+            self._counters["connections_ended"] += 1
+            logger.debug("inbound connection from %s ended", peer, extra=fields(self._worker_id))
+            return
+        self._counters["connections_cut"] += 1
+        self._log.warning("cut", "cut the connection from %s: %s", peer, cut)
 
     def _on_rejected(self, msg: p.Message, link: LinkId, rejected: ms.Rejected) -> None:
         self._counters[rejected.counter] += 1

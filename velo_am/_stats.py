@@ -50,7 +50,32 @@ STATS: Final = (
         "Sends accepted for a peer that was lost or closed before confirming it had handled "
         "them (they may not have run).",
     ),
+    _counter(
+        "sends_refused",
+        "Sends of this worker a peer refused unrun: this worker's unfinished requests held "
+        "that peer's per-peer budget.",
+    ),
     _counter("dropped_malformed", "Inbound messages dropped because they could not be decoded."),
+    _counter(
+        "dropped_oversized",
+        "Inbound messages dropped unread: over max_message_size, or of more frames than the "
+        "protocol's two.",
+    ),
+    _counter(
+        "connections_cut",
+        "Inbound connections cut for holding an unfinished message larger than "
+        "max_message_size (a multipart message that never ends).",
+    ),
+    _counter(
+        "connections_ended",
+        "Inbound connections that ended: closed by their peer, or dropped by libzmq for a "
+        "frame over max_message_size (it does not say which).",
+    ),
+    _counter(
+        "refused_busy",
+        "Inbound requests refused because their sender's unfinished requests held this "
+        "worker's per-peer budget (calls answered PeerBusy, sends dropped).",
+    ),
     _counter(
         "dropped_wrong_incarnation",
         "Inbound messages dropped because they were meant for an earlier incarnation.",

@@ -66,6 +66,17 @@ class TransportEvents(Protocol):
         ``refused``: the peer refused this worker's credentials (retrying cannot help)."""
         ...
 
+    def refused(self, link: LinkId, what: str) -> None:
+        """A message on ``link`` was dropped unread: it had more frames or bytes than a
+        message may have (``what`` says how many)."""
+        ...
+
+    def inbound_ended(self, peer: str, cut: str | None) -> None:
+        """A connection another process opened to this one (from ``peer``, its address)
+        ended: closed by that process or dropped by the transport (``cut`` is ``None``), or
+        cut by the transport for holding more than a message may take (``cut`` says why)."""
+        ...
+
 
 class Transport(Protocol):
     """How a worker's messages travel: :class:`~velo_am.transport.ZmqTransport` in

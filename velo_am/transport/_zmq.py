@@ -10,6 +10,9 @@ TCP connection per pair of workers that talk.
 Links are watched below the application: ZMTP heartbeats, answered by libzmq's I/O thread even
 while the worker's event loop is busy, and the socket monitor's events (handshake succeeded,
 disconnected, connection refused, handshake failed) become ``link_up`` / ``link_down``.
+Inbound connections are watched for what libzmq cannot bound (:mod:`._inbound`): a message
+of more frames or bytes than the protocol allows is dropped uncopied, and a connection
+holding an unfinished message larger than any message may be is cut.
 The socket is read from the event loop: its file descriptor is edge-triggered, so a drain
 reads until empty (a lone message: until ``ZMQ_EVENTS`` says so; a burst: until ``zmq.Again``)
 and a drain cut short reschedules itself. Any other use of the socket (a send, a connect) may
@@ -39,6 +42,8 @@ from ._addresses import (
     local_interfaces,
 )
 from ._base import LinkClosed, LinkFull, LinkId, Liveness, TransportEvents
+from ._inbound import InboundWatch
+from ._outgoing import FAILED, WATCHED, Outgoing
 from ._security import Plaintext, ZmqSecurity
 
 __all__ = ["ZmqTransport"]
@@ -57,52 +62,13 @@ _get_option: Final = cast(Callable[[zmq.Socket[bytes], int], int], zmq.backend.S
 _MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = zmq.EVENTS
 _POLLIN: Final = int(zmq.POLLIN)
-_WATCHED: Final = (
-    zmq.EVENT_CONNECTED
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-_FAILED: Final[dict[int, str]] = {
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the ZMTP handshake failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
-        "the ZMTP handshake failed (protocol error: does one side use CURVE, the other not?)"
-    ),
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (the peer refused our credentials)",
-}
-
-
-class _Outgoing:
-    """One link this worker opened. ``fd`` is its current connection's descriptor: the
-    monitor reports events by endpoint, and an event of an earlier connection to the same
-    address (the link closed and reopened, a peer restarted there) must not count.
-    ``connection`` is the routing id of its current ZeroMQ connection: the link's own id
-    until the link is re-dialed (see :meth:`ZmqTransport._redial`)."""
-
-    __slots__ = (
-        "address",
-        "connection",
-        "dialled",
-        "fd",
-        "identity",
-        "peer_id",
-        "reported_down",
-        "up",
-    )
-
-    def __init__(self, address: str, dialled: str, connection: bytes, peer_id: int | None) -> None:
-        self.address = address
-        #: The address as given (with its tokens, e.g. the key dialled).
-        self.dialled = dialled
-        self.connection = connection
-        self.peer_id = peer_id
-        #: What the peer proves by answering (the security's; e.g. the server key dialled).
-        self.identity: str | None = None
-        self.fd: int | None = None
-        self.up = False
-        self.reported_down = False
+_SRCFD: Final = zmq.SRCFD
+#: Seconds between looks at the inbound connections' byte counts (see :mod:`._inbound`).
+_WATCH_INBOUND_EVERY: Final = 0.1
+#: Room, beyond the largest message, for what the kernel has received and libzmq not read.
+_KERNEL_ROOM: Final = 16 * 1024 * 1024
+#: Bytes of ZMTP framing counted per frame read (a long frame's header is 9 bytes).
+_FRAMING: Final = 9
 
 
 class ZmqTransport:
@@ -113,9 +79,12 @@ class ZmqTransport:
     ``advertise`` and ``interface`` say what address others dial (see
     :mod:`~velo_am.transport._addresses`: a wildcard bind advertises the host's addresses);
     ``max_message_size`` bounds each inbound frame (libzmq drops the connection of a peer that
-    sends a larger one); ``send_queue`` and ``receive_queue`` are the high-water marks of each
-    link; ``security`` configures the socket before it binds and before each connection
-    (:class:`Plaintext` by default).
+    sends a larger one) and each message (``max_frames`` frames at most, the protocol's two by
+    default; a larger message is dropped uncopied, reported by ``TransportEvents.refused``);
+    an inbound connection holding an unfinished message larger than that is cut (reported by
+    ``TransportEvents.inbound_ended``); ``send_queue`` and ``receive_queue`` are the
+    high-water marks of each link; ``security`` configures the socket before it binds and
+    before each connection (:class:`Plaintext` by default).
     """
 
     def __init__(
@@ -123,6 +92,7 @@ class ZmqTransport:
         bind: str,
         *,
         max_message_size: int,
+        max_frames: int = 2,
         send_queue: int = 100_000,
         receive_queue: int = 100_000,
         security: ZmqSecurity | None = None,
@@ -136,6 +106,10 @@ class ZmqTransport:
         self._interfaces: list[Interface] = []
         self.security: ZmqSecurity = Plaintext() if security is None else security
         self._max_message_size = max_message_size
+        self._max_frames = max_frames
+        self._inbound = InboundWatch(max_message_size + _KERNEL_ROOM)
+        self._deliveries = self._inbound.deliveries
+        self._watch_timer: asyncio.TimerHandle | None = None
         self._send_queue = send_queue
         self._receive_queue = receive_queue
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -149,7 +123,7 @@ class ZmqTransport:
         self._delivering: tuple[LinkId, zmq.Frame] | None = None
         self._draining = False  # a drain is delivering: sends leave the last look to it
         self._ids = itertools.count(1)
-        self._outgoing: dict[LinkId, _Outgoing] = {}
+        self._outgoing: dict[LinkId, Outgoing] = {}
         self._by_address: dict[str, LinkId] = {}
         # Links re-dialed after a lost connection: the link -> its connection's routing id,
         # and back. Empty unless a connection was lost while its link stayed open.
@@ -226,11 +200,12 @@ class ZmqTransport:
             f"silent for {liveness.timeout} s or disconnected (no heartbeat answer, or the "
             "connection closed)"
         )
-        self._monitor = monitor = router.get_monitor_socket(_WATCHED)
+        self._monitor = monitor = router.get_monitor_socket(WATCHED)
         loop.add_reader(router.FD, self._drain)
         loop.add_reader(monitor.FD, self._drain_monitor)
         self._schedule_drain()  # messages may have arrived before the readers were added
         loop.call_soon(self._drain_monitor)
+        self._watch_timer = loop.call_later(_WATCH_INBOUND_EVERY, self._watch_inbound)
         if advertised != bound.decode():
             logger.info("listening on %s, advertised as %s", bound.decode(), advertised)
         return advertised
@@ -241,6 +216,9 @@ class ZmqTransport:
             return
         self._router = self._monitor = None
         self._context = None
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+        self._inbound.clear()
         if self._loop is not None:
             self._loop.remove_reader(router.FD)
             if monitor is not None:
@@ -274,7 +252,7 @@ class ZmqTransport:
             return existing
         link = self._new_connection_id()
         try:
-            outgoing = _Outgoing(address, given, link, peer_id)
+            outgoing = Outgoing(address, given, link, peer_id)
             self._connect(router, link, outgoing)
         except (zmq.ZMQError, ValueError) as error:
             raise LinkFull(f"cannot connect to {address}: {error}") from None
@@ -286,7 +264,7 @@ class ZmqTransport:
     def _new_connection_id(self) -> bytes:
         return b"o" + next(self._ids).to_bytes(8, "big")  # never 0-led: libzmq's own ids are
 
-    def _connect(self, router: zmq.Socket[bytes], connection: bytes, outgoing: _Outgoing) -> None:
+    def _connect(self, router: zmq.Socket[bytes], connection: bytes, outgoing: Outgoing) -> None:
         router.setsockopt(zmq.CONNECT_ROUTING_ID, connection)
         # What the other side names this connection: libzmq copies the socket's options at
         # connect, so each connection presents a routing id of its own that nobody can
@@ -295,7 +273,7 @@ class ZmqTransport:
         outgoing.identity = self.security.configure_link(router, outgoing.dialled, outgoing.peer_id)
         router.connect(outgoing.address)
 
-    def _redial(self, link: LinkId, outgoing: _Outgoing) -> None:
+    def _redial(self, link: LinkId, outgoing: Outgoing) -> None:
         """The link's connection, which had completed its handshake, was lost: connect
         again under fresh routing ids. libzmq's own reconnection would present the old
         routing id, which the other side may still hold for the old connection (a peer
@@ -410,19 +388,20 @@ class ZmqTransport:
             return
         self._draining = True
         try:
-            self._drain_batch(router, events.message)
+            self._drain_batch(router, events)
         finally:
             self._draining = False
 
-    def _drain_batch(
-        self, router: zmq.Socket[bytes], deliver: Callable[[LinkId, list[bytes]], None]
-    ) -> None:
+    def _drain_batch(self, router: zmq.Socket[bytes], events: TransportEvents) -> None:
         """Read and deliver up to ``_DRAIN_BATCH`` messages. After the first, ``ZMQ_EVENTS``
         says whether more wait: a lone message (the latency case) ends the drain there,
         without the ``zmq.Again`` a failed receive raises (an exception costs twice the
         look); a burst is read until ``zmq.Again``, one look and one exception in all."""
         recv, get = _recv_frame, _get_option
         renamed = self._link_of
+        deliver = events.message
+        watched, deliveries = self._inbound.ledger.by_fd, self._deliveries
+        max_size, max_frames = self._max_message_size, self._max_frames
         for count in range(_DRAIN_BATCH):
             try:
                 # The look also consumes any edge a send made while delivering: nothing is
@@ -431,20 +410,33 @@ class ZmqTransport:
                     return
                 link = recv(router, _NOBLOCK)
                 frame = first = recv(router, _NOBLOCK, False)
-                frames = [frame.bytes]
+                parts = [frame]
+                size, frames = len(frame), 1
                 while frame.more:
                     frame = recv(router, _NOBLOCK, False)
-                    frames.append(frame.bytes)
+                    size += len(frame)
+                    frames += 1
+                    if frames <= max_frames:  # frames past those are counted, never kept
+                        parts.append(frame)
             except zmq.Again:
                 return
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
                 return
+            if watched:
+                delivery = deliveries.get(link)
+                if delivery is None:
+                    delivery = deliveries[link] = [first.get(_SRCFD), 0, 0]
+                delivery[1] += size + _FRAMING * frames
+                delivery[2] += 1
             if renamed:
                 link = renamed.get(link, link)
             self._delivering = (link, first)
             try:
-                deliver(link, frames)
+                if size > max_size or frames > max_frames:
+                    events.refused(link, f"{frames} frames, {size} bytes")
+                else:
+                    deliver(link, [part.bytes for part in parts])
             except Exception:
                 logger.exception("inbound message handler failed")
             finally:
@@ -465,9 +457,12 @@ class ZmqTransport:
             endpoint = event["endpoint"].decode(errors="replace")
             link = self._by_address.get(endpoint)
             outgoing = self._outgoing.get(link) if link is not None else None
-            if link is None or outgoing is None:
-                continue  # a connection another worker opened to us: watched from its side
             kind, value = int(event["event"]), int(event["value"])
+            if link is None or outgoing is None:
+                ended = self._inbound.on_event(kind, value)  # one another worker opened to us
+                if ended is not None:
+                    events.inbound_ended(ended, None)
+                continue
             try:
                 if kind == zmq.EVENT_CONNECTED:
                     outgoing.fd = value
@@ -486,11 +481,31 @@ class ZmqTransport:
                     if refusal is not None:
                         self._down(link, outgoing, refusal, refused=True)
                     else:
-                        self._down(link, outgoing, _FAILED.get(kind, "the handshake failed"))
+                        self._down(link, outgoing, FAILED.get(kind, "the handshake failed"))
             except Exception:
                 logger.exception("link event handler failed")
 
-    def _down(self, link: LinkId, outgoing: _Outgoing, why: str, *, refused: bool = False) -> None:
+    def _watch_inbound(self) -> None:
+        """Every ``_WATCH_INBOUND_EVERY`` s: cut the inbound connections that hold an
+        unfinished message larger than any message may be (see :mod:`._inbound`). Skipped
+        while complete messages wait to be read: what a connection holds is then not known."""
+        router, loop = self._router, self._loop
+        if router is None or loop is None:
+            return
+        self._watch_timer = loop.call_later(_WATCH_INBOUND_EVERY, self._watch_inbound)
+        self._drain_monitor()  # connections that ended are forgotten first
+        if not self._inbound.watching():
+            return
+        if _get_option(router, _EVENTS) & _POLLIN:
+            # Received at once: a look prefetches, and nothing may stay prefetched while a
+            # link may be disconnected (see _look).
+            self._drain()
+            return
+        for peer, why in self._inbound.cut_hoarders():
+            if self._events is not None:
+                self._events.inbound_ended(peer, why)
+
+    def _down(self, link: LinkId, outgoing: Outgoing, why: str, *, refused: bool = False) -> None:
         if outgoing.reported_down:
             return
         outgoing.up, outgoing.reported_down = False, True

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 _LISTEN_BACKLOG: Final = 4096
 # Messages handled per loop callback before yielding to other tasks.
 _DRAIN_BATCH: Final = 512
+# A link re-dialed at most once a second: a peer that accepts and drops connections at once
+# gets libzmq's own reconnection, which backs off, not a loop.
+_REDIAL_EVERY: Final = 1.0
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = zmq.EVENTS
@@ -70,12 +73,13 @@ class _Outgoing:
     ``connection`` is the routing id of its current ZeroMQ connection: the link's own id
     until the link is re-dialed (see :meth:`ZmqTransport._redial`)."""
 
-    __slots__ = ("address", "connection", "fd", "peer_id", "reported_down", "up")
+    __slots__ = ("address", "connection", "fd", "peer_id", "redialed_at", "reported_down", "up")
 
     def __init__(self, address: str, connection: bytes, peer_id: int | None) -> None:
         self.address = address
         self.connection = connection
         self.peer_id = peer_id
+        self.redialed_at = -_REDIAL_EVERY
         self.fd: int | None = None
         self.up = False
         self.reported_down = False
@@ -271,10 +275,12 @@ class ZmqTransport:
         routing id, which the other side may still hold for the old connection (a peer
         frozen, a partition): without handover it would ignore the new one. The link keeps
         its id; what was queued on it is dropped. A new connection that fails is retried by
-        libzmq, backing off (``RECONNECT_IVL`` to ``RECONNECT_IVL_MAX``)."""
-        router = self._router
-        if router is None or self._outgoing.get(link) is not outgoing:
-            return  # closed meanwhile (its owner heard it was down)
+        libzmq, backing off (``RECONNECT_IVL`` to ``RECONNECT_IVL_MAX``), as is one lost
+        within ``_REDIAL_EVERY`` of the last re-dial."""
+        router, loop = self._router, self._loop
+        if router is None or loop is None or loop.time() - outgoing.redialed_at < _REDIAL_EVERY:
+            return
+        outgoing.redialed_at = loop.time()
         try:
             router.disconnect(outgoing.address)
         except zmq.ZMQError as error:

@@ -11,6 +11,7 @@ from support import wait_until
 
 from velo_am import CallContext, PeerUnreachable, Worker
 from velo_am.discovery import DirectoryDiscovery
+from velo_am.transport import Liveness, ZmqTransport
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,3 +93,57 @@ async def test_discovery_from_environment(tmp_path: Path, monkeypatch: pytest.Mo
             assert a.worker_id in b.peers
             assert await b.call(a.worker_id, "hi") == "hi"
         assert DirectoryDiscovery(tmp_path).lookup(a.worker_id) is not None
+
+
+class Recorder:
+    """A transport's events, recorded: messages with the link they came on, links up and
+    down."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, list[bytes]]] = []
+        self.ups: list[bytes] = []
+        self.downs: list[bytes] = []
+
+    def message(self, link: bytes, frames: list[bytes]) -> None:
+        self.messages.append((link, frames))
+
+    def link_up(self, link: bytes) -> None:
+        self.ups.append(link)
+
+    def link_down(self, link: bytes, why: str) -> None:
+        self.downs.append(link)
+
+
+async def test_a_lost_connection_is_redialed_under_a_fresh_routing_id(tmp_path: Path) -> None:
+    """Each connection presents a routing id of its own (docs/protocol.md §1): one that was
+    lost is dialed again under a new one, so a peer still holding the old connection does
+    not ignore the new one, and the link keeps its name."""
+    loop = asyncio.get_running_loop()
+    liveness = Liveness(0.1, 1.0)
+    bind = f"ipc://{tmp_path}/peer.sock"
+    dialer, dialer_events = ZmqTransport("tcp://127.0.0.1:0", max_message_size=4096), Recorder()
+    dialer.start(loop, dialer_events, identity=b"w-dialer", liveness=liveness)
+    link = dialer.connect(bind)
+    seen: list[bytes] = []  # the routing id each listener saw the dialer's message under
+
+    async def one_listener() -> None:
+        listener, events = ZmqTransport(bind, max_message_size=4096), Recorder()
+        listener.start(loop, events, identity=b"w-listener", liveness=liveness)
+        try:
+            await wait_until(lambda: len(dialer_events.ups) > len(seen))
+            dialer.send(link, [b"hello"])
+            await wait_until(lambda: events.messages != [])
+            (routing_id, frames), *_ = events.messages
+            assert frames == [b"hello"] and routing_id.startswith(b"w-dialer")
+            seen.append(routing_id)
+        finally:
+            await listener.close()
+        await wait_until(lambda: len(dialer_events.downs) == len(seen))
+
+    try:
+        await one_listener()
+        await one_listener()  # the same address, after the first connection was lost
+        assert dialer_events.ups == [link, link]  # one link throughout
+        assert seen[1] != seen[0]
+    finally:
+        await dialer.close()

@@ -17,7 +17,8 @@ owner); this module decides for the links others opened to it:
   token); the member answers it on its own link to this worker. The claim holds while the
   answer is on its way (what arrives on the link waits, in order, up to ``MAX_HELD``, and
   ``MAX_HELD_TOTAL`` on all links), and is refuted if the answer comes on another link or
-  not within the handshake timeout. At most ``MAX_CLAIMS`` are proven at once.
+  not within the longer of the handshake and heartbeat timeouts. At most ``MAX_CLAIMS`` are
+  proven at once.
 * Once bound, a link speaks for that worker and incarnation only: a message naming any other
   is dropped.
 

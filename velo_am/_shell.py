@@ -169,6 +169,9 @@ class Shell:
         return known is not None and known.incarnation == msg.src_incarnation
 
     def _spoofed(self, msg: p.Message, verdict: Verdict) -> None:
+        if self.goodbyes_answered is not None:  # late words to a worker saying goodbye
+            logger.debug("dropping %s after goodbye", type(msg).__name__)
+            return
         self._counters["messages_spoofed"] += 1
         self._log.warning(
             "spoofed",
@@ -198,14 +201,13 @@ class Shell:
 
     def _prove(self, challenge: p.Hello, link: LinkId) -> None:
         """A peer asks this worker to prove that a link is its own: the answer goes on that
-        link (the one its dial ``seq`` took, or its own link to the peer); without one, back
-        on the challenge's link, which refutes the claim at once."""
-        peer = challenge.src
-        token = challenge.seq
-        routes = self.routes
-        own = self._outbound.own_link(peer) if not token else None
-        if token and routes is not None:
-            own = routes.dial_link(token, peer)
+        link (the one its dial ``seq`` took while the dial is in flight, else its own link
+        to the peer); without one, back on the challenge's link, which refutes the claim at
+        once."""
+        peer, token, routes = challenge.src, challenge.seq, self.routes
+        own = routes.dial_link(token, peer) if token and routes is not None else None
+        if own is None:
+            own = self._outbound.own_link(peer)
         me, inc = self._worker_id, self._membership.incarnation
         answer = p.HelloAck(
             me, inc, challenge.src_incarnation, challenge.token, self._membership.address,
@@ -400,7 +402,10 @@ class Shell:
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
         if self.routes is not None:
-            for claim in self.trust.expire(now, self.routes.handshake_timeout):
+            # A live member answers every challenge, even to refute it: only a dead or
+            # unreachable one does not, and a busy one must not lose what it sent.
+            patience = max(self.routes.handshake_timeout, self._outbound.connect_timeout)
+            for claim in self.trust.expire(now, patience):
                 self._refuted(claim, "no answer to the challenge")
         self.trust.retain(lambda worker_id: self._membership.get(worker_id) is not None)
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)

@@ -7,7 +7,11 @@ from typing import Final
 
 import zmq
 
-__all__ = ["FAILED", "WATCHED", "Outgoing"]
+__all__ = ["FAILED", "REDIAL_EVERY", "WATCHED", "Outgoing"]
+
+# A link re-dialed at most once a second: a peer that accepts and drops connections at once
+# gets libzmq's own reconnection, which backs off, not a loop.
+REDIAL_EVERY: Final = 1.0
 
 WATCHED: Final = (
     zmq.EVENT_ACCEPTED
@@ -41,6 +45,7 @@ class Outgoing:
         "fd",
         "identity",
         "peer_id",
+        "redialed_at",
         "reported_down",
         "up",
     )
@@ -51,6 +56,7 @@ class Outgoing:
         self.dialled = dialled
         self.connection = connection
         self.peer_id = peer_id
+        self.redialed_at = -REDIAL_EVERY
         #: What the peer proves by answering (the security's; e.g. the server key dialled).
         self.identity: str | None = None
         self.fd: int | None = None

@@ -43,7 +43,7 @@ from ._addresses import (
 )
 from ._base import LinkClosed, LinkFull, LinkId, Liveness, TransportEvents
 from ._inbound import InboundWatch
-from ._outgoing import FAILED, WATCHED, Outgoing
+from ._outgoing import FAILED, REDIAL_EVERY, WATCHED, Outgoing
 from ._security import Plaintext, ZmqSecurity
 
 __all__ = ["ZmqTransport"]
@@ -279,10 +279,12 @@ class ZmqTransport:
         routing id, which the other side may still hold for the old connection (a peer
         frozen, a partition): without handover it would ignore the new one. The link keeps
         its id; what was queued on it is dropped. A new connection that fails is retried by
-        libzmq, backing off (``RECONNECT_IVL`` to ``RECONNECT_IVL_MAX``)."""
-        router = self._router
-        if router is None or self._outgoing.get(link) is not outgoing:
-            return  # closed meanwhile (its owner heard it was down)
+        libzmq, backing off (``RECONNECT_IVL`` to ``RECONNECT_IVL_MAX``), as is one lost
+        within ``REDIAL_EVERY`` of the last re-dial."""
+        router, loop = self._router, self._loop
+        if router is None or loop is None or loop.time() - outgoing.redialed_at < REDIAL_EVERY:
+            return
+        outgoing.redialed_at = loop.time()
         try:
             router.disconnect(outgoing.address)
         except zmq.ZMQError as error:

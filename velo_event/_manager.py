@@ -17,6 +17,7 @@ from ._awaiter import READY_AWAITER, EventAwaiter, running_loop
 from ._core import EventCore
 from ._errors import EventError, EventPoison, EventStatus, EventTimeout, OutcomeUnknown
 from ._handle import EventHandle
+from ._hot import mypyc_attr
 from ._merge import merge_of, start_merge
 from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, PendingEvent, WaitingOn, blocking_events
 from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
@@ -47,6 +48,8 @@ def check_timeout(timeout: float | None) -> float | None:
     return max(float(timeout), 0.0)
 
 
+# Runtimes subclass these in interpreted code (velo_am's distributed events).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class EventManager(abc.ABC):
     """What every event system offers; code written against it works with any of them.
 
@@ -266,6 +269,7 @@ class EventSource(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CoreEventManager(EventManager):
     """An :class:`EventManager` whose new events live in one :class:`EventCore`.
 
@@ -434,7 +438,7 @@ class DistributedEventFactory:
 
     __slots__ = ("_core",)
 
-    def __init__(self, worker_id: int) -> None:
+    def __init__(self, worker_id: object) -> None:  # object: checked here, in either build
         if isinstance(worker_id, bool) or not isinstance(worker_id, int):
             raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
         if not 0 < worker_id < 1 << 64:

@@ -142,9 +142,8 @@ class MergeView:
 def _view(merge: _Merge) -> MergeView:
     with merge.lock:
         failed = frozenset(position for position, _ in merge.failures)
-        pending = frozenset(
-            position for position, finished in enumerate(merge.finished) if not finished
-        )
+        finished = merge.finished  # indexed, not enumerated: mypyc cannot iterate a bytearray
+        pending = frozenset(position for position in range(len(finished)) if not finished[position])
     return MergeView(merge.handle, merge.inputs, failed, merge.fail_fast, pending)
 
 

@@ -565,6 +565,21 @@ async def test_generation_zero_is_always_ready() -> None:
     assert mgr.poll(e.handle) is PENDING
 
 
+@pytest.mark.parametrize("complete", ["trigger", "poison"])
+def test_a_slot_retired_by_its_last_generation_is_not_counted_pending(complete: str) -> None:
+    mgr = LocalEventSystem()
+    first = mgr.new_event()
+    first.trigger()
+    slot_of(mgr, first.handle).last = MAX_GEN - 1
+    top = mgr.new_event()
+    assert mgr.core.pending_count() == 1
+    if complete == "trigger":
+        top.trigger()
+    else:
+        top.poison("last words")
+    assert mgr.core.pending_count() == 0
+
+
 def test_highest_generation_is_issued_and_then_the_slot_retires() -> None:
     mgr = LocalEventSystem()
     core = mgr._core

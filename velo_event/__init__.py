@@ -28,7 +28,7 @@ from ._pending import PendingEvent
 COMPILED: Final = _select.COMPILED
 
 EventAwaiter = _select.awaiter.EventAwaiter
-MAX_REASON_LENGTH: Final = _select.core.MAX_REASON_LENGTH
+MAX_REASON_LENGTH: Final = _select.wake.MAX_REASON_LENGTH
 DROPPED_REASON: Final = _select.manager.DROPPED_REASON
 DistributedEventFactory = _select.manager.DistributedEventFactory
 Event = _select.manager.Event

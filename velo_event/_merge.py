@@ -15,10 +15,10 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from ._core import MAX_REASON_LENGTH, EventCore, cap_reason
+from ._core import EventCore
 from ._errors import EventError
 from ._handle import EventHandle
-from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
+from ._wake import MAX_REASON_LENGTH, PENDING, Outcome, Unanswered, Wake, WakeCallback, cap_reason
 
 __all__ = ["MergeView", "merge_of", "merge_reason", "merge_view", "start_merge"]
 

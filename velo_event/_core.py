@@ -11,7 +11,6 @@ are all just waiters.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -29,9 +28,6 @@ from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
 from ._wake import PENDING, Outcome, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
-
-logger = logging.getLogger(__name__)
-
 
 _U32: Final = 0xFFFF_FFFF
 # A tagged core keeps the tag in the top 8 of the 31 index bits (8 M slots remain).
@@ -457,8 +453,9 @@ class EventCore:
     def check_inputs(self, handles: Iterable[int]) -> None:
         """Merge inputs this core alone can serve: raise :class:`ForeignHandleError` for the
         first handle of another system."""
+        low, high = self.system_id << 64, self.system_id + 1 << 64
         for handle in handles:
-            if handle >> 64 != self.system_id:
+            if not low <= handle < high:  # compared: no shifted copy of each handle
                 try:
                     with self._lock:
                         self._slot(handle)

@@ -201,10 +201,11 @@ def start_merge(
     """Create the merged event in ``core`` and wire its inputs; returns at once."""
     merge = _Merge(core, inputs, fail_fast, remove_waiter)
     merged = merge.handle
+    input_done = merge.input_done  # one bound method for every input
     for position, handle in enumerate(inputs):
         key = (merge, position)
         try:
-            outcome = add_waiter(handle, key, merge.input_done)
+            outcome = add_waiter(handle, key, input_done)
         except EventError as error:
             merge.record(position, f"Merge dependency {handle} failed: {error}")
             continue

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -29,18 +31,23 @@ def compiled_installed() -> bool:
         return False
 
 
-def build_in(environment: dict[str, str]) -> tuple[str, str]:
+def build_in(
+    environment: dict[str, str], *, cwd: Path | None = None, stderr: list[str] | None = None
+) -> tuple[str, str]:
     """``velo_event.COMPILED`` and the module ``LocalEventSystem`` comes from, in a fresh
-    interpreter with ``environment``."""
+    interpreter with ``environment`` in ``cwd`` (its error output appended to ``stderr``)."""
     code = "import velo_event; print(velo_event.COMPILED, velo_event.LocalEventSystem.__module__)"
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=environment,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
+    if stderr is not None:
+        stderr.append(result.stderr)
     flag, module = result.stdout.split()
     return flag, module
 
@@ -75,6 +82,25 @@ def test_without_the_pure_variable_the_compiled_build_is_used_where_installed(
     assert build_in(environment(value)) == (
         expected if compiled_installed() else ("False", "velo_event._manager")
     )
+
+
+@pytest.mark.skipif(
+    not compiled_installed(), reason="no compiled build in this install (no C compiler found)"
+)
+def test_a_compiled_build_older_than_its_sources_is_not_used(tmp_path: Path) -> None:
+    """An editable install whose hot modules were edited since the build: the pure build is
+    used, and a warning says why (rebuild)."""
+    copy = tmp_path / "velo_event"
+    shutil.copytree(Path(velo_event.__file__).parent, copy)
+    env = environment(None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    # In tmp_path: `python -c` puts its working directory first on the path.
+    assert build_in(env, cwd=tmp_path) == ("True", "velo_event._compiled._manager")
+    with (copy / "_merge.py").open("a") as source:
+        source.write("# edited since the build\n")
+    errors: list[str] = []
+    assert build_in(env, cwd=tmp_path, stderr=errors) == ("False", "velo_event._manager")
+    assert "older than its sources; rebuild it: pip install -e ." in errors[0]
 
 
 # -- both builds, one behaviour ----------------------------------------------------------------

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import Distribution, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PACKAGE = "velo_event"
@@ -68,22 +68,18 @@ def _generate_sources(root: Path) -> list[str]:
     return paths
 
 
+GROUP = f"{PACKAGE}.{COMPILED_PACKAGE}._lib"  # mypyc's shared library: {GROUP}__mypyc
+
+
+def _planned_extensions() -> list[Extension]:
+    """The extensions mypyc will make, by name, without their sources yet: so that the steps
+    that only list a build's files (metadata, the sdist's file list) do not run mypyc."""
+    names = [f"{PACKAGE}.{COMPILED_PACKAGE}.{module}" for module in HOT_MODULES]
+    return [Extension(name, sources=[]) for name in [*names, f"{GROUP}__mypyc"]]
+
+
 class OptionalCompiledBuild(build_ext):
     """build_ext that compiles the hot path if it can and falls back to pure Python if not."""
-
-    def finalize_options(self) -> None:
-        # Before the base class's: it prepares the extensions it finds on the distribution.
-        try:
-            from mypyc.build import mypycify  # noqa: PLC0415 - a failed import is a fallback
-
-            sources = _generate_sources(Path("build") / "velo_compiled_src")
-            self.distribution.ext_modules = mypycify(
-                sources, opt_level="3", group_name=f"{PACKAGE}.{COMPILED_PACKAGE}._lib"
-            )
-        except (Exception, SystemExit) as error:  # mypyc exits on an error of its own
-            self.distribution.ext_modules = []
-            self._fall_back(f"could not generate the compiled sources ({error!r})")
-        super().finalize_options()
 
     def copy_extensions_to_source(self) -> None:
         # An editable install's modules go to velo_event/_compiled, which the checkout lacks.
@@ -92,26 +88,40 @@ class OptionalCompiledBuild(build_ext):
 
     def run(self) -> None:
         try:
+            self._generate()
+        except (Exception, SystemExit) as error:  # mypyc exits on an error of its own
+            self._fall_back(f"could not generate the compiled sources ({error!r})")
+            return
+        try:
             super().run()
-        except Exception as error:
+        except Exception as error:  # a missing or broken compiler, on any platform
             for extension in self.extensions:  # half a build would fail at import: none at all
                 Path(self.get_ext_fullpath(extension.name)).unlink(missing_ok=True)
             self._fall_back(f"could not compile ({error})")
+
+    def _generate(self) -> None:
+        """Run mypyc, and give the planned extensions the sources and options it made."""
+        from mypyc.build import mypycify  # noqa: PLC0415 - a failed import is a fallback
+
+        sources = _generate_sources(Path("build") / "velo_compiled_src")
+        made_list = mypycify(sources, opt_level="3", debug_level="0", group_name=GROUP)
+        made = {extension.name: extension for extension in made_list}
+        for extension in self.extensions:
+            for field, value in vars(made.pop(extension.name)).items():
+                if not field.startswith("_"):  # setuptools' own bookkeeping stays
+                    setattr(extension, field, value)
+        if made:
+            raise RuntimeError(f"mypyc made unplanned extensions: {sorted(made)}")
 
     def _fall_back(self, why: str) -> None:
         self.extensions = []
         # An editable install's earlier build would be imported, though older than the code.
         shutil.rmtree(Path(PACKAGE) / COMPILED_PACKAGE, ignore_errors=True)
         message = f"velo: {why}; installing the pure-Python build of velo_event"
-        print(message, file=sys.stderr)
+        print(message, file=sys.stderr)  # pip shows a build's output with -v
 
 
-class BinaryDistribution(Distribution):
-    """A distribution with extensions, even before build_ext decides which: so the build runs
-    build_ext and the wheel is tagged for this platform."""
-
-    def has_ext_modules(self) -> bool:
-        return True
-
-
-setup(cmdclass={"build_ext": OptionalCompiledBuild}, distclass=BinaryDistribution)
+setup(
+    cmdclass={"build_ext": OptionalCompiledBuild},
+    ext_modules=_planned_extensions(),
+)

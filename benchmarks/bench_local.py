@@ -4,13 +4,15 @@ Run: ``PYTHONPATH=. python benchmarks/bench_local.py [--repeat N] [--quick]``
 
 Method
 ------
-* Every case has a velo side and a plain-asyncio baseline side that do the same work (same
-  number of creations, completions, awaits and tasks). Both run in one process, on one
-  event loop (the default asyncio loop), and are interleaved: velo run, baseline run, velo
-  run, ... for ``--repeat`` repetitions (default 5). The table shows the median of each
-  side and the median of the per-repetition ratios velo / baseline (a paired ratio, so it
-  can differ slightly from the quotient of the two medians); the last column is the range
-  of those ratios, a quick view of the noise.
+* Every case has a velo side per build (pure and, where this install has it, compiled: both
+  imported side by side, whatever ``VELO_PURE`` says) and a plain-asyncio baseline side that
+  do the same work (same number of creations, completions, awaits and tasks). All run in one
+  process, on one event loop (the default asyncio loop), and are interleaved: pure run,
+  compiled run, baseline run, pure run, ... for ``--repeat`` repetitions (default 5). The
+  table shows the median of each side and, per build, the median of the per-repetition
+  ratios velo / baseline (a paired ratio, so it can differ slightly from the quotient of the
+  two medians); the last column is the range of the last build's ratios (the compiled one,
+  where there is one), a quick view of the noise; "met" is that build's.
 * Times come from ``time.perf_counter_ns`` around the timed loop only; setup (creating the
   inputs of a merge, for example) is outside it. The collector is run before, and disabled
   during, every timed loop of both sides (``gc.collect(); gc.disable()`` ... ``gc.enable()``).
@@ -40,12 +42,29 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from velo_event import Event, EventHandle, LocalEventSystem
+from velo_event import EventHandle
+from velo_event import _manager as pure_manager
+from velo_event._manager import Event, LocalEventSystem
 
 _now = time.perf_counter_ns
 
 #: A side of a timed case: runs ``n`` operations, returns the nanoseconds of the timed loop.
 Side = Callable[[int], Coroutine[Any, Any, int]]
+#: A build's event system (both builds have the pure one's interface).
+System = Callable[[], LocalEventSystem]
+
+
+def builds() -> dict[str, System]:
+    """The builds of velo_event this install holds, by name: both, side by side in one run,
+    whatever ``VELO_PURE`` says (it chooses what ``import velo_event`` uses)."""
+    found: dict[str, System] = {"pure": pure_manager.LocalEventSystem}
+    try:
+        from velo_event._compiled import _manager as compiled_manager
+    except ImportError:
+        return found
+    found["compiled"] = compiled_manager.LocalEventSystem
+    return found
+
 
 #: An arbitrary 128-bit base for the baseline's int handles (the size of a velo handle).
 _HANDLE_BASE = 0x1234_5678_9ABC_DEF0 << 64
@@ -54,14 +73,17 @@ _HANDLE_BASE = 0x1234_5678_9ABC_DEF0 << 64
 # -- case 1: new_event + trigger + await of the triggered event ------------------------------
 
 
-async def velo_trigger_await(n: int) -> int:
-    s = LocalEventSystem()
-    start = _now()
-    for _ in range(n):
-        e = s.new_event()
-        e.trigger()
-        await s.awaiter(e.handle)
-    return _now() - start
+def velo_trigger_await(system: System) -> Side:
+    async def run(n: int) -> int:
+        s = system()
+        start = _now()
+        for _ in range(n):
+            e = s.new_event()
+            e.trigger()
+            await s.awaiter(e.handle)
+        return _now() - start
+
+    return run
 
 
 async def base_trigger_await(n: int) -> int:
@@ -81,9 +103,12 @@ async def base_trigger_await(n: int) -> int:
 # outside the timed region.
 
 
-async def velo_ping_pong(wakeups: int) -> int:
+def velo_ping_pong(system: System) -> Side:
+    return lambda wakeups: ping_pong(system(), wakeups)
+
+
+async def ping_pong(s: LocalEventSystem, wakeups: int) -> int:
     rounds = wakeups // 2
-    s = LocalEventSystem()
     box: list[Event] = []
     elapsed = 0
 
@@ -173,9 +198,9 @@ def countdown(
     return out
 
 
-def velo_merge_complete(width: int) -> Side:
+def velo_merge_complete(width: int, system: System) -> Side:
     async def run(n: int) -> int:
-        s = LocalEventSystem()
+        s = system()
         events = [s.new_event() for _ in range(width)]
         for e in events:
             e.trigger()
@@ -202,9 +227,9 @@ def base_merge_complete(width: int) -> Side:
     return run
 
 
-def velo_merge_pending(width: int) -> Side:
+def velo_merge_pending(width: int, system: System) -> Side:
     async def run(n: int) -> int:
-        s = LocalEventSystem()
+        s = system()
         batches = [[s.new_event().handle for _ in range(width)] for _ in range(max(1, n // width))]
         start = _now()
         for handles in batches:
@@ -240,14 +265,14 @@ def base_merge_pending(width: int) -> Side:
 @dataclass
 class Timed:
     name: str
-    velo: Side
+    velo: dict[str, Side]  # by build
     base: Side
     n: int  # operations per run
     target: float
     unit: str = "µs/op"
     granule: int = 1  # runs do whole multiples of this many operations (rounds, merges)
     per_merge: int = 0  # for merges: the width, so per-merge time can be shown too
-    velo_us: list[float] = field(default_factory=list)
+    velo_us: dict[str, list[float]] = field(default_factory=dict)
     base_us: list[float] = field(default_factory=list)
 
 
@@ -290,10 +315,10 @@ async def finish(tasks: list[asyncio.Task[None]]) -> None:
         await task
 
 
-async def velo_pending_memory(k: int) -> float:
+async def velo_pending_memory(system: System, k: int) -> float:
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
-    s = LocalEventSystem()
+    s = system()
     handles = [s.new_event().handle for _ in range(k)]
     tasks = [asyncio.create_task(velo_waiter(s, h)) for h in handles]
     await settle()
@@ -349,8 +374,8 @@ class Flatness:
         return self.blocks_end - self.blocks_warm
 
 
-def velo_flatness(warm: int, total: int) -> Flatness:
-    s = LocalEventSystem()
+def velo_flatness(system: System, warm: int, total: int) -> Flatness:
+    s = system()
     gc.collect()
     gc.disable()
     try:
@@ -418,6 +443,7 @@ def ratio_stats(velo: list[float], base: list[float]) -> tuple[float, float, flo
 async def main(repeat: int, quick: bool) -> None:
     scale = 10 if quick else 1
     loop = asyncio.get_running_loop()
+    systems = builds()
     print(
         f"velo_event local benchmark | Python {platform.python_version()} "
         f"({platform.python_implementation()}, {platform.machine()}, {os.cpu_count()} CPUs) | "
@@ -426,23 +452,28 @@ async def main(repeat: int, quick: bool) -> None:
         f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}"
     )
     print(
-        f"medians of {repeat} interleaved runs (velo, baseline, velo, ...); "
-        "GC collected before and disabled during every timed loop, both sides"
+        f"builds: {', '.join(systems)}"
+        + ("" if "compiled" in systems else " (no compiled build in this install)")
+        + f" | medians of {repeat} interleaved runs (each build, baseline, each build, ...); "
+        "GC collected before and disabled during every timed loop, all sides"
         + (" | QUICK smoke run: counts / 10" if quick else "")
     )
     print()
 
+    def each_build(factory: Callable[[System], Side]) -> dict[str, Side]:
+        return {name: factory(system) for name, system in systems.items()}
+
     cases = [
         Timed(
             "new_event+trigger+await (ready)",
-            velo_trigger_await,
+            each_build(velo_trigger_await),
             base_trigger_await,
             200_000 // scale,
             2.5,
         ),
         Timed(
             "ping-pong pending wake-up",
-            velo_ping_pong,
+            each_build(velo_ping_pong),
             base_ping_pong,
             100_000 // scale,
             1.3,
@@ -459,7 +490,7 @@ async def main(repeat: int, quick: bool) -> None:
             cases.append(
                 Timed(
                     f"merge N={width} {variant}",
-                    velo_side(width),
+                    {name: velo_side(width, system) for name, system in systems.items()},
                     base_side(width),
                     max(merge_inputs, width),
                     2.0,
@@ -472,40 +503,50 @@ async def main(repeat: int, quick: bool) -> None:
     for _ in range(repeat):
         for case in cases:
             n = effective_ops(case)
-            case.velo_us.append(await run_side(case.velo, n))
+            for name, side in case.velo.items():
+                case.velo_us.setdefault(name, []).append(await run_side(side, n))
             case.base_us.append(await run_side(case.base, n))
 
     k = 10_000 // scale
     tracemalloc.start()
-    velo_mem: list[float] = []
+    velo_mem: dict[str, list[float]] = {name: [] for name in systems}
     base_mem: list[float] = []
     try:
-        # A discarded pair first: the first run grows tables that stay grown (the loop's task
+        # A discarded round first: the first run grows tables that stay grown (the loop's task
         # WeakSet), which would be charged to whichever side went first.
-        await velo_pending_memory(k)
+        for system in systems.values():
+            await velo_pending_memory(system, k)
         await base_pending_memory(k)
         for _ in range(repeat):
-            velo_mem.append(await velo_pending_memory(k))
+            for name, system in systems.items():
+                velo_mem[name].append(await velo_pending_memory(system, k))
             base_mem.append(await base_pending_memory(k))
     finally:
         tracemalloc.stop()
 
     warm, total = 100_000 // scale, 1_000_000 // scale
-    velo_flat = velo_flatness(warm, total)
+    velo_flat = {name: velo_flatness(system, warm, total) for name, system in systems.items()}
     base_flat = base_flatness(loop, warm, total)
 
-    rows = [["case", "velo", "baseline", "ratio", "target", "met", "ratio range"]]
+    # Ratios are each build's time over the baseline's, paired per repetition; "met" and the
+    # range are those of the last build listed (the compiled one, where there is one).
+    shown = list(systems)[-1]
+    header = ["case", *systems, "baseline", *(f"{name} ratio" for name in systems)]
+    rows = [[*header, "target", "met", f"{shown} range"]]
     per_input: dict[tuple[str, int], tuple[float, float]] = {}
     for case in cases:
-        velo = statistics.median(case.velo_us)
         base = statistics.median(case.base_us)
-        ratio, low, high = ratio_stats(case.velo_us, case.base_us)
+        stats = {name: ratio_stats(times, case.base_us) for name, times in case.velo_us.items()}
+        ratio, low, high = stats[shown]
         rows.append(
             [
                 case.name,
-                f"{fmt_us(velo)} {case.unit}",
+                *(
+                    f"{fmt_us(statistics.median(case.velo_us[name]))} {case.unit}"
+                    for name in systems
+                ),
                 f"{fmt_us(base)} {case.unit}",
-                f"{ratio:.2f}x",
+                *(f"{stats[name][0]:.2f}x" for name in systems),
                 f"<= {case.target:g}x",
                 "yes" if ratio <= case.target else "NO",
                 f"{low:.2f}-{high:.2f}",
@@ -513,26 +554,29 @@ async def main(repeat: int, quick: bool) -> None:
         )
         if case.per_merge:
             variant = case.name.rsplit(" ", 1)[1]
-            per_input[variant, case.per_merge] = (velo, base)
-    ratio, low, high = ratio_stats(velo_mem, base_mem)
+            per_input[variant, case.per_merge] = (statistics.median(case.velo_us[shown]), base)
+    mem_stats = {name: ratio_stats(velo_mem[name], base_mem) for name in systems}
+    ratio, low, high = mem_stats[shown]
     rows.append(
         [
             f"pending event + 1 waiting task (K={k})",
-            f"{statistics.median(velo_mem):.0f} B/event",
+            *(f"{statistics.median(velo_mem[name]):.0f} B/event" for name in systems),
             f"{statistics.median(base_mem):.0f} B/event",
-            f"{ratio:.2f}x",
+            *(f"{mem_stats[name][0]:.2f}x" for name in systems),
             "<= 2x",
             "yes" if ratio <= 2 else "NO",
             f"{low:.2f}-{high:.2f}",
         ]
     )
-    growth_ok = velo_flat.rss_growth < 1 << 20 and velo_flat.block_growth < 100
+    growth_ok = all(
+        flat.rss_growth < 1 << 20 and flat.block_growth < 100 for flat in velo_flat.values()
+    )
     rows.append(
         [
             f"{count(total)} new+trigger: VmRSS growth {count(warm)}->{count(total)}",
-            f"{velo_flat.rss_growth / 1024:+.0f} KiB",
+            *(f"{velo_flat[name].rss_growth / 1024:+.0f} KiB" for name in systems),
             f"{base_flat.rss_growth / 1024:+.0f} KiB",
-            "-",
+            *("-" for _ in systems),
             "~0",
             "yes" if growth_ok else "NO",
             "-",
@@ -541,12 +585,15 @@ async def main(repeat: int, quick: bool) -> None:
     print_table(rows)
     print()
 
-    print("merge linearity: per-input time at N=10,000 / per-input time at N=16 (1.00 = linear)")
+    print(
+        f"merge linearity ({shown}): per-input time at N=10,000 / per-input time at N=16 "
+        "(1.00 = linear)"
+    )
     for variant in ("complete", "pending"):
         velo_16, base_16 = per_input[variant, 16]
         velo_10k, base_10k = per_input[variant, 10_000]
         print(f"  {variant:<8}  velo {velo_10k / velo_16:.2f}   baseline {base_10k / base_16:.2f}")
-    print("merge per-merge time, µs (velo / baseline)")
+    print(f"merge per-merge time, µs (velo {shown} / baseline)")
     for variant in ("complete", "pending"):
         cells = [
             f"N={width}: {per_input[variant, width][0] * width:.1f} / "
@@ -558,14 +605,15 @@ async def main(repeat: int, quick: bool) -> None:
         f"{count(total)} new+trigger, memory by VmRSS (tracemalloc would slow the loop ~10x), "
         "one run per side"
     )
+    for name, flat in velo_flat.items():
+        print(
+            f"  velo {name:<9} VmRSS {flat.rss_warm / 2**20:.1f} MiB after {count(warm)}, "
+            f"{flat.rss_end / 2**20:.1f} MiB after {count(total)}; allocated blocks "
+            f"{flat.block_growth:+d}; slot_count() {flat.slots}; "
+            f"{flat.us_per_event:.3f} µs/event"
+        )
     print(
-        f"  velo      VmRSS {velo_flat.rss_warm / 2**20:.1f} MiB after {count(warm)}, "
-        f"{velo_flat.rss_end / 2**20:.1f} MiB after {count(total)}; allocated blocks "
-        f"{velo_flat.block_growth:+d}; slot_count() {velo_flat.slots}; "
-        f"{velo_flat.us_per_event:.3f} µs/event"
-    )
-    print(
-        f"  baseline  VmRSS {base_flat.rss_warm / 2**20:.1f} MiB after {count(warm)}, "
+        f"  baseline       VmRSS {base_flat.rss_warm / 2**20:.1f} MiB after {count(warm)}, "
         f"{base_flat.rss_end / 2**20:.1f} MiB after {count(total)}; allocated blocks "
         f"{base_flat.block_growth:+d}; {base_flat.us_per_event:.3f} µs/future "
         "(create_future + set_result)"

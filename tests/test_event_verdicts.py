@@ -21,7 +21,7 @@ from velo_event import (
     OutcomeUnknown,
     UnknownEventError,
 )
-from velo_event._core import _Slot
+from velo_event import _core as pure_core
 from velo_event.lowlevel import LOOKAHEAD, PENDING, EventCore, Wake
 
 STALE = "handle minted by an earlier incarnation of worker 0x2"
@@ -196,13 +196,13 @@ def test_a_tagged_core_reads_generations_within_the_lookahead_as_not_issued_yet(
     assert core.status(predecessor.new_event()) == core.stale_reason
 
 
-class _TriggeredBetweenReads(_Slot):
+class _TriggeredBetweenReads(pure_core._Slot):
     """A slot whose pending generation is triggered (by another thread, as it were) right when
     ``status`` reads ``active``: after it read ``last``, before it reads anything else."""
 
     __slots__ = ("_active", "armed")
 
-    def __init__(self, slot: _Slot, trigger: Callable[[], None]) -> None:
+    def __init__(self, slot: pure_core._Slot, trigger: Callable[[], None]) -> None:
         super().__init__(slot.last + 1)
         self._active = slot.active
         self.armed: Callable[[], None] | None = trigger
@@ -220,7 +220,9 @@ class _TriggeredBetweenReads(_Slot):
 
 
 def test_a_generation_triggered_while_status_reads_it_is_ready_not_stale() -> None:
-    core = tagged_core()
+    # The pure core: a compiled one's slots are final classes (the compiled build is this same
+    # source).
+    core = pure_core.EventCore(2, local=False, first_generation=1_000, index_tag=7)
     handle = core.new_event()
     index = (handle - core._prefix) >> 32  # the slot's position, the tag aside
     core._slots[index] = _TriggeredBetweenReads(core._slots[index], lambda: core.trigger(handle))

@@ -27,13 +27,16 @@ from velo_event import (
     SystemShutdownError,
     UnknownEventError,
 )
-from velo_event._awaiter import READY_AWAITER  # white-box: the shared ready awaiter
-from velo_event._core import _Slot  # white-box: a slot's fields
+from velo_event import _core as pure_core  # white-box: the pure core, for what only it allows
+from velo_event._select import awaiter as awaiter_module  # white-box: the build in use
+from velo_event._select import core as core_module
 from velo_event.lowlevel import PENDING as CORE_PENDING
-from velo_event.lowlevel import CoreEventManager, EventCore, wake_future
+from velo_event.lowlevel import CoreEventManager, EventCore, Wake, WakeCallback, wake_future
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
 MAX_GEN = 2**32 - 1
+READY_AWAITER = awaiter_module.READY_AWAITER  # the shared ready awaiter
+_Slot = core_module._Slot  # a slot's fields
 
 
 def slot_of(mgr: CoreEventManager, h: EventHandle) -> _Slot:
@@ -407,35 +410,34 @@ async def test_wait_refuses_to_block_a_running_loop() -> None:
 
 
 @pytest.mark.parametrize("poisoned", [False, True])
-def test_wait_timeout_racing_a_completion_reports_the_outcome(
-    monkeypatch: pytest.MonkeyPatch, poisoned: bool
-) -> None:
+def test_wait_timeout_racing_a_completion_reports_the_outcome(poisoned: bool) -> None:
     """The event completes after wait() timed out but before it unregistered, and the
     wake-up is still on its way (a waking thread busy with other waiters): wait() must report
     the recorded outcome, not "still pending"."""
-    mgr = LocalEventSystem()
-    e = mgr.new_event()
-    core = mgr._core
+    core = LocalEventSystem().core
     late_wakes: list[Callable[[], None]] = []
-    real_add, real_remove = core.add_waiter, core.remove_waiter
 
-    def add_waiter(
-        handle: int, key: Hashable, callback: Callable[[Hashable, str | None], None]
-    ) -> object:
-        def delayed(k: Hashable, reason: str | None) -> None:
-            late_wakes.append(lambda: callback(k, reason))
+    class Racing:
+        """The core as a source, whose wake-ups are held back and which completes the event
+        right before the timed-out wait unregisters."""
 
-        return real_add(handle, key, delayed)
+        awaitable, status, check_inputs = core.awaitable, core.status, core.check_inputs
 
-    def remove_waiter(handle: int, key: Hashable) -> None:
-        if poisoned:
-            e.poison("just in time")
-        else:
-            e.trigger()
-        real_remove(handle, key)
+        def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> object:
+            def delayed(k: Hashable, reason: Wake) -> None:
+                late_wakes.append(lambda: callback(k, reason))
 
-    monkeypatch.setattr(core, "add_waiter", add_waiter)
-    monkeypatch.setattr(core, "remove_waiter", remove_waiter)
+            return core.add_waiter(handle, key, delayed)
+
+        def remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
+            if poisoned:
+                e.poison("just in time")
+            else:
+                e.trigger()
+            core.remove_waiter(handle, key)
+
+    mgr = CoreEventManager(core, Racing())  # type: ignore[arg-type]
+    e = mgr.new_event()
     if poisoned:
         with pytest.raises(EventPoison, match="just in time"):
             mgr.wait(e.handle, timeout=0)
@@ -563,6 +565,21 @@ async def test_generation_zero_is_always_ready() -> None:
     assert mgr.poll(e.handle) is PENDING
 
 
+@pytest.mark.parametrize("complete", ["trigger", "poison"])
+def test_a_slot_retired_by_its_last_generation_is_not_counted_pending(complete: str) -> None:
+    mgr = LocalEventSystem()
+    first = mgr.new_event()
+    first.trigger()
+    slot_of(mgr, first.handle).last = MAX_GEN - 1
+    top = mgr.new_event()
+    assert mgr.core.pending_count() == 1
+    if complete == "trigger":
+        top.trigger()
+    else:
+        top.poison("last words")
+    assert mgr.core.pending_count() == 0
+
+
 def test_highest_generation_is_issued_and_then_the_slot_retires() -> None:
     mgr = LocalEventSystem()
     core = mgr._core
@@ -614,15 +631,17 @@ def test_index_space_exhaustion() -> None:
         mgr.new_event()
 
 
-def test_default_index_space_matches_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Full(list[_Slot]):
+def test_default_index_space_matches_upstream() -> None:
+    # A slot list that claims to be full: the pure core's, as a compiled core reads a list's
+    # length natively (the compiled build is this same source).
+    class Full(list[pure_core._Slot]):
         def __len__(self) -> int:
             return 2**31 - 1
 
-    mgr = LocalEventSystem()
-    monkeypatch.setattr(mgr._core, "_slots", Full())
+    core = pure_core.EventCore(1, local=True)
+    core._slots = Full()
     with pytest.raises(EventError, match=r"exhausted \(2147483647 entries\)"):
-        mgr.new_event()
+        core.new_event()
 
 
 # -- double completion and the error asymmetry (§11.3) ---------------------------------------

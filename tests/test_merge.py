@@ -21,11 +21,12 @@ from velo_event import (
     LocalEventSystem,
     SystemShutdownError,
 )
-from velo_event._merge import _Merge  # white-box: a merge's bookkeeping
+from velo_event._select import merge as merge_module  # white-box: the build in use
 from velo_event.lowlevel import merge_reason
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
 CUT = "more characters cut]"
+_Merge = merge_module._Merge  # a merge's bookkeeping
 
 
 def waiter_count(mgr: LocalEventSystem, h: EventHandle) -> int:

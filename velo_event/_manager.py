@@ -17,6 +17,7 @@ from ._awaiter import READY_AWAITER, EventAwaiter, running_loop
 from ._core import EventCore
 from ._errors import EventError, EventPoison, EventStatus, EventTimeout, OutcomeUnknown
 from ._handle import EventHandle
+from ._hot import mypyc_attr
 from ._merge import merge_of, start_merge
 from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, PendingEvent, WaitingOn, blocking_events
 from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
@@ -36,8 +37,10 @@ __all__ = [
 DROPPED_REASON: Final = "event dropped without being triggered"
 
 
-def check_timeout(timeout: float | None) -> float | None:
-    """A timeout in seconds (``None``: none; a negative one has run out already)."""
+def check_timeout(timeout: object) -> float | None:
+    """A timeout in seconds (``None``: none; a negative one has run out already). Methods that
+    take a timeout declare it ``object`` and check it here, so that a compiled build (which
+    checks declared types first, in words of its own) says the same as the pure one."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
@@ -47,6 +50,8 @@ def check_timeout(timeout: float | None) -> float | None:
     return max(float(timeout), 0.0)
 
 
+# Runtimes subclass these in interpreted code (velo_am's distributed events).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class EventManager(abc.ABC):
     """What every event system offers; code written against it works with any of them.
 
@@ -134,8 +139,8 @@ class Event:
     def poison(self, reason: str) -> None:
         self._manager.poison(self._handle, reason)
 
-    def awaiter(self, timeout: float | None = None) -> EventAwaiter:
-        return self._manager.awaiter(self._handle, timeout)
+    def awaiter(self, timeout: object = None) -> EventAwaiter:
+        return self._manager.awaiter(self._handle, check_timeout(timeout))
 
     def into_guard(self, reason: str | None = None) -> EventGuard:
         """A guard that poisons this event unless it is completed first (``reason`` replaces
@@ -266,6 +271,7 @@ class EventSource(Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CoreEventManager(EventManager):
     """An :class:`EventManager` whose new events live in one :class:`EventCore`.
 
@@ -274,11 +280,15 @@ class CoreEventManager(EventManager):
     goes to the core: a subclass that completes other systems' handles overrides those.
     """
 
-    __slots__ = ("_core", "_source")
+    __slots__ = ("_add_waiter", "_awaitable", "_core", "_remove_waiter", "_source")
 
     def __init__(self, core: EventCore, source: EventSource | None = None) -> None:
         self._core = core
         self._source: EventSource = core if source is None else source
+        # Bound once: every awaiter takes them (a pending one keeps two).
+        self._awaitable = self._source.awaitable
+        self._add_waiter = self._source.add_waiter
+        self._remove_waiter = self._source.remove_waiter
 
     @property
     def core(self) -> EventCore:
@@ -297,18 +307,17 @@ class CoreEventManager(EventManager):
     def new_event(self) -> Event:
         return Event(self, self._core.new_event())
 
-    def awaiter(self, handle: EventHandle, timeout: float | None = None) -> EventAwaiter:
-        source = self._source
-        outcome = source.awaitable(handle)
+    def awaiter(self, handle: EventHandle, timeout: object = None) -> EventAwaiter:
+        outcome = self._awaitable(handle)
         if outcome is None:
             return READY_AWAITER
         if timeout is None:
-            return EventAwaiter(handle, outcome, source.add_waiter, source.remove_waiter)
+            return EventAwaiter(handle, outcome, self._add_waiter, self._remove_waiter)
         return EventAwaiter(
             handle,
             outcome,
-            source.add_waiter,
-            source.remove_waiter,
+            self._add_waiter,
+            self._remove_waiter,
             check_timeout(timeout),
             self._expired,
         )
@@ -386,7 +395,7 @@ class CoreEventManager(EventManager):
     def force_shutdown(self, reason: str) -> None:
         self._core.force_shutdown(reason)
 
-    def wait(self, handle: EventHandle, timeout: float | None = None) -> None:
+    def wait(self, handle: EventHandle, timeout: object = None) -> None:
         if running_loop() is not None:
             raise EventError(
                 "wait() would block the running event loop; use `await manager.awaiter(handle)`"
@@ -434,7 +443,7 @@ class DistributedEventFactory:
 
     __slots__ = ("_core",)
 
-    def __init__(self, worker_id: int) -> None:
+    def __init__(self, worker_id: object) -> None:  # object: checked here, in either build
         if isinstance(worker_id, bool) or not isinstance(worker_id, int):
             raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}")
         if not 0 < worker_id < 1 << 64:

@@ -15,10 +15,10 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from ._core import MAX_REASON_LENGTH, EventCore, cap_reason
+from ._core import EventCore
 from ._errors import EventError
 from ._handle import EventHandle
-from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
+from ._wake import MAX_REASON_LENGTH, PENDING, Outcome, Unanswered, Wake, WakeCallback, cap_reason
 
 __all__ = ["MergeView", "merge_of", "merge_reason", "merge_view", "start_merge"]
 
@@ -142,9 +142,8 @@ class MergeView:
 def _view(merge: _Merge) -> MergeView:
     with merge.lock:
         failed = frozenset(position for position, _ in merge.failures)
-        pending = frozenset(
-            position for position, finished in enumerate(merge.finished) if not finished
-        )
+        finished = merge.finished  # indexed, not enumerated: mypyc cannot iterate a bytearray
+        pending = frozenset(position for position in range(len(finished)) if not finished[position])
     return MergeView(merge.handle, merge.inputs, failed, merge.fail_fast, pending)
 
 
@@ -202,10 +201,11 @@ def start_merge(
     """Create the merged event in ``core`` and wire its inputs; returns at once."""
     merge = _Merge(core, inputs, fail_fast, remove_waiter)
     merged = merge.handle
+    input_done = merge.input_done  # one bound method for every input
     for position, handle in enumerate(inputs):
         key = (merge, position)
         try:
-            outcome = add_waiter(handle, key, merge.input_done)
+            outcome = add_waiter(handle, key, input_done)
         except EventError as error:
             merge.record(position, f"Merge dependency {handle} failed: {error}")
             continue

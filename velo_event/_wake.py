@@ -13,9 +13,30 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["PENDING", "Outcome", "Unanswered", "Wake", "WakeCallback", "wake_waiters"]
+__all__ = [
+    "MAX_REASON_LENGTH",
+    "PENDING",
+    "Outcome",
+    "Unanswered",
+    "Wake",
+    "WakeCallback",
+    "cap_reason",
+    "wake_waiters",
+]
 
 logger = logging.getLogger(__name__)
+
+
+#: Longest poison reason stored, in characters; longer ones keep their head and say what was cut.
+MAX_REASON_LENGTH: Final = 16 * 1024
+
+
+def cap_reason(reason: str) -> str:
+    """Bound a reason's size: keep its head and say how much was cut."""
+    if len(reason) <= MAX_REASON_LENGTH:
+        return reason
+    cut = len(reason) - MAX_REASON_LENGTH
+    return f"{reason[:MAX_REASON_LENGTH]}… [{cut} more characters cut]"
 
 
 class _Pending:

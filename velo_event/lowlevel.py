@@ -26,12 +26,29 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
 * :func:`cap_reason` and :data:`MAX_REASON_LENGTH`: how long poison reasons are bounded.
 """
 
-from ._awaiter import running_loop, wake_future
-from ._core import LOOKAHEAD, MAX_REASON_LENGTH, EventCore, cap_reason
-from ._manager import CoreEventManager, EventSource
-from ._merge import MergeView, merge_of, merge_reason, merge_view
+from typing import Final
+
+from . import _select
 from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, UNKNOWN, WaitingOn, blocking_events
-from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback, wake_waiters
+
+running_loop = _select.awaiter.running_loop
+wake_future = _select.awaiter.wake_future
+LOOKAHEAD: Final = _select.core.LOOKAHEAD
+EventCore = _select.core.EventCore
+CoreEventManager = _select.manager.CoreEventManager
+EventSource = _select.manager.EventSource
+MergeView = _select.merge.MergeView
+merge_of = _select.merge.merge_of
+merge_reason = _select.merge.merge_reason
+merge_view = _select.merge.merge_view
+MAX_REASON_LENGTH: Final = _select.wake.MAX_REASON_LENGTH
+PENDING: Final = _select.wake.PENDING
+cap_reason = _select.wake.cap_reason
+Outcome = _select.wake.Outcome
+Unanswered = _select.wake.Unanswered
+Wake = _select.wake.Wake
+WakeCallback = _select.wake.WakeCallback
+wake_waiters = _select.wake.wake_waiters
 
 __all__ = [
     "LOOKAHEAD",

@@ -134,7 +134,7 @@ def rss(process: psutil.Process) -> int:
 
 @pytest.mark.timeout(60)
 async def test_a_multipart_message_that_never_ends_is_cut_and_the_worker_keeps_serving(
-    launch: Callable[..., Script], monkeypatch: pytest.MonkeyPatch
+    launch: Callable[..., Script], monkeypatch: pytest.MonkeyPatch, figures: dict[str, str]
 ) -> None:
     server = serve(launch, monkeypatch, MIB)
     worker_id, address = server.ready()
@@ -153,7 +153,8 @@ async def test_a_multipart_message_that_never_ends_is_cut_and_the_worker_keeps_s
     finally:
         hostile.close()
     grown = (max(peak, rss(process)) - before) / MIB
-    print(f"\nan endless multipart message: cut after {sent / MIB:.0f} MiB; RSS +{grown:.0f} MiB")
+    figures["endless multipart message: sent before the cut, MiB"] = f"{sent / MIB:.0f}"
+    figures["endless multipart message: RSS growth, MiB"] = f"{grown:.0f}"
     assert cut, f"the worker took {sent / MIB:.0f} MiB of one unfinished message"
     assert grown < 250, f"the worker grew by {grown:.0f} MiB"
     async with Worker(**FAST) as member:  # type: ignore[arg-type]
@@ -166,7 +167,7 @@ async def test_a_multipart_message_that_never_ends_is_cut_and_the_worker_keeps_s
 
 @pytest.mark.timeout(60)
 async def test_a_message_of_too_many_frames_is_dropped_uncopied_and_counted(
-    launch: Callable[..., Script], monkeypatch: pytest.MonkeyPatch
+    launch: Callable[..., Script], monkeypatch: pytest.MonkeyPatch, figures: dict[str, str]
 ) -> None:
     server = serve(launch, monkeypatch, 64 * MIB)
     worker_id, address = server.ready()
@@ -190,7 +191,7 @@ async def test_a_message_of_too_many_frames_is_dropped_uncopied_and_counted(
     finally:
         hostile.close()
     grown = (status_kib(pid, "VmHWM") - before) / 1024
-    print(f"\na message of 3 frames of 20 MiB: the worker's peak RSS grew by {grown:.0f} MiB")
+    figures["3 frames of 20 MiB: peak RSS growth, MiB"] = f"{grown:.0f}"
     assert stats["dropped_malformed"] == 0 and stats["connections_cut"] == 0
     assert grown < 72, f"peak RSS grew by {grown:.0f} MiB: frames were copied"
     assert "dropping a message of 3 frames, 62914560 bytes" in server.stderr()
@@ -206,7 +207,7 @@ def status_kib(pid: int, field: str) -> int:
 
 @pytest.mark.timeout(60)
 async def test_a_flood_of_calls_gets_peer_busy_past_the_budget_and_others_are_served(
-    launch: Callable[..., Script], monkeypatch: pytest.MonkeyPatch
+    launch: Callable[..., Script], monkeypatch: pytest.MonkeyPatch, figures: dict[str, str]
 ) -> None:
     monkeypatch.setenv("VELO_SEND_WINDOW", "64")  # the budget: 2 MiB + 64 * 4 KiB
     server = serve(launch, monkeypatch, MIB)
@@ -219,7 +220,8 @@ async def test_a_flood_of_calls_gets_peer_busy_past_the_budget_and_others_are_se
         results = await asyncio.gather(*calls, return_exceptions=True)
         busy = [r for r in results if isinstance(r, PeerBusy)]
         done = [r for r in results if r == "slept 1.0 s"]
-        print(f"\n2,000 calls at once: {len(done)} ran, {len(busy)} refused with PeerBusy")
+        figures["2,000 calls at once: ran"] = str(len(done))
+        figures["2,000 calls at once: refused with PeerBusy"] = str(len(busy))
         assert len(busy) + len(done) == 2000, {type(r).__name__ for r in results}
         limit = 2 * MIB + 64 * REQUEST_COST
         assert 0 < len(done) <= limit // REQUEST_COST + 1

@@ -113,7 +113,7 @@ async def test_a_stranger_presenting_a_members_routing_id_cannot_take_its_link()
             stranger.close()
 
 
-async def test_poison_and_trigger_naming_a_member_change_nothing() -> None:
+async def test_poison_and_trigger_naming_a_member_change_nothing(figures: dict[str, str]) -> None:
     async with Worker() as a, Worker(peers=[a.address]) as b:
         event = a.events.new_event()
         handle = event.handle.to_bytes()
@@ -141,6 +141,9 @@ async def test_poison_and_trigger_naming_a_member_change_nothing() -> None:
             claiming.close()
         event.trigger()  # the owner still decides
         assert a.events.poll(event.handle) is EventStatus.READY
+        figures["forged poison/trigger in a member's name: dropped, counted"] = str(
+            a.stats()["messages_spoofed"]
+        )
 
 
 async def test_a_forged_completion_from_the_owner_is_not_believed() -> None:

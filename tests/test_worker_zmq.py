@@ -110,8 +110,14 @@ class Recorder:
     def link_up(self, link: bytes) -> None:
         self.ups.append(link)
 
-    def link_down(self, link: bytes, why: str) -> None:
+    def link_down(self, link: bytes, why: str, *, refused: bool = False) -> None:
         self.downs.append(link)
+
+    def refused(self, link: bytes, what: str) -> None:
+        pass
+
+    def inbound_ended(self, peer: str, cut: str | None) -> None:
+        pass
 
 
 async def test_a_lost_connection_is_redialed_under_a_fresh_routing_id(tmp_path: Path) -> None:

@@ -770,13 +770,3 @@ class MeshMachine(RuleBasedStateMachine):
 
 MeshMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
 test_mesh_state_machine = pytest.mark.timeout(300)(MeshMachine.TestCase)
-
-
-def test_a_new_incarnations_links_are_not_the_live_members() -> None:
-    peers = table()
-    admit(peers, 2)
-    assert peers.owns_links(2, 0x22)
-    assert not peers.owns_links(2, 0x99), "the live member's links stay its own"
-    assert peers.owns_links(9, 0x99, known=False) and not peers.owns_links(9, 0x99)
-    peers.on_link_down(2, "gone", now=2.0)
-    assert peers.owns_links(2, 0x99), "lost: a new incarnation may take its links"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from support import wait_until
 from velo_am import CallContext, PeerUnreachable, Worker
 from velo_am.discovery import DirectoryDiscovery
 from velo_am.transport import Liveness, ZmqTransport
+from velo_am.transport._inbound import bytes_received, cut, endpoints
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -153,3 +155,37 @@ async def test_a_lost_connection_is_redialed_under_a_fresh_routing_id(tmp_path: 
         assert seen[1] != seen[0]
     finally:
         await dialer.close()
+
+
+async def test_a_worker_linked_to_its_own_address_tells_inbound_connections_apart() -> None:
+    """The monitor names events by endpoint, and a worker linked to its own address sees the
+    connections others open to it under that same address: they are inbound connections
+    (watched for their size), not its own link's (a false "the handshake failed")."""
+    loop = asyncio.get_running_loop()
+    liveness = Liveness(0.1, 1.0)
+    a, a_events = ZmqTransport("tcp://127.0.0.1:0", max_message_size=4096), Recorder()
+    b, b_events = ZmqTransport("tcp://127.0.0.1:0", max_message_size=4096), Recorder()
+    address = a.start(loop, a_events, identity=b"w-a", liveness=liveness)
+    b.start(loop, b_events, identity=b"w-b", liveness=liveness)
+    try:
+        own = a.connect(address)
+        await wait_until(lambda: a_events.ups == [own])
+        link = b.connect(address)
+        await wait_until(lambda: b_events.ups == [link])
+        b.send(link, [b"hello"])
+        await wait_until(lambda: [b"hello"] in [frames for _, frames in a_events.messages])
+        assert a_events.downs == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_a_descriptor_closed_before_the_monitor_said_so_reads_as_not_watched() -> None:
+    """libzmq may close a connection's descriptor before its DISCONNECTED event is read: the
+    inbound watch then reads nothing, and raises nothing out of its timer."""
+    reader, writer = socket.socketpair()
+    fd = reader.fileno()
+    reader.close()
+    writer.close()
+    assert bytes_received(fd) is None and endpoints(fd) is None
+    cut(fd)

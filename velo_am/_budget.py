@@ -9,8 +9,8 @@ is dispatched until its handler finishes (returned, raised, or the request was r
 request that would take a sender past ``limit`` is refused: a call is answered ``BUSY`` (its
 caller gets :class:`~velo_am.PeerBusy`), a send too (its sender counts it); both are counted in
 ``refused_busy``. A sender that holds nothing here is always admitted, so a message of any
-size allowed gets through; so are requests to the runtime's own handlers (names starting with
-``_``: event triggers and poisons must not be lost; they run at once), which are charged. The
+size allowed gets through; so are the runtime's event triggers, poisons and lease renewals
+(``_ev.trigger``, ``_ev.poison``, ``_ev.renew``: they must not be lost), which are charged. The
 socket keeps being read either way: answers and membership share it.
 """
 

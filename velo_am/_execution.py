@@ -41,6 +41,10 @@ __all__ = ["HandlerExecution", "Serving"]
 
 logger = logging.getLogger(__name__)
 
+#: Requests admitted past the per-peer budget (charged all the same): event triggers, poisons
+#: and lease renewals are small, quick and must not be lost.
+_NEVER_REFUSED: Final = frozenset({"_ev.trigger", "_ev.poison", "_ev.renew"})
+
 _new_context: Final = object.__new__
 _set_sender, _set_message_id, _set_expects_reply = (
     getattr(CallContext, field.name).__set__ for field in dataclass_fields(CallContext)
@@ -102,8 +106,8 @@ class HandlerExecution:
             return
         spec = self._registry.get(msg.handler)
         if spec is not None:
-            runtime = msg.handler.startswith("_")  # never lost, and quick: always admitted
-            if self._budget.admit(peer.worker_id, len(msg.payload), always=runtime):
+            always = msg.handler in _NEVER_REFUSED
+            if self._budget.admit(peer.worker_id, len(msg.payload), always=always):
                 self.submit(spec, peer, msg, link)
             else:
                 self._refuse_busy(peer, msg, link)

@@ -147,15 +147,6 @@ class PeerTable(Successors):
             return peer.state is _ALIVE or peer.state is _DRAINING
         return peer_id in self._pending or peer_id in self._observers
 
-    def owns_links(self, peer_id: int, incarnation: int, *, known: bool = True) -> bool:
-        """Whether links that incarnation ``incarnation`` of ``peer_id`` speaks on are the
-        links to ``peer_id``: it is known (or, ``known=False``, it may be unknown) and no
-        live member of that id is another incarnation."""
-        peer = self.get(peer_id)
-        if peer is None:
-            return not known
-        return peer.incarnation == incarnation or not peer.state.connected
-
     def is_observer(self, peer_id: int) -> bool:
         return peer_id in self._observers
 

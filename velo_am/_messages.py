@@ -23,6 +23,8 @@ __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "R
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
 __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
 
+#: Version 5: the Hello flag PROVE (a link's claim proven, §9.6), error code 6 BUSY (the
+#: receiver's per-peer budget), a routing id of its own per connection.
 #: Version 4: kind 10, the receiver's credit for fire-and-forget requests (flow control).
 #: Version 3: handshakes carry flags and a ``seq``, and PeerInfo a ``seq`` and a state (the
 #: membership gossip); version 2 added kind 16, the events layer's updates.

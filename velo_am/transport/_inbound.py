@@ -26,8 +26,15 @@ import zmq
 
 from ._base import LinkId
 
-__all__ = ["Inbound", "InboundLedger", "InboundWatch", "bytes_received", "cut", "endpoints"]
+__all__ = ["FRAMING", "WATCH_EVERY", "Inbound", "InboundLedger", "InboundWatch", "bytes_received"]
+__all__ += ["cut", "endpoints"]
 
+#: Seconds between looks at the inbound connections' byte counts.
+WATCH_EVERY: Final = 0.1
+#: Room, beyond the largest message, for what the kernel has received and libzmq not read.
+KERNEL_ROOM: Final = 16 * 1024 * 1024
+#: Bytes of ZMTP framing counted per frame read (a long frame's header is 9 bytes).
+FRAMING: Final = 9
 #: Growth between two looks small enough to be protocol chatter (heartbeats): it moves the
 #: baseline instead of counting against the limit.
 CHATTER: Final = 256
@@ -99,8 +106,12 @@ def _socket(fd: int) -> socket.socket:
 
 
 def bytes_received(fd: int) -> int | None:
-    """The bytes TCP received on ``fd`` since it opened; ``None`` if it is not TCP."""
-    sock = _socket(fd)
+    """The bytes TCP received on ``fd`` since it opened; ``None`` if it is not TCP (or no
+    longer open: libzmq may close it before the monitor says so)."""
+    try:
+        sock = _socket(fd)
+    except OSError:
+        return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _OFFSET + 8)
     except OSError:
@@ -131,7 +142,10 @@ def endpoints(fd: int) -> tuple[str, str] | None:
 
 def cut(fd: int) -> None:
     """End a connection libzmq holds: its engine sees the end and drops it (and its frames)."""
-    sock = _socket(fd)
+    try:
+        sock = _socket(fd)
+    except OSError:
+        return  # already gone
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
@@ -142,14 +156,22 @@ def cut(fd: int) -> None:
 
 class InboundWatch:
     """The ledger of the transport's inbound connections, fed by the socket monitor and the
-    drain, and the system calls that read and cut them."""
+    drain, and the system calls that read and cut them. A connection may hold
+    ``max_message_size`` and the kernel's room unfinished."""
 
-    def __init__(self, limit: int) -> None:
-        self.ledger = InboundLedger(limit)
+    def __init__(self, max_message_size: int) -> None:
+        self.ledger = InboundLedger(max_message_size + KERNEL_ROOM)
         #: What each link delivered since the last look: [its connection's fd, bytes,
         #: messages]. The drain fills it; the fd (``ZMQ_SRCFD``) is asked once per link per
         #: look, not per message.
         self.deliveries: dict[LinkId, list[int]] = {}
+
+    def concerns(self, kind: int, fd: int) -> bool:
+        """Whether a monitor event is about an inbound connection: its acceptance, or the
+        end of one accepted (and watched)."""
+        return kind == zmq.EVENT_ACCEPTED or (
+            kind == zmq.EVENT_DISCONNECTED and fd in self.ledger.by_fd
+        )
 
     def on_event(self, kind: int, fd: int) -> str | None:
         """A monitor event of an inbound connection: accepted (watched, if TCP) or ended.

@@ -13,11 +13,12 @@ disconnected, connection refused, handshake failed) become ``link_up`` / ``link_
 Inbound connections are watched for what libzmq cannot bound (:mod:`._inbound`): a message
 of more frames or bytes than the protocol allows is dropped uncopied, and a connection
 holding an unfinished message larger than any message may be is cut.
-The socket is read from the event loop: its file descriptor is edge-triggered, so a drain
-reads until empty (a lone message: until ``ZMQ_EVENTS`` says so; a burst: until ``zmq.Again``)
-and a drain cut short reschedules itself. Any other use of the socket (a send, a connect) may
-take the edge that announced messages, so the loop's next iteration looks (``ZMQ_EVENTS``)
-and drains if some wait: one look however many sends came first.
+The socket is read from the event loop: its descriptor is edge-triggered, so a drain reads
+until empty (a lone message: until ``ZMQ_EVENTS`` says so; a burst: until ``zmq.Again``), one
+cut short reschedules itself, and after sends (which may take the edge) the loop's next
+iteration looks once. A look that finds a message receives it at once: libzmq 4.3.5 aborts
+(``!_more``, fq.cpp:80; libzmq #3485) if a connection is dropped while a message of it is
+prefetched, as a look does.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from ._addresses import (
     local_interfaces,
 )
 from ._base import LinkClosed, LinkFull, LinkId, Liveness, TransportEvents
-from ._inbound import InboundWatch
+from ._inbound import FRAMING, WATCH_EVERY, InboundWatch
 from ._outgoing import FAILED, REDIAL_EVERY, WATCHED, Outgoing
 from ._security import Plaintext, ZmqSecurity
 
@@ -63,12 +64,6 @@ _MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = zmq.EVENTS
 _POLLIN: Final = int(zmq.POLLIN)
 _SRCFD: Final = zmq.SRCFD
-#: Seconds between looks at the inbound connections' byte counts (see :mod:`._inbound`).
-_WATCH_INBOUND_EVERY: Final = 0.1
-#: Room, beyond the largest message, for what the kernel has received and libzmq not read.
-_KERNEL_ROOM: Final = 16 * 1024 * 1024
-#: Bytes of ZMTP framing counted per frame read (a long frame's header is 9 bytes).
-_FRAMING: Final = 9
 
 
 class ZmqTransport:
@@ -107,9 +102,10 @@ class ZmqTransport:
         self.security: ZmqSecurity = Plaintext() if security is None else security
         self._max_message_size = max_message_size
         self._max_frames = max_frames
-        self._inbound = InboundWatch(max_message_size + _KERNEL_ROOM)
+        self._inbound = InboundWatch(max_message_size)
         self._deliveries = self._inbound.deliveries
         self._watch_timer: asyncio.TimerHandle | None = None
+        self._watch_due = False
         self._send_queue = send_queue
         self._receive_queue = receive_queue
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -205,7 +201,7 @@ class ZmqTransport:
         loop.add_reader(monitor.FD, self._drain_monitor)
         self._schedule_drain()  # messages may have arrived before the readers were added
         loop.call_soon(self._drain_monitor)
-        self._watch_timer = loop.call_later(_WATCH_INBOUND_EVERY, self._watch_inbound)
+        self._watch_timer = loop.call_later(WATCH_EVERY, self._watch_inbound)
         if advertised != bound.decode():
             logger.info("listening on %s, advertised as %s", bound.decode(), advertised)
         return advertised
@@ -373,11 +369,6 @@ class ZmqTransport:
         self._drain_scheduled = False
         self._drain()
 
-    # Every look (``ZMQ_EVENTS``) that finds a message is followed by its receive, in the
-    # same callback: libzmq 4.3.5 aborts (``!_more``, fq.cpp:80; libzmq #3485) if a ROUTER
-    # drops a connection after prefetching the first frame of one of its messages (what a
-    # look does) and that message is then read. So nothing stays prefetched while a
-    # callback may disconnect a link.
     def _look(self) -> None:
         self._drain_scheduled = False
         router = self._router
@@ -409,6 +400,8 @@ class ZmqTransport:
                 # The look also consumes any edge a send made while delivering: nothing is
                 # left unseen.
                 if count == 1 and not get(router, _EVENTS) & _POLLIN:
+                    if self._watch_due:
+                        self._check_inbound()
                     return
                 link = recv(router, _NOBLOCK)
                 frame = first = recv(router, _NOBLOCK, False)
@@ -421,6 +414,8 @@ class ZmqTransport:
                     if frames <= max_frames:  # frames past those are counted, never kept
                         parts.append(frame)
             except zmq.Again:
+                if self._watch_due:
+                    self._check_inbound()
                 return
             except zmq.ZMQError as error:
                 logger.warning("receive failed: %s", error)
@@ -429,7 +424,7 @@ class ZmqTransport:
                 delivery = deliveries.get(link)
                 if delivery is None:
                     delivery = deliveries[link] = [first.get(_SRCFD), 0, 0]
-                delivery[1] += size + _FRAMING * frames
+                delivery[1] += size + FRAMING * frames
                 delivery[2] += 1
             if renamed:
                 link = renamed.get(link, link)
@@ -456,15 +451,19 @@ class ZmqTransport:
                 return
             except zmq.ZMQError:
                 return
-            endpoint = event["endpoint"].decode(errors="replace")
-            link = self._by_address.get(endpoint)
-            outgoing = self._outgoing.get(link) if link is not None else None
             kind, value = int(event["event"]), int(event["value"])
-            if link is None or outgoing is None:
-                ended = self._inbound.on_event(kind, value)  # one another worker opened to us
+            if self._inbound.concerns(kind, value):  # a connection another worker opened to us
+                # (told apart by kind and descriptor first: a worker that dialed its own
+                # address sees its inbound connections under that address too)
+                ended = self._inbound.on_event(kind, value)
                 if ended is not None:
                     events.inbound_ended(ended, None)
                 continue
+            endpoint = event["endpoint"].decode(errors="replace")
+            link = self._by_address.get(endpoint)
+            outgoing = self._outgoing.get(link) if link is not None else None
+            if link is None or outgoing is None:
+                continue  # watched from the side that opened it
             try:
                 if kind == zmq.EVENT_CONNECTED:
                     outgoing.fd = value
@@ -488,21 +487,21 @@ class ZmqTransport:
                 logger.exception("link event handler failed")
 
     def _watch_inbound(self) -> None:
-        """Every ``_WATCH_INBOUND_EVERY`` s: cut the inbound connections that hold an
-        unfinished message larger than any message may be (see :mod:`._inbound`). Skipped
-        while complete messages wait to be read: what a connection holds is then not known."""
+        """Every ``WATCH_EVERY`` s: cut the inbound connections that hold an
+        unfinished message larger than any message may be (see :mod:`._inbound`), once every
+        complete message was read: what a connection holds is not known before."""
         router, loop = self._router, self._loop
         if router is None or loop is None:
             return
-        self._watch_timer = loop.call_later(_WATCH_INBOUND_EVERY, self._watch_inbound)
+        self._watch_timer = loop.call_later(WATCH_EVERY, self._watch_inbound)
         self._drain_monitor()  # connections that ended are forgotten first
-        if not self._inbound.watching():
-            return
-        if _get_option(router, _EVENTS) & _POLLIN:
-            # Received at once: a look prefetches, and nothing may stay prefetched while a
-            # link may be disconnected (see _look).
+        if self._inbound.watching():
+            self._watch_due = True  # checked when a drain ends with nothing left to read
             self._drain()
-            return
+
+    def _check_inbound(self) -> None:
+        self._watch_due = False
+        self._inbound.watching()  # what the drain delivered meanwhile is booked
         for peer, why in self._inbound.cut_hoarders():
             if self._events is not None:
                 self._events.inbound_ended(peer, why)

@@ -134,6 +134,13 @@ async def stop_drivers(drivers: list[Driver]) -> None:
         await driver.stop()
 
 
+def built() -> str:
+    """The build this process imported (for the ``--profile`` listings)."""
+    import velo_event
+
+    return "compiled" if velo_event.COMPILED else "pure"
+
+
 async def serve_driver(
     info: dict[str, Any], run: Callable[[str, int], Awaitable[list[float]]]
 ) -> None:

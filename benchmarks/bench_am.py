@@ -1,9 +1,9 @@
 """Two-process benchmark of velo_am against raw pyzmq doing the same work on loopback.
 
 Run: ``PYTHONPATH=. python benchmarks/bench_am.py [--repeat N] [--quick] [--transport ipc]
-[--curve]`` (``--profile`` instead runs only the velo cases, under cProfile in both processes, with
-the build ``VELO_PURE`` selects, and prints where the time goes; ``--curve`` adds the velo cases over CURVE, beside the
-plaintext ones).
+[--curve]`` (``--profile`` instead runs only the velo cases, under cProfile in both processes,
+with the build ``VELO_PURE`` selects, and prints where the time goes; ``--curve`` adds the
+velo cases over CURVE, beside the plaintext ones).
 
 Method
 ------
@@ -80,7 +80,7 @@ import msgpack  # type: ignore[import-untyped]
 import zmq
 import zmq.asyncio
 import zmq.auth
-from _builds import BUILDS, Driver, serve_driver, start_drivers, stop_drivers
+from _builds import BUILDS, Driver, built, serve_driver, start_drivers, stop_drivers
 
 from velo_am import PeerUnreachable, Worker
 
@@ -725,7 +725,7 @@ async def profile(
                         result = await velo_fn(worker, peer, n, payload)
                     finally:
                         client_profile.disable()
-                print(f"profiled velo {name} ({n:,}): {result}")
+                print(f"profiled velo {name} ({n:,}, {built()} build): {result}")
         finally:
             stop_servers(servers)  # SIGTERM: the server dumps its stats on the way out
         client_profile.dump_stats(client_file)

@@ -2,14 +2,21 @@
 
 Run: ``PYTHONPATH=. python benchmarks/bench_am.py [--repeat N] [--quick] [--transport ipc]
 [--curve]`` (``--profile`` instead runs only the velo cases, under cProfile in both processes,
-and prints where the time goes; ``--curve`` adds the velo cases over CURVE, beside the
-plaintext ones).
+with the build ``VELO_PURE`` selects, and prints where the time goes; ``--curve`` adds the
+velo cases over CURVE, beside the plaintext ones).
 
 Method
 ------
-* This process is the client. Each server is a separate process (``benchmarks/_am_peer.py``,
-  started with ``sys.executable``), one per mode, all started up front and idle (parked in
-  epoll or a blocking receive) while another case runs. Clients are created once and reused.
+* This process is the raw baselines' client. Each server is a separate process
+  (``benchmarks/_am_peer.py``, started with ``sys.executable``), one per mode, all started up
+  front and idle (parked in epoll or a blocking receive) while another case runs. Clients are
+  created once and reused.
+* Both builds of velo_event, side by side: the velo cases run once per build, each build's
+  in a driver process of its own (this script with ``--driver BUILD``, see ``_builds.py``)
+  whose client worker and velo server both run that build (``VELO_PURE=1`` for the pure one);
+  the compiled build is left out, with a note, where the install has none. The drivers run
+  one case run at a time when asked, so builds and baselines stay interleaved. The table
+  gives each build's median and ratios; target and "met?" are the compiled build's.
   Everything is on ``tcp://127.0.0.1`` (default) or on ``ipc://`` paths in a temporary
   directory. The default asyncio event loop is used on both sides; the GC is left on.
 * Cases run interleaved: one run of every case per repetition (``--repeat``, default 5), the
@@ -50,6 +57,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import datetime
 import io
 import os
@@ -72,6 +80,7 @@ import msgpack  # type: ignore[import-untyped]
 import zmq
 import zmq.asyncio
 import zmq.auth
+from _builds import BUILDS, Driver, built, serve_driver, start_drivers, stop_drivers
 
 from velo_am import PeerUnreachable, Worker
 
@@ -220,15 +229,13 @@ def _dealer(context: zmq.Context[Any], address: str, *, blocking: bool = False) 
 
 @dataclass
 class Clients:
-    worker: Worker
-    velo_peer: int
+    """The raw baselines' sockets (the velo cases run in the builds' driver processes)."""
+
     async_sock: zmq.asyncio.Socket
     sync_sock: zmq.Socket[bytes]
     drain: PlainReader
     count_await: PlainReader
     count_drain: PlainReader
-    curve_worker: Worker | None = None
-    curve_peer: int = 0
 
 
 def _percentile(sorted_samples: list[int], q: float) -> float:
@@ -307,15 +314,6 @@ async def latency_drain(c: Clients, n: int, payload: bytes) -> LatencyRun:
     return _latency(samples)
 
 
-async def latency_velo(c: Clients, n: int, payload: bytes) -> LatencyRun:
-    return await velo_calls(c.worker, c.velo_peer, n, payload)
-
-
-async def latency_velo_curve(c: Clients, n: int, payload: bytes) -> LatencyRun:
-    assert c.curve_worker is not None
-    return await velo_calls(c.curve_worker, c.curve_peer, n, payload)
-
-
 async def velo_calls(worker: Worker, peer: int, n: int, payload: bytes) -> LatencyRun:
     for _ in range(WARMUP_CALLS):
         await worker.call(peer, "ping", payload)
@@ -369,15 +367,6 @@ async def throughput_drain(c: Clients, n: int, payload: bytes) -> ThroughputRun:
     return await _raw_stream(c.count_drain, n, payload)
 
 
-async def throughput_velo(c: Clients, n: int, payload: bytes) -> ThroughputRun:
-    return await velo_stream(c.worker, c.velo_peer, n, payload)
-
-
-async def throughput_velo_curve(c: Clients, n: int, payload: bytes) -> ThroughputRun:
-    assert c.curve_worker is not None
-    return await velo_stream(c.curve_worker, c.curve_peer, n, payload)
-
-
 async def velo_stream(worker: Worker, peer: int, n: int, payload: bytes) -> ThroughputRun:
     await worker.call(peer, "count_reset")
     retries = 0
@@ -406,29 +395,42 @@ async def velo_stream(worker: Worker, peer: int, n: int, payload: bytes) -> Thro
 Run = LatencyRun | ThroughputRun
 CaseFn = Callable[[Clients, int, bytes], Awaitable[Run]]
 
+#: The velo cases, run in each build's driver: key -> (label, throughput?).
+VELO_CASES = {
+    "velo_call": ("velo call", False),
+    "curve_call": ("velo call, CURVE", False),
+    "velo_send": ("velo send", True),
+    "curve_send": ("velo send, CURVE", True),
+}
+
 
 @dataclass
 class Case:
-    key: str
+    key: str  # a raw case's key, or a velo case's key and its build: "velo_call:pure"
     label: str
-    fn: CaseFn
+    fn: CaseFn | None  # None: a velo case, run by ``driver``
     throughput: bool
+    driver: Driver | None = None
     runs: list[Run] = field(default_factory=list)
 
 
-def make_cases(curve: bool) -> list[Case]:
+def velo_cases(key: str, drivers: list[Driver]) -> list[Case]:
+    label, throughput = VELO_CASES[key]
+    return [Case(f"{key}:{d.build}", f"{label} [{d.build}]", None, throughput, d) for d in drivers]
+
+
+def make_cases(curve: bool, drivers: list[Driver]) -> list[Case]:
     cases = [
-        Case("velo_call", "velo call", latency_velo, False),
+        *velo_cases("velo_call", drivers),
+        *(velo_cases("curve_call", drivers) if curve else []),
         Case("A", "A raw zmq.asyncio", latency_asyncio, False),
         Case("B", "B sync pyzmq", latency_sync, False),
         Case("drain_rtt", "raw add_reader drain", latency_drain, False),
-        Case("velo_send", "velo send", throughput_velo, True),
+        *velo_cases("velo_send", drivers),
+        *(velo_cases("curve_send", drivers) if curve else []),
         Case("C", "C raw await/msg", throughput_await, True),
         Case("D", "D raw NOBLOCK drain", throughput_drain, True),
     ]
-    if curve:
-        cases.insert(1, Case("curve_call", "velo call, CURVE", latency_velo_curve, False))
-        cases.insert(6, Case("curve_send", "velo send, CURVE", throughput_velo_curve, True))
     return cases
 
 
@@ -439,10 +441,10 @@ def _values(case: Case, attr: str) -> list[float]:
 @dataclass
 class Row:
     metric: str
-    velo: Case
-    base: Case
+    velo: str  # a velo case's key: one column per build
+    base: str  # a raw case's key, or a velo case's (then each build against the same build)
     attr: str
-    target: float | None  # ratio target; None = reference only
+    target: float | None  # ratio target (of the compiled build); None = reference only
     higher_is_better: bool
 
 
@@ -450,47 +452,59 @@ def _fmt(value: float, attr: str) -> str:
     return f"{value:,.0f}/s" if attr == "rate" else f"{value:,.0f} µs"
 
 
-def print_table(cases: dict[str, Case]) -> None:
-    v_call, v_send = cases["velo_call"], cases["velo_send"]
+def print_table(cases: dict[str, Case], builds: list[str]) -> None:
+    """One row per comparison: each build's median, the baseline's, each build's median
+    per-run ratio (with its min-max); target and "met?" are those of the first build shown
+    (the compiled one, where there is one)."""
     rows = [
-        Row("call RTT p50 vs A (zmq.asyncio)", v_call, cases["A"], "p50", 1.0, False),
-        Row("call RTT p99 vs A (zmq.asyncio)", v_call, cases["A"], "p99", None, False),
-        Row("call RTT p50 vs B (sync pyzmq)", v_call, cases["B"], "p50", None, False),
-        Row("call RTT p50 vs raw drain (floor)", v_call, cases["drain_rtt"], "p50", None, False),
-        Row("send msgs/s vs C (await/msg)", v_send, cases["C"], "rate", 3.0, True),
-        Row("send msgs/s vs D (NOBLOCK drain, floor)", v_send, cases["D"], "rate", 0.7, True),
+        Row("call RTT p50 vs A (zmq.asyncio)", "velo_call", "A", "p50", 1.0, False),
+        Row("call RTT p99 vs A (zmq.asyncio)", "velo_call", "A", "p99", None, False),
+        Row("call RTT p50 vs B (sync pyzmq)", "velo_call", "B", "p50", None, False),
+        Row("call RTT p50 vs raw drain (floor)", "velo_call", "drain_rtt", "p50", None, False),
+        Row("send msgs/s vs C (await/msg)", "velo_send", "C", "rate", 3.0, True),
+        Row("send msgs/s vs D (NOBLOCK drain, floor)", "velo_send", "D", "rate", 0.7, True),
     ]
-    if "curve_call" in cases:
-        c_call, c_send = cases["curve_call"], cases["curve_send"]
+    if f"curve_call:{builds[0]}" in cases:
         rows += [
-            Row("CURVE call RTT p50 vs velo call", c_call, v_call, "p50", None, False),
-            Row("CURVE call RTT p99 vs velo call", c_call, v_call, "p99", None, False),
-            Row("CURVE call RTT p50 vs A (zmq.asyncio)", c_call, cases["A"], "p50", None, False),
-            Row("CURVE send msgs/s vs velo send", c_send, v_send, "rate", None, True),
-            Row("CURVE send msgs/s vs D (NOBLOCK drain)", c_send, cases["D"], "rate", None, True),
+            Row("CURVE call RTT p50 vs velo call", "curve_call", "velo_call", "p50", None, False),
+            Row("CURVE call RTT p99 vs velo call", "curve_call", "velo_call", "p99", None, False),
+            Row("CURVE call RTT p50 vs A (zmq.asyncio)", "curve_call", "A", "p50", None, False),
+            Row("CURVE send msgs/s vs velo send", "curve_send", "velo_send", "rate", None, True),
+            Row("CURVE send msgs/s vs D (NOBLOCK drain)", "curve_send", "D", "rate", None, True),
         ]
-    header = ("metric", "velo", "baseline", "ratio (min-max)", "target", "met?")
+    header = (
+        "metric",
+        *builds,
+        "baseline",
+        *(f"{build} ratio (min-max)" for build in builds),
+        "target",
+        "met?",
+    )
     lines: list[tuple[str, ...]] = []
     for row in rows:
-        velo, base = _values(row.velo, row.attr), _values(row.base, row.attr)
-        ratios = [v / b for v, b in zip(velo, base, strict=True)]
-        ratio = statistics.median(ratios)
+        medians: list[str] = []
+        ratio_texts: list[str] = []
+        first_ratio = 0.0
+        base_text = ""
+        for build in builds:
+            velo = _values(cases[f"{row.velo}:{build}"], row.attr)
+            base_case = cases.get(row.base) or cases[f"{row.base}:{build}"]
+            base = _values(base_case, row.attr)
+            base_text = _fmt(statistics.median(base), row.attr)
+            if row.base not in cases:
+                base_text = "same build"  # each build against itself
+            ratios = [v / b for v, b in zip(velo, base, strict=True)]
+            ratio = statistics.median(ratios)
+            first_ratio = first_ratio or ratio
+            medians.append(_fmt(statistics.median(velo), row.attr))
+            ratio_texts.append(f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
         if row.target is None:
             target, met = "-", "-"
         elif row.higher_is_better:
-            target, met = f">= {row.target:.1f}x", "yes" if ratio >= row.target else "NO"
+            target, met = f">= {row.target:.1f}x", "yes" if first_ratio >= row.target else "NO"
         else:
-            target, met = f"<= {row.target:.1f}x", "yes" if ratio <= row.target else "NO"
-        lines.append(
-            (
-                row.metric,
-                _fmt(statistics.median(velo), row.attr),
-                _fmt(statistics.median(base), row.attr),
-                f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
-                target,
-                met,
-            )
-        )
+            target, met = f"<= {row.target:.1f}x", "yes" if first_ratio <= row.target else "NO"
+        lines.append((row.metric, *medians, base_text, *ratio_texts, target, met))
     print_aligned([header, *lines])
 
 
@@ -521,7 +535,7 @@ def print_runs(cases: list[Case]) -> None:
         print(f"  {case.label.ljust(width)}  {text}")
 
 
-def print_header(transport: str, args: argparse.Namespace) -> None:
+def print_header(transport: str, args: argparse.Namespace, builds_note: str) -> None:
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     print(
         f"velo_am two-process benchmark | Python {platform.python_version()} "
@@ -532,8 +546,9 @@ def print_header(transport: str, args: argparse.Namespace) -> None:
     print(
         f"repeat {args.repeat}, {args.calls} calls (+{WARMUP_CALLS} warm-up) per latency run, "
         f"{args.messages:,} messages per throughput run, payload {args.payload} B; "
-        "medians over runs, ratio = median of per-run velo/baseline\n"
+        "medians over runs, ratio = median of per-run velo/baseline"
     )
+    print(f"{builds_note}; each build's velo cases in a driver process of its own\n")
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -566,26 +581,20 @@ def _payload(size: int) -> bytes:
 
 async def run_case(case: Case, clients: Clients, args: argparse.Namespace) -> Run:
     n = args.messages if case.throughput else args.calls
+    if case.driver is not None:
+        values = await case.driver.run(case.key.partition(":")[0], n, RUN_TIMEOUT)
+        return ThroughputRun(values[0], int(values[1])) if case.throughput else LatencyRun(*values)
+    assert case.fn is not None
     async with asyncio.timeout(RUN_TIMEOUT):
         return await case.fn(clients, n, _payload(args.payload))
 
 
-async def open_clients(
-    servers: dict[str, Server],
-    endpoints: Endpoints,
-    stack: contextlib.AsyncExitStack,
-    curve: tuple[str, str] | None,
-) -> Clients:
+async def open_clients(servers: dict[str, Server], stack: contextlib.AsyncExitStack) -> Clients:
     loop = asyncio.get_running_loop()
     sync_context: zmq.Context[Any] = zmq.Context()
     async_context = zmq.asyncio.Context()
     stack.callback(sync_context.term)
     stack.callback(async_context.term)
-    worker = Worker(bind=endpoints.bind("client"), close_grace=0.5)
-    await worker.start()
-    stack.push_async_callback(worker.close)
-    peer = await worker.connect(servers["velo"].address)
-
     async_sock = _dealer(async_context, servers["asyncio"].address)
     stack.callback(async_sock.close, 0)
     sync_sock = _dealer(sync_context, servers["sync"].address, blocking=True)
@@ -595,15 +604,7 @@ async def open_clients(
         reader = PlainReader(_dealer(sync_context, servers[mode].address), loop)
         stack.callback(reader.close)
         readers.append(reader)
-    clients = Clients(worker, peer, async_sock, sync_sock, *readers)
-    if curve is not None:
-        clients.curve_worker = Worker(
-            bind=endpoints.bind("curve-client"), close_grace=0.5, curve=curve
-        )
-        await clients.curve_worker.start()
-        stack.push_async_callback(clients.curve_worker.close)
-        clients.curve_peer = await clients.curve_worker.connect(servers["velo_curve"].address)
-    return clients
+    return Clients(async_sock, sync_sock, *readers)
 
 
 def make_curve_keys(directory: str) -> tuple[str, str]:
@@ -616,22 +617,67 @@ def make_curve_keys(directory: str) -> tuple[str, str]:
     return secret, allow
 
 
-async def benchmark(args: argparse.Namespace, endpoints: Endpoints) -> None:
+async def velo_worker(
+    bind: str, server: Server, stack: contextlib.AsyncExitStack, **options: Any
+) -> tuple[Worker, int]:
+    worker = Worker(bind=bind, close_grace=0.5, **options)
+    await worker.start()
+    stack.push_async_callback(worker.close)
+    return worker, await worker.connect(server.address)
+
+
+async def driver(args: argparse.Namespace, endpoints: Endpoints) -> None:
+    """``--driver BUILD``: the velo cases of one build (``_builds``), in this process and a
+    velo server of its own, both with the build this process's environment selects."""
     servers: list[Server] = []
     keys = tempfile.mkdtemp(prefix="velo-bench-curve-") if args.curve else None
     try:
-        for mode in ("velo", "asyncio", "sync", "drain"):
+        servers.append(start_server("velo", endpoints.bind("velo")))
+        async with contextlib.AsyncExitStack() as stack:
+            worker, peer = await velo_worker(endpoints.bind("client"), servers[0], stack)
+            runs: dict[str, Callable[[int, bytes], Awaitable[Run]]] = {
+                "velo_call": lambda n, p: velo_calls(worker, peer, n, p),
+                "velo_send": lambda n, p: velo_stream(worker, peer, n, p),
+            }
+            if keys is not None:
+                curve = make_curve_keys(keys)
+                variables = {"VELO_CURVE_KEY": curve[0], "VELO_CURVE_ALLOW": curve[1]}
+                arguments = [str(_PEER_SCRIPT), "velo", "--bind", endpoints.bind("velo_curve")]
+                servers.append(launch_server("velo_curve", arguments, variables))
+                c_worker, c_peer = await velo_worker(
+                    endpoints.bind("curve-client"), servers[1], stack, curve=curve
+                )
+                runs["curve_call"] = lambda n, p: velo_calls(c_worker, c_peer, n, p)
+                runs["curve_send"] = lambda n, p: velo_stream(c_worker, c_peer, n, p)
+            payload = _payload(args.payload)
+
+            async def run(key: str, n: int) -> list[float]:
+                async with asyncio.timeout(RUN_TIMEOUT):
+                    result = await runs[key](n, payload)
+                return [float(value) for value in dataclasses.astuple(result)]
+
+            await serve_driver({}, run)
+    finally:
+        stop_servers(servers)
+        if keys is not None:
+            shutil.rmtree(keys, ignore_errors=True)
+
+
+async def benchmark(args: argparse.Namespace, endpoints: Endpoints) -> None:
+    servers: list[Server] = []
+    drivers: list[Driver] = []
+    forwarded = ["--transport", args.transport, "--payload", str(args.payload)]
+    try:
+        for mode in ("asyncio", "sync", "drain"):
             servers.append(start_server(mode, endpoints.bind(mode)))
-        curve = make_curve_keys(keys) if keys is not None else None
-        if curve is not None:
-            variables = {"VELO_CURVE_KEY": curve[0], "VELO_CURVE_ALLOW": curve[1]}
-            arguments = [str(_PEER_SCRIPT), "velo", "--bind", endpoints.bind("velo_curve")]
-            servers.append(launch_server("velo_curve", arguments, variables))
+        drivers, builds_note = await start_drivers(
+            Path(__file__), forwarded + (["--curve"] if args.curve else [])
+        )
         by_mode = {server.mode: server for server in servers}
         async with contextlib.AsyncExitStack() as stack:
-            clients = await open_clients(by_mode, endpoints, stack, curve)
-            cases = make_cases(curve is not None)
-            print_header(endpoints.describe(), args)
+            clients = await open_clients(by_mode, stack)
+            cases = make_cases(args.curve, drivers)
+            print_header(endpoints.describe(), args, builds_note)
             for case in cases:  # warm-up: one short run of each case, not recorded
                 warm = argparse.Namespace(**{**vars(args), "messages": args.messages // 10})
                 await run_case(case, clients, warm)
@@ -640,12 +686,11 @@ async def benchmark(args: argparse.Namespace, endpoints: Endpoints) -> None:
                 for case in order:
                     case.runs.append(await run_case(case, clients, args))
                 print(f"  repetition {repetition + 1}/{args.repeat} done", file=sys.stderr)
-            print_table({case.key: case for case in cases})
+            print_table({case.key: case for case in cases}, [d.build for d in drivers])
             print_runs(cases)
     finally:
+        await stop_drivers(drivers)
         stop_servers(servers)
-        if keys is not None:
-            shutil.rmtree(keys, ignore_errors=True)
 
 
 # -- profiling ---------------------------------------------------------------------------------
@@ -680,7 +725,7 @@ async def profile(
                         result = await velo_fn(worker, peer, n, payload)
                     finally:
                         client_profile.disable()
-                print(f"profiled velo {name} ({n:,}): {result}")
+                print(f"profiled velo {name} ({n:,}, {built()} build): {result}")
         finally:
             stop_servers(servers)  # SIGTERM: the server dumps its stats on the way out
         client_profile.dump_stats(client_file)
@@ -713,6 +758,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="profile the velo cases only")
     parser.add_argument("--curve", action="store_true", help="velo over CURVE too, side by side")
     parser.add_argument("--top", type=int, default=25, help="rows per profile listing")
+    parser.add_argument("--driver", choices=BUILDS, help=argparse.SUPPRESS)  # see _builds
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.calls, args.messages = 2, 300, 10_000
@@ -727,7 +773,9 @@ def main() -> None:
     args = parse_args()
     endpoints = Endpoints(args.transport)
     try:
-        if args.profile:
+        if args.driver:
+            asyncio.run(driver(args, endpoints))
+        elif args.profile:
             directory = tempfile.mkdtemp(prefix="velo-bench-prof-")
             try:
                 print_profiles(asyncio.run(profile(args, endpoints, directory)), args.top)

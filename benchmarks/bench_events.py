@@ -2,16 +2,24 @@
 pyzmq doing the same message pattern and against dask ``distributed.Event``.
 
 Run: ``python benchmarks/bench_events.py [--repeat N] [--quick] [--no-dask]``
-(``--profile`` instead runs only the velo cases, under cProfile in both processes, and prints
-where the time goes). The dask part needs ``distributed`` (``pip install -e '.[bench]'``); it
-is skipped, with a message, when that is not installed.
+(``--profile`` instead runs only the velo cases, under cProfile in both processes, with the
+build ``VELO_PURE`` selects, and prints where the time goes). The dask part needs
+``distributed`` (``pip install -e '.[bench]'``); it is skipped, with a message, when that is
+not installed.
 
 Method
 ------
-* This process is A. B is a separate process: ``benchmarks/_events_peer.py`` (a velo Worker)
-  for the velo cases, ``benchmarks/_am_peer.py`` in its ``asyncio`` and ``drain`` modes for
-  the raw baselines. All of them are started up front and idle while another case runs;
+* A is this process for the raw baselines and a driver process per build (below) for the
+  velo cases. B is a separate process: ``benchmarks/_events_peer.py`` (a velo Worker) for
+  the velo cases, ``benchmarks/_am_peer.py`` in its ``asyncio`` and ``drain`` modes for the
+  raw baselines. All of them are started up front and idle while another case runs;
   everything is on ``tcp://127.0.0.1``, with the default asyncio loop and the GC on.
+* Both builds of velo_event, side by side: the velo cases run once per build, each build's
+  in a driver process of its own (this script with ``--driver BUILD``, see ``_builds.py``)
+  with its own ``_events_peer.py``, both running that build (``VELO_PURE=1`` for the pure
+  one); the compiled build is left out, with a note, where the install has none. The drivers
+  run one case run at a time when asked, so builds and baselines stay interleaved. The
+  table gives each build's median and ratios; target and "met?" are the compiled build's.
 * Velo and raw cases run interleaved: one run of every case per repetition (``--repeat``,
   default 5), the order reversed every other repetition. The table gives the median over
   repetitions of each side and the median (min-max) of the per-repetition ratios velo /
@@ -77,6 +85,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
 import datetime
 import importlib
 import os
@@ -93,6 +102,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import zmq
 import zmq.asyncio
+from _builds import BUILDS, Driver, built, serve_driver, start_drivers, stop_drivers
 from _events_peer import HANDLE_BYTES, split_handles
 from bench_am import (
     LatencyRun,
@@ -143,27 +153,39 @@ def start_events_peer(bind: str, profile: str | None = None) -> Server:
 
 @dataclass
 class Clients:
-    worker: Worker
-    peer: int
+    """The raw baselines' sockets (the velo cases run in the builds' driver processes)."""
+
     async_sock: zmq.asyncio.Socket  # DEALER to the zmq.asyncio echo ROUTER
     drain: PlainReader  # DEALER to the add_reader/drain echo ROUTER
     frames: list[bytes]  # a raw echo message, as large as velo's update message
 
 
-def raw_frames(worker: Worker, peer: int) -> list[bytes]:
-    """Two frames as large as the update message A's worker would send to ``peer``;
-    the header's first byte asks ``_am_peer``'s ROUTER to echo it."""
+@dataclass
+class Velo:
+    """A driver's velo side: its worker and the events peer's id."""
+
+    worker: Worker
+    peer: int
+
+
+def update_sizes(v: Velo) -> tuple[int, int]:
+    """Header and payload sizes of the update message ``v``'s worker sends its peer."""
     body = msgpack.packb([[1, bytes(HANDLE_BYTES), None]], use_bin_type=True)
     header = protocol.encode_request(
-        worker.worker_id,
-        worker.incarnation,
-        worker.peers[peer].incarnation,
+        v.worker.worker_id,
+        v.worker.incarnation,
+        v.worker.peers[v.peer].incarnation,
         1 << 20,
         "_ev.updates",
         False,
         body,
     )[0]
-    return [b"E" + bytes(len(header) - 1), bytes(i % 256 for i in range(len(body)))]
+    return len(header), len(body)
+
+
+def raw_frames(header: int, payload: int) -> list[bytes]:
+    """Two frames of these sizes; the header's first byte asks ``_am_peer``'s ROUTER to echo."""
+    return [b"E" + bytes(header - 1), bytes(i % 256 for i in range(payload))]
 
 
 def _check_echo(reply: list[bytes], frames: list[bytes]) -> None:
@@ -171,23 +193,23 @@ def _check_echo(reply: list[bytes], frames: list[bytes]) -> None:
         raise RuntimeError(f"bad echo: {reply!r}")
 
 
-async def exchange(c: Clients, mine: list[Event]) -> list[EventHandle]:
+async def exchange(v: Velo, mine: list[Event]) -> list[EventHandle]:
     """Give B our handles for a ping-pong run; get one handle of B's per handle of ours."""
     theirs: list[EventHandle] = []
     for start in range(0, len(mine), HANDLE_BATCH):
         blob = b"".join(event.handle.to_bytes() for event in mine[start : start + HANDLE_BATCH])
-        theirs += split_handles(await c.worker.call(c.peer, "pp_batch", blob))
+        theirs += split_handles(await v.worker.call(v.peer, "pp_batch", blob))
     if len(theirs) != len(mine):
         raise RuntimeError(f"asked for {len(mine)} handles, got {len(theirs)}")
     return theirs
 
 
-async def remote_events(c: Clients, n: int) -> list[EventHandle]:
+async def remote_events(v: Velo, n: int) -> list[EventHandle]:
     """``n`` new events owned by B."""
     handles: list[EventHandle] = []
     while len(handles) < n:  # bounded: every call adds at least one handle or raises
         batch = split_handles(
-            await c.worker.call(c.peer, "new", min(HANDLE_BATCH, n - len(handles)))
+            await v.worker.call(v.peer, "new", min(HANDLE_BATCH, n - len(handles)))
         )
         if not batch:
             raise RuntimeError("the events peer returned no handles")
@@ -195,10 +217,10 @@ async def remote_events(c: Clients, n: int) -> list[EventHandle]:
     return handles
 
 
-async def peer_finished(c: Clients) -> None:
+async def peer_finished(v: Velo) -> None:
     """Wait (bounded) until B's responder or trigger task is over; raise what it reported."""
     for _ in range(STATUS_POLLS):
-        running, error = await c.worker.call(c.peer, "status")
+        running, error = await v.worker.call(v.peer, "status")
         if error:
             raise RuntimeError(f"events peer: {error}")
         if not running:
@@ -214,32 +236,32 @@ async def _wait_for(events: Any, handle: EventHandle) -> None:
     await events.awaiter(handle)
 
 
-async def subscribed(c: Clients, count: int) -> None:
+async def subscribed(v: Velo, count: int) -> None:
     """Wait (bounded) until B's subscriptions to ``count`` of our events have arrived."""
     for _ in range(SUBSCRIBE_POLLS):
-        if c.worker.events.stats()["served"] >= count:
+        if v.worker.events.stats()["served"] >= count:
             return
         await asyncio.sleep(0.001)
     raise RuntimeError(f"the events peer did not subscribe to our {count} events")
 
 
-async def pingpong_velo(c: Clients, rounds: int, ahead: bool) -> LatencyRun:
+async def pingpong_velo(v: Velo, rounds: int, ahead: bool) -> LatencyRun:
     """``ahead=False``: each side awaits the next event right after its own trigger, so its
     subscription races the other side's trigger. ``ahead=True``: both sides await every event
     of the run from the start (a task each), so each trigger finds its waiter subscribed."""
-    events = c.worker.events
+    events = v.worker.events
     total = WARMUP_ROUNDS + rounds
     mine = [events.new_event() for _ in range(total)]
     triggered = 0
     samples: list[int] = []
     waits: list[asyncio.Future[None]] = []
     try:
-        theirs = await exchange(c, mine)
+        theirs = await exchange(v, mine)
         if ahead:
             waits = [asyncio.ensure_future(_wait_for(events, handle)) for handle in theirs]
-        await c.worker.call(c.peer, "pp_go", [RUN_TIMEOUT, ahead])
+        await v.worker.call(v.peer, "pp_go", [RUN_TIMEOUT, ahead])
         if ahead:
-            await subscribed(c, total)
+            await subscribed(v, total)
         for i in range(total):
             start = _now()
             mine[i].trigger()
@@ -255,7 +277,7 @@ async def pingpong_velo(c: Clients, rounds: int, ahead: bool) -> LatencyRun:
         for event in mine[triggered:]:
             with contextlib.suppress(EventError):
                 event.poison("benchmark run aborted")
-    await peer_finished(c)
+    await peer_finished(v)
     return _latency(samples[WARMUP_ROUNDS:])
 
 
@@ -289,9 +311,9 @@ async def pingpong_drain(c: Clients, rounds: int) -> LatencyRun:
 # -- 2. completions with a window --------------------------------------------------------------
 
 
-async def window_velo(c: Clients, n: int, window: int) -> ThroughputRun:
-    events = c.worker.events
-    handles = await remote_events(c, n)
+async def window_velo(v: Velo, n: int, window: int) -> ThroughputRun:
+    events = v.worker.events
+    handles = await remote_events(v, n)
     indices = iter(range(n))  # shared by the window's tasks: each takes the next handle
 
     async def waiter() -> None:
@@ -302,13 +324,13 @@ async def window_velo(c: Clients, n: int, window: int) -> ThroughputRun:
     tasks = [asyncio.ensure_future(waiter()) for _ in range(min(window, n))]
     try:
         await asyncio.sleep(0)  # every task sends its first subscription
-        await c.worker.send(c.peer, "trigger_go", TRIGGER_YIELD_EVERY)
+        await v.worker.send(v.peer, "trigger_go", TRIGGER_YIELD_EVERY)
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
     elapsed = _now() - start
-    await peer_finished(c)
+    await peer_finished(v)
     return ThroughputRun(n / (elapsed / 1e9), 0)
 
 
@@ -353,42 +375,64 @@ async def window_drain(c: Clients, n: int, window: int) -> ThroughputRun:
 
 Run = LatencyRun | ThroughputRun
 CaseFn = Callable[[Clients, argparse.Namespace], Awaitable[Run]]
+VeloFn = Callable[[Velo, int, argparse.Namespace], Awaitable[Run]]
+
+#: The velo cases, run in each build's driver: key -> (label, throughput?, its size's option,
+#: the run given the size).
+VELO_CASES: dict[str, tuple[str, bool, str, VeloFn]] = {
+    "velo_pp": (
+        "velo ping-pong, await after own trigger",
+        False,
+        "rounds",
+        lambda v, n, a: pingpong_velo(v, n, ahead=False),
+    ),
+    "velo_pp_ahead": (
+        "velo ping-pong, waiters subscribed ahead",
+        False,
+        "rounds",
+        lambda v, n, a: pingpong_velo(v, n, ahead=True),
+    ),
+    "velo_win": (
+        "velo completions, {window} in flight",
+        True,
+        "events",
+        lambda v, n, a: window_velo(v, n, a.window),
+    ),
+    "velo_seq": (
+        "velo {inorder:,} in order (1 in flight)",
+        True,
+        "inorder",
+        lambda v, n, a: window_velo(v, n, 1),
+    ),
+}
 
 
 @dataclass
 class Case:
-    key: str
+    key: str  # a raw or dask case's key, or a velo case's key and its build: "velo_pp:pure"
     label: str
-    fn: CaseFn | None  # None: a dask case, run separately
+    fn: CaseFn | None  # None: a dask case (run separately) or a velo case (run by ``driver``)
     throughput: bool
+    driver: Driver | None = None
     runs: list[Run] = field(default_factory=list)
 
 
-def make_cases(args: argparse.Namespace) -> list[Case]:
+def velo_cases(key: str, args: argparse.Namespace, drivers: list[Driver]) -> list[Case]:
+    label, throughput, _, _ = VELO_CASES[key]
+    text = label.format(**vars(args))
+    return [Case(f"{key}:{d.build}", f"{text} [{d.build}]", None, throughput, d) for d in drivers]
+
+
+def make_cases(args: argparse.Namespace, drivers: list[Driver]) -> list[Case]:
     w = args.window
     return [
-        Case(
-            "velo_pp",
-            "velo ping-pong, await after own trigger",
-            lambda c, a: pingpong_velo(c, a.rounds, ahead=False),
-            False,
-        ),
-        Case(
-            "velo_pp_ahead",
-            "velo ping-pong, waiters subscribed ahead",
-            lambda c, a: pingpong_velo(c, a.rounds, ahead=True),
-            False,
-        ),
+        *velo_cases("velo_pp", args, drivers),
+        *velo_cases("velo_pp_ahead", args, drivers),
         Case(
             "A_pp", "raw zmq.asyncio ping-pong", lambda c, a: pingpong_asyncio(c, a.rounds), False
         ),
         Case("D_pp", "raw drain ping-pong", lambda c, a: pingpong_drain(c, a.rounds), False),
-        Case(
-            "velo_win",
-            f"velo completions, {w} in flight",
-            lambda c, a: window_velo(c, a.events, a.window),
-            True,
-        ),
+        *velo_cases("velo_win", args, drivers),
         Case(
             "A_win",
             f"raw zmq.asyncio req/ack, {w} in flight",
@@ -401,12 +445,7 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
             lambda c, a: window_drain(c, a.events, a.window),
             True,
         ),
-        Case(
-            "velo_seq",
-            f"velo {args.inorder:,} in order (1 in flight)",
-            lambda c, a: window_velo(c, a.inorder, 1),
-            True,
-        ),
+        *velo_cases("velo_seq", args, drivers),
         Case("dask_pp", "dask Event ping-pong", None, False),
         Case("dask_seq", f"dask {args.inorder:,} in order", None, True),
     ]
@@ -415,24 +454,34 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
 # -- velo part ---------------------------------------------------------------------------------
 
 
-async def open_clients(servers: dict[str, Server], stack: contextlib.AsyncExitStack) -> Clients:
+async def open_clients(
+    servers: dict[str, Server], stack: contextlib.AsyncExitStack, frames: list[bytes]
+) -> Clients:
     loop = asyncio.get_running_loop()
     sync_context: zmq.Context[Any] = zmq.Context()
     async_context = zmq.asyncio.Context()
     stack.callback(sync_context.term)
     stack.callback(async_context.term)
-    worker = Worker(bind=BIND, close_grace=0.5)
-    await worker.start()
-    stack.push_async_callback(worker.close)
-    peer = await worker.connect(servers["events"].address)
     async_sock = _dealer(async_context, servers["asyncio"].address)
     stack.callback(async_sock.close, 0)
     reader = PlainReader(_dealer(sync_context, servers["drain"].address), loop)
     stack.callback(reader.close)
-    return Clients(worker, peer, async_sock, reader, raw_frames(worker, peer))
+    return Clients(async_sock, reader, frames)
+
+
+async def open_velo(events_peer: Server, stack: contextlib.AsyncExitStack) -> Velo:
+    worker = Worker(bind=BIND, close_grace=0.5)
+    await worker.start()
+    stack.push_async_callback(worker.close)
+    return Velo(worker, await worker.connect(events_peer.address))
 
 
 async def run_case(case: Case, clients: Clients, args: argparse.Namespace) -> Run:
+    if case.driver is not None:
+        key = case.key.partition(":")[0]
+        size = getattr(args, VELO_CASES[key][2])
+        values = await case.driver.run(key, size, RUN_TIMEOUT)
+        return ThroughputRun(values[0], int(values[1])) if case.throughput else LatencyRun(*values)
     assert case.fn is not None
     async with asyncio.timeout(RUN_TIMEOUT):
         return await case.fn(clients, args)
@@ -449,16 +498,42 @@ def _shortened(args: argparse.Namespace) -> argparse.Namespace:
     )
 
 
-async def velo_benchmark(args: argparse.Namespace, cases: list[Case]) -> str:
-    """Run the velo and raw cases; returns a line describing the raw messages."""
+async def driver(args: argparse.Namespace) -> None:
+    """``--driver BUILD``: the velo cases of one build (``_builds``), in this process and an
+    events peer of its own, both with the build this process's environment selects."""
     servers: list[Server] = []
+    try:
+        servers.append(start_events_peer(BIND))
+        async with contextlib.AsyncExitStack() as stack:
+            v = await open_velo(servers[0], stack)
+            header, payload = update_sizes(v)
+
+            async def run(key: str, n: int) -> list[float]:
+                async with asyncio.timeout(RUN_TIMEOUT):
+                    result = await VELO_CASES[key][3](v, n, args)
+                return [float(value) for value in dataclasses.astuple(result)]
+
+            await serve_driver({"header": header, "payload": payload}, run)
+    finally:
+        stop_servers(servers)
+
+
+async def velo_benchmark(args: argparse.Namespace) -> tuple[list[Case], list[str], list[str]]:
+    """Run the velo and raw cases; returns the cases (the dask ones still to run), the builds
+    and lines for the report (which builds; the raw messages)."""
+    servers: list[Server] = []
+    drivers: list[Driver] = []
     try:
         servers.append(start_server("asyncio", BIND))
         servers.append(start_server("drain", BIND))
-        servers.append(start_events_peer(BIND))
+        drivers, builds_note = await start_drivers(Path(__file__), ["--window", str(args.window)])
+        header, payload = drivers[0].info["header"], drivers[0].info["payload"]
         async with contextlib.AsyncExitStack() as stack:
-            clients = await open_clients({s.mode: s for s in servers}, stack)
-            ours = [case for case in cases if case.fn is not None]
+            clients = await open_clients(
+                {s.mode: s for s in servers}, stack, raw_frames(header, payload)
+            )
+            cases = make_cases(args, drivers)
+            ours = [case for case in cases if case.fn is not None or case.driver is not None]
             warm = _shortened(args)
             for case in ours:  # warm-up, not recorded
                 await run_case(case, clients, warm)
@@ -467,11 +542,13 @@ async def velo_benchmark(args: argparse.Namespace, cases: list[Case]) -> str:
                 for case in order:
                     case.runs.append(await run_case(case, clients, args))
                 print(f"  velo/raw repetition {repetition + 1}/{args.repeat} done", file=sys.stderr)
-            header, payload = (len(frame) for frame in clients.frames)
-            return (
-                f"raw messages: 2 frames, {header} B header + {payload} B payload (as _ev.updates)"
-            )
+            notes = [
+                f"{builds_note}; each build's velo cases in a driver process of its own",
+                f"raw messages: 2 frames, {header} B header + {payload} B payload (as _ev.updates)",
+            ]
+            return cases, [d.build for d in drivers], notes
     finally:
+        await stop_drivers(drivers)
         stop_servers(servers)
 
 
@@ -631,7 +708,10 @@ def _values(case: Case, attr: str) -> list[float]:
     return [float(getattr(run, attr)) for run in case.runs]
 
 
-def print_table(cases: list[Case], args: argparse.Namespace) -> None:
+def print_table(cases: list[Case], builds: list[str], args: argparse.Namespace) -> None:
+    """One row per comparison: each build's median, the baseline's, each build's ratio;
+    target and "met?" are those of the first build shown (the compiled one, where there
+    is one)."""
     by_key = {case.key: case for case in cases}
     w, n = args.window, f"{args.inorder:,}"
     rows = [
@@ -660,37 +740,45 @@ def print_table(cases: list[Case], args: argparse.Namespace) -> None:
         Row(f"events/s, {n} in order (1 in flight) both, velo/dask", "velo_seq", "dask_seq",
             "rate", 10.0, False, True),
     ]  # fmt: skip
-    header = ("metric", "velo", "baseline", "ratio (min-max)", "target", "met?")
+    header = (
+        "metric",
+        *builds,
+        "baseline",
+        *(f"{build} ratio (min-max)" for build in builds),
+        "target",
+        "met?",
+    )
     lines: list[tuple[str, ...]] = []
     for row in rows:
-        velo, base = _values(by_key[row.velo], row.attr), _values(by_key[row.base], row.attr)
-        if not velo or not base:
-            lines.append((row.metric, "-", "skipped", "-", "-", "-"))
+        base = _values(by_key[row.base], row.attr)
+        if not base:
+            skipped = ["-"] * len(builds)
+            lines.append((row.metric, *skipped, "skipped", *skipped, "-", "-"))
             continue
-        if row.dask:
-            v, b = statistics.median(velo), statistics.median(base)
-            ratio = b / v if row.attr != "rate" else v / b
-            ratio_text = f"{ratio:.1f}x (of medians)"
-        else:
-            ratios = [v / b for v, b in zip(velo, base, strict=True)]
-            ratio = statistics.median(ratios)
-            ratio_text = f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        medians: list[str] = []
+        ratio_texts: list[str] = []
+        ratio_of: dict[str, float] = {}
+        for build in builds:
+            velo = _values(by_key[f"{row.velo}:{build}"], row.attr)
+            if row.dask:
+                v, b = statistics.median(velo), statistics.median(base)
+                ratio = b / v if row.attr != "rate" else v / b
+                ratio_texts.append(f"{ratio:.1f}x (of medians)")
+            else:
+                ratios = [v / b for v, b in zip(velo, base, strict=True)]
+                ratio = statistics.median(ratios)
+                ratio_texts.append(f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+            ratio_of[build] = ratio
+            medians.append(_fmt(statistics.median(velo), row.attr))
+        ratio = ratio_of[builds[0]]
         if row.target is None:
             target, met = "-", "-"
         elif row.at_most:
             target, met = f"<= {row.target:g}x", "yes" if ratio <= row.target else "NO"
         else:
             target, met = f">= {row.target:g}x", "yes" if ratio >= row.target else "NO"
-        lines.append(
-            (
-                row.metric,
-                _fmt(statistics.median(velo), row.attr),
-                _fmt(statistics.median(base), row.attr),
-                ratio_text,
-                target,
-                met,
-            )
-        )
+        base_text = _fmt(statistics.median(base), row.attr)
+        lines.append((row.metric, *medians, base_text, *ratio_texts, target, met))
     print_aligned([header, *lines])
 
 
@@ -744,30 +832,28 @@ async def profile(args: argparse.Namespace, directory: str) -> list[tuple[str, s
     """The velo ping-pong and window cases under cProfile in both processes; returns (title,
     stats file) pairs for ``bench_am.print_profiles``."""
     results: list[tuple[str, str]] = []
-    run: Callable[[Clients], Awaitable[Run]]
+    run: Callable[[Velo], Awaitable[Run]]
     for name, run in (
-        ("ping-pong", lambda c: pingpong_velo(c, args.rounds, ahead=False)),
-        ("ping-pong-ahead", lambda c: pingpong_velo(c, args.rounds, ahead=True)),
-        ("window", lambda c: window_velo(c, args.events, args.window)),
+        ("ping-pong", lambda v: pingpong_velo(v, args.rounds, ahead=False)),
+        ("ping-pong-ahead", lambda v: pingpong_velo(v, args.rounds, ahead=True)),
+        ("window", lambda v: window_velo(v, args.events, args.window)),
     ):
         peer_file = os.path.join(directory, f"peer-{name}.prof")
         client_file = os.path.join(directory, f"client-{name}.prof")
         servers: list[Server] = []
         client_profile = cProfile.Profile()
         try:
-            servers.append(start_server("asyncio", BIND))
-            servers.append(start_server("drain", BIND))
             servers.append(start_events_peer(BIND, peer_file))
             async with contextlib.AsyncExitStack() as stack:
-                clients = await open_clients({s.mode: s for s in servers}, stack)
+                v = await open_velo(servers[0], stack)
                 async with asyncio.timeout(RUN_TIMEOUT):
-                    await run(clients)  # warm-up
+                    await run(v)  # warm-up
                     client_profile.enable()
                     try:
-                        result = await run(clients)
+                        result = await run(v)
                     finally:
                         client_profile.disable()
-                print(f"profiled velo {name}: {result}")
+                print(f"profiled velo {name} ({built()} build): {result}")
         finally:
             stop_servers(servers)  # SIGTERM: the peer dumps its stats on the way out
         client_profile.dump_stats(client_file)
@@ -791,6 +877,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-dask", action="store_true", help="skip the dask part")
     parser.add_argument("--profile", action="store_true", help="profile the velo cases only")
     parser.add_argument("--top", type=int, default=25, help="rows per profile listing")
+    parser.add_argument("--driver", choices=BUILDS, help=argparse.SUPPRESS)  # see _builds
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.rounds, args.events, args.inorder, args.dask_rounds = (
@@ -811,6 +898,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:
+        if args.driver:
+            asyncio.run(driver(args))
+            return
         if args.profile:
             directory = tempfile.mkdtemp(prefix="velo-bench-events-prof-")
             try:
@@ -819,14 +909,13 @@ def main() -> None:
                 shutil.rmtree(directory, ignore_errors=True)
             return
         print_header(args)
-        cases = make_cases(args)
-        notes = [asyncio.run(velo_benchmark(args, cases))]
+        cases, builds, notes = asyncio.run(velo_benchmark(args))
         if args.no_dask:
             notes.append("dask part skipped (--no-dask)")
         else:
             notes.append(dask_benchmark(args, cases))
         print()
-        print_table(cases, args)
+        print_table(cases, builds, args)
         print_runs(cases)
         print()
         for note in notes:

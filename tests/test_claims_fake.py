@@ -15,8 +15,8 @@ import pytest
 from support import wait_until
 
 from velo_am import PeerUnreachable, Worker
-from velo_am._budget import REQUEST_COST
 from velo_am import _protocol as p
+from velo_am._budget import REQUEST_COST
 from velo_am.transport import FakeNetwork, LinkId, Liveness
 
 pytestmark = pytest.mark.timeout(30)

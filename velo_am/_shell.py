@@ -188,7 +188,9 @@ class Shell:
         if isinstance(msg, p.Request):
             self._counters["refused_busy"] += 1
             text = f"worker {self._worker_id:#x} holds too much of this link's traffic: {why}"
-            self._outbound.reply_error(speaker, link, msg.msg_id, p.ErrorCode.BUSY, "PeerBusy", text)
+            self._outbound.reply_error(
+                speaker, link, msg.msg_id, p.ErrorCode.BUSY, "PeerBusy", text
+            )
         else:
             self._counters["dropped_held"] += 1
         what = f"{type(msg).__name__} naming worker {msg.src:#x}"

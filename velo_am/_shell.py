@@ -188,9 +188,13 @@ class Shell:
         if isinstance(msg, p.Request):
             self._counters["refused_busy"] += 1
             text = f"worker {self._worker_id:#x} holds too much of this link's traffic: {why}"
-            self._outbound.reply_error(
-                speaker, link, msg.msg_id, p.ErrorCode.BUSY, "PeerBusy", text
+            me, inc, busy = self._worker_id, self._membership.incarnation, p.ErrorCode.BUSY
+            # On that link only, never by another: the real member's calls are not the
+            # business of a stranger that claimed its link.
+            answer = p.ErrorResponse(
+                me, inc, speaker.incarnation, msg.msg_id, busy, "PeerBusy", text, ""
             )
+            self._outbound.send_on(link, answer)
         else:
             self._counters["dropped_held"] += 1
         what = f"{type(msg).__name__} naming worker {msg.src:#x}"

@@ -155,3 +155,22 @@ async def test_a_member_proves_no_claim_on_a_dial_to_a_strangers_address(
     assert stranger.received(p.Response) == []
     with contextlib.suppress(PeerUnreachable):
         await dial
+
+
+async def test_a_busy_answer_to_a_claimed_link_never_reaches_the_member_by_another(
+    make_worker: Any, network: FakeNetwork
+) -> None:
+    """The stranger closes its claimed link at once: B's BUSY answers are dropped with it,
+    never sent to the real A (whose calls of those ids they would fail)."""
+    a = await make_worker(2)
+    b = await make_worker(3, peers=[a.address], send_window=1, max_message_size=64 * 1024)
+    await wait_until(lambda: knows(b, a))
+    stranger = Raw(network)
+    link = stranger.transport.connect(b.address)
+    stranger.transport.send(link, hello(a, b, token=1, address=stranger.address))
+    for i in range(1, 11):
+        stranger.transport.send(link, request(a, b, i, "echo", bytes(16 * 1024)))
+    stranger.transport.disconnect(link)
+    await wait_until(lambda: b.stats()["refused_busy"] > 0)
+    await wait_until(lambda: b.stats()["messages_spoofed"] > 0)  # the claim, refuted
+    assert a.stats()["late_responses"] == a.stats()["sends_refused"] == 0

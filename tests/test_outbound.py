@@ -290,3 +290,15 @@ async def test_a_call_ends_by_timeout_by_its_peers_loss_or_by_close() -> None:
     assert [type(result) for result in results] == [PeerLost, PeerLost, WorkerClosed]
     assert results[0] is not results[1], "each caller gets its own exception"
     assert len(calls) == 0
+
+
+def test_a_handshakes_answer_on_a_full_or_closed_link_is_dropped_not_raised() -> None:
+    """Review finding 17: send_on (a Reply effect, a proof) must not let a full link's
+    LinkFull out into Shell.apply or the transport."""
+    out, transport, counters = outbound()
+    transport.full.add(b"full")
+    transport.gone.add(b"gone")
+    out.send_on(b"full", INTRO)
+    out.send_on(b"gone", INTRO)
+    out.send_on(b"fine", INTRO)
+    assert transport.messages(b"fine") == [INTRO] and counters["messages_out"] == 1

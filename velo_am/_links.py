@@ -15,12 +15,17 @@ owner); this module decides for the links others opened to it:
   knows, is a *claim*: incarnations are public, so anyone could send it. The claim is proven
   by a challenge sent on this worker's own link to the member's known address (a secret
   token); the member answers it on its own link to this worker. The claim holds while the
-  answer is on its way (what arrives on the link waits, in order, up to ``MAX_HELD``, and
-  ``MAX_HELD_TOTAL`` on all links), and is refuted if the answer comes on another link or
-  not within the longer of the handshake and heartbeat timeouts. At most ``MAX_CLAIMS`` are
+  answer is on its way, and is refuted if the answer comes on another link or not within the
+  longer of the handshake and heartbeat timeouts. What arrives on the link meanwhile waits,
+  in order, charged like a request to the per-peer receive budget (its bytes plus
+  ``REQUEST_COST``): up to that budget's limit per claim (a member's burst within its send
+  window and budget fits), and ``MAX_HELD_BYTES`` (or twice the limit, if larger) on all
+  claims together; the shell answers or counts what does not fit. At most ``MAX_CLAIMS`` are
   proven at once.
 * Once bound, a link speaks for that worker and incarnation only: a message naming any other
-  is dropped.
+  is dropped. A worker keeps at most ``MAX_BOUND_PER_WORKER`` bound links, the newest (each
+  connection it opens has a routing id of its own, and the transport does not say when an
+  inbound connection that ended was which link).
 
 The shell counts what is dropped in ``messages_spoofed``.
 """
@@ -33,15 +38,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Generic, NamedTuple, TypeVar
 
+from ._budget import REQUEST_COST
 from .transport import LinkId
 
-__all__ = ["MAX_CLAIMS", "MAX_HELD", "MAX_HELD_TOTAL", "Claim", "LinkTrust", "Speaker"]
-__all__ += ["Verdict"]
+__all__ = ["MAX_BOUND_PER_WORKER", "MAX_CLAIMS", "MAX_HELD_BYTES", "Claim", "LinkTrust"]
+__all__ += ["Speaker", "Verdict"]
 
-#: Messages held on a link whose claim is being proven; more are dropped.
-MAX_HELD: Final = 1024
-#: Messages held on all links together; more are dropped.
-MAX_HELD_TOTAL: Final = 65_536
+#: Bytes held on all claims together (or twice the per-claim limit, if larger); more are not.
+MAX_HELD_BYTES: Final = 1 << 30
+#: Bound links kept per worker, the newest: older ones speak for nobody any more.
+MAX_BOUND_PER_WORKER: Final = 8
 #: Claims being proven at once (a server that thousands of members dial at once proves each
 #: link); a claim past it is refused.
 MAX_CLAIMS: Final = 65_536
@@ -76,19 +82,23 @@ class Claim(Generic[T]):
     hello_token: int
     started: float
     held: list[T] = field(default_factory=list)
+    held_bytes: int = 0
 
 
 class LinkTrust(Generic[T]):
     """The links others opened to this worker, and whom each speaks for. ``T``: what is held
-    while a claim is proven (decoded messages)."""
+    while a claim is proven (decoded messages); ``limit()``: the bytes one claim may hold (the
+    per-peer receive budget's limit, read at each message)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: Callable[[], int]) -> None:
         #: The bound links and whom each speaks for (read on every message: see
         #: :meth:`verdict` for the rule).
         self.bound: dict[LinkId, Speaker] = {}
+        self._limit = limit
+        self._links_of: dict[int, list[LinkId]] = {}  # bound links per worker, oldest first
         self._claims: dict[LinkId, Claim[T]] = {}
         self._by_token: dict[int, Claim[T]] = {}
-        self._held = 0  # messages held on all claims
+        self._held_bytes = 0  # on all claims
 
     def __len__(self) -> int:
         return len(self.bound) + len(self._claims)
@@ -106,7 +116,7 @@ class LinkTrust(Generic[T]):
         if claim is not None:
             return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
         if not needs_proof:
-            self.bound[link] = speaker
+            self._bind(link, speaker)
             return Verdict.PASS
         if len(self._claims) >= MAX_CLAIMS:
             return Verdict.SPOOFED
@@ -128,14 +138,21 @@ class LinkTrust(Generic[T]):
     def claim_of(self, link: LinkId) -> Claim[T] | None:
         return self._claims.get(link)
 
-    def hold(self, link: LinkId, item: T) -> bool:
-        """Keep ``item`` until the claim on ``link`` is proven; False if there is no claim or
-        it holds ``MAX_HELD`` already."""
+    def hold(self, link: LinkId, item: T, size: int) -> bool:
+        """Keep ``item`` (of ``size`` bytes) until the claim on ``link`` is proven; False if
+        there is no claim or it would take the claim past ``limit()`` (a claim holding
+        nothing takes any message) or all claims past ``MAX_HELD_BYTES``."""
         claim = self._claims.get(link)
-        if claim is None or len(claim.held) >= MAX_HELD or self._held >= MAX_HELD_TOTAL:
+        if claim is None:
+            return False
+        cost, limit = size + REQUEST_COST, self._limit()
+        if claim.held_bytes and claim.held_bytes + cost > limit:
+            return False
+        if self._held_bytes + cost > max(MAX_HELD_BYTES, 2 * limit):
             return False
         claim.held.append(item)
-        self._held += 1
+        claim.held_bytes += cost
+        self._held_bytes += cost
         return True
 
     def on_proof(
@@ -149,10 +166,10 @@ class LinkTrust(Generic[T]):
         if claim is None:
             return None, False
         del self._claims[claim.link]
-        self._held -= len(claim.held)
+        self._held_bytes -= claim.held_bytes
         proven = inbound and link == claim.link and speaker == claim.speaker
         if proven:
-            self.bound[link] = speaker
+            self._bind(link, speaker)
         return claim, proven
 
     def expire(self, now: float, timeout: float) -> list[Claim[T]]:
@@ -161,11 +178,18 @@ class LinkTrust(Generic[T]):
         for claim in expired:
             del self._claims[claim.link]
             del self._by_token[claim.token]
-            self._held -= len(claim.held)
+            self._held_bytes -= claim.held_bytes
         return expired
+
+    def _bind(self, link: LinkId, speaker: Speaker) -> None:
+        self.bound[link] = speaker
+        links = self._links_of.setdefault(speaker.worker_id, [])
+        links.append(link)
+        if len(links) > MAX_BOUND_PER_WORKER:
+            del self.bound[links.pop(0)]
 
     def retain(self, known: Callable[[int], bool]) -> None:
         """Forget the links of workers for whom ``known`` is false (forgotten, gone)."""
-        for link, speaker in list(self.bound.items()):
-            if not known(speaker.worker_id):
+        for worker_id in [w for w in self._links_of if not known(w)]:
+            for link in self._links_of.pop(worker_id):
                 del self.bound[link]

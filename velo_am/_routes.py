@@ -107,11 +107,14 @@ class Routes:
         self._outbound.send_on(link, dial.hello)
         return future
 
-    def dial_link(self, token: int, peer_id: int) -> LinkId | None:
-        """The link of this worker's dial ``token`` in flight, if it was made to ``peer_id``
-        or to an address whose worker was not known (a join)."""
+    def dial_link(self, token: int, peer_id: int, address: str) -> LinkId | None:
+        """The link of this worker's dial ``token`` in flight, if it was made to ``peer_id``,
+        or to ``address`` (the peer's own) while its worker was not known (a join): a dial to
+        any other address may reach a stranger that passes on what it is told."""
         dial = self._dials.get(token)
         if dial is None or dial.peer_id not in (None, peer_id):
+            return None
+        if dial.peer_id is None and dial.address != address:
             return None
         return dial.link
 

@@ -48,8 +48,6 @@ _OBSERVER = int(p.HelloFlags.OBSERVER)
 _WHY: dict[Verdict, str] = {
     Verdict.SPOOFED: "the link speaks for another worker",
     Verdict.UNBOUND: "no handshake on its link",
-    Verdict.HOLD: "too many messages held while its link's claim is proven",
-    Verdict.CHALLENGE: "too many messages held while its link's claim is proven",
 }
 
 
@@ -87,7 +85,7 @@ class Shell:
         self.goodbyes_answered: asyncio.Event | None = None
         self._gossip_scheduled = False
         #: Whom the links others opened to this worker speak for (see :mod:`._links`).
-        self.trust: LinkTrust[p.Message] = LinkTrust()
+        self.trust: LinkTrust[p.Message] = LinkTrust(flow.receipts.budget.limit)
         self._bound = self.trust.bound
         self._peer_of = outbound.peer_of
         self._keys = KeyBindings()
@@ -148,8 +146,8 @@ class Shell:
         if verdict is Verdict.PASS:
             self._handle(msg, link)
         elif verdict is Verdict.CHALLENGE or verdict is Verdict.HOLD:
-            if not self.trust.hold(link, msg):
-                self._spoofed(msg, verdict)
+            if not self.trust.hold(link, msg, sum(map(len, frames))):
+                self._not_held(msg, link, speaker)
             if verdict is Verdict.CHALLENGE:
                 self._challenge(link)
         else:
@@ -182,6 +180,26 @@ class Shell:
             peer=msg.src,
         )
 
+    def _not_held(self, msg: p.Message, link: LinkId, speaker: Speaker) -> None:
+        """A message past what a claim may hold while it is proven (its sender's receive
+        budget): a request is refused as the budget refuses it, answered ``BUSY`` on its link
+        (only whoever spoke there hears it); anything else is dropped. Both are counted."""
+        why = "past what its link may hold while its claim to be that worker is proven"
+        if isinstance(msg, p.Request):
+            self._counters["refused_busy"] += 1
+            text = f"worker {self._worker_id:#x} holds too much of this link's traffic: {why}"
+            me, inc, busy = self._worker_id, self._membership.incarnation, p.ErrorCode.BUSY
+            # On that link only, never by another: the real member's calls are not the
+            # business of a stranger that claimed its link.
+            answer = p.ErrorResponse(
+                me, inc, speaker.incarnation, msg.msg_id, busy, "PeerBusy", text, ""
+            )
+            self._outbound.send_on(link, answer)
+        else:
+            self._counters["dropped_held"] += 1
+        what = f"{type(msg).__name__} naming worker {msg.src:#x}"
+        self._log.warning("held", "dropping %s: %s", what, why, peer=msg.src)
+
     def _challenge(self, link: LinkId) -> None:
         """Ask the member a claim on ``link`` names to prove it, on this worker's own link
         to the member's known address (the secret token goes nowhere else)."""
@@ -205,7 +223,9 @@ class Shell:
         to the peer); without one, back on the challenge's link, which refutes the claim at
         once."""
         peer, token, routes = challenge.src, challenge.seq, self.routes
-        own = routes.dial_link(token, peer) if token and routes is not None else None
+        own = None
+        if token and routes is not None:
+            own = routes.dial_link(token, peer, challenge.address)
         if own is None:
             own = self._outbound.own_link(peer)
         me, inc = self._worker_id, self._membership.incarnation

@@ -57,6 +57,12 @@ STATS: Final = (
     ),
     _counter("dropped_malformed", "Inbound messages dropped because they could not be decoded."),
     _counter(
+        "dropped_held",
+        "Inbound messages other than requests dropped because their link's claim to be a "
+        "member, while proven, held its sender's receive budget (requests are answered "
+        "PeerBusy and counted in refused_busy).",
+    ),
+    _counter(
         "dropped_oversized",
         "Inbound messages dropped unread: over max_message_size, or of more frames than the "
         "protocol's two.",

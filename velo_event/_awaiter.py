@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Generator, Hashable
+from threading import get_ident
 from typing import Any, Final, cast
 
 from ._errors import EventPoison, OutcomeUnknown
@@ -45,6 +46,32 @@ def wake_future(future: Hashable, reason: Wake) -> None:
         return
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
         loop.call_soon_threadsafe(_resolve, fut, reason)
+
+
+class _LoopWaker:
+    """The wake callback of one await's future, knowing the loop and the thread the wait began
+    on: a wake-up on that thread resolves the future directly (the loop is running there, or
+    stopped or closed: its own thread may schedule on it either way), one from another thread
+    goes through the loop. Unlike :func:`wake_future` it never asks
+    ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up."""
+
+    __slots__ = ("loop", "thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
+        self.loop = loop
+        self.thread = thread
+
+    def wake(self, future: Hashable, reason: Wake) -> None:
+        fut = cast("asyncio.Future[object]", future)
+        if get_ident() == self.thread:
+            if not fut.done():  # a cancelled wait stays cancelled
+                try:  # noqa: SIM105 - contextlib.suppress costs more than the rest of the wake-up
+                    fut.set_result(reason)
+                except RuntimeError:  # a closed loop has nobody left to wake
+                    pass
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
+            self.loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
 AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
@@ -106,7 +133,8 @@ class EventAwaiter:
     def _wait(self) -> Generator[Any, None, None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        outcome: object = self._add_waiter(self._handle, future, wake_future)
+        waker = _LoopWaker(loop, get_ident())
+        outcome: object = self._add_waiter(self._handle, future, waker.wake)
         if outcome is PENDING:
             if self._timeout is not None:
                 outcome = yield from self._wait_within(loop, future, self._timeout)

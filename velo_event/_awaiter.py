@@ -61,14 +61,15 @@ class _LoopWaker:
         self.loop = loop
         self.thread = thread
 
-    def wake(self, future: Hashable, reason: Wake) -> None:
+    def __call__(self, future: Hashable, reason: Wake) -> None:
         fut = cast("asyncio.Future[object]", future)
         if get_ident() == self.thread:
-            if not fut.done():  # a cancelled wait stays cancelled
-                try:  # noqa: SIM105 - contextlib.suppress costs more than the rest of the wake-up
-                    fut.set_result(reason)
-                except RuntimeError:  # a closed loop has nobody left to wake
-                    pass
+            # contextlib.suppress would cost more than the rest of the wake-up; and no done()
+            # check first: a done future refuses at once.
+            try:  # noqa: SIM105
+                fut.set_result(reason)
+            except (asyncio.InvalidStateError, RuntimeError):  # a cancelled wait stays
+                pass  # cancelled; a closed loop has nobody left to wake
             return
         with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
             self.loop.call_soon_threadsafe(_resolve, fut, reason)
@@ -133,8 +134,8 @@ class EventAwaiter:
     def _wait(self) -> Generator[Any, None, None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        waker = _LoopWaker(loop, get_ident())
-        outcome: object = self._add_waiter(self._handle, future, waker.wake)
+        waker = _LoopWaker(loop, get_ident())  # called as is: no bound method to make
+        outcome: object = self._add_waiter(self._handle, future, waker)
         if outcome is PENDING:
             if self._timeout is not None:
                 outcome = yield from self._wait_within(loop, future, self._timeout)

@@ -53,7 +53,9 @@ class _LoopWaker:
     on: a wake-up on that thread resolves the future directly (the loop is running there, or
     stopped or closed: its own thread may schedule on it either way), one from another thread
     goes through the loop. Unlike :func:`wake_future` it never asks
-    ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up."""
+    ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up. (Only
+    a wait outliving its thread, its loop run on by another thread since, and a new thread
+    reusing the old one's id would see its wake-up wait for that loop's next iteration.)"""
 
     __slots__ = ("loop", "thread")
 

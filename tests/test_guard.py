@@ -300,6 +300,8 @@ def test_poison_deferred_during_any_operation_is_never_stranded(operation: str) 
     lock = HookLock(mgr._core._lock)
     lock.hook = guards.clear  # drops the last reference: the finalizer runs, lock busy
     mgr._core._lock = lock  # type: ignore[assignment]
+    # The hot operations call the lock's methods bound once at creation: rebind them too.
+    mgr._core._acquire, mgr._core._release = lock.acquire, lock.release
     with contextlib.suppress(EventError, TimeoutError):
         OPERATIONS[operation](mgr, other.handle)
     assert lock.hook is None, "the operation never took the lock"

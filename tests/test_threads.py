@@ -124,6 +124,56 @@ async def test_completion_from_another_thread_wakes_an_asyncio_awaiter(poison: b
     threads.join()
 
 
+async def _until_waited_on(mgr: LocalEventSystem, h: EventHandle) -> None:
+    """Return once ``h`` has a waiter (the awaiting task got to its wait)."""
+    deadline = time.monotonic() + DEADLINE
+    while not dict(mgr.core.pending_waiters()).get(h):
+        assert time.monotonic() < deadline, "the wait never began"
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("poison", [False, True])
+def test_completion_on_the_loops_thread_while_it_is_stopped_wakes_the_await_when_it_runs(
+    poison: bool,
+) -> None:
+    """A wake-up on the waiting loop's own thread, but outside that loop (stopped between two
+    run_until_complete calls), is delivered once the loop runs again."""
+    mgr = LocalEventSystem()
+    e = mgr.new_event()
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(outcome_of_await(e.awaiter()))
+        loop.run_until_complete(_until_waited_on(mgr, e.handle))
+        if poison:
+            e.poison("while stopped")
+        else:
+            e.trigger()
+        result = loop.run_until_complete(asyncio.wait_for(task, DEADLINE))
+        assert result == ("while stopped" if poison else None)
+    finally:
+        loop.close()
+
+
+def test_completion_on_the_thread_of_a_closed_loop_is_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wait left behind by a loop closed with the task still waiting: completing its event
+    on that thread raises nothing and logs no failed wake-up (nobody is left to wake)."""
+    mgr = LocalEventSystem()
+    e = mgr.new_event()
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed but pending"
+    task = loop.create_task(outcome_of_await(e.awaiter()))
+    loop.run_until_complete(_until_waited_on(mgr, e.handle))
+    loop.close()
+    with caplog.at_level("DEBUG", logger="velo_event"):
+        e.trigger()
+    assert mgr.poll(e.handle) is READY
+    assert not [r for r in caplog.records if r.name.startswith("velo_event")], caplog.text
+    assert not task.done()  # never woken: its loop is gone
+    del task
+
+
 def test_one_trigger_wakes_awaiters_on_several_loops() -> None:
     mgr = LocalEventSystem()
     e = mgr.new_event()

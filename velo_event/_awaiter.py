@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Generator, Hashable
+from threading import get_ident
 from typing import Any, Final, cast
 
 from ._errors import EventPoison, OutcomeUnknown
@@ -45,6 +46,35 @@ def wake_future(future: Hashable, reason: Wake) -> None:
         return
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
         loop.call_soon_threadsafe(_resolve, fut, reason)
+
+
+class _LoopWaker:
+    """The wake callback of one await's future, knowing the loop and the thread the wait began
+    on: a wake-up on that thread resolves the future directly (the loop is running there, or
+    stopped or closed: its own thread may schedule on it either way), one from another thread
+    goes through the loop. Unlike :func:`wake_future` it never asks
+    ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up. (Only
+    a wait outliving its thread, its loop run on by another thread since, and a new thread
+    reusing the old one's id would see its wake-up wait for that loop's next iteration.)"""
+
+    __slots__ = ("loop", "thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
+        self.loop = loop
+        self.thread = thread
+
+    def __call__(self, future: Hashable, reason: Wake) -> None:
+        fut = cast("asyncio.Future[object]", future)
+        if get_ident() == self.thread:
+            # contextlib.suppress would cost more than the rest of the wake-up; and no done()
+            # check first: a done future refuses at once.
+            try:  # noqa: SIM105
+                fut.set_result(reason)
+            except (asyncio.InvalidStateError, RuntimeError):  # a cancelled wait stays
+                pass  # cancelled; a closed loop has nobody left to wake
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
+            self.loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
 AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
@@ -106,7 +136,8 @@ class EventAwaiter:
     def _wait(self) -> Generator[Any, None, None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        outcome: object = self._add_waiter(self._handle, future, wake_future)
+        waker = _LoopWaker(loop, get_ident())  # called as is: no bound method to make
+        outcome: object = self._add_waiter(self._handle, future, waker)
         if outcome is PENDING:
             if self._timeout is not None:
                 outcome = yield from self._wait_within(loop, future, self._timeout)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Final
 
 from ._errors import (
@@ -86,6 +86,11 @@ class EventCore:
         self._free: deque[int] = deque()
         self._retired = 0
         self._lock = threading.Lock()
+        # Bound once: a compiled build calls a stored bound method without looking it up.
+        self._acquire: Callable[[], bool] = self._lock.acquire
+        self._release: Callable[[], None] = self._lock.release
+        self._take_free: Callable[[], int] = self._free.popleft
+        self._put_free: Callable[[int], None] = self._free.append
         self._shutdown_reason: str | None = None
         # Poisons requested by garbage-collected guards while the lock was busy (see poison_soon).
         self._deferred: deque[tuple[EventHandle, str]] = deque()
@@ -188,13 +193,12 @@ class EventCore:
     def new_event(self, attached: object = None) -> EventHandle:
         """A new pending generation; ``attached`` is kept with it until it completes (a merge
         keeps itself with its merged event, so a timed-out wait can find its inputs)."""
-        lock = self._lock
-        lock.acquire()
+        self._acquire()
         try:
             if self._shutdown_reason is not None:
                 raise SystemShutdownError("Event system shutdown in progress")
             if self._free:
-                index = self._free.popleft()
+                index = self._take_free()
                 slot = self._slots[index]
             else:
                 index = len(self._slots)
@@ -210,14 +214,13 @@ class EventCore:
             if self._early:  # subscriptions that came before this generation was issued
                 slot.waiters = self._early.pop(handle, None)
         finally:
-            lock.release()
+            self._release()
             if self._deferred:
                 self._drain_deferred()
-        return int.__new__(EventHandle, handle)
+        return EventHandle(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
 
     def trigger(self, handle: int) -> None:
-        lock = self._lock
-        lock.acquire()
+        self._acquire()
         try:
             local = handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # this system's, flag and tag, allocated
@@ -234,11 +237,11 @@ class EventCore:
             slot.waiters = None
             slot.attached = None
             if generation < MAX_GENERATION:
-                self._free.append(index)
+                self._put_free(index)
             else:  # the slot retires, as in _complete
                 self._retired += 1
         finally:
-            lock.release()
+            self._release()
             if self._deferred:
                 self._drain_deferred()
         if waiters:
@@ -338,8 +341,7 @@ class EventCore:
                 return self._outcome(slot, generation)
             if generation == slot.active:
                 return PENDING  # if it completes meanwhile, the await sees it under the lock
-        lock = self._lock
-        lock.acquire()
+        self._acquire()
         try:
             slot = self._slot(handle)
             if generation <= slot.last:
@@ -352,7 +354,7 @@ class EventCore:
                 return self.stale_reason
             raise
         finally:
-            lock.release()
+            self._release()
             if self._deferred:
                 self._drain_deferred()
 
@@ -360,8 +362,7 @@ class EventCore:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
-        lock = self._lock
-        lock.acquire()
+        self._acquire()
         try:
             local = handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # as in trigger
@@ -382,7 +383,7 @@ class EventCore:
                 return self.stale_reason
             raise
         finally:
-            lock.release()
+            self._release()
             if self._deferred:
                 self._drain_deferred()
         return PENDING

@@ -280,11 +280,20 @@ class CoreEventManager(EventManager):
     goes to the core: a subclass that completes other systems' handles overrides those.
     """
 
-    __slots__ = ("_add_waiter", "_awaitable", "_core", "_remove_waiter", "_source")
+    __slots__ = (
+        "_add_waiter",
+        "_awaitable",
+        "_core",
+        "_core_is_source",
+        "_remove_waiter",
+        "_source",
+    )
 
     def __init__(self, core: EventCore, source: EventSource | None = None) -> None:
         self._core = core
         self._source: EventSource = core if source is None else source
+        # A compiled build calls the core's own method natively, a source's through Python.
+        self._core_is_source = source is None or source is core
         # Bound once: every awaiter takes them (a pending one keeps two).
         self._awaitable = self._source.awaitable
         self._add_waiter = self._source.add_waiter
@@ -308,7 +317,7 @@ class CoreEventManager(EventManager):
         return Event(self, self._core.new_event())
 
     def awaiter(self, handle: EventHandle, timeout: object = None) -> EventAwaiter:
-        outcome = self._awaitable(handle)
+        outcome = self._core.awaitable(handle) if self._core_is_source else self._awaitable(handle)
         if outcome is None:
             return READY_AWAITER
         if timeout is None:

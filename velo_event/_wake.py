@@ -71,8 +71,16 @@ WakeCallback = Callable[[Hashable, Wake], None]
 def wake_waiters(waiters: Mapping[Hashable, WakeCallback], reason: Wake) -> None:
     """Run wake callbacks ``callback(key, reason)``, outside any lock. A failing callback is
     logged and never stops the others."""
-    for key, callback in waiters.items():
-        try:
-            callback(key, reason)
-        except Exception:
-            logger.exception("event wake-up callback %r failed", callback)
+    if isinstance(waiters, dict):  # the core's: a compiled build iterates a dict natively
+        for key, callback in waiters.items():
+            _wake(key, callback, reason)
+    else:
+        for key, callback in waiters.items():
+            _wake(key, callback, reason)
+
+
+def _wake(key: Hashable, callback: WakeCallback, reason: Wake) -> None:
+    try:
+        callback(key, reason)
+    except Exception:
+        logger.exception("event wake-up callback %r failed", callback)

@@ -179,7 +179,8 @@ class Routes:
         """Join the mesh through any of ``seeds`` (those that turn out to be this worker
         aside), tried in order, retrying with back-off until one answers or ``timeout``
         seconds have passed (``None``: forever). Raises :class:`PeerUnreachable` naming the
-        seeds."""
+        seeds and why each failed last, :class:`AuthenticationRefused` at once when every
+        seed refused this worker's key (one that refuses it does not stop the others)."""
 
         async def listed() -> list[str]:
             return list(seeds)
@@ -191,7 +192,8 @@ class Routes:
         few at once, at random), retrying with back-off until one answers or ``timeout``
         seconds have passed (``None``: forever; ``0``: one attempt). If discovery lists no
         one but this worker, it is the mesh's first member. Raises :class:`PeerUnreachable`
-        naming the discovery and what went wrong last."""
+        naming the discovery and what went wrong last, :class:`AuthenticationRefused` when
+        every seed listed refused this worker's key."""
         if self._discovery is None:
             return
         discovery = self._discovery
@@ -229,11 +231,17 @@ class Routes:
                 batches = [random.sample(others, min(at_once, len(others)))] if others else []
             else:
                 batches = [[seed] for seed in others]
+            failures: dict[str, Exception] = {}
             for batch in batches:
                 failed = await self._connect_any(batch)
                 if failed is None:
                     return
-                last = failed
+                failures.update(failed)
+            if failures:
+                last = "; ".join(str(error) for error in failures.values())
+                refusals = [failures.get(seed) for seed in others]
+                if all(isinstance(error, AuthenticationRefused) for error in refusals):
+                    raise failures[others[0]]  # every seed refused: retrying cannot help
             now = time.monotonic()
             if now >= deadline:
                 raise PeerUnreachable(f"no seed answered within {timeout} s ({what}): {last}")
@@ -250,11 +258,11 @@ class Routes:
             await asyncio.sleep(min(delay, max(deadline - now, 0.0)))
             delay = min(delay * 2, _MAX_JOIN_DELAY)
 
-    async def _connect_any(self, addresses: Sequence[str]) -> str | None:
+    async def _connect_any(self, addresses: Sequence[str]) -> dict[str, Exception] | None:
         """Handshake with ``addresses`` at once until one answers: ``None`` then, else why
-        the last one failed."""
-        pending = {asyncio.ensure_future(self.connect(address)) for address in addresses}
-        why = ""
+        each failed (a seed that refused this worker's key among them: another may not)."""
+        dials = {asyncio.ensure_future(self.connect(address)): address for address in addresses}
+        pending, failures = set(dials), dict[str, Exception]()
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -262,12 +270,10 @@ class Routes:
                     error = dial.exception()
                     if error is None:
                         return None
-                    if isinstance(error, AuthenticationRefused) or not isinstance(
-                        error, PeerUnreachable
-                    ):
+                    if not isinstance(error, PeerUnreachable):
                         raise error  # retrying cannot help
-                    why = str(error)
-            return why
+                    failures[dials[dial]] = error
+            return failures
         finally:
             for dial in pending:  # no longer awaited; their handshakes go on (shielded)
                 dial.cancel()

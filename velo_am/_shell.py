@@ -264,12 +264,15 @@ class Shell:
         now = time.monotonic()
         if isinstance(msg, p.Hello):  # a handshake may name any incarnation
             self._stalls.ran(now)  # a worker handshakes as it starts, before its first tick
+            key = self._outbound.authenticated(link)
             self.apply(self._membership.on_hello(msg, link, now))
             if self._known_as(msg):
                 self._outbound.heard(msg.src, link, now)
+            self._bind_if_admitted(msg, key)
             return
         if isinstance(msg, p.HelloAck):
             self._stalls.ran(now)
+            key = self._outbound.authenticated(link)  # before a dial's link is released
             effects = self._membership.on_hello_ack(msg, now)
             # The link is the sender's only if membership took its word (a dial's answer
             # that claims a member's id, refused, must not carry that member's traffic).
@@ -279,6 +282,7 @@ class Shell:
             self.apply(effects)
             if known and self._outbound.is_up(link):  # it came up before we knew whose
                 self._membership.on_link_up(msg.src, msg.src_incarnation)
+            self._bind_if_admitted(msg, key)
             return
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
         if type(peer) is not ms.Member:
@@ -317,6 +321,8 @@ class Shell:
             self._flow.sends.on_draining(peer.worker_id, peer.describe())
         elif isinstance(msg, p.Goodbye):
             self.apply(self._membership.on_goodbye(peer, link))
+            if self._membership.get(peer.worker_id) is None:  # an observer: gone at once
+                self._keys.release(peer.worker_id)
 
     def link_up(self, link: LinkId) -> None:
         peer_id = self._outbound.link_up(link)
@@ -335,13 +341,22 @@ class Shell:
 
     def _may_claim(self, msg: p.Hello | p.HelloAck, link: LinkId) -> bool:
         """Whether the key the peer proved on ``link`` (if any) may speak as ``msg.src``."""
-        refused = self._keys.claim(self._outbound.authenticated(link), msg.src)
+        refused = self._keys.check(self._outbound.authenticated(link), msg.src)
         if refused is None:
             return True
         self._counters["messages_spoofed"] += 1
         what = f"{type(msg).__name__} claiming worker {msg.src:#x}"
         self._log.warning("wrong key", "dropping %s: %s", what, refused, peer=msg.src)
         return False
+
+    def _bind_if_admitted(self, msg: p.Hello | p.HelloAck, key: str | None) -> None:
+        """A handshake admitted its sender (a member of that incarnation, an observer): the
+        ``key`` proved on its link speaks for it from now on. A pending newcomer binds
+        nothing until its address answered (see :mod:`._keys`)."""
+        member = self._membership.member(msg.src)
+        admitted = member is not None and member.incarnation == msg.src_incarnation
+        if admitted or self._membership.is_observer(msg.src):
+            self._keys.bind(key, msg.src)
 
     def refused(self, link: LinkId, what: str) -> None:
         """The transport dropped a message unread: over ``max_message_size``, or of more
@@ -428,6 +443,7 @@ class Shell:
             for claim in self.trust.expire(now, patience):
                 self._refuted(claim, "no answer to the challenge")
         self.trust.retain(lambda worker_id: self._membership.get(worker_id) is not None)
+        self._keys.retain(lambda worker_id: self._membership.get(worker_id) is not None)
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 
     # -- effects --------------------------------------------------------------------------------
@@ -484,6 +500,8 @@ class Shell:
         self._calls.fail_peer(lost.peer_id, PeerLost(lost.text))
         self._flow.sends.on_lost(lost.peer_id, lost.text)
         self._outbound.forget(lost.peer_id)
+        if self._membership.get(lost.peer_id) is None:  # an observer's link: gone at once
+            self._keys.release(lost.peer_id)
         self._remote_events.on_peer_lost(lost.peer_id, lost.text, closed=lost.closed)
         for callback in list(self.peer_lost_callbacks):
             try:

@@ -112,7 +112,9 @@ class SyncWorker:
         """Bind, start the heartbeat and connect to the seeds (``peers`` / ``$VELO_PEERS``).
         Raises :class:`PeerUnreachable` if a seed does not answer the handshake, or (made by
         :meth:`from_env` with ``wait_for_world``) not every rank joined within
-        ``join_timeout`` (the worker is then closed); :class:`AMError` if already started,
+        ``join_timeout`` (the worker is then closed); :class:`AuthenticationRefused` (with
+        CURVE) when every seed refused this worker's key or does not hold the key dialled
+        (closed too); :class:`AMError` if already started,
         :class:`WorkerClosed` once closed."""
         runtime = self._runtime
         if runtime.on_loop_thread():
@@ -235,7 +237,9 @@ class SyncWorker:
 
     def connect(self, address: str) -> int:
         """Handshake with the worker at ``address``; returns its worker id. Raises
-        :class:`PeerUnreachable` if it does not answer within ``handshake_timeout``."""
+        :class:`PeerUnreachable` if it does not answer within ``handshake_timeout``,
+        :class:`AuthenticationRefused` (with CURVE) if it refused this worker's key or does
+        not hold the key dialled."""
         return int(self._blocking("connect", self._worker.connect, address))
 
     def wait_for_peers(self, count: int, timeout: float | None = None) -> None:
@@ -306,9 +310,10 @@ class SyncWorker:
     ) -> Any:
         """Run handler ``name`` on the peer and return its result; ``timeout`` defaults to
         the ``call_timeout`` option. Raises :class:`RemoteError` (the handler raised),
-        :class:`HandlerNotFound`, :class:`CallTimeout`, :class:`PeerUnreachable`,
-        :class:`PeerLost` (died, went silent, closed or restarted meanwhile),
-        :class:`PeerDraining`, :class:`WorkerClosed` (this worker closed), ``TypeError`` /
+        :class:`HandlerNotFound`, :class:`CallTimeout`, :class:`PeerBusy` (refused unrun:
+        safe to retry), :class:`PeerUnreachable`, :class:`PeerLost` (died, went silent,
+        closed or restarted meanwhile), :class:`PeerDraining`, :class:`WorkerClosed` (this
+        worker closed), ``TypeError`` /
         ``ValueError`` for a payload msgpack cannot encode or over ``max_message_size``."""
         return self._blocking("call", self._worker.call, peer_id, name, payload, timeout)
 

@@ -267,7 +267,9 @@ class Worker(FromEnv):
         """Bind, register in discovery and join the mesh through the seeds, else through
         those discovery lists (retried with back-off until one answers). Raises
         :class:`PeerUnreachable` if none has (or, for :meth:`from_env`'s ``wait_for_world``,
-        not every rank has) within ``join_timeout`` (the message names them)."""
+        not every rank has) within ``join_timeout`` (the message names them);
+        :class:`AuthenticationRefused` (with CURVE) at once when every seed refused this
+        worker's key or does not hold the key dialled."""
         if self._state is not WorkerState.NEW:
             raise AMError(f"worker {self.worker_id:#x} was already started")
         self._loop = asyncio.get_running_loop()
@@ -402,7 +404,8 @@ class Worker(FromEnv):
     async def connect(self, address: str) -> int:
         """Handshake with the worker at ``address``; returns its worker id. Afterwards both
         sides know each other. Raises :class:`PeerUnreachable` if it does not answer within
-        ``handshake_timeout``."""
+        ``handshake_timeout``, :class:`AuthenticationRefused` (with CURVE) if it refused this
+        worker's key or does not hold the key dialled."""
         return await self._routes.connect(address)
 
     def is_connected(self, peer_id: int) -> bool:
@@ -426,9 +429,9 @@ class Worker(FromEnv):
     ) -> Any:
         """Run handler ``name`` on the peer and return its result. ``timeout`` defaults to the
         worker's ``call_timeout``. Raises :class:`RemoteError` (the handler raised),
-        :class:`HandlerNotFound`, :class:`CallTimeout`, :class:`PeerUnreachable`,
-        :class:`PeerLost` (died, went silent, closed or restarted meanwhile) or
-        :class:`PeerDraining`."""
+        :class:`HandlerNotFound`, :class:`CallTimeout`, :class:`PeerBusy` (refused unrun:
+        safe to retry), :class:`PeerUnreachable`, :class:`PeerLost` (died, went silent,
+        closed or restarted meanwhile) or :class:`PeerDraining`."""
         peer = await self._live_peer(peer_id)
         loop = self._loop
         assert loop is not None

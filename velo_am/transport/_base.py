@@ -113,8 +113,9 @@ class Transport(Protocol):
 
     def authenticated(self, link: LinkId) -> str | None:
         """What the peer on ``link`` proved who it is with (its key, with CURVE), asked while
-        a message on ``link`` is delivered; ``None``: nothing that tells one peer from
-        another (plaintext, a key shared mesh-wide)."""
+        a message on ``link`` is delivered; ``None``: nothing proved (plaintext). A key
+        shared mesh-wide is returned like any other: it proves membership of the mesh, and
+        every member speaks with it."""
         ...
 
     def disconnect(self, link: LinkId) -> None:

@@ -93,9 +93,9 @@ class Curve:
     malformed certificate or directory, at once.
 
     With one key pair shared mesh-wide, a key proves membership of the mesh; with a pair per
-    worker, it proves which member: a worker binds each member's id to the key it first
-    proved (see the README's threat model). A ``Curve`` runs one worker's ZAP handler: give
-    each worker its own (``Worker(curve=(key, allow))`` makes one)."""
+    worker, it proves which member: a worker binds each member's id to the key it proved
+    when it was admitted (see the README's threat model). A ``Curve`` runs one worker's ZAP
+    handler: give each worker its own (``Worker(curve=(key, allow))`` makes one)."""
 
     def __init__(self, secret_key: str | os.PathLike[str], allow: str | os.PathLike[str]) -> None:
         path = Path(secret_key)
@@ -179,7 +179,8 @@ class Curve:
         if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             return (
                 f"authentication failed with {address}: it does not hold the key dialled "
-                f"({self.server_key(address)}); with a key per worker, give the seed as "
+                f"({self.server_key(address)}), or it closed every connection during the "
+                f"handshake; with a key per worker, give the seed as "
                 f"'{without_key(address)} {KEY_TOKEN}NAME' (NAME.key in {self.allow})"
             )
         return None

@@ -13,6 +13,13 @@ __all__ = ["FAILED", "REDIAL_EVERY", "WATCHED", "Outgoing"]
 # gets libzmq's own reconnection, which backs off, not a loop.
 REDIAL_EVERY: Final = 1.0
 
+# libzmq reports every connection error during a handshake as HANDSHAKE_FAILED_NO_DETAIL: a
+# server that does not hold the key dialled, and as well one that accepts and closes (it is
+# restarting, overloaded, or no ZeroMQ server at all). The link's end is reported only when
+# that many handshakes in a row failed so (libzmq redials in between: 0.1 s, then backing
+# off), none succeeding: a wrong key fails every time, a restart seldom so often.
+UNEXPLAINED_IN_A_ROW: Final = 3
+
 WATCHED: Final = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_CONNECTED
@@ -47,6 +54,7 @@ class Outgoing:
         "peer_id",
         "redialed_at",
         "reported_down",
+        "unexplained_failures",
         "up",
     )
 
@@ -62,3 +70,11 @@ class Outgoing:
         self.fd: int | None = None
         self.up = False
         self.reported_down = False
+        #: Handshakes failed without detail since the last that succeeded.
+        self.unexplained_failures = 0
+
+    def unexplained(self) -> bool:
+        """A handshake failed without detail: whether to let libzmq redial (fewer than
+        :data:`UNEXPLAINED_IN_A_ROW` in a row), not report the link down."""
+        self.unexplained_failures += 1
+        return self.unexplained_failures < UNEXPLAINED_IN_A_ROW

@@ -7,7 +7,7 @@ connection it opens: ZeroMQ applies a socket's options to the connections made a
 set, so per-peer settings (the server key CURVE needs) go there. It may add to the address the
 worker advertises what a peer needs to dial it (CURVE: the public key), and names the
 *identity* a peer proved on a link (CURVE: its key), which the worker binds to the worker id
-claimed on that link. :class:`Plaintext`, the default, leaves the socket as it is: anyone who
+it admits that peer as. :class:`Plaintext`, the default, leaves the socket as it is: anyone who
 can reach the endpoint can speak (see the README's threat model).
 """
 
@@ -55,7 +55,9 @@ class ZmqSecurity(Protocol):
 
     def refusal(self, event: int, address: str) -> str | None:
         """Why a handshake failure (a monitor ``event``) on a link to ``address`` means this
-        worker's credentials are refused, so retrying cannot help; ``None`` if it does not."""
+        worker's credentials are refused, so retrying cannot help; ``None`` if it does not.
+        ``HANDSHAKE_FAILED_NO_DETAIL`` (any connection error mid-handshake, for libzmq) is
+        asked about only once it failed 3 handshakes in a row on the link."""
         ...
 
     def close(self) -> None:

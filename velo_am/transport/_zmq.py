@@ -345,7 +345,7 @@ class ZmqTransport:
     def authenticated(self, link: LinkId) -> str | None:
         """What the peer on ``link`` proved (its key, with CURVE): for a link this worker
         opened, the identity it dialled; for another, what the message being delivered on
-        it proved. ``None``: nothing (plaintext, or a key shared mesh-wide)."""
+        it proved. ``None``: nothing (plaintext); a key shared mesh-wide is that key."""
         outgoing = self._outgoing.get(link)
         if outgoing is not None:
             return outgoing.identity
@@ -468,6 +468,7 @@ class ZmqTransport:
                 if kind == zmq.EVENT_CONNECTED:
                     outgoing.fd = value
                 elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    outgoing.unexplained_failures = 0
                     if outgoing.fd is not None and not outgoing.up:
                         outgoing.up, outgoing.reported_down = True, False
                         events.link_up(link)
@@ -478,6 +479,9 @@ class ZmqTransport:
                             self._redial(link, outgoing)  # first: what is sent next goes on it
                         self._down(link, outgoing, self._silent)
                 elif outgoing.fd is not None:  # the current connection's handshake failed
+                    if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and outgoing.unexplained():
+                        outgoing.fd = None  # libzmq redials; its disconnection ends nothing
+                        continue
                     refusal = self.security.refusal(kind, outgoing.dialled)
                     if refusal is not None:
                         self._down(link, outgoing, refusal, refused=True)

@@ -109,12 +109,9 @@ class LinkTrust(Generic[T]):
         """A ``Hello`` on ``link`` from ``speaker``; ``needs_proof``: it names a member this
         worker knows, with the incarnation it knows (and is no observer). A ``CHALLENGE``
         verdict made a claim: send :meth:`claim_of`'s token to the member."""
-        bound = self.bound.get(link)
-        if bound is not None:
-            return Verdict.PASS if bound == speaker else Verdict.SPOOFED
-        claim = self._claims.get(link)
-        if claim is not None:
-            return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
+        verdict = self.verdict(link, speaker)
+        if verdict is not Verdict.UNBOUND:  # the link speaks for someone, or is being proven
+            return verdict
         if not needs_proof:
             self._bind(link, speaker)
             return Verdict.PASS

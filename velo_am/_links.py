@@ -117,7 +117,7 @@ class LinkTrust(Generic[T]):
             return Verdict.PASS
         if len(self._claims) >= MAX_CLAIMS:
             return Verdict.SPOOFED
-        claim = Claim(link, speaker, secrets.randbits(64) or 1, hello_token, now)
+        claim: Claim[T] = Claim(link, speaker, secrets.randbits(64) or 1, hello_token, now)
         self._claims[link] = claim
         self._by_token[claim.token] = claim
         return Verdict.CHALLENGE

@@ -186,8 +186,9 @@ class InboundWatch:
                 return inbound.peer
         return None
 
-    def watching(self) -> bool:
-        """Whether any connection is watched (what the drain delivered is booked first)."""
+    def book_deliveries(self) -> bool:
+        """Book what the drain delivered since the last call; whether any connection is
+        watched."""
         ledger = self.ledger
         for fd, delivered, messages in self.deliveries.values():
             ledger.delivered(fd, delivered, messages)

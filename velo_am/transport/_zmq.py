@@ -499,13 +499,13 @@ class ZmqTransport:
             return
         self._watch_timer = loop.call_later(WATCH_EVERY, self._watch_inbound)
         self._drain_monitor()  # connections that ended are forgotten first
-        if self._inbound.watching():
+        if self._inbound.book_deliveries():
             self._watch_due = True  # checked when a drain ends with nothing left to read
             self._drain()
 
     def _check_inbound(self) -> None:
         self._watch_due = False
-        self._inbound.watching()  # what the drain delivered meanwhile is booked
+        self._inbound.book_deliveries()  # what the drain delivered meanwhile
         for peer, why in self._inbound.cut_hoarders():
             if self._events is not None:
                 self._events.inbound_ended(peer, why)

@@ -471,7 +471,8 @@ def test_seeds_are_redialed_while_no_live_member_answers_there() -> None:
         ack(7, 0x77, dials[-1].hello.token, at=seed, flags=NEIGHBOR), now=20.0
     )
     assert DialAnswered(dials[-1].hello.token, 7) in effects
-    assert not [d for d in of(Dial, peers.tick(now=100.0)) if d.address == seed]
+    rejoins = [d for d in of(Dial, peers.tick(now=100.0)) if d.address == seed]
+    assert not [d for d in rejoins if d.peer_id is None], "no join: 7 answers there"
     peers.on_link_down(7, "silent", now=101.0)
     later = [d for t in range(1011, 1100) for d in of(Dial, peers.tick(now=t / 10))]
     assert any(d.address == seed for d in later), "a seed lost is a seed to redial"
@@ -770,3 +771,35 @@ class MeshMachine(RuleBasedStateMachine):
 
 MeshMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
 test_mesh_state_machine = pytest.mark.timeout(300)(MeshMachine.TestCase)
+
+
+def test_a_worker_its_neighbors_dropped_still_hears_of_later_joins() -> None:
+    """Seen in CI: under load, every neighbor of one worker lost it for a moment and took it
+    back as a member but not as a neighbor, while the worker still counted them as its
+    neighbors. Nobody forwarded news to it any more, and its anti-entropy pushes taught the
+    others nothing: it never heard of later joins. Anti-entropy is now an exchange with a
+    neighbor that also re-pairs: the worker learns what it missed within a period, and the
+    pairing is mutual again."""
+    sim = Sim(fanout=2)
+    sim.start(1)
+    for worker_id in range(2, 13):
+        sim.start(worker_id, seeds=[1])
+        sim.run(1.0)
+    sim.run(5.0)
+    assert sim.converged()
+    dropped = sim.tables[7]
+    for neighbor_id in sorted(dropped.neighbors):
+        neighbor = sim.tables[neighbor_id]
+        sim.apply(neighbor, neighbor.on_link_down(7, "silent", sim.now))
+    sim.deliver()  # the loss is refuted: 7 is a member everywhere again, but nobody's neighbor
+    assert all(7 not in t.neighbors for t in sim.tables.values() if t is not dropped)
+    assert dropped.neighbors, "7 still counts its old neighbors"
+    for worker_id in range(13, 19):
+        sim.start(worker_id, seeds=[1])
+        sim.run(0.5)
+    # An anti-entropy period is 10 s, jittered by at most 25 %; each neighbor is asked in turn.
+    sim.run(12.5 * len(dropped.neighbors) + 1)
+    assert sim.converged(), sorted(dropped.statuses(sim.now))
+    for table in sim.tables.values():
+        for neighbor_id in table.neighbors:
+            assert table.worker_id in sim.tables[neighbor_id].neighbors, "pairing is mutual"

@@ -85,7 +85,7 @@ async def test_joins_cost_messages_linear_in_the_mesh() -> None:
 
 async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> None:
     """Measured on the full mesh: every worker heartbeated every other each second and held a
-    link to each. Idle, a worker now sends one anti-entropy message per 10 s, and keeps a few
+    link to each. Idle, a worker now makes one anti-entropy exchange per 10 s, and keeps a few
     links (its gossip neighbors), whatever the size of the mesh."""
     idle: dict[int, float] = {}
     for size in (8, 32):

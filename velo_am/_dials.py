@@ -61,7 +61,8 @@ class Dials(Gossip):
         self._next_rejoin = 0.0
         self._rejoin_delay = 0.5
         self._next_sync = 0.0
-        #: Seconds between pushes of the whole member list to one random neighbor.
+        self._synced_at: dict[int, float] = {}  # neighbor -> when anti-entropy last asked it
+        #: Seconds between anti-entropy exchanges (each with one neighbor, in turn).
         self.sync_every = sync_every
 
     def is_dialing(self, address: str) -> bool:
@@ -90,12 +91,16 @@ class Dials(Gossip):
             flags |= m.HelloFlags.VERIFY
         elif self.observer:
             flags |= m.HelloFlags.OBSERVER
+        elif purpose is Purpose.SYNC:
+            flags |= m.HelloFlags.NEIGHBOR  # still neighbors? (re-pairs one that dropped us)
         elif purpose in (Purpose.JOIN, Purpose.NEIGHBOR) and len(self.neighbors) < self.fanout:
             flags |= m.HelloFlags.NEIGHBOR
-        # A join, and pairings until one gave a neighbor (see ``synced``), exchange what each
-        # side knows (push-pull): news that spread while a worker had no neighbor is not
-        # lost, and a join heals a partition both ways. Other dials stay small.
-        exchange = purpose is Purpose.JOIN or (purpose is Purpose.NEIGHBOR and not self.synced)
+        # A join, anti-entropy, and pairings until one gave a neighbor (see ``synced``),
+        # exchange what each side knows (push-pull): news that spread while a worker had no
+        # neighbor is not lost, and a join heals a partition both ways. Other dials stay small.
+        exchange = purpose in (Purpose.JOIN, Purpose.SYNC) or (
+            purpose is Purpose.NEIGHBOR and not self.synced
+        )
         if exchange:
             flags |= m.HelloFlags.JOIN
         peers = self.known_peers() if exchange and not self.observer else ()
@@ -130,7 +135,7 @@ class Dials(Gossip):
             effects += self._recruit(now)
         if now >= self._next_sync:
             self._next_sync = now + self._jitter(self.sync_every)
-            effects += self._push_all()
+            effects += self._sync(now)
         if now >= self._next_rejoin:
             missing = [seed for seed in self.seeds if self._seed_missing(seed)]
             if missing:
@@ -147,14 +152,32 @@ class Dials(Gossip):
                 effects.append(self.start_dial(lost.address, Purpose.PROBE, now, peer_id))
         return effects
 
-    def _push_all(self, to: int | None = None) -> list[Effect]:
-        """Anti-entropy: everything this worker knows, to neighbor ``to`` (by default, a
-        random one). Gossip forwards news once; this mends what a worker missed while it had
-        no neighbor, at one message per worker per ``sync_every`` whatever the mesh's size."""
-        live = sorted(n for n in self.neighbors if self.is_connected(n))
-        if not live or (to is not None and to not in live):
+    def _sync(self, now: float) -> list[Effect]:
+        """Anti-entropy: exchange member lists with one random live neighbor, in a ``Hello``
+        that also asks to stay neighbors. Gossip forwards news once; this mends what either
+        side missed, at one exchange per worker per ``sync_every`` whatever the mesh's size.
+        A push alone would not: a worker whose neighbors all dropped it (each lost it for a
+        moment) still counts them, so nobody forwards news to it and its pushes teach them
+        nothing; the exchange teaches it, and the neighbor pairs with it again or says no."""
+        live = [
+            n
+            for n in sorted(self.neighbors)
+            if self.is_connected(n) and self._members[n].address not in self._dialing
+        ]
+        if not live:
             return []
-        neighbor = self._members[self._rng.choice(live) if to is None else to]
+        # Round robin (the least recently synced first): each neighbor is asked in turn.
+        chosen = min(live, key=lambda n: (self._synced_at.get(n, -1.0), self._rng.random()))
+        self._synced_at = {n: at for n, at in self._synced_at.items() if n in self.neighbors}
+        self._synced_at[chosen] = now
+        neighbor = self._members[chosen]
+        return [self.start_dial(neighbor.address, Purpose.SYNC, now, neighbor.worker_id)]
+
+    def _push_all(self, to: int) -> list[Effect]:
+        """Everything this worker knows, to neighbor ``to``: a pairing's answer asked for it."""
+        if to not in self.neighbors or not self.is_connected(to):
+            return []
+        neighbor = self._members[to]
         me = m.PeerInfo(
             self.worker_id, self.incarnation, self.address, self.seq, int(m.MemberState.ALIVE)
         )

@@ -340,6 +340,8 @@ class PeerTable(Successors):
                 self._seed_members[dial.address] = src
             if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and not self.observer:
                 self._add_neighbor(src)
+            elif dial.purpose is Purpose.SYNC:
+                self.neighbors.discard(src)  # it has no room for us: pairing is mutual
                 if dial.exchange and src in self.neighbors:
                     self.synced = True
                 if m.HelloFlags(msg.flags) & m.HelloFlags.JOIN and src in self.neighbors:

@@ -142,14 +142,16 @@ class Member:
 
 class Purpose(enum.Enum):
     """Why this worker dialed: to join (``connect``, seeds), to verify a newcomer's address,
-    to win a gossip neighbor, to see whether a lost member is back, or whether a live member
-    still answers at its address when a new incarnation of its id claims its place."""
+    to win a gossip neighbor, to see whether a lost member is back, whether a live member
+    still answers at its address when a new incarnation of its id claims its place, or to
+    exchange member lists with a neighbor (anti-entropy)."""
 
     JOIN = "join"
     VERIFY = "verify"
     NEIGHBOR = "neighbor"
     PROBE = "probe"
     PREDECESSOR = "predecessor"
+    SYNC = "sync"
 
 
 class RateLimit:

@@ -154,7 +154,8 @@ async def test_status_of_a_colliding_predecessors_handle_is_stale_not_pending(
 ) -> None:
     """Measured: with the 8-bit slot tags of two incarnations colliding (1 restart in 255),
     ``_ev.status`` answered PENDING for a predecessor's handle whose generation was ahead of
-    the slot's. A generation this incarnation never issued, nor will soon, is stale."""
+    the slot's. A generation this incarnation never issued, nor will soon, is stale: its
+    outcome, if it had one, died with the predecessor, so it reads as unknown."""
     a, b = pair
     event = b.events.new_event()
     far = LOOKAHEAD + 1_000
@@ -164,12 +165,14 @@ async def test_status_of_a_colliding_predecessors_handle_is_stale_not_pending(
         EventHandle.from_parts(2, event.handle.index + 3, event.handle.generation + far),
     ]
     for handle in crafted:
-        assert await a.events.poll_remote(handle, timeout=5) is EventStatus.POISONED
-        assert a.events.poison_reason(handle) == STALE
-        assert b.events.poll(handle) is EventStatus.POISONED
+        assert await a.events.poll_remote(handle, timeout=5) is EventStatus.UNKNOWN
+        assert await a.events.status_remote(handle, timeout=5) == (EventStatus.UNKNOWN, STALE)
+        assert a.events.poll(handle) is EventStatus.PENDING  # nothing recorded
+        assert b.events.poll(handle) is EventStatus.UNKNOWN
         assert await a.call(2, "_ev.pending", [handle.to_bytes(), 10]) == [[], 0]
-        with pytest.raises(EventPoison, match="earlier incarnation"):
+        with pytest.raises(OutcomeUnknown, match="earlier incarnation"):
             await asyncio.wait_for(a.events.awaiter(handle), 5)
+        assert a.events.stats()["cached"] == 0
     assert await a.events.poll_remote(event.handle, timeout=5) is EventStatus.PENDING
 
 
@@ -185,15 +188,15 @@ def test_a_tagged_core_reads_generations_within_the_lookahead_as_not_issued_yet(
     handle = core.new_event()
     core.trigger(handle)  # the slot's last generation: 1000
     assert core.status(handle.with_generation(1_000 + LOOKAHEAD)) is PENDING
-    assert core.status(handle.with_generation(1_001 + LOOKAHEAD)) == core.stale_reason
+    assert core.status(handle.with_generation(1_001 + LOOKAHEAD)) == core.stale
     unallocated = EventHandle.from_parts(2, handle.index + 1, 1_000)
     assert core.status(unallocated) is PENDING
     assert core.status(unallocated.with_generation(999 + LOOKAHEAD)) is PENDING
-    assert core.status(unallocated.with_generation(1_000 + LOOKAHEAD)) == core.stale_reason
+    assert core.status(unallocated.with_generation(1_000 + LOOKAHEAD)) == core.stale
     other_tag = EventHandle.from_parts(2, 0, 1_000)  # tag 0: another incarnation's
-    assert core.status(other_tag) == core.stale_reason
+    assert core.status(other_tag) == core.stale
     predecessor = tagged_core(first_generation=1_000 + 10 * LOOKAHEAD)
-    assert core.status(predecessor.new_event()) == core.stale_reason
+    assert core.status(predecessor.new_event()) == core.stale
 
 
 class _TriggeredBetweenReads(pure_core._Slot):
@@ -289,8 +292,8 @@ def test_a_local_await_or_merge_of_an_earlier_incarnations_handle_reads_as_stale
     core = EventCore(2, local=False, first_generation=1_000 + 10 * LOOKAHEAD, index_tag=9)
     core.new_event()
     for handle in (earlier.new_event(), EventHandle.from_parts(2, 5, 1_000)):
-        assert core.awaitable(handle) == core.stale_reason
-        assert core.add_waiter(handle, "merge", lambda key, wake: None) == core.stale_reason
+        assert core.awaitable(handle) == core.stale
+        assert core.add_waiter(handle, "merge", lambda key, wake: None) == core.stale
     # This incarnation's own tag, a slot not allocated yet: not issued, still refused.
     not_issued = EventHandle.from_parts(2, 9 << 23 | 5, 1_000 + 10 * LOOKAHEAD)
     with pytest.raises(UnknownEventError):

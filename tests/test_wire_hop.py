@@ -163,9 +163,9 @@ handles = st.builds(
     st.integers(0, 2**32 - 1),
 )
 reasons = st.none() | st.text(max_size=40)
-dones = st.builds(p.EventDone, handles, reasons, st.just(False)) | st.builds(
-    p.EventDone, handles, st.text(max_size=40), st.just(True)  # unknown: the owner cannot tell
-)
+verdicts = st.builds(p.EventDone, handles, reasons, st.just(False))
+unknowns = st.builds(p.EventDone, handles, st.text(max_size=40), st.just(True))  # with a why
+dones = verdicts | unknowns
 envelope = st.tuples(
     st.integers(1, 2**64 - 1), st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1)
 )

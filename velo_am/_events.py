@@ -358,14 +358,16 @@ class DistributedEvents(CoreEventManager):
         await self._confirmed(handle, "_ev.poison", [handle.to_bytes(), reason], timeout)
 
     async def poll_remote(self, handle: EventHandle, timeout: float | None = None) -> EventStatus:
-        """Ask the owner (``poll`` answers from what this worker knows)."""
+        """Ask the owner (``poll`` answers from what this worker knows). Raises ``PeerLost`` /
+        ``PeerUnreachable`` / ``CallTimeout`` when the owner cannot answer."""
         return (await self.status_remote(handle, timeout))[0]
 
     async def status_remote(
         self, handle: EventHandle, timeout: float | None = None
     ) -> tuple[EventStatus, str | None]:
         """:meth:`poll_remote` with the reason: the poison's, or why the owner cannot tell
-        (``UNKNOWN``: a handle its earlier incarnation minted; nothing is recorded then)."""
+        (``UNKNOWN``: a handle its earlier incarnation minted; nothing is recorded then).
+        Raises as :meth:`poll_remote`."""
         owner = self._remote.owner_of(handle)
         if owner is None:
             outcome = self._core.status(handle)

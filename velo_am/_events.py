@@ -250,6 +250,8 @@ class DistributedEvents(CoreEventManager):
         """Renew the lease on one of this worker's events (see :meth:`renew_lease`; call on
         the worker's loop)."""
         outcome = self._core.status(handle)
+        if isinstance(outcome, Unanswered):  # a predecessor's handle: no lease of ours
+            raise InvalidGenerationError(f"{outcome.reason}: {handle}")
         if outcome is not PENDING:
             self._leases.end(handle)
             how = "ready" if outcome is None else f"poisoned: {outcome}"

@@ -9,7 +9,7 @@ REASON``. It serves until SIGINT or SIGTERM. ``--count N`` makes N events, all r
 the ``handles`` handler (handles travel in payloads as themselves). ``waiter`` awaits the
 handle given as text and prints
 ``READY-EVENT <handle>``, ``POISONED <reason>``, or ``OUTCOME-UNKNOWN <reason>`` when the
-owner was lost or unreachable before it answered.
+owner was lost or unreachable before it answered, or restarted since it minted the handle.
 """
 
 from __future__ import annotations

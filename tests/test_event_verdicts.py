@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import FAKE_FAST, wait_until
 
 from velo_am import Worker
 from velo_am.transport import FakeNetwork
@@ -22,7 +22,7 @@ from velo_event import (
     UnknownEventError,
 )
 from velo_event import _core as pure_core
-from velo_event.lowlevel import LOOKAHEAD, PENDING, EventCore, Wake
+from velo_event.lowlevel import LOOKAHEAD, PENDING, CoreEventManager, EventCore, Unanswered, Wake
 
 STALE = "handle minted by an earlier incarnation of worker 0x2"
 
@@ -154,7 +154,8 @@ async def test_status_of_a_colliding_predecessors_handle_is_stale_not_pending(
 ) -> None:
     """Measured: with the 8-bit slot tags of two incarnations colliding (1 restart in 255),
     ``_ev.status`` answered PENDING for a predecessor's handle whose generation was ahead of
-    the slot's. A generation this incarnation never issued, nor will soon, is stale."""
+    the slot's. A generation this incarnation never issued, nor will soon, is stale: its
+    outcome, if it had one, died with the predecessor, so it reads as unknown."""
     a, b = pair
     event = b.events.new_event()
     far = LOOKAHEAD + 1_000
@@ -164,12 +165,14 @@ async def test_status_of_a_colliding_predecessors_handle_is_stale_not_pending(
         EventHandle.from_parts(2, event.handle.index + 3, event.handle.generation + far),
     ]
     for handle in crafted:
-        assert await a.events.poll_remote(handle, timeout=5) is EventStatus.POISONED
-        assert a.events.poison_reason(handle) == STALE
-        assert b.events.poll(handle) is EventStatus.POISONED
+        assert await a.events.poll_remote(handle, timeout=5) is EventStatus.UNKNOWN
+        assert await a.events.status_remote(handle, timeout=5) == (EventStatus.UNKNOWN, STALE)
+        assert a.events.poll(handle) is EventStatus.PENDING  # nothing recorded
+        assert b.events.poll(handle) is EventStatus.UNKNOWN
         assert await a.call(2, "_ev.pending", [handle.to_bytes(), 10]) == [[], 0]
-        with pytest.raises(EventPoison, match="earlier incarnation"):
+        with pytest.raises(OutcomeUnknown, match="earlier incarnation"):
             await asyncio.wait_for(a.events.awaiter(handle), 5)
+        assert a.events.stats()["cached"] == 0
     assert await a.events.poll_remote(event.handle, timeout=5) is EventStatus.PENDING
 
 
@@ -185,15 +188,15 @@ def test_a_tagged_core_reads_generations_within_the_lookahead_as_not_issued_yet(
     handle = core.new_event()
     core.trigger(handle)  # the slot's last generation: 1000
     assert core.status(handle.with_generation(1_000 + LOOKAHEAD)) is PENDING
-    assert core.status(handle.with_generation(1_001 + LOOKAHEAD)) == core.stale_reason
+    assert core.status(handle.with_generation(1_001 + LOOKAHEAD)) == core.stale
     unallocated = EventHandle.from_parts(2, handle.index + 1, 1_000)
     assert core.status(unallocated) is PENDING
     assert core.status(unallocated.with_generation(999 + LOOKAHEAD)) is PENDING
-    assert core.status(unallocated.with_generation(1_000 + LOOKAHEAD)) == core.stale_reason
+    assert core.status(unallocated.with_generation(1_000 + LOOKAHEAD)) == core.stale
     other_tag = EventHandle.from_parts(2, 0, 1_000)  # tag 0: another incarnation's
-    assert core.status(other_tag) == core.stale_reason
+    assert core.status(other_tag) == core.stale
     predecessor = tagged_core(first_generation=1_000 + 10 * LOOKAHEAD)
-    assert core.status(predecessor.new_event()) == core.stale_reason
+    assert core.status(predecessor.new_event()) == core.stale
 
 
 class _TriggeredBetweenReads(pure_core._Slot):
@@ -289,11 +292,99 @@ def test_a_local_await_or_merge_of_an_earlier_incarnations_handle_reads_as_stale
     core = EventCore(2, local=False, first_generation=1_000 + 10 * LOOKAHEAD, index_tag=9)
     core.new_event()
     for handle in (earlier.new_event(), EventHandle.from_parts(2, 5, 1_000)):
-        assert core.awaitable(handle) == core.stale_reason
-        assert core.add_waiter(handle, "merge", lambda key, wake: None) == core.stale_reason
+        assert core.awaitable(handle) == core.stale
+        assert core.add_waiter(handle, "merge", lambda key, wake: None) == core.stale
     # This incarnation's own tag, a slot not allocated yet: not issued, still refused.
     not_issued = EventHandle.from_parts(2, 9 << 23 | 5, 1_000 + 10 * LOOKAHEAD)
     with pytest.raises(UnknownEventError):
         core.awaitable(not_issued)
     with pytest.raises(UnknownEventError):
         core.add_waiter(not_issued, "merge", lambda key, wake: None)
+
+
+# -- soak finding 4: a handle of an owner's earlier incarnation reads as unknown -----------------
+
+
+def test_the_core_reads_an_earlier_incarnations_handle_as_unknown_not_poisoned() -> None:
+    """Measured (soak): a restarted owner's core read its predecessor's handles as poisoned
+    ("handle minted by an earlier incarnation"), a verdict, while a worker that learned one
+    READY before the restart still said READY: two answers for one handle. The core now reads
+    them as no outcome (``Unanswered``): awaits and waits raise ``OutcomeUnknown`` each time,
+    ``poll`` says UNKNOWN, and a merge counts such an input as failed, naming why."""
+    earlier = EventCore(2, local=False, first_generation=1_000, index_tag=7)
+    ready = earlier.new_event()
+    earlier.trigger(ready)  # READY for whoever learned it from the earlier incarnation
+    core = EventCore(2, local=False, first_generation=1_000 + 10 * LOOKAHEAD, index_tag=9)
+    manager = CoreEventManager(core)
+    own = manager.new_event()
+    own.trigger()
+    handles = (ready, EventHandle.from_parts(2, 9 << 23, 1_000))  # another tag; a low generation
+    for handle in handles:
+        assert core.status(handle) == Unanswered(STALE)  # no outcome, not a poison
+        assert core.status(handle) == core.stale
+        assert core.awaitable(handle) == core.stale
+        assert core.add_waiter(handle, "merge", lambda key, wake: None) == core.stale
+        assert manager.poll(handle) is EventStatus.UNKNOWN
+        assert manager.poison_reason(handle) is None
+        with pytest.raises(OutcomeUnknown, match=STALE) as caught:
+            manager.wait(handle, timeout=1)
+        assert caught.value.handle == handle
+
+        async def await_twice(handle: EventHandle = handle) -> None:
+            awaiter = manager.awaiter(handle)
+            for _ in range(2):  # no verdict is kept: each await asks again
+                with pytest.raises(OutcomeUnknown, match=STALE):
+                    await awaiter
+
+        asyncio.run(await_twice())
+        merged = manager.merge_events([own.handle, handle])
+        assert manager.poll(merged) is EventStatus.POISONED  # the merge's own verdict
+        assert manager.poison_reason(merged) == f"Merge dependency {handle} failed: {STALE}"
+
+
+async def test_an_observer_and_a_first_asker_after_the_owners_restart_never_disagree(
+    make_worker: Callable[..., Any], network: FakeNetwork
+) -> None:
+    """Measured (soak): worker 1 learned READY for worker 2's handle; worker 2 restarted; then
+    worker 3, asking first, was told POISONED ("minted by an earlier incarnation") by the new
+    incarnation, and cached it; ``poll_remote`` on worker 1 even overwrote its READY with it.
+    The new incarnation now answers "unknown": worker 3 gets ``OutcomeUnknown`` and records
+    nothing, worker 1 keeps READY, and nobody ever reads POISONED."""
+    a = await make_worker(1, forget_after=30.0)
+    c = await make_worker(3, forget_after=30.0)
+    old = Worker(2, transport=network.transport("fake://owner"), **FAKE_FAST)
+    await old.start()
+    await a.connect(old.address)
+    event = old.events.new_event()
+    handle = event.handle
+    waiter = asyncio.ensure_future(a.events.awaiter(handle))
+    await wait_until(lambda: old.events.stats()["served"] == 1)
+    event.trigger()
+    assert await asyncio.wait_for(waiter, 5) is None  # worker 1 heard READY
+    await old.close(grace=0)
+    new = Worker(2, transport=network.transport("fake://owner"), **FAKE_FAST)
+    await new.start()
+    try:
+        await c.connect(new.address)
+        await a.connect(new.address)
+        # The first asker, every way it may ask: no outcome, nothing recorded.
+        with pytest.raises(OutcomeUnknown, match=STALE):
+            await asyncio.wait_for(c.events.awaiter(handle), 5)
+        with pytest.raises(OutcomeUnknown, match=STALE):
+            await asyncio.to_thread(c.events.wait, handle, 5)
+        assert await c.events.status_remote(handle, timeout=5) == (EventStatus.UNKNOWN, STALE)
+        assert c.events.poll(handle) is EventStatus.PENDING
+        assert c.events.stats()["cached"] == 0
+        merged = c.events.merge_events([handle])  # worker 3's own event: a verdict of its own
+        await wait_until(lambda: c.events.poll(merged) is not EventStatus.PENDING)
+        assert c.events.poison_reason(merged) == f"Merge dependency {handle} failed: {STALE}"
+        # The owner itself says the same.
+        assert new.events.poll(handle) is EventStatus.UNKNOWN
+        with pytest.raises(OutcomeUnknown, match=STALE):
+            await new.events.awaiter(handle)
+        # The observer that heard before keeps its answer, whatever it asks.
+        assert await a.events.poll_remote(handle, timeout=5) is EventStatus.UNKNOWN
+        assert a.events.poll(handle) is EventStatus.READY
+        assert await asyncio.wait_for(a.events.awaiter(handle), 5) is None
+    finally:
+        await new.close(grace=0)

@@ -258,9 +258,10 @@ async def test_a_restarted_owner_never_answers_for_its_predecessor(
     try:
         await a.connect(new.address)
         fresh = new.events.new_event()  # slot 0 again, at another generation
-        for handle in minted:
-            reason = await poisoned(a.events.awaiter(handle))
+        for handle in minted:  # no outcome: the predecessor's died with it
+            reason = await unanswered(a.events.awaiter(handle))
             assert reason == "handle minted by an earlier incarnation of worker 0x2", reason
+            assert a.events.poll(handle) is EventStatus.PENDING  # nothing recorded
         assert new.events.poll(fresh.handle) is EventStatus.PENDING
     finally:
         await new.close(grace=0)

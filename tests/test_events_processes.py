@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FAST, Script, wait_until
+from support import FAST, Script, velo, wait_until
 
 from velo_am import Worker
 from velo_event import EventHandle, EventPoison, EventStatus, OutcomeUnknown
@@ -250,7 +250,8 @@ async def outcomes_after_restart(
 ) -> list[str]:
     """Kill an owner with two events, restart its id at the same ipc:// address with one event
     (completed successfully), then await the predecessor's handles from this process and from a
-    waiter script: what each got (``POISONED <reason>`` or ``READY-EVENT <handle>``)."""
+    waiter script: what each got (``OUTCOME-UNKNOWN <reason>``, ``POISONED <reason>`` or
+    ``READY``)."""
     address = f"ipc://{tmp_path}/owner.sock"
     first, _, _, old = start_owner(launch, "--id", "0x77", "--bind", address, "--count", "2")
     assert await worker.connect(address) == 0x77
@@ -268,7 +269,12 @@ async def outcomes_after_restart(
         async with asyncio.timeout(10):
             await asyncio.wait([awaiting])
         error = awaiting.exception()
-        outcomes.append(f"POISONED {error.reason}" if isinstance(error, EventPoison) else "READY")
+        if isinstance(error, OutcomeUnknown):
+            outcomes.append(f"OUTCOME-UNKNOWN {error.reason}")
+        else:
+            outcomes.append(
+                f"POISONED {error.reason}" if isinstance(error, EventPoison) else "READY"
+            )
     waiter = launch(TWO, "waiter", "--peer", address, "--handle", old)
     outcomes.append(await asyncio.to_thread(waiter.expect, ""))  # its one line, either kind
     assert await asyncio.to_thread(waiter.wait) == 0
@@ -276,14 +282,46 @@ async def outcomes_after_restart(
     return outcomes
 
 
-async def test_handle_of_a_previous_incarnation_is_poisoned_as_stale(
+async def test_handle_of_a_previous_incarnation_reads_as_unknown(
     launch: Callable[..., Script], worker: Worker, tmp_path: Path
 ) -> None:
     outcomes = await outcomes_after_restart(launch, worker, tmp_path)
-    assert len(outcomes) == 3
-    assert all(
-        outcome.startswith("POISONED ") and "earlier incarnation" in outcome for outcome in outcomes
-    ), outcomes
+    assert (
+        outcomes == ["OUTCOME-UNKNOWN handle minted by an earlier incarnation of worker 0x77"] * 3
+    )
+
+
+async def test_an_observer_and_first_askers_after_the_owners_restart_never_disagree(
+    launch: Callable[..., Script], worker: Worker, tmp_path: Path
+) -> None:
+    """Soak finding 4: processes that heard READY before the owner was killed and restarted
+    under its id kept READY, while a process asking only afterwards was told POISONED
+    ("minted by an earlier incarnation"): two answers for one handle. A first asker now gets
+    no outcome (a waiter script: ``OutcomeUnknown``; ``velo-am status``: ``unknown: …``), and
+    the observers keep READY, even after asking the new incarnation themselves."""
+    address = f"ipc://{tmp_path}/owner.sock"
+    first, _, _, text = start_owner(launch, "--id", "0x77", "--bind", address)
+    handle = EventHandle.parse(text)
+    assert await worker.connect(address) == 0x77
+    observer = launch(TWO, "waiter", "--peer", address, "--handle", text)
+    here = asyncio.ensure_future(worker.events.awaiter(handle))
+    await wait_served(worker, 0x77, 2)  # both observers are subscribed
+    await worker.call(0x77, "go")
+    assert await asyncio.wait_for(here, 10) is None
+    assert await ended(observer, "READY-EVENT") == f"READY-EVENT {text}"
+    first.signal(signal.SIGKILL)
+    await asyncio.to_thread(first.wait)
+    second, _, _, _ = start_owner(launch, "--id", "0x77", "--bind", address)
+    stale = "handle minted by an earlier incarnation of worker 0x77"
+    asker = launch(TWO, "waiter", "--peer", address, "--handle", text)
+    assert await ended(asker, "") == f"OUTCOME-UNKNOWN {stale}"
+    status = await asyncio.to_thread(velo, "status", text, "--seed", address)
+    assert (status.returncode, status.stdout) == (0, f"unknown: {stale}\n"), status.stderr
+    assert await worker.connect(address) == 0x77  # the new incarnation
+    assert await worker.events.poll_remote(handle, timeout=5) is EventStatus.UNKNOWN
+    assert worker.events.poll(handle) is EventStatus.READY  # what it heard stands
+    assert await asyncio.wait_for(worker.events.awaiter(handle), 5) is None
+    await terminate(second)
 
 
 # -- scale ------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ async def test_a_forged_completion_from_the_owner_is_not_believed() -> None:
         event = owner.events.new_event()
         wait = asyncio.ensure_future(subscriber.events.awaiter(event.handle))
         await wait_until(lambda: subscriber.stats()["events_subscriptions_sent"] >= 1)
-        done = [[event.handle.to_bytes(), None]]
+        done = [[event.handle.to_bytes(), None, False]]  # READY
         updates = header(
             EVENT_UPDATES, owner.worker_id, owner.incarnation, subscriber.incarnation, [], done
         )

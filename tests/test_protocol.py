@@ -75,7 +75,7 @@ def decode_or_error(frames: Any) -> Message | None:
 
 
 def test_constants_and_enums() -> None:
-    assert PROTOCOL_VERSION == 5
+    assert PROTOCOL_VERSION == 6
     assert DEFAULT_MAX_MESSAGE_SIZE == 64 * 1024 * 1024
     assert {k.name: int(k) for k in Kind} == {
         "HELLO": 1,
@@ -173,7 +173,7 @@ def test_golden_bytes_of_documented_example() -> None:
     )
     frames = encode(msg)
     assert frames[0].hex(" ") == (
-        "98 05 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
+        "98 06 05 03 cf 01 23 45 67 89 ab cd ef cf fe dc ba 98 76 54 32 10 2a a4 65 63 68 6f c3"
     )
     assert frames[1].hex(" ") == "81 a1 78 01"
     assert decode(frames) == msg
@@ -193,7 +193,7 @@ def test_golden_bytes_of_documented_event_updates() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("97 05 10 02 22 33 91 c4 10")
+    assert hexed.startswith("97 06 10 02 22 33 91 c4 10")
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -206,7 +206,7 @@ def test_golden_bytes_of_documented_hello() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed.startswith("9a 05 01 01 cd 11 11 00 2a b3")
+    assert hexed.startswith("9a 06 01 01 cd 11 11 00 2a b3")
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -218,7 +218,7 @@ def test_golden_bytes_of_documented_credit() -> None:
     assert decode(frames) == msg
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
     hexed = frames[0].hex(" ")
-    assert hexed == "97 05 0a 03 33 22 cd 01 2c 11"
+    assert hexed == "97 06 0a 03 33 22 cd 01 2c 11"
     assert " ".join(doc.split()).count(hexed) == 1, hexed
 
 
@@ -229,12 +229,23 @@ def test_event_updates_decode_errors_name_the_item() -> None:
         ([V, 16, 1, 1, 0, [], {}], r"^EventUpdates\.done: expected an array"),
         ([V, 16, 1, 1, 0, [good[:15]], []], r"^EventUpdates\.subscribe\[0\]: expected a 16-byte"),
         ([V, 16, 1, 1, 0, [good, 5], []], r"^EventUpdates\.subscribe\[1\]"),
-        ([V, 16, 1, 1, 0, [], [[good]]], r"^EventUpdates\.done\[0\]: expected \[handle, reason\]"),
+        ([V, 16, 1, 1, 0, [], [[good, None]]], r"^EventUpdates\.done\[0\]: expected \[handle, "),
         (
-            [V, 16, 1, 1, 0, [], [[good, 7]]],
+            [V, 16, 1, 1, 0, [], [[good, 7, False]]],
             r"^EventUpdates\.done\[0\]\.reason: expected str or None",
         ),
-        ([V, 16, 1, 1, 0, [], [[good, None], [b"x", None]]], r"^EventUpdates\.done\[1\]"),
+        (
+            [V, 16, 1, 1, 0, [], [[good, "x", 1]]],
+            r"^EventUpdates\.done\[0\]\.unknown: expected a bool",
+        ),
+        (
+            [V, 16, 1, 1, 0, [], [[good, None, True]]],
+            r"^EventUpdates\.done\[0\]: an unknown outcome needs a reason",
+        ),
+        (
+            [V, 16, 1, 1, 0, [], [[good, None, False], [b"x", None, False]]],
+            r"^EventUpdates\.done\[1\]",
+        ),
     ]
     for items, match in cases:
         with pytest.raises(ProtocolError, match=match):
@@ -264,7 +275,7 @@ def test_decode_accepts_bytes_like_frames() -> None:
 
 def test_decode_accepts_any_int_encoding() -> None:
     # A peer written in another language may use e.g. uint64 for small values.
-    raw = b"\x98\x05\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
+    raw = b"\x98\x06\x05" + b"\xcf" + (1).to_bytes(8, "big") + b"\xd3" + (2).to_bytes(8, "big")
     raw += b"\x00\xcc\x07\xa1h\xc2"
     assert decode([raw, b""]) == Request(1, 2, 0, 7, "h", False, b"")
 
@@ -408,9 +419,9 @@ def test_good_request_frames_decode() -> None:
     assert decode(req_frames()) == Request(1, INC, 0, 7, "echo", True, b"payload")
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 255, 2**64 - 1, -1])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 255, 2**64 - 1, -1])
 def test_wrong_version_names_seen_and_expected(version: int) -> None:
-    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 5\)"):
+    with pytest.raises(ProtocolError, match=rf"version {version} \(expected 6\)"):
         decode(req_frames(index=0, value=version))
 
 
@@ -421,15 +432,15 @@ def test_version_of_wrong_type(version: Any) -> None:
 
 
 def test_newer_version_with_different_shape_reports_version() -> None:
-    with pytest.raises(ProtocolError, match="version 6"):
-        decode([header(6, "totally", {"different": "layout"})])
-    with pytest.raises(ProtocolError, match="version 6"):
-        decode([header(6)])
-    with pytest.raises(ProtocolError, match=r"version 7 \(expected 5\)"):
-        decode([header(7, 1, 2) + b"trailing"])
-    with pytest.raises(ProtocolError, match=r"version 4 \(expected 5\)"):  # the previous one
-        decode([header(4, Kind.HEARTBEAT, 1, 1, 0)])
-    with pytest.raises(ProtocolError, match="malformed header"):  # version 5 but broken
+    with pytest.raises(ProtocolError, match="version 7"):
+        decode([header(7, "totally", {"different": "layout"})])
+    with pytest.raises(ProtocolError, match="version 7"):
+        decode([header(7)])
+    with pytest.raises(ProtocolError, match=r"version 8 \(expected 6\)"):
+        decode([header(8, 1, 2) + b"trailing"])
+    with pytest.raises(ProtocolError, match=r"version 5 \(expected 6\)"):  # the previous one
+        decode([header(5, Kind.HEARTBEAT, 1, 1, 0)])
+    with pytest.raises(ProtocolError, match="malformed header"):  # version 6 but broken
         decode([header(V, {"a": 1})])
 
 
@@ -709,7 +720,11 @@ messages: st.SearchStrategy[Message] = st.one_of(
         EventUpdates,
         *common,
         st.lists(handles_st, max_size=3).map(tuple),
-        st.lists(st.builds(EventDone, handles_st, st.none() | st.text()), max_size=3).map(tuple),
+        st.lists(
+            st.builds(EventDone, handles_st, st.none() | st.text(), st.just(False))
+            | st.builds(EventDone, handles_st, st.text(), st.just(True)),  # unknown: a reason
+            max_size=3,
+        ).map(tuple),
     ),
 )
 

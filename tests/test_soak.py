@@ -98,11 +98,17 @@ def test_the_checker_reports_each_kind_of_violation() -> None:
     assert "READY though input r1.leaf1 was POISONED" in text
     assert "planned to be poisoned" not in text
 
-    # The stale read of a restarted owner is counted apart, not as a violation.
+    # After its owner restarted, a handle READY before may read as unknown, never as a verdict:
+    # "poisoned: minted by an earlier incarnation" beside READY is two answers (soak finding 4).
     checker.violations.clear()
-    stale = soak.Outcome("poisoned", "handle minted by an earlier incarnation of worker 0x1")
-    checker.check(2, nodes[:1], [ready], [[stale]], {1})
-    assert checker.violations == [] and len(checker.stale_reads) == 1
-    # ... but not when that owner had no fault.
-    checker.check(3, nodes[:1], [ready], [[stale]], set())
-    assert any("two answers" in v for v in checker.violations)
+    stale = "handle minted by an earlier incarnation of worker 0x1"
+    checker.check(2, nodes[:1], [ready], [[soak.Outcome("unknown", stale)]], {1})
+    assert checker.violations == [] and checker.unknown_after_restart == 1
+    checker.check(3, nodes[:1], [ready], [[soak.Outcome("poisoned", stale)]], {1})
+    assert [v for v in checker.violations if "two answers" in v], checker.violations
+    # An OutcomeUnknown must name a fault too.
+    checker.violations.clear()
+    checker.check(4, nodes[:1], [soak.Outcome("unknown", "no idea")], [[]], set())
+    assert len(checker.violations) == 1, checker.violations
+    assert "r1.leaf0" in checker.violations[0]
+    assert "OutcomeUnknown names no fault: 'no idea'" in checker.violations[0]

@@ -163,7 +163,9 @@ handles = st.builds(
     st.integers(0, 2**32 - 1),
 )
 reasons = st.none() | st.text(max_size=40)
-dones = st.builds(p.EventDone, handles, reasons)
+verdicts = st.builds(p.EventDone, handles, reasons, st.just(False))
+unknowns = st.builds(p.EventDone, handles, st.text(max_size=40), st.just(True))  # with a why
+dones = verdicts | unknowns
 envelope = st.tuples(
     st.integers(1, 2**64 - 1), st.integers(1, 2**64 - 1), st.integers(0, 2**64 - 1)
 )
@@ -189,6 +191,8 @@ def test_encode_updates_is_encode_of_the_message(
         ((1, 1, 0), [], [(EventHandle.from_parts(1, 2, 3), None)]),  # not an EventDone
         ((1, 1, 0), [], [p.EventDone(EventHandle.from_parts(1, 2, 3), b"bytes")]),  # reason
         ((1, 1, 0), [], [p.EventDone(EventHandle.from_parts(1, 2, 3), "\udcff")]),  # surrogate
+        ((1, 1, 0), [], [p.EventDone(EventHandle.from_parts(1, 2, 3), None, True)]),  # no why
+        ((1, 1, 0), [], [p.EventDone(EventHandle.from_parts(1, 2, 3), "x", 1)]),  # type: ignore[arg-type]
     ],
 )
 def test_encode_updates_refuses_what_the_message_refuses(

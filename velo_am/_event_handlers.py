@@ -21,7 +21,7 @@ from velo_event import (
     InvalidGenerationError,
     UnknownEventError,
 )
-from velo_event.lowlevel import PENDING
+from velo_event.lowlevel import PENDING, Unanswered
 
 from ._events import DistributedEvents
 from ._handlers import CallContext, Handler
@@ -53,12 +53,14 @@ def runtime_handlers(events: DistributedEvents) -> dict[str, Handler]:
             core.poison(handle, payload[1])
 
     def status(payload: bytes, ctx: CallContext) -> list[Any]:
-        # A handle this incarnation never issued, nor will soon, reads as stale.
+        # A handle this incarnation never issued, nor will soon, reads as stale: unknown.
         outcome = core.status(EventHandle.from_bytes(payload))
         if outcome is PENDING:
             return [EventStatusCode.PENDING, None]
         if outcome is None:
             return [EventStatusCode.READY, None]
+        if isinstance(outcome, Unanswered):
+            return [EventStatusCode.UNKNOWN, outcome.reason]
         return [EventStatusCode.POISONED, outcome]
 
     def new(payload: dict[str, Any], ctx: CallContext) -> bytes | list[Any]:

@@ -10,8 +10,8 @@ When an owner is lost (heartbeats), closes or cannot be reached, every local wai
 handles ends with ``OutcomeUnknown`` naming why, and nothing is recorded: only the owner
 decides a handle's outcome, and a later await asks it again. A closing worker first poisons
 its own pending events, so remote waiters learn it before the goodbye. A restarted worker
-starts its slots at a random generation: handles of its predecessor read as poisoned, never
-as a success.
+starts its slots at a random generation: handles of its predecessor read as unknown
+(``OutcomeUnknown``, ``EventStatus.UNKNOWN``), never as a success or a poison.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from velo_event.lowlevel import (
     UNKNOWN,
     CoreEventManager,
     EventCore,
+    Unanswered,
     WaitingOn,
 )
 
@@ -74,6 +75,7 @@ _STATUSES: Final = {
     EventStatusCode.PENDING: EventStatus.PENDING,
     EventStatusCode.READY: EventStatus.READY,
     EventStatusCode.POISONED: EventStatus.POISONED,
+    EventStatusCode.UNKNOWN: EventStatus.UNKNOWN,
 }
 
 
@@ -248,6 +250,8 @@ class DistributedEvents(CoreEventManager):
         """Renew the lease on one of this worker's events (see :meth:`renew_lease`; call on
         the worker's loop)."""
         outcome = self._core.status(handle)
+        if isinstance(outcome, Unanswered):  # a predecessor's handle: no lease of ours
+            raise InvalidGenerationError(f"{outcome.reason}: {handle}")
         if outcome is not PENDING:
             self._leases.end(handle)
             how = "ready" if outcome is None else f"poisoned: {outcome}"
@@ -356,15 +360,29 @@ class DistributedEvents(CoreEventManager):
         await self._confirmed(handle, "_ev.poison", [handle.to_bytes(), reason], timeout)
 
     async def poll_remote(self, handle: EventHandle, timeout: float | None = None) -> EventStatus:
-        """Ask the owner (``poll`` answers from what this worker knows)."""
+        """Ask the owner (``poll`` answers from what this worker knows). Raises ``PeerLost`` /
+        ``PeerUnreachable`` / ``CallTimeout`` when the owner cannot answer."""
+        return (await self.status_remote(handle, timeout))[0]
+
+    async def status_remote(
+        self, handle: EventHandle, timeout: float | None = None
+    ) -> tuple[EventStatus, str | None]:
+        """:meth:`poll_remote` with the reason: the poison's, or why the owner cannot tell
+        (``UNKNOWN``: a handle its earlier incarnation minted; nothing is recorded then).
+        Raises as :meth:`poll_remote`."""
         owner = self._remote.owner_of(handle)
         if owner is None:
-            return self.poll(handle)
+            outcome = self._core.status(handle)
+            if outcome is PENDING or outcome is None:
+                return (EventStatus.PENDING if outcome else EventStatus.READY), None
+            if isinstance(outcome, Unanswered):
+                return EventStatus.UNKNOWN, outcome.reason
+            return EventStatus.POISONED, str(outcome)
         code, reason = await self._messenger.call(owner, "_ev.status", handle.to_bytes(), timeout)
         status = _STATUSES[EventStatusCode(code)]
-        if status is not EventStatus.PENDING:
+        if status in (EventStatus.READY, EventStatus.POISONED):  # verdicts, remembered
             self._remote.resolve(handle, reason)
-        return status
+        return status, reason
 
     async def _confirmed(
         self, handle: EventHandle, name: str, payload: list[Any], timeout: float | None

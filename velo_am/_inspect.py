@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from velo_event import EventHandle
+from velo_event import EventHandle, EventStatus
 from velo_event.lowlevel import MergeView, merge_view
 
 from ._remote import Subscription
@@ -147,12 +147,14 @@ class _GraphBuilder:
             self.nodes[name]["kind"] = "merge"
             self.nodes[name]["inputs"] = len(view.inputs)
             for position, source in enumerate(view.inputs):
-                if position in view.failed:
-                    status = "poisoned"
-                elif position in view.pending:
+                if position in view.pending:
                     status = "pending"
-                else:
+                elif position not in view.failed:
                     status = "ready"
+                elif self.events.poll(source) is EventStatus.POISONED:  # a verdict known here
+                    status = "poisoned"
+                else:  # failed without an outcome: its owner lost, or restarted since
+                    status = "unknown"
                 reason = None
                 if status == "poisoned" and source.worker_id == self.me:
                     reason = self.events.poison_reason(source)
@@ -254,7 +256,7 @@ class GraphNode:
 
     name: str
     owner: int
-    status: str  # pending, ready, poisoned, or subscriber (another worker awaiting)
+    status: str  # pending, ready, poisoned, unknown (a merge's input: no outcome), subscriber
     kind: str  # event, merge, or worker
     label: str | None = None
     reason: str | None = None
@@ -355,6 +357,7 @@ _COLOURS: Final = {
     "pending": "#fff3b0",
     "ready": "#c7f0c2",
     "poisoned": "#f7b6b2",
+    "unknown": "#d9d9d9",
     "subscriber": "#dde6f5",
 }
 

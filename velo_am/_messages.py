@@ -23,12 +23,14 @@ __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "R
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
 __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
 
+#: Version 6: an EventDone says whether the owner could tell the outcome (``unknown``), and
+#: ``_ev.status`` answers code 3, UNKNOWN: a handle minted by an earlier incarnation.
 #: Version 5: the Hello flag PROVE (a link's claim proven, §9.6), error code 6 BUSY (the
 #: receiver's per-peer budget), a routing id of its own per connection.
 #: Version 4: kind 10, the receiver's credit for fire-and-forget requests (flow control).
 #: Version 3: handshakes carry flags and a ``seq``, and PeerInfo a ``seq`` and a state (the
 #: membership gossip); version 2 added kind 16, the events layer's updates.
-PROTOCOL_VERSION: Final = 5
+PROTOCOL_VERSION: Final = 6
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 
 U64_MAX: Final = 2**64 - 1
@@ -80,6 +82,7 @@ class EventStatusCode(enum.IntEnum):
     PENDING = 0
     READY = 1
     POISONED = 2
+    UNKNOWN = 3  # the owner cannot tell: a handle of its earlier incarnation (reason: why)
 
 
 # --------------------------------------------------------------------------- validation
@@ -137,6 +140,12 @@ def _reason(v: Any) -> str | None:
     return None if v is None or type(v) is str else f"expected str or None, got {short_repr(v)}"
 
 
+def _unknown(d: EventDone) -> str | None:
+    if type(d.unknown) is not bool:
+        return f"unknown: expected a bool, got {short_repr(d.unknown)}"
+    return "an unknown outcome needs a reason" if d.unknown and d.reason is None else None
+
+
 def _handles(v: Any) -> str | None:
     if type(v) is not tuple:
         return f"expected a tuple of EventHandle, got {type(v).__name__}"
@@ -152,7 +161,7 @@ def _dones(v: Any) -> str | None:
     for i, d in enumerate(v):
         if type(d) is not EventDone:
             return f"element {i} is not an EventDone"
-        if problem := _handle(d.handle) or _reason(d.reason):
+        if problem := _handle(d.handle) or _reason(d.reason) or _unknown(d):
             return f"element {i}: {problem}"
     return None
 
@@ -168,8 +177,10 @@ def _valid_items(subscribe: object, done: object) -> bool:
     for d in done:
         if type(d) is not EventDone:
             return False
-        h, r = d
+        h, r, u = d
         if type(h) is not handle_type or h & local or (r is not None and type(r) is not str):
+            return False
+        if u is not False and (u is not True or r is None):
             return False
     return True
 
@@ -415,12 +426,15 @@ class Credit(_Envelope):
 
 
 class EventDone(NamedTuple):
-    """One completion in :class:`EventUpdates`: the owner's ``handle`` (that generation)
-    completed, triggered (``reason`` None) or poisoned with its first ``reason``. A plain
-    immutable pair, checked by the message that carries it."""
+    """One answer in :class:`EventUpdates`: the owner's ``handle`` (that generation)
+    completed, triggered (``reason`` None) or poisoned with its first ``reason``; or, with
+    ``unknown``, the owner cannot tell its outcome (a handle of its earlier incarnation), and
+    ``reason`` says why: no verdict, never to be recorded. A plain immutable triple, checked by
+    the message that carries it."""
 
     handle: EventHandle
     reason: str | None
+    unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -484,7 +484,7 @@ def _fitted(item: p.EventDone, budget: int) -> p.EventDone:
     if item.reason is None or _cost(item) <= budget:
         return item
     keep = max((budget - _ITEM_BYTES) // 4 - 40, 0)
-    return p.EventDone(item.handle, f"{item.reason[:keep]}… [cut to fit max_message_size]")
+    return item._replace(reason=f"{item.reason[:keep]}… [cut to fit max_message_size]")
 
 
 def _chunks(
@@ -495,7 +495,7 @@ def _chunks(
     limit, budget = p.MAX_EVENT_ITEMS, max_size - HEADER_ALLOWANCE
     count = len(subscribe) + len(done)
     if count <= limit:
-        characters = sum([len(reason) for _, reason in done if reason])
+        characters = sum([len(item.reason) for item in done if item.reason])
         if count * _ITEM_BYTES + 4 * characters <= budget:
             yield tuple(subscribe), tuple(done)
             return

@@ -113,7 +113,7 @@ def encode(msg: Message) -> list[bytes]:
     elif last == "done":
         to_bytes = int.to_bytes
         header[-2] = [to_bytes(h, 16, "big") for h in header[-2]]
-        header[-1] = [(to_bytes(h, 16, "big"), reason) for h, reason in header[-1]]
+        header[-1] = [(to_bytes(h, 16, "big"), r, unknown) for h, r, unknown in header[-1]]
     try:
         packed = _local.pack(header)
     except Exception as exc:  # only reachable with strings msgpack cannot encode
@@ -205,13 +205,15 @@ def _wire_handle(handle: EventHandle) -> bytes:
     return _int_to_bytes(handle, 16, "big")
 
 
-def _wire_done(item: EventDone) -> tuple[bytes, str | None]:
+def _wire_done(item: EventDone) -> tuple[bytes, str | None, bool]:
     if type(item) is not EventDone:
         raise TypeError("not an EventDone")
-    handle, reason = item
+    handle, reason, unknown = item
     if reason is not None and type(reason) is not str:
         raise TypeError("not a reason")
-    return _wire_handle(handle), reason
+    if unknown is not False and (unknown is not True or reason is None):
+        raise TypeError("not an unknown flag, or an unknown outcome without a reason")
+    return _wire_handle(handle), reason, unknown
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -286,13 +288,15 @@ def _handle_of(raw: Any) -> EventHandle:
     return _new_int(EventHandle, value)
 
 
-def _done_of(item: Any) -> tuple[EventHandle, str | None]:
-    if type(item) is not list or len(item) != 2:
+def _done_of(item: Any) -> tuple[EventHandle, str | None, bool]:
+    if type(item) is not list or len(item) != 3:
         raise _BadItem
-    raw, reason = item
+    raw, reason, unknown = item
     if reason is not None and type(reason) is not str:
         raise _BadItem
-    return _handle_of(raw), reason
+    if unknown is not False and (unknown is not True or reason is None):
+        raise _BadItem
+    return _handle_of(raw), reason, unknown
 
 
 def _slow_items(
@@ -307,16 +311,20 @@ def _slow_items(
             raise _bad_handle(f"EventUpdates.subscribe[{i}]", raw) from None
     done = []
     for i, item in enumerate(raw_done):
-        if type(item) is not list or len(item) != 2:
-            raise ProtocolError(f"EventUpdates.done[{i}]: expected [handle, reason]")
-        raw, reason = item
+        if type(item) is not list or len(item) != 3:
+            raise ProtocolError(f"EventUpdates.done[{i}]: expected [handle, reason, unknown]")
+        raw, reason, unknown = item
         try:
             handle = _handle_of(raw)
         except _BadItem:
             raise _bad_handle(f"EventUpdates.done[{i}].handle", raw) from None
         if reason is not None and type(reason) is not str:
             raise ProtocolError(f"EventUpdates.done[{i}].reason: expected str or None")
-        done.append(EventDone(handle, reason))
+        if type(unknown) is not bool:
+            raise ProtocolError(f"EventUpdates.done[{i}].unknown: expected a bool")
+        if unknown and reason is None:
+            raise ProtocolError(f"EventUpdates.done[{i}]: an unknown outcome needs a reason")
+        done.append(EventDone(handle, reason, unknown))
     return tuple(subscribe), tuple(done)
 
 

@@ -11,7 +11,9 @@ handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates
   reached, the waiters are woken without an outcome (:class:`~velo_event.lowlevel.Unanswered`:
   awaits raise ``OutcomeUnknown`` naming the owner) and nothing is cached: a subscriber never
   invents an outcome for another worker's handle, so whoever asks later (an await, a poll)
-  gets the owner's one verdict, the same everywhere. A subscription still pending
+  gets the owner's one verdict, the same everywhere. An owner that cannot tell (a handle of
+  its earlier incarnation) says so in an *unknown* item: the waiters get ``OutcomeUnknown``
+  and, again, nothing is cached. A subscription still pending
   after six heartbeat timeouts (30 s by default) is sent again, then at doubling intervals
   (up to 10 minutes): owners answer a repeat at once if the generation completed, so a done
   item lost with a link that failed costs a delay, never a hang; and a slow mesh is not
@@ -20,9 +22,10 @@ handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates
   (at once if it is complete already) is sent back as a done item. A generation not issued
   yet, but which this incarnation may still issue (within ``LOOKAHEAD`` of its slot's last),
   is held until it is issued and completes; any other handle this incarnation never issued
-  is answered as stale. A subscriber this worker lost keeps its subscriptions,
-  and the done items owed to it wait, until it is heard from again (a loss seen from one side
-  only: the subscriber still waits) or forgotten; a goodbye drops them at once.
+  is a predecessor's, answered with an unknown item (its outcome died with it). A subscriber
+  this worker lost keeps its subscriptions, and the done items owed to it wait, until it is
+  heard from again (a loss seen from one side only: the subscriber still waits) or
+  forgotten; a goodbye drops them at once.
 
 Items for one peer queued during one loop iteration travel as one message. Waiters may be
 added from any thread; everything that sends runs on the worker's loop.
@@ -49,8 +52,8 @@ from velo_event import (
 )
 from velo_event.lowlevel import (
     PENDING,
+    Answer,
     EventCore,
-    Outcome,
     Unanswered,
     Wake,
     WakeCallback,
@@ -156,17 +159,17 @@ class RemoteEvents:
             )
         return owner
 
-    def awaitable(self, handle: EventHandle) -> Outcome:
+    def awaitable(self, handle: EventHandle) -> Answer:
         if self.owner_of(handle) is None:
             return self._core.awaitable(handle)
         return self._known(handle)
 
-    def status(self, handle: EventHandle) -> Outcome:
+    def status(self, handle: EventHandle) -> Answer:
         if self.owner_of(handle) is None:
             return self._core.status(handle)
         return self._known(handle)
 
-    def _known(self, handle: EventHandle) -> Outcome:
+    def _known(self, handle: EventHandle) -> Answer:
         if not handle.generation:
             return None  # generation 0 is always complete
         with self._lock:
@@ -176,7 +179,7 @@ class RemoteEvents:
         for handle in handles:
             self.owner_of(handle)  # local-only handles of other processes are refused
 
-    def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+    def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Answer:
         owner = self.owner_of(handle)
         if owner is None:
             return self._core.add_waiter(handle, key, callback)
@@ -302,7 +305,7 @@ class RemoteEvents:
             if self._post(handle >> 64, handle):
                 self._counters["events_subscriptions_sent"] += 1
 
-    def _on_done(self, handle: EventHandle, reason: str | None, sender: int) -> None:
+    def _on_done(self, handle: EventHandle, reason: Wake, sender: int) -> None:
         if handle >> 64 != sender:
             return  # only the owner speaks for its events
         self._counters["events_updates_received"] += 1
@@ -363,8 +366,9 @@ class RemoteEvents:
         """An EventUpdates message from connected peer ``sender``."""
         for handle in msg.subscribe:
             self._on_subscribe(handle, sender)
-        for handle, reason in msg.done:
-            self._on_done(handle, reason, sender)
+        for handle, reason, unknown in msg.done:
+            # An owner that cannot tell (its predecessor's handle): no verdict, nothing cached.
+            self._on_done(handle, Unanswered(str(reason)) if unknown else reason, sender)
 
     def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed
@@ -373,7 +377,7 @@ class RemoteEvents:
             outcome = self._core.add_early_waiter(handle, key, self._notify)
         except (UnknownEventError, InvalidGenerationError):
             # A slot or generation this incarnation never issued, nor will: a predecessor's.
-            outcome = self._core.stale_reason
+            outcome = self._core.stale
         except EventError as error:
             outcome = f"owner refused the subscription: {error}"
         if outcome is PENDING:
@@ -394,10 +398,12 @@ class RemoteEvents:
                 del self._served[subscriber]
         self._send_done(subscriber, handle, reason)
 
-    def _send_done(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:
+    def _send_done(self, subscriber: int, handle: EventHandle, answer: Wake) -> None:
+        unknown = isinstance(answer, Unanswered)  # the owner cannot tell: said, not a verdict
+        reason = answer.reason if isinstance(answer, Unanswered) else answer
         if reason is not None and not reason.isascii():
             reason = _sendable(reason)
-        done = _new_tuple(p.EventDone, (handle, reason))
+        done = _new_tuple(p.EventDone, (handle, reason, unknown))
         if self._post(subscriber, handle, done):
             self._counters["events_updates_sent"] += 1
         elif subscriber in self._owed:

@@ -2,7 +2,7 @@
 
 Every method may be called from any thread: the non-blocking ones go straight to the worker's
 :class:`~velo_am._events.DistributedEvents` (thread-safe), the blocking ones wait for the
-worker's loop (``*_confirmed``, ``poll_remote``, ``*_on``) or for the event (``wait``).
+worker's loop (``*_confirmed``, ``*_remote``, ``*_on``) or for the event (``wait``).
 """
 
 from __future__ import annotations
@@ -192,6 +192,16 @@ class SyncEvents(EventManager):
             "events.poll_remote", self._events.poll_remote, handle, timeout
         )
         return status
+
+    def status_remote(
+        self, handle: EventHandle, timeout: float | None = None
+    ) -> tuple[EventStatus, str | None]:
+        """:meth:`poll_remote` with the reason: the poison's, or why the owner cannot tell
+        (``UNKNOWN``); raises as :meth:`poll_remote`."""
+        answer: tuple[EventStatus, str | None] = self._runtime.blocking(
+            "events.status_remote", self._events.status_remote, handle, timeout
+        )
+        return answer
 
     def new_event_on(
         self,

@@ -10,7 +10,7 @@ from typing import Any, Final, cast
 
 from ._errors import EventPoison, OutcomeUnknown
 from ._handle import EventHandle
-from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
+from ._wake import PENDING, Answer, Outcome, Unanswered, Wake, WakeCallback
 
 __all__ = ["READY_AWAITER", "EventAwaiter", "running_loop", "wake_future"]
 
@@ -77,11 +77,11 @@ class _LoopWaker:
             self.loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
-AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
+AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Answer]
 RemoveWaiter = Callable[[EventHandle, Hashable], None]
 #: Called once an await's timeout ran out and its waiter is gone, with the handle and the
 #: timeout: returns the outcome if the generation completed meanwhile, else raises the timeout.
-Expired = Callable[[EventHandle, float], Awaitable[Outcome]]
+Expired = Callable[[EventHandle, float], Awaitable[Answer]]
 # What a waiting future is resolved with when its timeout runs out (never a wake-up value).
 _EXPIRED: Final = object()
 
@@ -106,7 +106,7 @@ class EventAwaiter:
     def __init__(
         self,
         handle: EventHandle,
-        outcome: Outcome,
+        outcome: Answer,
         add_waiter: AddWaiter,
         remove_waiter: RemoveWaiter,
         timeout: float | None = None,
@@ -129,7 +129,7 @@ class EventAwaiter:
         outcome = self._outcome
         if outcome is None:
             return _DONE
-        if outcome is PENDING:
+        if outcome is PENDING or type(outcome) is Unanswered:  # no verdict: ask at each await
             return self._wait()
         raise EventPoison(self._handle, cast(str, outcome))
 

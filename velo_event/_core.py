@@ -25,7 +25,7 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
-from ._wake import PENDING, Outcome, WakeCallback, cap_reason, wake_waiters
+from ._wake import PENDING, Answer, Unanswered, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
 
@@ -64,8 +64,8 @@ class EventCore:
         """For a system id that outlives its process (a worker restarted under the same id):
         ``index_tag`` (1..255) fills the top bits of every slot index, so handles of another
         incarnation name no slot here, and ``first_generation`` > 1 marks every lower
-        generation (but 0) as not issued here; such handles read as poisoned with
-        :attr:`stale_reason`, never as a success. A tagged core also reads as stale a
+        generation (but 0) as not issued here; such handles read as :attr:`stale`, no outcome
+        (their outcome died with that incarnation). A tagged core also reads as stale a
         generation more than :data:`LOOKAHEAD` past its slot's last one (past the first
         generation, for a slot not allocated yet): it never issued it, and will not soon."""
         if not 0 < system_id < 1 << 64:
@@ -76,6 +76,7 @@ class EventCore:
         self.stale_reason: Final = (
             f"handle minted by an earlier incarnation of worker {system_id:#x}"
         )
+        self.stale: Final = Unanswered(self.stale_reason)
         self.system_id: Final = system_id
         self.local: Final = local
         if not 0 <= index_tag <= _MAX_TAG:
@@ -123,7 +124,7 @@ class EventCore:
     def _from_another_incarnation(self, handle: int) -> bool:
         """Whether a handle naming no slot here was minted by an earlier incarnation of this
         tagged core (another tag, or a generation below this one's first): a local await
-        then reads it as :attr:`stale_reason`, as other workers do, not as an unknown event
+        then reads it as :attr:`stale`, as other workers do, not as an unknown event
         (which would name neither the restart nor the worker)."""
         index = (handle - self._prefix) >> 32
         generation = handle & _U32
@@ -177,10 +178,10 @@ class EventCore:
             )
         raise self._invalid_generation(handle, slot)
 
-    def _outcome(self, slot: _Slot, generation: int) -> str | None:
+    def _outcome(self, slot: _Slot, generation: int) -> str | Unanswered | None:
         """The outcome of a completed generation (``generation <= slot.last``)."""
         if 0 < generation < self._first_generation:
-            return self.stale_reason
+            return self.stale
         poisons = slot.poisons
         return poisons.get(generation) if poisons is not None else None
 
@@ -298,9 +299,9 @@ class EventCore:
             return self._slots[local >> 32]
         return None
 
-    def status(self, handle: int) -> Outcome:
+    def status(self, handle: int) -> Answer:
         """The outcome of the handle's generation, or :data:`PENDING` (also for one not issued
-        yet); a tagged core's :attr:`stale_reason` for another incarnation's handle."""
+        yet); a tagged core's :attr:`stale` for another incarnation's handle."""
         generation = handle & _U32
         slot = self._peek(handle)
         if slot is not None:
@@ -316,21 +317,21 @@ class EventCore:
                 if generation == 0:
                     return None  # never issued: always complete
                 if slot is None:  # not allocated yet
-                    return PENDING if self._ahead(None, generation) else self.stale_reason
+                    return PENDING if self._ahead(None, generation) else self.stale
                 if generation <= slot.last:
                     return self._outcome(slot, generation)
                 if generation == slot.active or self._ahead(slot, generation):
                     return PENDING
-                return self.stale_reason
+                return self.stale
         except UnknownEventError:
             if self._tagged:
-                return self.stale_reason
+                return self.stale
             raise
         finally:
             if self._deferred:
                 self._drain_deferred()
 
-    def awaitable(self, handle: int) -> Outcome:
+    def awaitable(self, handle: int) -> Answer:
         """Like :meth:`status`, but a generation not issued yet raises
         :class:`InvalidGenerationError` (nothing could ever complete it)."""
         local = handle - self._prefix
@@ -351,14 +352,14 @@ class EventCore:
             return PENDING
         except UnknownEventError:
             if self._from_another_incarnation(handle):
-                return self.stale_reason
+                return self.stale
             raise
         finally:
             self._release()
             if self._deferred:
                 self._drain_deferred()
 
-    def add_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
+    def add_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Answer:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
@@ -380,7 +381,7 @@ class EventCore:
                 slot.waiters[key] = callback
         except UnknownEventError:
             if self._from_another_incarnation(handle):
-                return self.stale_reason
+                return self.stale
             raise
         finally:
             self._release()
@@ -388,7 +389,7 @@ class EventCore:
                 self._drain_deferred()
         return PENDING
 
-    def add_early_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Outcome:
+    def add_early_waiter(self, handle: int, key: Hashable, callback: WakeCallback) -> Answer:
         """:meth:`add_waiter` for another worker's subscription, which cannot be refused: a
         generation this core may still issue (within the lookahead, also in a slot not
         allocated yet) gets its waiter, woken when it completes (or with the shutdown reason).

@@ -24,11 +24,14 @@ __all__ = [
 
 
 class EventStatus(enum.Enum):
-    """What is known of one generation of an event."""
+    """What is known of one generation of an event. ``UNKNOWN``: nothing can be learned of
+    it from whoever answers for it now (its owner restarted since it minted the handle, see
+    :class:`OutcomeUnknown`); no verdict, and never recorded as one."""
 
     PENDING = "pending"
     READY = "ready"
     POISONED = "poisoned"
+    UNKNOWN = "unknown"
 
 
 class EventError(Exception):
@@ -128,9 +131,10 @@ class EventTimeout(TimeoutError):
 class OutcomeUnknown(_AboutAHandle):
     """An await ended without the event's outcome: whoever answers for the handle could not
     (for another worker's handle: its owner was lost, closed or could not be reached, or this
-    worker closed). It is not a verdict: the event may still complete, nothing recorded it as
-    poisoned, and a later await or poll asks again. ``handle`` is the awaited handle and
-    ``reason`` says why no answer came."""
+    worker closed; for any handle: its owner restarted since it minted it, and the outcome
+    died with the earlier incarnation). It is not a verdict: nothing recorded it as poisoned,
+    and a later await or poll asks again (whoever learned the outcome before may know it).
+    ``handle`` is the awaited handle and ``reason`` says why no answer came."""
 
     def __str__(self) -> str:
         return f"Outcome of event {self._handle} unknown: {self._reason}"

@@ -20,7 +20,7 @@ from ._handle import EventHandle
 from ._hot import mypyc_attr
 from ._merge import merge_of, start_merge
 from ._pending import MAX_PENDING_SHOWN, THIS_WORKER, PendingEvent, WaitingOn, blocking_events
-from ._wake import PENDING, Outcome, Unanswered, Wake, WakeCallback
+from ._wake import PENDING, Answer, Unanswered, Wake, WakeCallback
 
 __all__ = [
     "DROPPED_REASON",
@@ -85,7 +85,8 @@ class EventManager(abc.ABC):
 
     @abc.abstractmethod
     def poll(self, handle: EventHandle) -> EventStatus:
-        """What is known of the handle's generation now (a future generation is PENDING)."""
+        """What is known of the handle's generation now (a future generation is PENDING; one
+        minted by an earlier incarnation of its owner is UNKNOWN)."""
 
     @abc.abstractmethod
     def merge_events(
@@ -246,20 +247,21 @@ class EventSource(Protocol):
     method may be called from any thread.
     """
 
-    def awaitable(self, handle: EventHandle) -> Outcome:
-        """The generation's outcome, or ``PENDING``; raise ``EventError`` for a handle nothing
-        could ever complete (unknown, another system's, a generation not issued yet)."""
+    def awaitable(self, handle: EventHandle) -> Answer:
+        """The generation's outcome, or ``PENDING``, or :class:`~velo_event.lowlevel.Unanswered`
+        when none can be learned (an earlier incarnation's handle); raise ``EventError`` for a
+        handle nothing could ever complete (unknown, another system's, not issued yet)."""
         ...
 
-    def status(self, handle: EventHandle) -> Outcome:
+    def status(self, handle: EventHandle) -> Answer:
         """Like :meth:`awaitable`, but a generation not issued yet is ``PENDING``."""
         ...
 
-    def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+    def add_waiter(self, handle: EventHandle, key: Hashable, callback: WakeCallback) -> Answer:
         """Register ``callback(key, reason)`` for the generation's completion and return
         ``PENDING``; if it is complete already, register nothing and return its outcome. A
-        source that cannot learn the outcome (a remote owner lost) wakes the waiter with
-        :class:`~velo_event.lowlevel.Unanswered`, never with a poison of its own making."""
+        source that cannot learn the outcome (a remote owner lost) wakes the waiter with, or
+        returns, :class:`~velo_event.lowlevel.Unanswered`, never a poison of its own making."""
         ...
 
     def remove_waiter(self, handle: EventHandle, key: Hashable) -> None:
@@ -331,7 +333,7 @@ class CoreEventManager(EventManager):
             self._expired,
         )
 
-    async def _expired(self, handle: EventHandle, timeout: float) -> Outcome:
+    async def _expired(self, handle: EventHandle, timeout: float) -> Answer:
         """An await's timeout ran out: its outcome if it completed meanwhile, else the timeout."""
         outcome = self._source.status(handle)
         if outcome is PENDING:
@@ -384,7 +386,7 @@ class CoreEventManager(EventManager):
             return EventStatus.READY
         if outcome is PENDING:
             return EventStatus.PENDING
-        return EventStatus.POISONED
+        return EventStatus.UNKNOWN if isinstance(outcome, Unanswered) else EventStatus.POISONED
 
     def poison_reason(self, handle: EventHandle) -> str | None:
         """The reason the handle's generation was poisoned with, or ``None``."""
@@ -412,7 +414,7 @@ class CoreEventManager(EventManager):
         timeout = check_timeout(timeout)
         source = self._source
         waiter = _ThreadWaiter()
-        outcome: Outcome | Unanswered = source.add_waiter(handle, waiter, waiter.wake)
+        outcome: Answer = source.add_waiter(handle, waiter, waiter.wake)
         if outcome is PENDING:
             try:
                 woken = waiter.lock.acquire(timeout=-1 if timeout is None else timeout)

@@ -3,8 +3,8 @@
 A merge registers one waiter per input and counts completions down. With ``fail_fast`` the
 first poisoned input poisons the merge at once; otherwise the merge completes when every input
 has, poisoned with every failed input's reason, in input order. An input whose outcome could not
-be learned (woken :class:`~velo_event.lowlevel.Unanswered`: its owner lost) counts as failed, so
-the merge still gets an outcome of its own.
+be learned (:class:`~velo_event.lowlevel.Unanswered`: its owner lost, or restarted since) counts
+as failed, so the merge still gets an outcome of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ._core import EventCore
 from ._errors import EventError
 from ._handle import EventHandle
-from ._wake import MAX_REASON_LENGTH, PENDING, Outcome, Unanswered, Wake, WakeCallback, cap_reason
+from ._wake import MAX_REASON_LENGTH, PENDING, Answer, Unanswered, Wake, WakeCallback, cap_reason
 
 __all__ = ["MergeView", "merge_of", "merge_reason", "merge_view", "start_merge"]
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 #: Registers ``callback(key, reason)`` for a handle's completion, like ``EventCore.add_waiter``
 #: (a distributed manager routes remote handles to their owner).
-AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Outcome]
+AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Answer]
 RemoveWaiter = Callable[[EventHandle, Hashable], None]
 
 

@@ -16,6 +16,7 @@ from typing import Final
 __all__ = [
     "MAX_REASON_LENGTH",
     "PENDING",
+    "Answer",
     "Outcome",
     "Unanswered",
     "Wake",
@@ -58,9 +59,15 @@ class Unanswered:
     """A wake-up without an outcome: whoever answers for the generation could not (a remote
     owner was lost, closed or is unreachable). It is no verdict: an await raises
     :class:`~velo_event.OutcomeUnknown` with ``reason``, a merge counts the input as failed,
-    and nothing records it as the generation's outcome."""
+    and nothing records it as the generation's outcome. A core answers a handle of an earlier
+    incarnation of its system with one (:attr:`~velo_event.lowlevel.EventCore.stale`): that
+    incarnation's outcomes died with it."""
 
     reason: str
+
+
+#: What a source answers for a handle now: an :data:`Outcome`, or :class:`Unanswered`.
+Answer = str | None | _Pending | Unanswered
 
 
 #: What a waiter is woken with: ``None`` (triggered), the poison reason, or :class:`Unanswered`.

@@ -11,6 +11,8 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
 * :data:`Outcome`: what is known of a generation: ``None`` (triggered), the poison reason
   (``str``), or :data:`PENDING`. :data:`Wake`: what a waiter is woken with, an outcome or
   :class:`Unanswered` (no outcome could be learned; awaits raise ``OutcomeUnknown``).
+  :data:`Answer`: what a source answers for a handle, an :data:`Outcome` or :class:`Unanswered`
+  (a core's :attr:`EventCore.stale`, for a handle of an earlier incarnation).
 * :data:`LOOKAHEAD`: how far past a slot's last generation a tagged core (one incarnation of
   a worker) still reads a generation as its own, not issued yet.
 * :func:`wake_waiters`: run wake callbacks as the core does (a failing one is logged, the
@@ -45,6 +47,7 @@ MAX_REASON_LENGTH: Final = _select.wake.MAX_REASON_LENGTH
 PENDING: Final = _select.wake.PENDING
 cap_reason = _select.wake.cap_reason
 Outcome = _select.wake.Outcome
+Answer = _select.wake.Answer
 Unanswered = _select.wake.Unanswered
 Wake = _select.wake.Wake
 WakeCallback = _select.wake.WakeCallback
@@ -57,6 +60,7 @@ __all__ = [
     "PENDING",
     "THIS_WORKER",
     "UNKNOWN",
+    "Answer",
     "CoreEventManager",
     "EventCore",
     "EventSource",

@@ -12,7 +12,6 @@ from velo_event import (
     EventError,
     EventHandle,
     EventPoison,
-    EventStatus,
     EventTimeout,
     InvalidGenerationError,
     OutcomeUnknown,
@@ -144,9 +143,9 @@ async def _status(args: argparse.Namespace) -> int:
     handle: EventHandle = args.handle
     async with member(args) as worker:
         await owner_ready(worker, handle.worker_id, args.connect_timeout)
-        status = await worker.events.poll_remote(handle, args.connect_timeout)
-        reason = worker.events.poison_reason(handle) if status is EventStatus.POISONED else None
-    print(status.name.lower() if reason is None else f"poisoned: {reason}")
+        status, reason = await worker.events.status_remote(handle, args.connect_timeout)
+    # "unknown: …": the owner restarted since it minted the handle, and cannot tell.
+    print(status.value if reason is None else f"{status.value}: {reason}")
     return EXIT_OK
 
 
@@ -220,7 +219,8 @@ COMMANDS = (
     ),
     Command(
         "status",
-        "print pending, ready, or 'poisoned: REASON', as the owner knows it",
+        "print pending, ready, 'poisoned: REASON', or 'unknown: WHY' (a handle minted before "
+        "its owner restarted), as the owner knows it",
         """
         velo-am status "$H" --seed tcp://127.0.0.1:5555
         """,

@@ -11,7 +11,6 @@ are all just waiters.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Final
@@ -25,6 +24,7 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
+from ._mutex import TOKEN, Mutex
 from ._wake import PENDING, Outcome, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
@@ -85,10 +85,10 @@ class EventCore:
         self._slots: list[_Slot] = []
         self._free: deque[int] = deque()
         self._retired = 0
-        self._lock = threading.Lock()
+        self._lock = Mutex()
         # Bound once: a compiled build calls a stored bound method without looking it up.
-        self._acquire: Callable[[], bool] = self._lock.acquire
-        self._release: Callable[[], None] = self._lock.release
+        self._acquire: Callable[[], bool] = self._lock.take
+        self._release: Callable[[bool], None] = self._lock.give
         self._take_free: Callable[[], int] = self._free.popleft
         self._put_free: Callable[[int], None] = self._free.append
         self._shutdown_reason: str | None = None
@@ -214,7 +214,7 @@ class EventCore:
             if self._early:  # subscriptions that came before this generation was issued
                 slot.waiters = self._early.pop(handle, None)
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
         return EventHandle(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
@@ -241,7 +241,7 @@ class EventCore:
             else:  # the slot retires, as in _complete
                 self._retired += 1
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
         if waiters:
@@ -354,7 +354,7 @@ class EventCore:
                 return self.stale_reason
             raise
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
 
@@ -383,7 +383,7 @@ class EventCore:
                 return self.stale_reason
             raise
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
         return PENDING

@@ -97,7 +97,7 @@ def _classify(keys: Iterable[Hashable], graph: _GraphBuilder, handle: EventHandl
     other workers subscribed (``(worker id, handle)``) or blocked threads (anything else)."""
     waiters = _Waiters()
     for key in keys:
-        if asyncio.isfuture(key):
+        if isinstance(key, asyncio.Future):
             waiters.tasks += 1
             continue
         merge = merge_view(key)

@@ -30,6 +30,7 @@ from ._wake import PENDING, Outcome, WakeCallback, cap_reason, wake_waiters
 __all__ = ["LOOKAHEAD", "EventCore"]
 
 _U32: Final = 0xFFFF_FFFF
+_HANDLE: Final = EventHandle  # compiled: a static, where the class name is a globals lookup
 # A tagged core keeps the tag in the top 8 of the 31 index bits (8 M slots remain).
 _TAG_SHIFT: Final = 23
 _MAX_TAG: Final = 255
@@ -217,7 +218,7 @@ class EventCore:
             self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
-        return EventHandle(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
+        return _HANDLE(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
 
     def trigger(self, handle: int) -> None:
         self._acquire()

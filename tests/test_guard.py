@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +21,8 @@ from velo_event import (
     InvalidGenerationError,
     LocalEventSystem,
 )
+from velo_event import _manager as pure_manager
+from velo_event._mutex import Mutex
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
 
@@ -248,7 +249,7 @@ class HookLock:
     """Wraps the system lock; runs ``hook`` once, just after an acquire, with the lock held:
     what a guard collected on another thread during that operation looks like."""
 
-    def __init__(self, inner: threading.Lock) -> None:
+    def __init__(self, inner: Mutex) -> None:
         self.inner = inner
         self.hook: Callable[[], None] | None = None
 
@@ -261,6 +262,10 @@ class HookLock:
 
     def release(self) -> None:
         self.inner.release()
+
+    def give(self, token: object) -> None:
+        """The hot operations' release (they put the lock's token back)."""
+        self.release()
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -293,15 +298,15 @@ OPERATIONS: dict[str, Callable[[LocalEventSystem, EventHandle], object]] = {
 def test_poison_deferred_during_any_operation_is_never_stranded(operation: str) -> None:
     """Whatever the operation that held the lock, and however it ended (result or error), the
     finalizer's poison must have landed when it returns: a poll-only observer would otherwise
-    wait forever."""
-    mgr = LocalEventSystem()
+    wait forever. (The pure build's core: a compiled one takes no other lock.)"""
+    mgr = pure_manager.LocalEventSystem()
     guarded, other = mgr.new_event(), mgr.new_event()
     guards = [guarded.into_guard()]
     lock = HookLock(mgr._core._lock)
     lock.hook = guards.clear  # drops the last reference: the finalizer runs, lock busy
     mgr._core._lock = lock  # type: ignore[assignment]
     # The hot operations call the lock's methods bound once at creation: rebind them too.
-    mgr._core._acquire, mgr._core._release = lock.acquire, lock.release
+    mgr._core._acquire, mgr._core._release = lock.acquire, lock.give
     with contextlib.suppress(EventError, TimeoutError):
         OPERATIONS[operation](mgr, other.handle)
     assert lock.hook is None, "the operation never took the lock"

@@ -10,13 +10,17 @@ from typing import Any, Final, cast
 
 from ._errors import EventPoison, OutcomeUnknown
 from ._handle import EventHandle
+from ._hot import mypyc_attr
 from ._wake import PENDING, Answer, Outcome, Unanswered, Wake, WakeCallback
 
 __all__ = ["READY_AWAITER", "EventAwaiter", "running_loop", "wake_future"]
 
 # An exhausted iterator: ``await`` of an already-complete event returns through it at once,
 # creating no Future and scheduling no callback.
-_DONE: Generator[Any, None, None] = cast(Generator[Any, None, None], iter(()))
+_DONE: Final[Generator[Any, None, None]] = cast(Generator[Any, None, None], iter(()))
+# Final: a compiled build keeps these in statics, where a name is a lookup on every call.
+_get_running_loop: Final = asyncio.get_running_loop
+_get_ident: Final = get_ident
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -48,6 +52,7 @@ def wake_future(future: Hashable, reason: Wake) -> None:
         loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
+@mypyc_attr(free_list_len=1)  # one freed instance kept for the next (compiled build)
 class _LoopWaker:
     """The wake callback of one await's future, knowing the loop and the thread the wait began
     on: a wake-up on that thread resolves the future directly (the loop is running there, or
@@ -65,7 +70,7 @@ class _LoopWaker:
 
     def __call__(self, future: Hashable, reason: Wake) -> None:
         fut = cast("asyncio.Future[object]", future)
-        if get_ident() == self.thread:
+        if _get_ident() == self.thread:
             # contextlib.suppress would cost more than the rest of the wake-up; and no done()
             # check first: a done future refuses at once.
             try:  # noqa: SIM105
@@ -86,6 +91,7 @@ Expired = Callable[[EventHandle, float], Awaitable[Answer]]
 _EXPIRED: Final = object()
 
 
+@mypyc_attr(free_list_len=1)  # one freed instance kept for the next (compiled build)
 class EventAwaiter:
     """Awaitable completion of one event generation.
 
@@ -134,9 +140,9 @@ class EventAwaiter:
         raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait(self) -> Generator[Any, None, None]:
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        waker = _LoopWaker(loop, get_ident())  # called as is: no bound method to make
+        waker = _LoopWaker(loop, _get_ident())  # called as is: no bound method to make
         outcome: object = self._add_waiter(self._handle, future, waker)
         if outcome is PENDING:
             if self._timeout is not None:

@@ -11,7 +11,6 @@ are all just waiters.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Final
@@ -25,11 +24,13 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
+from ._mutex import TOKEN, Mutex
 from ._wake import PENDING, Answer, Unanswered, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
 
 _U32: Final = 0xFFFF_FFFF
+_HANDLE: Final = EventHandle  # compiled: a static, where the class name is a globals lookup
 # A tagged core keeps the tag in the top 8 of the 31 index bits (8 M slots remain).
 _TAG_SHIFT: Final = 23
 _MAX_TAG: Final = 255
@@ -86,10 +87,10 @@ class EventCore:
         self._slots: list[_Slot] = []
         self._free: deque[int] = deque()
         self._retired = 0
-        self._lock = threading.Lock()
+        self._lock = Mutex()
         # Bound once: a compiled build calls a stored bound method without looking it up.
-        self._acquire: Callable[[], bool] = self._lock.acquire
-        self._release: Callable[[], None] = self._lock.release
+        self._acquire: Callable[[], bool] = self._lock.take
+        self._release: Callable[[bool], None] = self._lock.give
         self._take_free: Callable[[], int] = self._free.popleft
         self._put_free: Callable[[int], None] = self._free.append
         self._shutdown_reason: str | None = None
@@ -215,10 +216,10 @@ class EventCore:
             if self._early:  # subscriptions that came before this generation was issued
                 slot.waiters = self._early.pop(handle, None)
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
-        return EventHandle(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
+        return _HANDLE(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
 
     def trigger(self, handle: int) -> None:
         self._acquire()
@@ -242,7 +243,7 @@ class EventCore:
             else:  # the slot retires, as in _complete
                 self._retired += 1
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
         if waiters:
@@ -355,7 +356,7 @@ class EventCore:
                 return self.stale
             raise
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
 
@@ -384,7 +385,7 @@ class EventCore:
                 return self.stale
             raise
         finally:
-            self._release()
+            self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
         return PENDING

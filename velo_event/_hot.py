@@ -24,7 +24,7 @@ except ImportError:  # the runtime needs none: mypyc reads the decorator when it
 
 
 #: In the order they import each other.
-HOT_MODULES: Final = ("_wake", "_core", "_merge", "_awaiter", "_manager")
+HOT_MODULES: Final = ("_wake", "_mutex", "_core", "_merge", "_awaiter", "_manager")
 #: The compiled ``_core``'s attribute that holds the digest of the sources it was built from.
 DIGEST_NAME: Final = "SOURCE_DIGEST"
 

@@ -113,6 +113,8 @@ class EventManager(abc.ABC):
             self.poison(handle, reason)
 
 
+# One freed instance kept for the next (compiled build): most events live briefly, one at a time.
+@mypyc_attr(free_list_len=1)
 class Event:
     """A pending event of a manager: its :attr:`handle` plus the ways to complete it.
 

@@ -507,6 +507,28 @@ def test_neighbors_are_recruited_up_to_the_fanout() -> None:
     assert of(Dial, peers.tick(now=3.0)) == []
 
 
+def test_a_pairing_that_asks_for_the_list_gets_it_and_anti_entropy_re_pairs() -> None:
+    """An acceptor that lacks the dialer's list answers ``JOIN``: the dialer pushes its list
+    and counts as synced. Anti-entropy asks each neighbor in turn; one that answers without
+    ``NEIGHBOR`` has no room for this worker any more, and is dropped."""
+    peers = table(fanout=1)
+    for other in range(2, 5):
+        admit(peers, other)
+    (pairing,) = of(Dial, peers.tick(now=2.0))
+    neighbor = pairing.peer_id
+    assert pairing.hello.flags & NEIGHBOR and pairing.hello.flags & JOIN
+    answer = ack(neighbor, neighbor * 0x11, pairing.hello.token, flags=NEIGHBOR | JOIN)
+    pushed = [s for s in of(Send, peers.on_hello_ack(answer, 2.1)) if s.peer_id == neighbor]
+    assert [type(s.message) for s in pushed] == [p.Peers]
+    assert {i.worker_id for i in pushed[0].message.peers} == {ME, 2, 3, 4}
+    assert peers.neighbors == {neighbor} and peers.synced
+    (sync,) = of(Dial, peers.tick(now=20.0))
+    assert sync.peer_id == neighbor and sync.hello.flags & (NEIGHBOR | JOIN) == NEIGHBOR | JOIN
+    assert {i.worker_id for i in sync.hello.peers} == {2, 3, 4}
+    peers.on_hello_ack(ack(neighbor, neighbor * 0x11, sync.hello.token), 20.1)
+    assert peers.neighbors == set() and not peers.synced, "no room for us: dropped"
+
+
 # -- admission --------------------------------------------------------------------------------
 
 

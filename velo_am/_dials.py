@@ -1,8 +1,9 @@
 """The dials of the membership rules: the handshakes a worker starts (to join, to verify a
-newcomer's address, to win a gossip neighbor, to see whether a lost member is back) and the
-healing that starts them: seeds that are not live members and members this worker lost are
-redialed with back-off, and a worker keeps ``fanout`` gossip neighbors. Pure, like the rest
-of :class:`~velo_am._membership.PeerTable`, which builds on this."""
+newcomer's address, to win a gossip neighbor, to see whether a lost member is back, to
+exchange member lists with a neighbor) and the healing that starts them: seeds that are not
+live members and members this worker lost are redialed with back-off, a worker keeps
+``fanout`` gossip neighbors and asks each in turn what it missed (anti-entropy). Pure, like
+the rest of :class:`~velo_am._membership.PeerTable`, which builds on this."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ class Dials(Gossip):
         return effects
 
     def _sync(self, now: float) -> list[Effect]:
-        """Anti-entropy: exchange member lists with one random live neighbor, in a ``Hello``
+        """Anti-entropy: exchange member lists with one live neighbor, in a ``Hello``
         that also asks to stay neighbors. Gossip forwards news once; this mends what either
         side missed, at one exchange per worker per ``sync_every`` whatever the mesh's size.
         A push alone would not: a worker whose neighbors all dropped it (each lost it for a
@@ -161,7 +162,7 @@ class Dials(Gossip):
         nothing; the exchange teaches it, and the neighbor pairs with it again or says no."""
         live = [
             n
-            for n in sorted(self.neighbors)
+            for n in self.neighbors
             if self.is_connected(n) and self._members[n].address not in self._dialing
         ]
         if not live:

@@ -340,12 +340,14 @@ class PeerTable(Successors):
                 self._seed_members[dial.address] = src
             if m.HelloFlags(msg.flags) & m.HelloFlags.NEIGHBOR and not self.observer:
                 self._add_neighbor(src)
-            elif dial.purpose is Purpose.SYNC:
-                self.neighbors.discard(src)  # it has no room for us: pairing is mutual
                 if dial.exchange and src in self.neighbors:
                     self.synced = True
                 if m.HelloFlags(msg.flags) & m.HelloFlags.JOIN and src in self.neighbors:
                     effects += self._push_all(src)
+            elif dial.purpose is Purpose.SYNC:
+                self.neighbors.discard(src)  # it has no room for us: pairing is mutual
+                if not self.neighbors:
+                    self.synced = False  # cut off: the next pairing exchanges lists again
         effects += self._merge(msg.peers, src, now)
         if dial.purpose is Purpose.JOIN and self.accepting and not self.observer:
             effects += self._recruit(now)  # at once: until paired, news passes this worker by

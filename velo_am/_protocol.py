@@ -337,6 +337,7 @@ def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
 # same validation runs (__post_init__; for EventUpdates, whose items the decoder checked, the
 # common fields only).
 _new_message: Final = object.__new__
+_unpackb: Final = msgpack.unpackb
 _set_src, _set_src_incarnation, _set_dst_incarnation, _set_subscribe, _set_done = (
     getattr(EventUpdates, field.name).__set__ for field in fields(EventUpdates)
 )
@@ -346,31 +347,53 @@ _set_msg_id, _set_handler, _set_reply, _set_payload = (
 _set_response_id, _set_response_payload = (
     getattr(Response, name).__set__ for name in ("msg_id", "payload")
 )
-_check_request: Final = Request.__post_init__
-_check_response: Final = Response.__post_init__
 
 
 def _decode_request(h: list[Any], payload: bytes | None) -> Message:
+    _, _, src, src_incarnation, dst_incarnation, msg_id, handler, reply = h
+    # Request's cheap checks, inline (two calls fewer); what they do not clear goes through
+    # the constructor, whose checks word the error.
+    if not (
+        type(handler) is str
+        and 0 < len(handler) <= MAX_HANDLER_BYTES // 4
+        and type(reply) is bool
+        and type(payload) is bytes
+        and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
+        and 0 < src <= U64_MAX
+        and 0 < src_incarnation <= U64_MAX
+        and 0 <= dst_incarnation <= U64_MAX
+        and 0 <= msg_id <= U64_MAX
+    ):
+        args = (src, src_incarnation, dst_incarnation, msg_id, handler, reply)
+        return Request(*args, payload)  # type: ignore[arg-type]
     msg = _new_message(Request)
-    _set_src(msg, h[2])
-    _set_src_incarnation(msg, h[3])
-    _set_dst_incarnation(msg, h[4])
-    _set_msg_id(msg, h[5])
-    _set_handler(msg, h[6])
-    _set_reply(msg, h[7])
+    _set_src(msg, src)
+    _set_src_incarnation(msg, src_incarnation)
+    _set_dst_incarnation(msg, dst_incarnation)
+    _set_msg_id(msg, msg_id)
+    _set_handler(msg, handler)
+    _set_reply(msg, reply)
     _set_payload(msg, payload)
-    _check_request(msg)
     return msg
 
 
 def _decode_response(h: list[Any], payload: bytes | None) -> Message:
+    _, _, src, src_incarnation, dst_incarnation, msg_id = h
+    if not (  # Response's cheap checks, inline (see _decode_request)
+        type(payload) is bytes
+        and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
+        and 0 < src <= U64_MAX
+        and 0 < src_incarnation <= U64_MAX
+        and 0 <= dst_incarnation <= U64_MAX
+        and 0 <= msg_id <= U64_MAX
+    ):
+        return Response(src, src_incarnation, dst_incarnation, msg_id, payload)  # type: ignore[arg-type]
     msg = _new_message(Response)
-    _set_src(msg, h[2])
-    _set_src_incarnation(msg, h[3])
-    _set_dst_incarnation(msg, h[4])
-    _set_response_id(msg, h[5])
+    _set_src(msg, src)
+    _set_src_incarnation(msg, src_incarnation)
+    _set_dst_incarnation(msg, dst_incarnation)
+    _set_response_id(msg, msg_id)
     _set_response_payload(msg, payload)
-    _check_response(msg)
     return msg
 
 
@@ -464,7 +487,13 @@ def decode(frames: Sequence[bytes], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE)
     if size > max_size:
         raise ProtocolError(f"message of {size} bytes exceeds the maximum of {max_size}")
 
-    h = _unpack_header(header)
+    if len(header) <= _SMALL_HEADER:  # the common case inline; a failure is worded below
+        try:
+            h = _unpackb(header, raw=False, max_map_len=0, max_ext_len=0)
+        except Exception:
+            h = _unpack_header(header)
+    else:
+        h = _unpack_header(header)
     if type(h) is not list or not h:
         raise ProtocolError("header frame must be a non-empty msgpack array")
     version = h[0]

@@ -1,0 +1,17 @@
+"""The worker's layer from velo_am's hot set (handler execution), from the build
+:mod:`._select` chose: the compiled classes where it chose the compiled build. Apart from
+``_select`` so that the codec's users (the outbound path among them) import no layer above
+them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._select import COMPILED
+
+__all__ = ["HandlerExecution", "Serving"]
+
+if TYPE_CHECKING or not COMPILED:
+    from ._execution import HandlerExecution, Serving
+else:
+    from ._compiled._execution import HandlerExecution, Serving

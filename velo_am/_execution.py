@@ -8,7 +8,7 @@ each get a task; ordered handlers run per (handler, sender) lane. Each run is ti
 handler's latency histogram. Replies go out through the worker's
 :class:`~velo_am._outbound.Outbound`; runs and failures are counted in its counters. Each
 send (``reply`` false) is reported to the flow control's
-:class:`~velo_am._flow.ReceiveWindows` when it arrives and when it finishes (ran, failed, or
+:class:`~velo_am._receipts.ReceiveWindows` when it arrives and when it finishes (ran, failed, or
 was refused), which is how its sender learns it may send more. Each request is charged to
 its sender's budget (:class:`~velo_am._budget.ReceiveBudget`) from dispatch to that finish;
 one that would overrun it is refused (``BUSY``).
@@ -33,8 +33,8 @@ from ._handlers import CallContext, HandlerRegistry, HandlerSpec, OrderedLanes
 from ._log import RateLimitedLog, fields
 
 if TYPE_CHECKING:
-    from ._flow import ReceiveWindows
     from ._outbound import Addressee, Outbound
+    from ._receipts import ReceiveWindows
     from .transport import LinkId
 
 __all__ = ["HandlerExecution", "Serving"]

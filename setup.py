@@ -129,8 +129,13 @@ class OptionalCompiledBuild(build_ext):
         sources = _generate_sources(Path("build") / "velo_compiled_src")
         groups = [(paths, _group(package)) for package, paths in sources.items()]
         every = [path for paths, _ in groups for path in paths]
-        # One mypy run, one shared library per package (neither calls into the other's).
-        made_list = mypycify(every, opt_level="3", debug_level="0", separate=groups)
+        # One mypy run, one shared library per package (neither calls into the other's). The
+        # build's own environment lacks the runtime dependencies (pyzmq, msgpack: pip installs
+        # them after building), so mypy reads them as Any here; the compiled sets are checked
+        # as usual, the modules they merely import are read, not judged (CI runs mypy --strict).
+        lenient = ["--follow-imports=silent", "--ignore-missing-imports"]
+        lenient.append("--no-warn-unused-ignores")  # the ignores of msgpack's missing stubs
+        made_list = mypycify([*lenient, *every], opt_level="3", debug_level="0", separate=groups)
         made = {extension.name: extension for extension in made_list}
         for extension in self.extensions:
             for field, value in vars(made.pop(extension.name)).items():

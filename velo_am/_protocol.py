@@ -339,7 +339,6 @@ def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
 # same validation runs (__post_init__; for EventUpdates, whose items the decoder checked, the
 # common fields only).
 _new_message: Final = object.__new__
-_unpackb: Final = msgpack.unpackb
 _set_src, _set_src_incarnation, _set_dst_incarnation, _set_subscribe, _set_done = (
     getattr(EventUpdates, field.name).__set__ for field in fields(EventUpdates)
 )
@@ -353,8 +352,7 @@ _set_response_id, _set_response_payload = (
 
 def _decode_request(h: list[Any], payload: bytes | None) -> Message:
     _, _, src, src_incarnation, dst_incarnation, msg_id, handler, reply = h
-    # Request's cheap checks, inline (two calls fewer); what they do not clear goes through
-    # the constructor, whose checks word the error.
+    # Request's cheap checks inline; what they do not clear, its constructor's checks word.
     if not (
         type(handler) is str
         and 0 < len(handler) <= MAX_HANDLER_BYTES // 4
@@ -489,13 +487,7 @@ def decode(frames: Sequence[bytes], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE)
     if size > max_size:
         raise ProtocolError(f"message of {size} bytes exceeds the maximum of {max_size}")
 
-    if len(header) <= _SMALL_HEADER:  # the common case inline; a failure is worded below
-        try:
-            h = _unpackb(header, raw=False, max_map_len=0, max_ext_len=0)
-        except Exception:
-            h = _unpack_header(header)
-    else:
-        h = _unpack_header(header)
+    h = _unpack_header(header)
     if type(h) is not list or not h:
         raise ProtocolError("header frame must be a non-empty msgpack array")
     version = h[0]

@@ -1,6 +1,8 @@
-"""Both builds of velo_event in one run of ``bench_am.py`` or ``bench_events.py``.
+"""Both builds (velo_event's and velo_am's hot paths) in one run of ``bench_am.py`` or
+``bench_events.py``.
 
-Which build a process uses is fixed when it imports ``velo_event`` (``VELO_PURE``), so each
+Which build a process uses is fixed when it imports ``velo_event`` and ``velo_am``
+(``VELO_PURE`` decides for both), so each
 build's velo cases run in a driver process of their own: the benchmark script started again
 with ``--driver BUILD`` and ``VELO_PURE`` set for the pure build (unset for the compiled one);
 the driver starts its own velo peer process, which inherits that environment, so both sides
@@ -9,7 +11,7 @@ asks the drivers for one run of a case at a time, so the builds and the baseline
 interleaved as before.
 
 The driver protocol is one JSON line each way: the driver says ``{"ready": INFO}`` once its
-peer is connected (INFO holds ``compiled``, ``velo_event.COMPILED`` in the driver), then
+peer is connected (INFO holds ``compiled``: both packages' ``COMPILED`` in the driver), then
 answers each request ``[case key, size]`` with ``{"run": [numbers]}`` or ``{"error": text}``.
 It exits at EOF of its stdin. Its stderr is the benchmark's.
 """
@@ -136,21 +138,25 @@ async def stop_drivers(drivers: list[Driver]) -> None:
 
 def built() -> str:
     """The build this process imported (for the ``--profile`` listings)."""
+    return "compiled" if _compiled() else "pure"
+
+
+def _compiled() -> bool:
+    """Whether this process runs the compiled build of both packages."""
+    import velo_am
     import velo_event
 
-    return "compiled" if velo_event.COMPILED else "pure"
+    return velo_event.COMPILED and velo_am.COMPILED
 
 
 async def serve_driver(
     info: dict[str, Any], run: Callable[[str, int], Awaitable[list[float]]]
 ) -> None:
     """The driver's loop: say ready, then run each requested case until stdin ends."""
-    import velo_event
-
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    answer: dict[str, Any] = {"ready": {**info, "compiled": velo_event.COMPILED}}
+    answer: dict[str, Any] = {"ready": {**info, "compiled": _compiled()}}
     while True:  # ends at EOF of stdin
         print(json.dumps(answer), flush=True)
         line = await reader.readline()

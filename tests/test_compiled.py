@@ -1,5 +1,6 @@
-"""The two builds of velo_event's hot path: which one is in use, how to force the pure one, and
-that both behave the same (one sequence of operations, the same answers, errors included)."""
+"""The two builds of velo_event's and velo_am's hot paths: which one is in use, how to force the
+pure one, and that both behave the same (one sequence of operations, or one input to the wire
+codec, the same answers, errors included)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import velo_am
 import velo_event
+from velo_am import _layers
+from velo_am import _protocol as pure_protocol
+from velo_am import _select as am_select
 from velo_event import EventError, EventHandle
 from velo_event import _manager as pure_manager
 
@@ -171,3 +178,151 @@ def test_both_builds_answer_every_sequence_of_operations_alike(
     compiled_manager = importlib.import_module("velo_event._compiled._manager")
     assert compiled_manager is not pure_manager
     assert run(compiled_manager, sequence) == run(pure_manager, sequence)
+
+
+# -- velo_am's hot set: the same choice, the same behaviour ------------------------------------
+
+AM_COMPILED_PROTOCOL = "velo_am._compiled._protocol"
+
+
+def am_compiled_installed() -> bool:
+    try:
+        return importlib.util.find_spec(AM_COMPILED_PROTOCOL) is not None
+    except ImportError:
+        return False
+
+
+def am_build_in(
+    environment: dict[str, str], *, cwd: Path | None = None, stderr: list[str] | None = None
+) -> tuple[str, str, str]:
+    """``velo_am.COMPILED``, ``velo_event.COMPILED`` and the module the worker's handler
+    execution comes from, in a fresh interpreter (as :func:`build_in`)."""
+    code = (
+        "import velo_am, velo_event; from velo_am import _layers; "
+        "print(velo_am.COMPILED, velo_event.COMPILED, _layers.HandlerExecution.__module__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    if stderr is not None:
+        stderr.append(result.stderr)
+    am_flag, event_flag, module = result.stdout.split()
+    return am_flag, event_flag, module
+
+
+def test_velo_am_flag_names_the_build_in_use() -> None:
+    assert isinstance(velo_am.COMPILED, bool)
+    package = "velo_am._compiled" if velo_am.COMPILED else "velo_am"
+    assert _layers.HandlerExecution.__module__ == f"{package}._execution"
+    assert _layers.Serving.__module__ == f"{package}._execution"
+    assert am_select.protocol.__name__ == f"{package}._protocol"
+    if am_compiled_installed() and not os.environ.get("VELO_PURE"):
+        assert velo_am.COMPILED, "a compiled build of velo_am is installed but was not loaded"
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_the_pure_variable_forces_the_pure_build_of_both_packages(value: str) -> None:
+    assert am_build_in(environment(value)) == ("False", "False", "velo_am._execution")
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_without_the_pure_variable_velo_am_is_compiled_where_installed(value: str | None) -> None:
+    am = am_compiled_installed()
+    assert am_build_in(environment(value)) == (
+        str(am),
+        str(compiled_installed()),
+        "velo_am._compiled._execution" if am else "velo_am._execution",
+    )
+
+
+@pytest.mark.skipif(
+    not am_compiled_installed(), reason="no compiled build in this install (no C compiler found)"
+)
+def test_a_compiled_velo_am_older_than_its_sources_is_not_used(tmp_path: Path) -> None:
+    copy = tmp_path / "velo_am"
+    shutil.copytree(Path(velo_am.__file__).parent, copy)
+    env = environment(None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    flags = str(compiled_installed())
+    assert am_build_in(env, cwd=tmp_path) == ("True", flags, "velo_am._compiled._execution")
+    with (copy / "_budget.py").open("a") as source:
+        source.write("# edited since the build\n")
+    errors: list[str] = []
+    assert am_build_in(env, cwd=tmp_path, stderr=errors) == ("False", flags, "velo_am._execution")
+    assert "velo_am: pure-Python build" in errors[0]
+    assert "older than its sources; rebuild it: pip install -e ." in errors[0]
+
+
+U64 = 2**64 - 1
+#: What a header may hold, valid or not: the fields' types, their bounds and past them.
+header_items = st.one_of(
+    st.integers(-(2**63), U64),
+    st.sampled_from([0, 1, 2, U64, 2**63]),
+    st.text(max_size=8),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=20),
+    st.lists(st.binary(min_size=15, max_size=17), max_size=2),
+)
+headers = st.builds(
+    lambda version, kind, rest: msgpack.packb([version, kind, *rest], use_bin_type=True),
+    st.sampled_from([1, 2, "1"]),
+    st.sampled_from([*range(12), -1, "3"]),
+    st.lists(header_items, max_size=9),
+)
+frame_lists = st.one_of(
+    st.tuples(headers).map(list),
+    st.tuples(headers, st.binary(max_size=40)).map(list),
+    st.lists(st.binary(max_size=30), max_size=3),
+)
+
+
+def outcome(decode: Any, frames: list[bytes]) -> object:
+    """What ``decode`` made of ``frames``: the message, or the error's type and words."""
+    try:
+        return decode(frames)
+    except Exception as error:
+        return type(error), str(error)
+
+
+@pytest.mark.skipif(
+    not am_compiled_installed(), reason="no compiled build in this install (no C compiler found)"
+)
+@settings(max_examples=400, deadline=None)
+@given(frame_lists)
+def test_both_builds_of_the_codec_decode_every_input_alike(frames: list[bytes]) -> None:
+    compiled_protocol = importlib.import_module(AM_COMPILED_PROTOCOL)
+    assert compiled_protocol is not pure_protocol
+    answer = outcome(compiled_protocol.decode, frames)
+    assert answer == outcome(pure_protocol.decode, frames)
+    if isinstance(answer, pure_protocol.Message):  # both builds encode it to the same bytes
+        assert compiled_protocol.encode(answer) == pure_protocol.encode(answer) == frames
+
+
+request_fields = st.tuples(
+    st.sampled_from([0, 1, U64, U64 + 1, -1]),
+    st.sampled_from([1, U64, 0]),
+    st.sampled_from([0, U64, -1]),
+    st.sampled_from([0, 7, U64, U64 + 1]),
+    st.one_of(st.text(max_size=70), st.none()),
+    st.one_of(st.booleans(), st.just(1)),
+    st.one_of(st.binary(max_size=10), st.just("text")),
+)
+
+
+@pytest.mark.skipif(
+    not am_compiled_installed(), reason="no compiled build in this install (no C compiler found)"
+)
+@settings(max_examples=200, deadline=None)
+@given(request_fields)
+def test_both_builds_of_the_codec_encode_requests_alike(fields: tuple[Any, ...]) -> None:
+    compiled_protocol = importlib.import_module(AM_COMPILED_PROTOCOL)
+    assert outcome(lambda f: compiled_protocol.encode_request(*f), list(fields)) == outcome(
+        lambda f: pure_protocol.encode_request(*f), list(fields)
+    )

@@ -13,7 +13,8 @@ from support import wait_until
 
 from velo_am import CallContext, PeerBusy, PeerDraining, PeerLost, Worker
 from velo_am import _protocol as p
-from velo_am._flow import ReceiveWindows, SendWindow, SendWindows
+from velo_am._flow import SendWindow, SendWindows
+from velo_am._receipts import ReceiveWindows
 from velo_am._stats import new_counters
 from velo_am.transport import FakeNetwork
 

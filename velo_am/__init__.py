@@ -8,6 +8,9 @@ error within the liveness window, never a hang. Every public coroutine documents
 The seams are public subpackages: :mod:`velo_am.transport` (how messages travel, with an
 in-process fake for tests, and socket security) and :mod:`velo_am.discovery` (where workers
 find each other: a shared directory, DNS records, or a backend of one's own).
+
+``COMPILED`` says whether the compiled build of the wire's per-message path is in use (like
+``velo_event.COMPILED``; ``VELO_PURE=1`` forces the pure-Python build of both packages).
 """
 
 from ._errors import (
@@ -25,6 +28,7 @@ from ._errors import (
 from ._handlers import CallContext
 from ._peers import PeerState, PeerStatus
 from ._protocol import ProtocolError
+from ._select import COMPILED
 from ._sync import SyncWorker
 from ._sync_events import SyncEvents
 from ._worker import Worker, WorkerState
@@ -32,6 +36,7 @@ from .transport import Curve, CurveConfig
 
 __all__ = [
     "AMError",
+    "COMPILED",
     "AuthenticationRefused",
     "Curve",
     "CurveConfig",

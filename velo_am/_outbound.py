@@ -24,10 +24,10 @@ from typing import Any, Final, Protocol
 
 from velo_event import EventHandle
 
-from . import _protocol as p
 from ._codec import pack
 from ._errors import PeerUnreachable
 from ._log import RateLimitedLog
+from ._select import protocol as p
 from .transport import LinkClosed, LinkError, LinkFull, LinkId, Transport
 
 __all__ = ["HEADER_ALLOWANCE", "Addressee", "Outbound"]

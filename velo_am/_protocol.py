@@ -122,17 +122,18 @@ def encode(msg: Message) -> list[bytes]:
 
 
 def encode_request(
-    src: int,
-    src_incarnation: int,
-    dst_incarnation: int,
-    msg_id: int,
-    handler: str,
-    reply: bool,
-    payload: bytes,
+    src: object,
+    src_incarnation: object,
+    dst_incarnation: object,
+    msg_id: object,
+    handler: object,
+    reply: object,
+    payload: object,
 ) -> list[bytes]:
     """``encode(Request(...))`` without building the message: the hot path of every call.
     The same cheap checks as ``Request``; anything they do not clear goes the slow way, which
-    words the error."""
+    words the error. (``object``: a caller's handler name reaches here unchecked, and a
+    compiled build refuses a declared type's misfit before the check that words it.)"""
     if (
         type(handler) is str
         and 0 < len(handler) <= MAX_HANDLER_BYTES // 4
@@ -147,7 +148,8 @@ def encode_request(
         header: list[object] = [PROTOCOL_VERSION, Kind.REQUEST, src, src_incarnation]
         header += (dst_incarnation, msg_id, handler, reply)
         return [_local.pack(header), payload]
-    return encode(Request(src, src_incarnation, dst_incarnation, msg_id, handler, reply, payload))
+    args = (src, src_incarnation, dst_incarnation, msg_id, handler, reply, payload)
+    return encode(Request(*args))  # type: ignore[arg-type]
 
 
 def encode_response(
@@ -354,31 +356,52 @@ _set_msg_id, _set_handler, _set_reply, _set_payload = (
 _set_response_id, _set_response_payload = (
     getattr(Response, name).__set__ for name in ("msg_id", "payload")
 )
-_check_request: Final = Request.__post_init__
-_check_response: Final = Response.__post_init__
 
 
 def _decode_request(h: list[Any], payload: bytes | None) -> Message:
+    _, _, src, src_incarnation, dst_incarnation, msg_id, handler, reply = h
+    # Request's cheap checks inline; what they do not clear, its constructor's checks word.
+    if not (
+        type(handler) is str
+        and 0 < len(handler) <= MAX_HANDLER_BYTES // 4
+        and type(reply) is bool
+        and type(payload) is bytes
+        and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
+        and 0 < src <= U64_MAX
+        and 0 < src_incarnation <= U64_MAX
+        and 0 <= dst_incarnation <= U64_MAX
+        and 0 <= msg_id <= U64_MAX
+    ):
+        args = (src, src_incarnation, dst_incarnation, msg_id, handler, reply)
+        return Request(*args, payload)  # type: ignore[arg-type]
     msg = _new_message(Request)
-    _set_src(msg, h[2])
-    _set_src_incarnation(msg, h[3])
-    _set_dst_incarnation(msg, h[4])
-    _set_msg_id(msg, h[5])
-    _set_handler(msg, h[6])
-    _set_reply(msg, h[7])
+    _set_src(msg, src)
+    _set_src_incarnation(msg, src_incarnation)
+    _set_dst_incarnation(msg, dst_incarnation)
+    _set_msg_id(msg, msg_id)
+    _set_handler(msg, handler)
+    _set_reply(msg, reply)
     _set_payload(msg, payload)
-    _check_request(msg)
     return msg
 
 
 def _decode_response(h: list[Any], payload: bytes | None) -> Message:
+    _, _, src, src_incarnation, dst_incarnation, msg_id = h
+    if not (  # Response's cheap checks, inline (see _decode_request)
+        type(payload) is bytes
+        and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
+        and 0 < src <= U64_MAX
+        and 0 < src_incarnation <= U64_MAX
+        and 0 <= dst_incarnation <= U64_MAX
+        and 0 <= msg_id <= U64_MAX
+    ):
+        return Response(src, src_incarnation, dst_incarnation, msg_id, payload)  # type: ignore[arg-type]
     msg = _new_message(Response)
-    _set_src(msg, h[2])
-    _set_src_incarnation(msg, h[3])
-    _set_dst_incarnation(msg, h[4])
-    _set_response_id(msg, h[5])
+    _set_src(msg, src)
+    _set_src_incarnation(msg, src_incarnation)
+    _set_dst_incarnation(msg, dst_incarnation)
+    _set_response_id(msg, msg_id)
     _set_response_payload(msg, payload)
-    _check_response(msg)
     return msg
 
 

@@ -61,8 +61,8 @@ from velo_event.lowlevel import (
     wake_waiters,
 )
 
-from . import _protocol as p
 from ._errors import AMError
+from ._select import protocol as p
 
 __all__ = ["DEFAULT_CACHE_SIZE", "Messenger", "RemoteEvents", "Subscription"]
 

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 
 from . import _peers as ms
-from . import _protocol as p
 from ._calls import CallTable
 from ._errors import AMError, PeerLost, PeerUnreachable
 from ._execution import HandlerExecution
@@ -34,6 +33,7 @@ from ._membership import PeerTable
 from ._outbound import Outbound
 from ._remote import RemoteEvents
 from ._routes import Routes
+from ._select import protocol as p
 from ._stall import StallWatch
 from .transport import LinkId
 

@@ -26,11 +26,11 @@ from ._config import OPTION_NAMES, CurveSpec, WorkerOptions, security_of
 from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
 from ._event_handlers import runtime_handlers
 from ._events import DistributedEvents, event_core
-from ._execution import HandlerExecution, Serving
 from ._flow import FlowControl
 from ._handlers import Handler, HandlerRegistry, HandlerStats
 from ._inspect import serve_inspect
 from ._launchers import FromEnv, wait_for_world
+from ._layers import HandlerExecution, Serving
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._metrics import MetricsServer, start_metrics_server

@@ -4,12 +4,15 @@ codec, the same answers, errors included)."""
 
 from __future__ import annotations
 
+import ast
+import concurrent.futures
 import importlib
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -222,7 +225,7 @@ def test_velo_am_flag_names_the_build_in_use() -> None:
     assert _layers.HandlerExecution.__module__ == f"{package}._execution"
     assert _layers.Serving.__module__ == f"{package}._execution"
     assert am_select.protocol.__name__ == f"{package}._protocol"
-    if am_compiled_installed() and not os.environ.get("VELO_PURE"):
+    if am_compiled_installed() and os.environ.get("VELO_PURE", "") in ("", "0"):
         assert velo_am.COMPILED, "a compiled build of velo_am is installed but was not loaded"
 
 
@@ -272,18 +275,27 @@ header_items = st.one_of(
 )
 headers = st.builds(
     lambda version, kind, rest: msgpack.packb([version, kind, *rest], use_bin_type=True),
-    st.sampled_from([1, 2, "1"]),
+    st.sampled_from([pure_protocol.PROTOCOL_VERSION, pure_protocol.PROTOCOL_VERSION - 1, "1"]),
     st.sampled_from([*range(12), -1, "3"]),
     st.lists(header_items, max_size=9),
+)
+#: Frames as a transport may hand them over: bytes, or bytes-like, or (a bug) anything else.
+frames_of_any_type = st.one_of(
+    st.binary(max_size=30),
+    headers.map(bytearray),
+    headers.map(memoryview),
+    st.text(max_size=5),
+    st.integers(0, 9),
 )
 frame_lists = st.one_of(
     st.tuples(headers).map(list),
     st.tuples(headers, st.binary(max_size=40)).map(list),
-    st.lists(st.binary(max_size=30), max_size=3),
+    st.tuples(headers.map(memoryview), st.binary(max_size=40).map(bytearray)).map(list),
+    st.lists(frames_of_any_type, max_size=3),
 )
 
 
-def outcome(decode: Any, frames: list[bytes]) -> object:
+def outcome(decode: Any, frames: list[Any]) -> object:
     """What ``decode`` made of ``frames``: the message, or the error's type and words."""
     try:
         return decode(frames)
@@ -296,13 +308,55 @@ def outcome(decode: Any, frames: list[bytes]) -> object:
 )
 @settings(max_examples=400, deadline=None)
 @given(frame_lists)
-def test_both_builds_of_the_codec_decode_every_input_alike(frames: list[bytes]) -> None:
+def test_both_builds_of_the_codec_decode_every_input_alike(frames: list[Any]) -> None:
     compiled_protocol = importlib.import_module(AM_COMPILED_PROTOCOL)
     assert compiled_protocol is not pure_protocol
     answer = outcome(compiled_protocol.decode, frames)
     assert answer == outcome(pure_protocol.decode, frames)
     if isinstance(answer, pure_protocol.Message):  # both builds encode it to the same bytes
-        assert compiled_protocol.encode(answer) == pure_protocol.encode(answer) == frames
+        encoded = [bytes(frame) for frame in frames]
+        assert compiled_protocol.encode(answer) == pure_protocol.encode(answer) == encoded
+
+
+@pytest.mark.parametrize("build", ["pure", "compiled"])
+def test_each_thread_encodes_with_a_packer_of_its_own(build: str) -> None:
+    """A msgpack Packer is not thread-safe, and SyncWorkers encode on threads of their own.
+    Seen in review: a ``threading.local`` subclass, compiled, became a native class whose
+    attributes every thread shared. The codec's per-thread state is a plain instance."""
+    if build == "compiled" and not am_compiled_installed():
+        pytest.skip("no compiled build in this install (no C compiler found)")
+    protocol = importlib.import_module(
+        AM_COMPILED_PROTOCOL if build == "compiled" else pure_protocol.__name__
+    )
+    assert type(protocol._local) is threading.local
+    messages = [
+        protocol.Request(1, 2, 3, n, "h" * (n % 50 + 1), True, b"x" * n) for n in range(300)
+    ]
+    expected = [pure_protocol.encode(msg) for msg in messages]
+
+    def encode_all() -> bool:
+        return all(
+            protocol.encode(msg) == frames for msg, frames in zip(messages, expected, strict=True)
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(lambda _: encode_all(), range(16)))
+
+
+@pytest.mark.parametrize("package", [velo_event, velo_am])
+def test_a_builds_digest_covers_every_module_its_hot_set_imports(package: ModuleType) -> None:
+    """mypyc copies the constants of imported modules into the compiled code: a build is as
+    old as every module its hot set imports at run time (type-checking imports aside)."""
+    hot = importlib.import_module(f"{package.__name__}._hot")
+    root = Path(package.__file__).parent
+    imported: set[str] = set()
+    for module in hot.HOT_MODULES:
+        tree = ast.parse((root / f"{module}.py").read_text())
+        for node in tree.body:  # module level: what runs at import (not TYPE_CHECKING blocks)
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                imported.update(name for name in names if (root / f"{name}.py").exists())
+    assert imported <= {*hot.HOT_MODULES, *hot.DEPENDENCIES}
 
 
 request_fields = st.tuples(

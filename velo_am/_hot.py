@@ -9,16 +9,19 @@ import hashlib
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DIGEST_NAME", "HOT_MODULES", "sources_digest"]
+__all__ = ["DEPENDENCIES", "DIGEST_NAME", "HOT_MODULES", "sources_digest"]
 
 #: In the order they import each other.
 HOT_MODULES: Final = ("_protocol", "_budget", "_receipts", "_execution")
+#: The package's other modules the hot set imports at run time: mypyc copies their constants
+#: (``Final`` names) into the compiled code, so a build is as old as they are too.
+DEPENDENCIES: Final = ("_codec", "_handlers", "_log", "_messages")
 #: The compiled ``_protocol``'s attribute that holds the digest of the sources it was built from.
 DIGEST_NAME: Final = "SOURCE_DIGEST"
 
 
 def sources_digest(package: Path = Path(__file__).parent) -> str:
     digest = hashlib.sha256()
-    for module in HOT_MODULES:
+    for module in (*HOT_MODULES, *DEPENDENCIES):
         digest.update((package / f"{module}.py").read_bytes())
     return digest.hexdigest()

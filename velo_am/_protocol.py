@@ -65,8 +65,7 @@ __all__ = ["PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE", "ProtocolError", "Kin
 __all__ += ["PeerInfo", "Hello", "HelloAck", "Heartbeat", "Peers", "Request", "Response"]
 __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates", "Message"]
 __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
-__all__ += ["encode", "decode"]
-__all__ += ["encode_request", "encode_response", "encode_updates"]
+__all__ += ["encode", "decode", "encode_request", "encode_response", "encode_updates"]
 
 _SMALL_HEADER: Final = 1024  # headers up to this size skip the element budget
 _MAX_HEADER_ITEMS: Final = 6 * MAX_PEERS + 16  # total array elements in one header
@@ -75,12 +74,15 @@ _MAX_HEADER_ITEMS: Final = 6 * MAX_PEERS + 16  # total array elements in one hea
 # ----------------------------------------------------------------------------- encoding
 
 
-class _Local(threading.local):
-    def __init__(self) -> None:
-        self.pack: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True).pack
+_local: Final = threading.local()  # a Packer per thread; no subclass: mypyc makes those native
 
 
-_local = _Local()
+def _pack(obj: object) -> bytes:
+    try:
+        pack: Callable[[object], bytes] = _local.pack
+    except AttributeError:
+        pack = _local.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack(obj)
 
 
 def _wire_table() -> dict[Any, tuple[Callable[[Any], tuple[Any, ...]], int, bool, str]]:
@@ -115,7 +117,7 @@ def encode(msg: Message) -> list[bytes]:
         header[-2] = [to_bytes(h, 16, "big") for h in header[-2]]
         header[-1] = [(to_bytes(h, 16, "big"), r, unknown) for h, r, unknown in header[-1]]
     try:
-        packed = _local.pack(header)
+        packed = _pack(header)
     except Exception as exc:  # only reachable with strings msgpack cannot encode
         raise ProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
     return [packed, msg.payload] if has_payload else [packed]  # type: ignore[union-attr]
@@ -147,7 +149,7 @@ def encode_request(
     ):
         header: list[object] = [PROTOCOL_VERSION, Kind.REQUEST, src, src_incarnation]
         header += (dst_incarnation, msg_id, handler, reply)
-        return [_local.pack(header), payload]
+        return [_pack(header), payload]
     args = (src, src_incarnation, dst_incarnation, msg_id, handler, reply, payload)
     return encode(Request(*args))  # type: ignore[arg-type]
 
@@ -165,7 +167,7 @@ def encode_response(
         and 0 <= msg_id <= U64_MAX
     ):
         header = [PROTOCOL_VERSION, Kind.RESPONSE, src, src_incarnation, dst_incarnation, msg_id]
-        return [_local.pack(header), payload]
+        return [_pack(header), payload]
     return encode(Response(src, src_incarnation, dst_incarnation, msg_id, payload))
 
 
@@ -190,7 +192,7 @@ def encode_updates(
             header.append(dst_incarnation)
             header.append([_wire_handle(handle) for handle in subscribe])
             header.append([_wire_done(item) for item in done])
-            return [_local.pack(header)]
+            return [_pack(header)]
         except Exception:  # a bad item, or a reason msgpack cannot encode: worded below
             pass
     return encode(
@@ -473,24 +475,22 @@ def _unpack_header(header: bytes) -> Any:
         raise ProtocolError(f"malformed header frame: {exc}") from exc
 
 
-def decode(frames: Sequence[bytes], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+def decode(frames: Sequence[object], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
     """Parse the frames of one message (without the ROUTER identity frame).
 
     Returns a valid message or raises :class:`ProtocolError`, whatever the input.  The
     payload frame, if any, is returned as-is (it is never unpacked).  ``max_size`` bounds
     the total length of all frames.
     """
-    try:
+    try:  # frames typed as objects: a compiled build must not refuse bytes-like ones
         n = len(frames)
-        header, payload = (frames[0], frames[1] if n == 2 else None) if 0 < n < 3 else (b"", None)
+        first, second = (frames[0], frames[1] if n == 2 else None) if 0 < n < 3 else (b"", None)
     except Exception as exc:  # not a sequence at all
         raise ProtocolError(f"frames must be a sequence of bytes ({exc!r})") from exc
     if not 0 < n < 3:
         raise ProtocolError(f"expected 1 or 2 frames, got {n}")
-    if type(header) is not bytes:
-        header = _frame(header, 0)
-    if type(payload) is not bytes and payload is not None:
-        payload = _frame(payload, 1)
+    header = first if type(first) is bytes else _frame(first, 0)
+    payload = second if type(second) is bytes or second is None else _frame(second, 1)
     size = len(header) if payload is None else len(header) + len(payload)
     if size > max_size:
         raise ProtocolError(f"message of {size} bytes exceeds the maximum of {max_size}")

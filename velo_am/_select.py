@@ -3,15 +3,17 @@ by mypyc where a C compiler was found) unless ``VELO_PURE`` asks for the pure on
 variable as velo_event's: one switch for both packages) or it is missing or older than its
 sources; ``protocol``, the chosen build's wire codec (``_layers`` picks the rest of the set).
 Both builds share the pure modules outside the hot set (messages, errors, handlers), so their
-values and exceptions are the same objects whichever build is in use."""
+messages and exceptions are the same objects whichever build is in use (the hot set's own
+classes, such as ``Serving``, are the chosen build's)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import TYPE_CHECKING, Final
 
-from ._hot import DIGEST_NAME, sources_digest
+from ._hot import DIGEST_NAME, HOT_MODULES, sources_digest
 
 __all__ = ["COMPILED", "protocol"]
 
@@ -33,6 +35,8 @@ else:
 
         if getattr(protocol, DIGEST_NAME, None) != sources_digest():
             raise ImportError(STALE)
+        for module in HOT_MODULES:  # the whole set loads (``_layers`` takes it), or none is used
+            importlib.import_module(f"{__package__}._compiled.{module}")
     except Exception as error:  # a compiled build that cannot load (ImportError, mostly)
         from . import _protocol as protocol
 

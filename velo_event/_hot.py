@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
-__all__ = ["DIGEST_NAME", "HOT_MODULES", "mypyc_attr", "sources_digest"]
+__all__ = ["DEPENDENCIES", "DIGEST_NAME", "HOT_MODULES", "mypyc_attr", "sources_digest"]
 
 _T = TypeVar("_T")
 
@@ -25,12 +25,15 @@ except ImportError:  # the runtime needs none: mypyc reads the decorator when it
 
 #: In the order they import each other.
 HOT_MODULES: Final = ("_wake", "_mutex", "_core", "_merge", "_awaiter", "_manager")
+#: The package's other modules the hot set imports at run time: mypyc copies their constants
+#: (``Final`` names) into the compiled code, so a build is as old as they are too.
+DEPENDENCIES: Final = ("_errors", "_handle", "_hot", "_pending")
 #: The compiled ``_core``'s attribute that holds the digest of the sources it was built from.
 DIGEST_NAME: Final = "SOURCE_DIGEST"
 
 
 def sources_digest(package: Path = Path(__file__).parent) -> str:
     digest = hashlib.sha256()
-    for module in HOT_MODULES:
+    for module in (*HOT_MODULES, *DEPENDENCIES):
         digest.update((package / f"{module}.py").read_bytes())
     return digest.hexdigest()

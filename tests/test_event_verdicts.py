@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from support import FAKE_FAST, wait_until
 
-from velo_am import Worker
+from velo_am import ProtocolError, Worker
 from velo_am.transport import FakeNetwork
 from velo_event import (
     EventHandle,
@@ -388,3 +388,24 @@ async def test_an_observer_and_a_first_asker_after_the_owners_restart_never_disa
         assert await asyncio.wait_for(a.events.awaiter(handle), 5) is None
     finally:
         await new.close(grace=0)
+
+
+# -- review: a status answer is checked before it is remembered --------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [[2, None], [1, "a reason"], [1, 7], [3, None], [9, None], ["READY"], [0, "pending?"]],
+)
+async def test_a_malformed_status_answer_is_refused_and_not_remembered(
+    pair: tuple[Worker, Worker], reply: list[Any]
+) -> None:
+    """Measured: ``[POISONED, None]`` was remembered as READY, ``[READY, "a reason"]`` as a
+    poison, an unknown code raised a bare ValueError. Now each is a ProtocolError and nothing
+    is cached: the handle still reads as pending here."""
+    a, b = pair
+    handle = b.events.new_event().handle
+    b._handlers.register("_ev.status", lambda *_: reply, ordered=False, replace=True, internal=True)
+    with pytest.raises(ProtocolError, match=r"answered _ev\.status"):
+        await a.events.status_remote(handle, timeout=5)
+    assert a.events.poll(handle) is EventStatus.PENDING

@@ -46,6 +46,7 @@ from typing import Any, Final, NamedTuple
 from velo_event import (
     EventError,
     EventHandle,
+    EventStatus,
     ForeignHandleError,
     InvalidGenerationError,
     UnknownEventError,
@@ -64,7 +65,13 @@ from velo_event.lowlevel import (
 from ._errors import AMError
 from ._select import protocol as p
 
-__all__ = ["DEFAULT_CACHE_SIZE", "Messenger", "RemoteEvents", "Subscription"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "Messenger",
+    "RemoteEvents",
+    "Subscription",
+    "read_status_reply",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +112,30 @@ _new_tuple = tuple.__new__
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: The longest wait between two repeats of one pending subscription, in seconds.
 _MAX_RESUBSCRIBE_INTERVAL: Final = 600.0
+
+_STATUSES: Final = {
+    p.EventStatusCode.PENDING: EventStatus.PENDING,
+    p.EventStatusCode.READY: EventStatus.READY,
+    p.EventStatusCode.POISONED: EventStatus.POISONED,
+    p.EventStatusCode.UNKNOWN: EventStatus.UNKNOWN,
+}
+
+
+def read_status_reply(owner: int, reply: Any) -> tuple[EventStatus, str | None]:
+    """An owner's ``_ev.status`` answer, ``[code, reason]``, checked: pending and ready carry
+    no reason, poisoned and unknown a str. Raises ``ProtocolError`` otherwise (a verdict read
+    wrong would be remembered: a poison cached as ready, or the reverse)."""
+    try:
+        code, reason = reply
+        status = _STATUSES[p.EventStatusCode(code)]
+    except (TypeError, ValueError, KeyError):
+        raise p.ProtocolError(
+            f"worker {owner:#x} answered _ev.status with {reply!r:.200}"
+        ) from None
+    needs_reason = status in (EventStatus.POISONED, EventStatus.UNKNOWN)
+    if not isinstance(reason, str) if needs_reason else reason is not None:
+        raise p.ProtocolError(f"worker {owner:#x} answered _ev.status with {reply!r:.200}")
+    return status, reason
 
 
 def _sendable(reason: str) -> str:

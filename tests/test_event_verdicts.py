@@ -409,3 +409,24 @@ async def test_a_malformed_status_answer_is_refused_and_not_remembered(
     with pytest.raises(ProtocolError, match=r"answered _ev\.status"):
         await a.events.status_remote(handle, timeout=5)
     assert a.events.poll(handle) is EventStatus.PENDING
+
+
+async def test_a_remembered_verdict_is_kept_when_a_colliding_successor_answers(
+    pair: tuple[Worker, Worker],
+) -> None:
+    """Measured: with the 8-bit tags of two incarnations colliding, the successor's verdict on
+    the same handle replaced the one this worker held: its awaits returned READY after
+    raising the poison. The first verdict stays."""
+    a, b = pair
+    event = b.events.new_event()
+    event.poison("the predecessor's verdict")
+    with pytest.raises(EventPoison, match="predecessor's"):
+        await asyncio.wait_for(a.events.awaiter(event.handle), 5)
+    successor = [1, None]  # READY, for a slot and generation its own event reused
+    b._handlers.register(
+        "_ev.status", lambda *_: successor, ordered=False, replace=True, internal=True
+    )
+    assert await a.events.status_remote(event.handle, timeout=5) == (EventStatus.READY, None)
+    assert a.events.poll(event.handle) is EventStatus.POISONED
+    with pytest.raises(EventPoison, match="predecessor's"):
+        await asyncio.wait_for(a.events.awaiter(event.handle), 5)

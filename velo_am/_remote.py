@@ -345,10 +345,14 @@ class RemoteEvents:
     def resolve(self, handle: EventHandle, outcome: Wake) -> None:
         """Wake every local waiter of a remote handle: with the owner's verdict (``None`` or
         its poison reason), which is remembered; or with :class:`Unanswered` (the owner lost
-        or unreachable, this worker closing), which is not: a later await asks again."""
+        or unreachable, this worker closing), which is not: a later await asks again. A
+        verdict already remembered stays: the owner's successor with a colliding tag may give
+        its own, but one observer gives a handle one answer."""
         with self._lock:
             waiters = self._remote.pop(handle, None)
-            if not isinstance(outcome, Unanswered):
+            if handle in self._completed:
+                outcome = self._completed[handle]
+            elif not isinstance(outcome, Unanswered):
                 self._completed[handle] = outcome
                 self._completed.move_to_end(handle)
                 while len(self._completed) > self._cache_size:

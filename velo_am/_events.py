@@ -369,7 +369,7 @@ class DistributedEvents(CoreEventManager):
         if owner is None:
             outcome = self._core.status(handle)
             if outcome is PENDING or outcome is None:
-                return (EventStatus.PENDING if outcome else EventStatus.READY), None
+                return (EventStatus.PENDING if outcome is PENDING else EventStatus.READY), None
             if isinstance(outcome, Unanswered):
                 return EventStatus.UNKNOWN, outcome.reason
             return EventStatus.POISONED, str(outcome)

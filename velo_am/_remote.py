@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 from velo_event import (
     EventError,
@@ -403,7 +403,8 @@ class RemoteEvents:
             self._on_subscribe(handle, sender)
         for handle, reason, unknown in msg.done:
             # An owner that cannot tell (its predecessor's handle): no verdict, nothing cached.
-            self._on_done(handle, Unanswered(str(reason)) if unknown else reason, sender)
+            # The decoder refused an unknown item without a str reason.
+            self._on_done(handle, Unanswered(cast(str, reason)) if unknown else reason, sender)
 
     def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed

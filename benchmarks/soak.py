@@ -45,7 +45,10 @@ Invariants (each breach is a *violation*; the run exits 1 if there is any):
 * **every reason names its root cause**: a poisoned leaf's reason is its own planned one; a
   poisoned merge's names a planned-poison leaf below it; or the reason names a fault of a
   worker faulted during the round (``lost``, ``unreachable``, ``shutting down``,
-  ``earlier incarnation``). The reason of an ``OutcomeUnknown`` must name such a fault too.
+  ``earlier incarnation``). The reason of an ``OutcomeUnknown`` must name such a fault too,
+  of a worker faulted during the round (else it is an unprovoked loss, below); one saying
+  the handle is an earlier incarnation's is a violation unless its owner was restarted (a
+  kill or a restart, not a freeze) during the round.
 
 Counted, not violations: the observations that got ``OutcomeUnknown`` because the owner
 restarted since it minted the handle (*unknown after an owner restarted*: the invariants above
@@ -132,7 +135,8 @@ class Soak:
         self.logs: dict[int, IO[bytes]] = {}
         self.directory = ""  # the workers' logs: made by run()
         self.faulting: set[int] = set()  # workers in a fault now
-        self.fault_windows: list[tuple[int, float, float]] = []  # worker, start, end
+        self.restarting: set[int] = set()  # those of them killed or restarted
+        self.fault_windows: list[tuple[int, str, float, float]] = []  # worker, kind, start, end
         self.injected: Counter[str] = Counter()
         self.survived: Counter[str] = Counter()
         self.violations: list[str] = []
@@ -288,6 +292,8 @@ class Soak:
     async def inject(self, kind: str, worker_id: int) -> None:
         process = self.processes[worker_id]
         self.faulting.add(worker_id)
+        if kind != "freeze":
+            self.restarting.add(worker_id)
         start = time.monotonic()
         self.injected[kind] += 1
         print(f"fault: {kind} worker {worker_id:#x}", file=sys.stderr, flush=True)
@@ -319,12 +325,21 @@ class Soak:
                 self.violation(f"worker {worker_id:#x} unreachable 30 s after its {kind}")
         finally:
             self.faulting.discard(worker_id)
+            self.restarting.discard(worker_id)
             # A fault's effects (loss verdicts) trail it by up to a heartbeat timeout.
-            self.fault_windows.append((worker_id, start, time.monotonic() + 2 * HEARTBEAT_TIMEOUT))
+            end = time.monotonic() + 2 * HEARTBEAT_TIMEOUT
+            self.fault_windows.append((worker_id, kind, start, end))
 
     def faulted_since(self, since: float) -> set[int]:
         """The workers in a fault at some moment since ``since`` (or its trailing effects)."""
-        return {w for w, _, end in self.fault_windows if end >= since} | self.faulting
+        return {w for w, _, _, end in self.fault_windows if end >= since} | self.faulting
+
+    def restarted_since(self, since: float) -> set[int]:
+        """The workers killed or restarted at some moment since ``since``."""
+        windows = self.fault_windows
+        return {w for w, kind, _, end in windows if kind != "freeze" and end >= since} | set(
+            self.restarting
+        )
 
     # -- one round -----------------------------------------------------------------------------
 
@@ -435,7 +450,8 @@ class Soak:
         later = await asyncio.gather(
             *(self.observe(node, own) for node, own in zip(nodes, outcomes, strict=True))
         )
-        self.check(number, nodes, outcomes, later, self.faulted_since(started))
+        faulted, restarted = self.faulted_since(started), self.restarted_since(started)
+        self.check(number, nodes, outcomes, later, faulted, restarted)
         self.rounds += 1
 
     # -- invariants ----------------------------------------------------------------------------
@@ -447,7 +463,10 @@ class Soak:
         outcomes: list[Outcome],
         later: list[list[Outcome]],
         faulted: set[int],
+        restarted: set[int],
     ) -> None:
+        """``faulted``: the workers faulted during the round; ``restarted``: those of them
+        killed or restarted."""
         views: list[list[Outcome]] = []
         for node, own, others in zip(nodes, outcomes, later, strict=True):
             self.awaits[own.kind] += 1
@@ -460,10 +479,7 @@ class Soak:
             self.check_one_answer(name, node, answers)
             views.append(answers)
             for unknown in (o for o in [own, *others] if o.kind == "unknown"):
-                if STALE in unknown.reason:
-                    self.unknown_after_restart += 1
-                if not any(marker in unknown.reason for marker in FAULT_MARKERS):
-                    self.violation(f"{name}: OutcomeUnknown names no fault: {unknown.reason!r}")
+                self.check_unknown(name, node, unknown.reason, faulted, restarted)
             for answer in {(o.kind, o.reason): o for o in answers}.values():  # each answer once
                 if answer.kind == "poisoned":
                     self.check_reason(name, node, answer.reason, faulted)
@@ -494,6 +510,24 @@ class Soak:
         distinct = {(o.kind, o.reason) for o in answers}
         if len(distinct) > 1:
             self.violation(f"two answers: {name}: answers {sorted(distinct)}")
+
+    def check_unknown(
+        self, name: str, node: Node, reason: str, faulted: set[int], restarted: set[int]
+    ) -> None:
+        if not any(marker in reason for marker in FAULT_MARKERS):
+            self.violation(f"{name}: OutcomeUnknown names no fault: {reason!r}")
+            return
+        named = {int(text, 16) for text in NAMED_WORKER.findall(reason)} or {node.owner}
+        if STALE in reason:
+            if not named & restarted:
+                self.violation(
+                    f"{name}: OutcomeUnknown says an earlier incarnation, but no worker it "
+                    f"names was restarted this round: {reason!r} (restarted: {sorted(restarted)})"
+                )
+                return
+            self.unknown_after_restart += 1
+        elif not named & faulted:
+            self.unprovoked.append(f"{name}: {reason!r} (faulted this round: {sorted(faulted)})")
 
     def check_reason(self, name: str, node: Node, reason: str, faulted: set[int]) -> None:
         if any(cause in node.poisoned_leaves for cause in ROOT_CAUSE.findall(reason)):

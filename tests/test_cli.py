@@ -189,6 +189,20 @@ def test_errors_exit_3(mesh: tuple[list[str], int, int]) -> None:
     assert "cannot join the mesh" in dead.stderr
 
 
+def test_renew_of_a_handle_minted_before_its_owner_restarted_exits_3(
+    mesh: tuple[list[str], int, int],
+) -> None:
+    """Measured: it exited 1, which says "already completed"; the outcome is unknown, as for
+    `wait` (exit 3)."""
+    seed, first_id, _ = mesh
+    stale = str(EventHandle.from_parts(first_id, 0, 1))  # tag 0 and generation 1: no incarnation's
+    result = velo("renew", stale, *seed)
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert "outcome unknown: handle minted by an earlier incarnation of worker 0x51" in (
+        result.stderr
+    )
+
+
 # pydot 4 still calls pyparsing's pre-3.0 names, which pyparsing 3.3 deprecates: their
 # warning, not ours, and only while the DOT text is parsed.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:pydot.dot_parser")

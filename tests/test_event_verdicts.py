@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from support import FAKE_FAST, wait_until
 
-from velo_am import Worker
+from velo_am import ProtocolError, Worker
 from velo_am.transport import FakeNetwork
 from velo_event import (
     EventHandle,
@@ -388,3 +388,45 @@ async def test_an_observer_and_a_first_asker_after_the_owners_restart_never_disa
         assert await asyncio.wait_for(a.events.awaiter(handle), 5) is None
     finally:
         await new.close(grace=0)
+
+
+# -- review: a status answer is checked before it is remembered --------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [[2, None], [1, "a reason"], [1, 7], [3, None], [9, None], ["READY"], [0, "pending?"]],
+)
+async def test_a_malformed_status_answer_is_refused_and_not_remembered(
+    pair: tuple[Worker, Worker], reply: list[Any]
+) -> None:
+    """Measured: ``[POISONED, None]`` was remembered as READY, ``[READY, "a reason"]`` as a
+    poison, an unknown code raised a bare ValueError. Now each is a ProtocolError and nothing
+    is cached: the handle still reads as pending here."""
+    a, b = pair
+    handle = b.events.new_event().handle
+    b._handlers.register("_ev.status", lambda *_: reply, ordered=False, replace=True, internal=True)
+    with pytest.raises(ProtocolError, match=r"answered _ev\.status"):
+        await a.events.status_remote(handle, timeout=5)
+    assert a.events.poll(handle) is EventStatus.PENDING
+
+
+async def test_a_remembered_verdict_is_kept_when_a_colliding_successor_answers(
+    pair: tuple[Worker, Worker],
+) -> None:
+    """Measured: with the 8-bit tags of two incarnations colliding, the successor's verdict on
+    the same handle replaced the one this worker held: its awaits returned READY after
+    raising the poison. The first verdict stays."""
+    a, b = pair
+    event = b.events.new_event()
+    event.poison("the predecessor's verdict")
+    with pytest.raises(EventPoison, match="predecessor's"):
+        await asyncio.wait_for(a.events.awaiter(event.handle), 5)
+    successor = [1, None]  # READY, for a slot and generation its own event reused
+    b._handlers.register(
+        "_ev.status", lambda *_: successor, ordered=False, replace=True, internal=True
+    )
+    assert await a.events.status_remote(event.handle, timeout=5) == (EventStatus.READY, None)
+    assert a.events.poll(event.handle) is EventStatus.POISONED
+    with pytest.raises(EventPoison, match="predecessor's"):
+        await asyncio.wait_for(a.events.awaiter(event.handle), 5)

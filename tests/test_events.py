@@ -31,7 +31,14 @@ from velo_event import _core as pure_core  # white-box: the pure core, for what 
 from velo_event._select import awaiter as awaiter_module  # white-box: the build in use
 from velo_event._select import core as core_module
 from velo_event.lowlevel import PENDING as CORE_PENDING
-from velo_event.lowlevel import CoreEventManager, EventCore, Wake, WakeCallback, wake_future
+from velo_event.lowlevel import (
+    CoreEventManager,
+    EventCore,
+    Unanswered,
+    Wake,
+    WakeCallback,
+    wake_future,
+)
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
 MAX_GEN = 2**32 - 1
@@ -136,6 +143,15 @@ async def test_event_methods_route_to_the_manager() -> None:
     assert await outcome_of(awaiter) is None
     assert repr(awaiter) == f"<EventAwaiter {e.handle} complete>"
     assert await outcome_of(mgr.awaiter(e.handle)) is None
+
+
+def test_an_awaiter_holding_no_outcome_reads_unknown() -> None:
+    """Measured: its repr said "complete" for an awaiter that holds an ``Unanswered``."""
+    handle = LocalEventSystem().new_event().handle
+    awaiter = awaiter_module.EventAwaiter(
+        handle, Unanswered("owner lost"), lambda *_: CORE_PENDING, lambda *_: None
+    )
+    assert repr(awaiter) == f"<EventAwaiter {handle} unknown>"
 
 
 async def test_event_poison_directly() -> None:

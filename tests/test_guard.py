@@ -298,7 +298,9 @@ OPERATIONS: dict[str, Callable[[LocalEventSystem, EventHandle], object]] = {
 def test_poison_deferred_during_any_operation_is_never_stranded(operation: str) -> None:
     """Whatever the operation that held the lock, and however it ended (result or error), the
     finalizer's poison must have landed when it returns: a poll-only observer would otherwise
-    wait forever. (The pure build's core: a compiled one takes no other lock.)"""
+    wait forever. The pure build's core only: the compiled core's lock is a native attribute
+    typed ``Mutex``, which takes no stand-in (an interpreted subclass of the compiled
+    ``Mutex`` cannot be instantiated); the next test is both builds' variant."""
     mgr = pure_manager.LocalEventSystem()
     guarded, other = mgr.new_event(), mgr.new_event()
     guards = [guarded.into_guard()]
@@ -311,6 +313,27 @@ def test_poison_deferred_during_any_operation_is_never_stranded(operation: str) 
         OPERATIONS[operation](mgr, other.handle)
     assert lock.hook is None, "the operation never took the lock"
     assert not mgr._core._deferred
+    assert mgr.poll(guarded.handle) is POISONED
+    expected = "shutdown" if operation == "force_shutdown" else DROPPED_REASON
+    assert mgr.poison_reason(guarded.handle) == expected
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_poison_deferred_before_any_operation_lands_when_it_returns(operation: str) -> None:
+    """Both builds (the one in use; CI runs both): a finalizer's poison deferred while the lock
+    was held and left there by a bare release is drained by whichever operation takes the
+    lock next, before it returns (by result or error). The compiled core's variant of the
+    test above, with its own lock."""
+    mgr = LocalEventSystem()
+    core = mgr._core
+    guarded, other = mgr.new_event(), mgr.new_event()
+    guards = [guarded.into_guard()]
+    with core._lock:  # a bare hold: its release drains nothing
+        guards.clear()
+    assert list(core._deferred) == [(guarded.handle, DROPPED_REASON)]
+    with contextlib.suppress(EventError, TimeoutError):
+        OPERATIONS[operation](mgr, other.handle)
+    assert not core._deferred, "the operation returned with the poison still deferred"
     assert mgr.poll(guarded.handle) is POISONED
     expected = "shutdown" if operation == "force_shutdown" else DROPPED_REASON
     assert mgr.poison_reason(guarded.handle) == expected

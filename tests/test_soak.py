@@ -84,13 +84,13 @@ def test_the_checker_reports_each_kind_of_violation() -> None:
     merge_poisoned = soak.Outcome(
         "poisoned", f"Merge dependency {leaf_b} failed: root cause r1.leaf1"
     )
-    checker.check(1, nodes, [ready, poisoned_b, merge_poisoned], [[], [], []], set())
+    checker.check(1, nodes, [ready, poisoned_b, merge_poisoned], [[], [], []], set(), set())
     assert checker.violations == []
 
     # A merge READY over a poisoned input; leaf a answered twice; a reason naming no cause;
     # a waiter that never resolved.
     wrong = soak.Outcome("poisoned", "something else")
-    checker.check(1, nodes, [timeout, poisoned_b, ready], [[ready, wrong], [], []], set())
+    checker.check(1, nodes, [timeout, poisoned_b, ready], [[ready, wrong], [], []], set(), set())
     text = "\n".join(checker.violations)
     assert "did not resolve" in text
     assert "two answers" in text
@@ -102,13 +102,28 @@ def test_the_checker_reports_each_kind_of_violation() -> None:
     # "poisoned: minted by an earlier incarnation" beside READY is two answers (soak finding 4).
     checker.violations.clear()
     stale = "handle minted by an earlier incarnation of worker 0x1"
-    checker.check(2, nodes[:1], [ready], [[soak.Outcome("unknown", stale)]], {1})
+    checker.check(2, nodes[:1], [ready], [[soak.Outcome("unknown", stale)]], {1}, {1})
     assert checker.violations == [] and checker.unknown_after_restart == 1
-    checker.check(3, nodes[:1], [ready], [[soak.Outcome("poisoned", stale)]], {1})
+    checker.check(3, nodes[:1], [ready], [[soak.Outcome("poisoned", stale)]], {1}, {1})
     assert [v for v in checker.violations if "two answers" in v], checker.violations
     # An OutcomeUnknown must name a fault too.
     checker.violations.clear()
-    checker.check(4, nodes[:1], [soak.Outcome("unknown", "no idea")], [[]], set())
+    checker.check(4, nodes[:1], [soak.Outcome("unknown", "no idea")], [[]], set(), set())
     assert len(checker.violations) == 1, checker.violations
     assert "r1.leaf0" in checker.violations[0]
     assert "OutcomeUnknown names no fault: 'no idea'" in checker.violations[0]
+
+    # Its fault must be one of the round's: "earlier incarnation" only if the owner was
+    # restarted (a freeze is no restart); a loss of a worker not faulted is unprovoked.
+    checker.violations.clear()
+    checker.check(5, nodes[:1], [soak.Outcome("unknown", stale)], [[]], {1}, set())
+    assert len(checker.violations) == 1, checker.violations
+    assert "no worker it names was restarted this round" in checker.violations[0]
+    lost = "owner lost: worker 0x2 at tcp://127.0.0.1:1 lost: silent for 3.0 s"
+    checker.check(6, nodes[:1], [soak.Outcome("unknown", lost)], [[]], {3}, set())
+    assert len(checker.violations) == 1, checker.violations
+    assert checker.unprovoked == [
+        f"round 6: r1.leaf0 {leaf_a} (owner 0x1): {lost!r} (faulted this round: [3])"
+    ]
+    checker.check(7, nodes[:1], [soak.Outcome("unknown", lost)], [[]], {2}, set())
+    assert len(checker.violations) == 1 and len(checker.unprovoked) == 1

@@ -49,8 +49,7 @@ from velo_event.lowlevel import (
 
 from ._errors import AMError, RemoteError
 from ._leases import Broken, LeaseTable, check_lease_seconds
-from ._protocol import EventStatusCode
-from ._remote import Messenger, RemoteEvents
+from ._remote import Messenger, RemoteEvents, read_status_reply
 from ._waiting import Asker, ask_from_any_loop, ask_from_thread, ask_owners
 
 __all__ = ["DistributedEvents", "event_core"]
@@ -70,12 +69,6 @@ _REMOTE_ERRORS: Final[dict[str, type[EventError]]] = {
         SystemShutdownError,
         UnknownEventError,
     )
-}
-_STATUSES: Final = {
-    EventStatusCode.PENDING: EventStatus.PENDING,
-    EventStatusCode.READY: EventStatus.READY,
-    EventStatusCode.POISONED: EventStatus.POISONED,
-    EventStatusCode.UNKNOWN: EventStatus.UNKNOWN,
 }
 
 
@@ -361,7 +354,8 @@ class DistributedEvents(CoreEventManager):
 
     async def poll_remote(self, handle: EventHandle, timeout: float | None = None) -> EventStatus:
         """Ask the owner (``poll`` answers from what this worker knows). Raises ``PeerLost`` /
-        ``PeerUnreachable`` / ``CallTimeout`` when the owner cannot answer."""
+        ``PeerUnreachable`` / ``CallTimeout`` when the owner cannot answer, ``ProtocolError``
+        when its answer is not a status."""
         return (await self.status_remote(handle, timeout))[0]
 
     async def status_remote(
@@ -369,17 +363,18 @@ class DistributedEvents(CoreEventManager):
     ) -> tuple[EventStatus, str | None]:
         """:meth:`poll_remote` with the reason: the poison's, or why the owner cannot tell
         (``UNKNOWN``: a handle its earlier incarnation minted; nothing is recorded then).
-        Raises as :meth:`poll_remote`."""
+        Raises as :meth:`poll_remote`, and ``ProtocolError`` for an answer that is not a
+        status (nothing is remembered then)."""
         owner = self._remote.owner_of(handle)
         if owner is None:
             outcome = self._core.status(handle)
             if outcome is PENDING or outcome is None:
-                return (EventStatus.PENDING if outcome else EventStatus.READY), None
+                return (EventStatus.PENDING if outcome is PENDING else EventStatus.READY), None
             if isinstance(outcome, Unanswered):
                 return EventStatus.UNKNOWN, outcome.reason
             return EventStatus.POISONED, str(outcome)
-        code, reason = await self._messenger.call(owner, "_ev.status", handle.to_bytes(), timeout)
-        status = _STATUSES[EventStatusCode(code)]
+        reply = await self._messenger.call(owner, "_ev.status", handle.to_bytes(), timeout)
+        status, reason = read_status_reply(owner, reply)
         if status in (EventStatus.READY, EventStatus.POISONED):  # verdicts, remembered
             self._remote.resolve(handle, reason)
         return status, reason

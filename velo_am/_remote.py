@@ -41,11 +41,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 from velo_event import (
     EventError,
     EventHandle,
+    EventStatus,
     ForeignHandleError,
     InvalidGenerationError,
     UnknownEventError,
@@ -64,7 +65,13 @@ from velo_event.lowlevel import (
 from ._errors import AMError
 from ._select import protocol as p
 
-__all__ = ["DEFAULT_CACHE_SIZE", "Messenger", "RemoteEvents", "Subscription"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "Messenger",
+    "RemoteEvents",
+    "Subscription",
+    "read_status_reply",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +112,30 @@ _new_tuple = tuple.__new__
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: The longest wait between two repeats of one pending subscription, in seconds.
 _MAX_RESUBSCRIBE_INTERVAL: Final = 600.0
+
+_STATUSES: Final = {
+    p.EventStatusCode.PENDING: EventStatus.PENDING,
+    p.EventStatusCode.READY: EventStatus.READY,
+    p.EventStatusCode.POISONED: EventStatus.POISONED,
+    p.EventStatusCode.UNKNOWN: EventStatus.UNKNOWN,
+}
+
+
+def read_status_reply(owner: int, reply: Any) -> tuple[EventStatus, str | None]:
+    """An owner's ``_ev.status`` answer, ``[code, reason]``, checked: pending and ready carry
+    no reason, poisoned and unknown a str. Raises ``ProtocolError`` otherwise (a verdict read
+    wrong would be remembered: a poison cached as ready, or the reverse)."""
+    try:
+        code, reason = reply
+        status = _STATUSES[p.EventStatusCode(code)]
+    except (TypeError, ValueError, KeyError):
+        raise p.ProtocolError(
+            f"worker {owner:#x} answered _ev.status with {reply!r:.200}"
+        ) from None
+    needs_reason = status in (EventStatus.POISONED, EventStatus.UNKNOWN)
+    if not isinstance(reason, str) if needs_reason else reason is not None:
+        raise p.ProtocolError(f"worker {owner:#x} answered _ev.status with {reply!r:.200}")
+    return status, reason
 
 
 def _sendable(reason: str) -> str:
@@ -314,10 +345,14 @@ class RemoteEvents:
     def resolve(self, handle: EventHandle, outcome: Wake) -> None:
         """Wake every local waiter of a remote handle: with the owner's verdict (``None`` or
         its poison reason), which is remembered; or with :class:`Unanswered` (the owner lost
-        or unreachable, this worker closing), which is not: a later await asks again."""
+        or unreachable, this worker closing), which is not: a later await asks again. A
+        verdict already remembered stays: the owner's successor with a colliding tag may give
+        its own, but one observer gives a handle one answer."""
         with self._lock:
             waiters = self._remote.pop(handle, None)
-            if not isinstance(outcome, Unanswered):
+            if handle in self._completed:
+                outcome = self._completed[handle]
+            elif not isinstance(outcome, Unanswered):
                 self._completed[handle] = outcome
                 self._completed.move_to_end(handle)
                 while len(self._completed) > self._cache_size:
@@ -368,7 +403,8 @@ class RemoteEvents:
             self._on_subscribe(handle, sender)
         for handle, reason, unknown in msg.done:
             # An owner that cannot tell (its predecessor's handle): no verdict, nothing cached.
-            self._on_done(handle, Unanswered(str(reason)) if unknown else reason, sender)
+            # The decoder refused an unknown item without a str reason.
+            self._on_done(handle, Unanswered(cast(str, reason)) if unknown else reason, sender)
 
     def _on_subscribe(self, handle: EventHandle, subscriber: int) -> None:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed

@@ -11,7 +11,7 @@ from typing import Any, Final, cast
 from ._errors import EventPoison, OutcomeUnknown
 from ._handle import EventHandle
 from ._hot import mypyc_attr
-from ._wake import PENDING, Answer, Outcome, Unanswered, Wake, WakeCallback
+from ._wake import PENDING, Answer, Unanswered, Wake, WakeCallback
 
 __all__ = ["READY_AWAITER", "EventAwaiter", "running_loop", "wake_future"]
 
@@ -179,11 +179,16 @@ class EventAwaiter:
         return (yield from self._expired(self._handle, timeout).__await__())
 
     def __repr__(self) -> str:
-        state = "pending" if self._outcome is PENDING else "complete"
+        if self._outcome is PENDING:
+            state = "pending"
+        elif isinstance(self._outcome, Unanswered):  # no outcome: each await asks again
+            state = "unknown"
+        else:
+            state = "complete"
         return f"<EventAwaiter {self._handle} {state}>"
 
 
-def _no_waiter(handle: EventHandle, key: Hashable, callback: WakeCallback) -> Outcome:
+def _no_waiter(handle: EventHandle, key: Hashable, callback: WakeCallback) -> Answer:
     return None
 
 

@@ -6,6 +6,17 @@ every call, which made a lock round trip about half the cost of a core operation
 same guarantee: the queue is documented thread-safe (on a free-threaded build too), so
 whoever took its one token holds the lock until it puts it back. ``put`` never blocks and
 is reentrant (safe in a finalizer); a blocked ``get`` sleeps until the token is back.
+
+Finalizers also take the token: ``EventCore.poison_soon`` (an armed guard collected) drains
+its queue with ``acquire(blocking=False)``, i.e. ``get(block=False)``, and may run on a thread
+that is itself inside a blocking ``get`` of this queue (a signal handler the interrupted wait
+runs through ``Py_MakePendingCalls`` drops the guard's last reference, or collects it). CPython
+documents only ``put`` as reentrant: we rely on what its implementations (the list and lock of
+3.11-3.12, the ring buffer and parking lot of 3.13+) do with such a nested non-blocking
+``get``. It never waits: it takes the token if the queue holds it (and ``poison_soon`` puts
+it back before returning), else raises ``Empty`` and the poison stays deferred for the token's
+holder, which drains the deferred poisons after releasing it. The interrupted outer ``get``
+then looks at the queue again and waits again: no token is lost or doubled.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from velo_event import (
     EventError,
     EventHandle,
     EventPoison,
+    EventStatus,
     EventTimeout,
     InvalidGenerationError,
     OutcomeUnknown,
@@ -79,7 +80,12 @@ async def _renew(args: argparse.Namespace) -> int:
         await owner_ready(worker, handle.worker_id, args.connect_timeout)
         try:
             await worker.events.renew_lease(handle, args.lease, args.connect_timeout)
-        except InvalidGenerationError as error:  # completed: the lease ended with it
+        except InvalidGenerationError as error:
+            # Completed (the lease ended with it: exit 1), or minted by the owner's earlier
+            # incarnation: no outcome to tell, an error (exit 3), as for `wait`.
+            status, why = await worker.events.status_remote(handle, args.connect_timeout)
+            if status is EventStatus.UNKNOWN:
+                raise CommandError(f"outcome unknown: {why}") from None
             raise CommandError(str(error), EXIT_POISONED) from None
         except EventError as error:
             raise CommandError(f"the owner refused: {error}") from None
@@ -173,7 +179,7 @@ async def _wait(args: argparse.Namespace) -> int:
             raise CommandError(str(told), EXIT_TIMEOUT) from None
         except EventPoison as poison:
             raise CommandError(f"poisoned: {poison.reason}", EXIT_POISONED) from None
-        except OutcomeUnknown as unknown:  # the owner was lost: no outcome, an error
+        except OutcomeUnknown as unknown:  # owner lost, or restarted since: an error
             raise CommandError(f"outcome unknown: {unknown.reason}") from None
     return EXIT_OK
 
@@ -240,7 +246,7 @@ COMMANDS = (
     Command(
         "renew",
         "renew an event's lease (new-event --lease): exit 0 renewed, 1 the event already "
-        "completed, 3 error",
+        "completed, 3 error (outcome unknown among them: its owner restarted since)",
         """
         while velo-am renew "$H" --seed tcp://127.0.0.1:5555; do sleep 20; done &
         velo-am renew "$H" --lease 600 --seed tcp://127.0.0.1:5555  # a long step ahead

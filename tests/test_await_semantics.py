@@ -1,13 +1,15 @@
 """Issue 13, the core's hot path: the core's lock is a `Mutex` (a SimpleQueue's one token) held
-to a lock's contract (interface, mutual exclusion, no update lost under threads); and a pending
-await, with the free-listed objects of the compiled build, under every way asyncio ends a wait
-(cancel with a message, timeouts, gather, shield, close, a resume by no task, a wake-up from
-another thread). They run against whichever build is in use (CI runs both)."""
+to a lock's contract (interface, mutual exclusion, no update lost under threads); and an await
+of a pending event (its waiter is a future of the running loop; the free-listed objects of the
+compiled build) under every way asyncio ends a wait: cancel with a message, timeouts, gather,
+shield, close, a resume by no task, a wake-up from another thread. They run against whichever
+build is in use (CI runs both)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 from collections.abc import Hashable, Iterable
 
@@ -53,34 +55,55 @@ def test_mutex_has_a_locks_interface_and_refuses_a_second_holder() -> None:
 
 
 def test_mutex_excludes_other_threads_until_released() -> None:
+    """No timed look: what the contender may do while this thread holds the mutex is checked
+    at points both threads reached (a barrier), so a failure is a real breach."""
     mutex = Mutex()
-    inside = threading.Event()
-    release = threading.Event()
-    entered: list[str] = []
-
-    def holder() -> None:
-        with mutex:
-            entered.append("holder")
-            inside.set()
-            assert release.wait(DEADLINE)
-        entered.append("holder out")
+    met = threading.Barrier(2, timeout=DEADLINE)
+    tried: list[bool] = []
+    entered = threading.Event()
 
     def contender() -> None:
-        with mutex:
-            entered.append("contender")
+        met.wait()
+        tried.append(mutex.acquire(blocking=False))
+        met.wait()
+        with mutex:  # blocks until the holder releases
+            entered.set()
 
-    first = threading.Thread(target=holder)
-    first.start()
-    assert inside.wait(DEADLINE)
-    second = threading.Thread(target=contender)
-    second.start()
-    second.join(0.05)  # a bounded look: it must still be blocked
-    assert second.is_alive() and entered == ["holder"]
-    release.set()
-    first.join(DEADLINE)
-    second.join(DEADLINE)
-    assert not first.is_alive() and not second.is_alive()
-    assert entered[0] == "holder" and sorted(entered[1:]) == ["contender", "holder out"]
+    thread = threading.Thread(target=contender)
+    with mutex:
+        thread.start()
+        met.wait()
+        met.wait()
+        assert tried == [False], "a second holder got in"
+        assert not entered.is_set()
+    assert entered.wait(DEADLINE), "released: the blocked contender gets in"
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert not mutex.locked()
+
+
+def test_many_threads_are_never_two_inside_the_mutex() -> None:
+    mutex = Mutex()
+    rounds, workers = 2000, 4
+    inside, most, entries = [0], [0], [0]
+
+    def enter() -> None:
+        for _ in range(rounds):
+            with mutex:
+                inside[0] += 1
+                os.sched_yield()  # invites another thread in: only the mutex keeps it out
+                most[0] = max(most[0], inside[0])
+                entries[0] += 1
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=enter) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE * 3)
+    assert not any(thread.is_alive() for thread in threads)
+    assert most[0] == 1, f"{most[0]} threads inside at once"
+    assert entries[0] == rounds * workers
     assert not mutex.locked()
 
 
@@ -102,7 +125,7 @@ def test_many_threads_counting_under_the_core_lose_no_update() -> None:
     assert mgr.core.slot_count() <= workers  # every slot went back to the free list once
 
 
-# -- the Future-like wait ------------------------------------------------------------------------
+# -- an await under cancel, timeout, gather, shield, close --------------------------------------
 
 
 async def test_a_pending_awaits_waiter_is_a_future_of_the_running_loop() -> None:
@@ -204,7 +227,7 @@ async def test_a_closed_coroutine_unregisters_its_waiter() -> None:
     mgr = LocalEventSystem()
     e = mgr.new_event()
     coroutine = _await(mgr, e)
-    yielded = coroutine.send(None)  # what a task would get: the Future-like
+    yielded = coroutine.send(None)  # what a task would get: the future it waits on
     assert asyncio.isfuture(yielded)
     assert len(keys_waiting(mgr, e.handle)) == 1
     coroutine.close()

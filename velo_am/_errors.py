@@ -65,7 +65,7 @@ class PeerDraining(AMError):
     """The peer is shutting down and refused new work."""
 
 
-# ProtocolError (malformed input) is defined with the wire protocol in _protocol.py.
+# ProtocolError (malformed input) is defined with the message types in _messages.py.
 
 
 class WorkerClosed(AMError):

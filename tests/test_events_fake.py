@@ -320,3 +320,44 @@ async def test_a_dropped_guard_poisons_another_workers_event(mesh: Any) -> None:
     guard = EventGuard(a.events, event.handle, "producer on worker 1 vanished")
     del guard  # collected while armed
     assert "vanished" in await poisoned(b.events.awaiter(event.handle))
+
+
+async def test_a_subscription_after_a_completion_leaves_with_it_at_once(
+    mesh: Any, network: FakeNetwork
+) -> None:
+    """Trigger, then await the peer's event (the ping-pong a user writes): the completion and
+    the subscription go in one message before the loop runs again, not an iteration later
+    (the peer's answer waits for both)."""
+    a, b = await mesh(1, 2)
+    mine, theirs = a.events.new_event(), b.events.new_event()
+    b_waits = asyncio.ensure_future(asyncio.wait_for(b.events.awaiter(mine.handle), 5))
+    await wait_until(lambda: a.events.stats()["served"] == 1)
+    sent: list[p.Message] = []
+
+    def record(address: str, frames: list[bytes]) -> bool:
+        if address == b.address:
+            sent.append(p.decode(frames))
+        return True
+
+    network.filter = record
+    mine.trigger()
+    waiting = a.events.awaiter(theirs.handle).__await__()
+    next(waiting)  # subscribes, then suspends: no loop iteration since the trigger
+    updates = [msg for msg in sent if isinstance(msg, p.EventUpdates)]
+    assert len(updates) == 1, sent
+    assert updates[0].subscribe == (theirs.handle,)
+    assert [done[0] for done in updates[0].done] == [mine.handle]
+    waiting.close()
+    await b_waits  # B was told: the completion went
+    # A later subscription alone still waits for the iteration's flush, batched.
+    sent.clear()
+    others = [b.events.new_event().handle for _ in range(2)]
+    first, second = (a.events.awaiter(handle).__await__() for handle in others)
+    next(first)
+    next(second)
+    assert sent == []
+    await wait_until(lambda: len(sent) == 1)
+    assert isinstance(sent[0], p.EventUpdates)
+    assert (sent[0].subscribe, sent[0].done) == (tuple(others), ())
+    first.close()
+    second.close()

@@ -187,6 +187,39 @@ async def test_close_refuses_new_work_and_says_goodbye(make_worker: Any) -> None
     await b.close()  # twice is harmless
 
 
+async def test_send_and_call_refused_off_the_fast_path(make_worker: Any) -> None:
+    """A send or call to a peer that is not simply alive leaves the inline fast path for
+    ``Routes.live``: each refusal keeps its error, and nothing is sent."""
+    a, b = await make_worker(1), await make_worker(2)
+    release = asyncio.Event()
+    ran: list[Any] = []
+
+    @b.handler("slow")
+    async def slow(payload: Any, ctx: CallContext) -> None:
+        ran.append(payload)
+        await release.wait()
+
+    await a.connect(b.address)
+    await a.send(2, "slow", "first")  # the fast path
+    await wait_until(lambda: b.stats()["handlers_running"] == 1)
+    with pytest.raises(PeerUnreachable, match="unknown worker 0x63"):
+        await a.send(99, "slow", "nobody")
+    closing = asyncio.ensure_future(b.close(grace=2.0))
+    await wait_until(lambda: a.peers[2].state == "draining")
+    with pytest.raises(PeerDraining, match="shutting down"):
+        await a.send(2, "slow", "late")
+    with pytest.raises(PeerDraining, match="shutting down"):
+        await a.call(2, "slow", "late")
+    release.set()
+    await closing
+    assert ran == ["first"]
+    await a.close()
+    with pytest.raises(WorkerClosed):
+        await a.send(2, "slow", "closed")
+    with pytest.raises(WorkerClosed):
+        await a.call(2, "slow", "closed")
+
+
 async def test_message_for_earlier_incarnation_is_not_delivered(
     make_worker: Any, network: FakeNetwork
 ) -> None:

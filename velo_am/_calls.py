@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from . import _protocol as p
@@ -56,6 +57,9 @@ class CallTable:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
+        #: A fresh message id (also for requests that expect no answer): the counter's own
+        #: method, one call per send fewer than a method around it.
+        self.next_id: Callable[[], int] = self._ids.__next__
         # msg_id -> (future, peer id)
         self._calls: dict[int, tuple[asyncio.Future[Any], int]] = {}
         self._by_peer: dict[int, set[int]] = {}
@@ -66,10 +70,6 @@ class CallTable:
     def peers(self) -> set[int]:
         """The workers this one has calls in flight to."""
         return set(self._by_peer)
-
-    def next_id(self) -> int:
-        """A fresh message id (also for requests that expect no answer)."""
-        return next(self._ids)
 
     def open(
         self, loop: asyncio.AbstractEventLoop, peer_id: int

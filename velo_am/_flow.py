@@ -145,10 +145,14 @@ class SendWindows:
         raises :class:`PeerBusy` (timed out: not sent), :class:`PeerLost` or
         :class:`PeerDraining` (the peer was lost or began closing meanwhile: not sent), and
         what :meth:`send_now` raises. A send with room goes out now, and costs no coroutine."""
-        window = self._window(peer)
+        window = self._windows.get(peer.worker_id)  # _window's common case, inlined
+        if window is None or window.incarnation != peer.incarnation:
+            window = self._window(peer)
         # No send waits while there is room (see _wake). ``used``, inlined: every send asks.
         if len(window.sent) + window.unfinished + window.granted < self.size:
-            self._send(window, peer, name, payload)
+            msg_id = self._next_id()  # _send, inlined
+            self._outbound.request(peer, msg_id, name, payload, reply=False)
+            window.sent.append(msg_id)
             return _SENT
         return self._send_with_room(window, peer, name, payload, default, timeout)
 

@@ -34,6 +34,7 @@ added from any thread; everything that sends runs on the worker's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import threading
@@ -270,6 +271,16 @@ class RemoteEvents:
             items = self._outbox[peer_id] = ([], [])
         if done is None:
             items[0].append(handle)
+            if items[1]:
+                # A subscription after a completion to the same peer: a task that triggered
+                # and now awaits (the ping-pong a user writes), about to suspend. Both go now,
+                # in one message, instead of a loop iteration later: the peer's answer waits
+                # for them. Its items stay in order; the others' wait for the flush, as do
+                # these if they cannot go (the flush reports it: not inside this subscribe).
+                with contextlib.suppress(AMError):
+                    self._messenger.post(peer_id, *items)
+                    del self._outbox[peer_id]
+                    return True
         else:
             items[1].append(done)
         if not self._flush_scheduled:

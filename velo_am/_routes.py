@@ -21,7 +21,7 @@ from typing import Final, TypeVar
 
 from . import _peers as ms
 from . import _protocol as p
-from ._errors import AuthenticationRefused, PeerUnreachable, WorkerClosed
+from ._errors import AuthenticationRefused, PeerDraining, PeerUnreachable, WorkerClosed
 from ._membership import PeerTable
 from ._outbound import Outbound
 from .discovery import Discovery, DiscoveryEntry, this_host
@@ -319,6 +319,14 @@ class Routes:
             raise PeerUnreachable(f"{peer.describe()} was lost (no answer within the window)")
         if peer.state is ms.PeerState.CLOSED:
             raise PeerUnreachable(f"{peer.describe()} has closed")
+        return peer
+
+    async def live(self, worker_id: int) -> ms.Member:
+        """:meth:`route` for a call or a send (their slow path): a peer that began closing
+        takes none, :class:`PeerDraining`."""
+        peer = await self.route(worker_id)
+        if peer.state is ms.PeerState.DRAINING:
+            raise PeerDraining(f"{peer.describe()} is shutting down")
         return peer
 
     # -- discovery --------------------------------------------------------------------------

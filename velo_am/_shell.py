@@ -114,7 +114,7 @@ class Shell:
                 speaker = None if owner is None else Speaker(owner, msg.src_incarnation)
             if speaker is not None:
                 if speaker.worker_id == msg.src and speaker.incarnation == msg.src_incarnation:
-                    self._handle(msg, link)
+                    self._from_peer(msg, link, time.monotonic())  # no handshake: skip _handle
                 else:
                     self._spoofed(msg, Verdict.SPOOFED)
                 return
@@ -260,7 +260,6 @@ class Shell:
 
     def _handle(self, msg: p.Message, link: LinkId) -> None:
         """A message its link speaks for: handed to the layer it concerns."""
-        counters = self._counters
         now = time.monotonic()
         if isinstance(msg, p.Hello):  # a handshake may name any incarnation
             self._stalls.ran(now)  # a worker handshakes as it starts, before its first tick
@@ -284,6 +283,12 @@ class Shell:
                 self._membership.on_link_up(msg.src, msg.src_incarnation)
             self._bind_if_admitted(msg, key)
             return
+        self._from_peer(msg, link, now)
+
+    def _from_peer(self, msg: p.Message, link: LinkId, now: float) -> None:
+        """Any message but a handshake, its link speaking for its sender: if membership
+        admits the sender, handed to the layer it concerns."""
+        counters = self._counters
         peer = self._membership.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, now)
         if type(peer) is not ms.Member:
             if isinstance(peer, ms.Rejected):

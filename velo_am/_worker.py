@@ -23,7 +23,7 @@ from . import _peers as ms
 from . import _protocol as p
 from ._calls import CallTable
 from ._config import OPTION_NAMES, CurveSpec, WorkerOptions, security_of
-from ._errors import AMError, PeerDraining, PeerUnreachable, WorkerClosed
+from ._errors import AMError, PeerUnreachable, WorkerClosed
 from ._event_handlers import runtime_handlers
 from ._events import DistributedEvents, event_core
 from ._flow import FlowControl
@@ -59,6 +59,10 @@ class WorkerState(enum.StrEnum):
     DRAINING = "draining"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+#: The states in which calls and sends go out (while draining, handlers may call out).
+_OUTGOING: Final = (WorkerState.RUNNING, WorkerState.DRAINING)
 
 
 class Worker(FromEnv):
@@ -421,7 +425,9 @@ class Worker(FromEnv):
         sends (a full one waits up to ``timeout``, default ``call_timeout``; see the README).
         Raises :class:`PeerBusy`, :class:`PeerLost`, :class:`PeerDraining` (still full, lost,
         closing: not sent), :class:`PeerUnreachable`, :class:`WorkerClosed`, ``ValueError``."""
-        peer = await self._live_peer(peer_id)
+        peer = self._membership.alive(peer_id)  # the fast path inline: no coroutine for it
+        if peer is None or self._state not in _OUTGOING:
+            peer = await self._routes.live(peer_id)  # the slow path: discovery, errors
         await self._flow.sends.send(peer, name, payload, timeout, self.call_timeout)
 
     async def call(
@@ -432,7 +438,9 @@ class Worker(FromEnv):
         :class:`HandlerNotFound`, :class:`CallTimeout`, :class:`PeerBusy` (refused unrun:
         safe to retry), :class:`PeerUnreachable`, :class:`PeerLost` (died, went silent,
         closed or restarted meanwhile) or :class:`PeerDraining`."""
-        peer = await self._live_peer(peer_id)
+        peer = self._membership.alive(peer_id)
+        if peer is None or self._state not in _OUTGOING:
+            peer = await self._routes.live(peer_id)
         loop = self._loop
         assert loop is not None
         msg_id, future = self._calls.open(loop, peer_id)
@@ -452,14 +460,6 @@ class Worker(FromEnv):
         connected now, :class:`PeerBusy` if its window is full (runtime ``_`` sends go anyway)."""
         self._flow.sends.send_now(self._connected(peer_id), name, payload)
 
-    async def _live_peer(self, peer_id: int) -> ms.Member:
-        peer = self._membership.alive(peer_id)
-        if peer is None or self._state not in (WorkerState.RUNNING, WorkerState.DRAINING):
-            peer = await self._routes.route(peer_id)  # the slow path: discovery, errors
-            if peer.state is ms.PeerState.DRAINING:
-                raise PeerDraining(f"{peer.describe()} is shutting down")
-        return peer
-
     def _connected(self, peer_id: int) -> ms.Member:
         self._check_running()
         peer = self._membership.get(peer_id)
@@ -470,7 +470,7 @@ class Worker(FromEnv):
     def _check_running(self) -> None:
         """Outgoing traffic is allowed while running and while draining (in-flight handlers
         may need to call out to finish)."""
-        if self._state not in (WorkerState.RUNNING, WorkerState.DRAINING):
+        if self._state not in _OUTGOING:
             raise WorkerClosed(f"worker {self.worker_id:#x} is {self._state}")
 
     # -- time -------------------------------------------------------------------------------

@@ -436,13 +436,16 @@ class Shell:
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
-        if self.routes is not None:
-            # A live member answers every challenge, even to refute it: only a dead or
-            # unreachable one does not, and a busy one must not lose what it sent.
-            patience = max(self.routes.handshake_timeout, self._outbound.connect_timeout)
-            for claim in self.trust.expire(now, patience):
-                self._refuted(claim, "no answer to the challenge")
-        self.trust.retain(lambda worker_id: self._membership.get(worker_id) is not None)
+        # A live member answers every challenge, even to refute it: only a dead or
+        # unreachable one does not, and a busy one must not lose what it sent. A link bound
+        # before membership knows its sender is kept as long: its handshake ends by then.
+        handshake = 0.0 if self.routes is None else self.routes.handshake_timeout
+        patience = max(handshake, self._outbound.connect_timeout)
+        for claim in self.trust.expire(now, patience):
+            self._refuted(claim, "no answer to the challenge")
+        self.trust.retain(
+            lambda worker_id: self._membership.get(worker_id) is not None, now, patience
+        )
         self._keys.retain(lambda worker_id: self._membership.get(worker_id) is not None)
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 

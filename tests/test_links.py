@@ -29,6 +29,26 @@ def test_a_link_without_a_handshake_speaks_for_nobody() -> None:
     assert trust.verdict(LINK, B) is Verdict.UNBOUND
 
 
+def test_a_members_message_on_a_link_that_speaks_for_nobody_claims_it() -> None:
+    """As an introduction would: held, proven on that link, then the link speaks for it; a
+    message naming anyone else (not a member, or not as known) is still dropped."""
+    trust = trusting()
+    assert trust.on_message(LINK, B, member=False, now=0) is Verdict.UNBOUND
+    assert trust.on_message(LINK, B, member=True, now=0) is Verdict.CHALLENGE
+    claim = trust.claim_of(LINK)
+    assert claim is not None and claim.hello_token == 0 and trust.hold(LINK, 1, 10)
+    assert trust.on_message(LINK, B, member=True, now=0) is Verdict.HOLD
+    assert trust.on_message(LINK, Speaker(0xC, 1), member=True, now=0) is Verdict.SPOOFED
+    assert trust.on_proof(claim.token, B, LINK, inbound=True) == (claim, True)
+    assert claim.held == [1]
+    assert trust.on_message(LINK, B, member=True, now=1) is Verdict.PASS
+    assert trust.on_message(OTHER, B, member=True, now=1) is Verdict.CHALLENGE
+    refuted = trust.claim_of(OTHER)
+    assert refuted is not None
+    assert trust.on_proof(refuted.token, B, LINK, inbound=True) == (refuted, False)
+    assert trust.verdict(OTHER, B) is Verdict.UNBOUND
+
+
 def test_a_newcomers_hello_binds_the_link_to_it_and_only_it() -> None:
     trust: LinkTrust[str] = LinkTrust(lambda: LIMIT)
     assert trust.on_hello(LINK, B, needs_proof=False, hello_token=0, now=0) is Verdict.PASS

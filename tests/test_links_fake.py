@@ -7,9 +7,12 @@ import asyncio
 import time
 from typing import Any
 
+import msgpack
 import pytest
+from support import wait_until
 
 from velo_am import _protocol as p
+from velo_am._links import MAX_BOUND_PER_WORKER, Speaker
 from velo_am.transport import FakeNetwork
 
 pytestmark = pytest.mark.timeout(30)
@@ -47,3 +50,47 @@ async def test_a_verification_link_bound_before_its_sender_is_known_survives_a_t
     a.events.trigger(handle)
     assert await asyncio.wait_for(waiting, 5) is None
     assert b.stats()["messages_spoofed"] == 0  # nothing of A's was dropped on the way
+
+
+async def test_a_members_link_unbound_by_hellos_in_its_name_is_proven_again(
+    network: FakeNetwork, make_worker: Any
+) -> None:
+    """B joined through A, which goes on using the link it verified B's address on. Hellos
+    naming A as another incarnation, each on a link of its own, bind at once (a newcomer's
+    do), and B keeps the newest ``MAX_BOUND_PER_WORKER`` links bound in A's name: A's link no
+    longer speaks for A at B. A's calls on it were dropped as "no handshake on its link" (and
+    timed out); now the first makes a claim of the link, which A proves, and none is lost."""
+    a = await make_worker(0xA, call_timeout=5.0)
+    b = await make_worker(0xB, peers=[a.address])
+    await wait_until(lambda: b.worker_id in a.peers and a.worker_id in b.peers)
+    assert a._outbound.own_link(b.worker_id) is not None  # A's link to B: the verification's
+    b.register_handler("echo", lambda payload, ctx: payload)
+    assert await a.call(b.worker_id, "echo", 1) == 1
+    real = Speaker(a.worker_id, a.incarnation)
+    forged = p.Hello(a.worker_id, a.incarnation + 1, b.incarnation, 0, "fake://0", 0, 0, ())
+    for _ in range(MAX_BOUND_PER_WORKER):
+        network.deliver(b.address, p.encode(forged))
+    await wait_until(lambda: real not in b._shell.trust.bound.values())
+    assert await a.call(b.worker_id, "echo", 2) == 2
+    assert real in b._shell.trust.bound.values()  # proven again
+    assert b.stats()["messages_spoofed"] == 0
+
+
+async def test_a_strangers_message_in_a_members_name_is_refuted_by_the_member(
+    network: FakeNetwork, make_worker: Any
+) -> None:
+    """A message naming member A on a stranger's link that speaks for nobody makes a claim,
+    which A refutes (it proves its own link only): the message is dropped, never run."""
+    a = await make_worker(0xA)
+    b = await make_worker(0xB, peers=[a.address])
+    await wait_until(lambda: b.worker_id in a.peers and a.worker_id in b.peers)
+    ran: list[Any] = []
+    b.register_handler("work", lambda payload, ctx: ran.append(payload))
+    body = msgpack.packb("forged")
+    forged = p.encode_request(a.worker_id, a.incarnation, b.incarnation, 1, "work", False, body)
+    network.deliver(b.address, forged)
+    await wait_until(lambda: b.stats()["messages_spoofed"] == 1)
+    assert len(b._shell.trust) == len(b._shell.trust.bound)  # no claim left
+    assert ran == []
+    b.register_handler("echo", lambda payload, ctx: payload)
+    assert await a.call(b.worker_id, "echo", 3) == 3  # A's own traffic is undisturbed

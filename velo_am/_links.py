@@ -7,7 +7,7 @@ whoever answers at the address it dialed (the shell checks them against the outb
 owner); this module decides for the links others opened to it:
 
 * A link speaks for nobody until a ``Hello`` on it names a worker (and incarnation); every
-  other message on it is dropped.
+  other message on it is dropped, but for a member's (below).
 * A ``Hello`` from a newcomer (an id this worker does not know, or a new incarnation, whose
   address membership verifies before admitting it) or from an observer binds the link at
   once.
@@ -30,6 +30,12 @@ owner); this module decides for the links others opened to it:
   time of their last binding: a link may be bound before its sender is known (a worker this
   one joins through verifies this one's address first, on a link of its own that it goes on
   using, while the answer to this worker's own ``Hello`` is still on its way).
+* A message naming a member (as the incarnation this worker knows) on a link that speaks for
+  nobody makes a claim, as an introduction (a ``Hello`` of token 0) would: the link's
+  binding may have been lost (its sender unknown for longer than that, or more than
+  ``MAX_BOUND_PER_WORKER`` links bound in the member's name since, by anyone) while the
+  member goes on using it. A stranger's such message gains nothing: the member proves only
+  its own links.
 
 The shell counts what is dropped in ``messages_spoofed``.
 """
@@ -136,6 +142,17 @@ class LinkTrust(Generic[T]):
         if claim is not None:
             return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
         return Verdict.UNBOUND
+
+    def on_message(self, link: LinkId, speaker: Speaker, *, member: bool, now: float) -> Verdict:
+        """Any other message on ``link``, naming ``speaker``; ``member``: a member this
+        worker knows, with the incarnation it knows. On a link that speaks for nobody, such a
+        message makes a claim as an introduction would (``CHALLENGE``): the link's binding
+        was lost (forgotten, or past ``MAX_BOUND_PER_WORKER``) while its sender goes on
+        using it."""
+        verdict = self.verdict(link, speaker)
+        if verdict is Verdict.UNBOUND and member:
+            return self.on_hello(link, speaker, needs_proof=True, hello_token=0, now=now)
+        return verdict
 
     def claim_of(self, link: LinkId) -> Claim[T] | None:
         return self._claims.get(link)

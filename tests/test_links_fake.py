@@ -94,3 +94,35 @@ async def test_a_strangers_message_in_a_members_name_is_refuted_by_the_member(
     assert ran == []
     b.register_handler("echo", lambda payload, ctx: payload)
     assert await a.call(b.worker_id, "echo", 3) == 3  # A's own traffic is undisturbed
+
+
+async def test_answers_on_a_link_of_ours_its_peer_has_another_of_ours_for_still_count(
+    network: FakeNetwork, make_worker: Any
+) -> None:
+    """B reaches A at two addresses (a seed's name and the one A advertises): B's link to
+    the second became its link to A while a call of B's was in flight on the first, which
+    then spoke for nobody: A's answer on it was dropped as "no handshake on its link", and
+    the call timed out."""
+    a = await make_worker(0xA)
+    listener = network.listener(a.address)
+    assert listener is not None
+    network.bind(listener, "fake://alias")  # A, under another name
+    b = await make_worker(0xB, call_timeout=5.0)
+    assert await b.connect("fake://alias") == a.worker_id
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(payload: int, ctx: Any) -> int:
+        started.set()
+        await release.wait()
+        return payload
+
+    a.register_handler("slow", slow)
+    call = asyncio.ensure_future(b.call(a.worker_id, "slow", 1))
+    async with asyncio.timeout(5):
+        await started.wait()
+    first = b._outbound.own_link(a.worker_id)
+    assert await b.connect(a.address) == a.worker_id  # another link of B's to A
+    assert b._outbound.own_link(a.worker_id) not in (first, None)
+    release.set()
+    assert await call == 1
+    assert b.stats()["messages_spoofed"] == 0

@@ -196,6 +196,8 @@ async def test_a_hello_in_a_members_name_evicts_nobody(tmp_path: Path) -> None:
         new_incarnation = secrets.randbits(63) + 1
         try:
             stranger.send([header(GOODBYE, b.worker_id, b.incarnation, a.incarnation)])
+            # A claim of the stranger's link in b's name, which b refutes: dropped, counted.
+            await wait_until(lambda: spoofed(a, 1))
             stranger.send(hello(b.worker_id, new_incarnation, token=7, address=own_address))
             # Answer a's verification dial as "b", at the stranger's own address.
             async with asyncio.timeout(5):

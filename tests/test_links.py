@@ -29,6 +29,26 @@ def test_a_link_without_a_handshake_speaks_for_nobody() -> None:
     assert trust.verdict(LINK, B) is Verdict.UNBOUND
 
 
+def test_a_members_message_on_a_link_that_speaks_for_nobody_claims_it() -> None:
+    """As an introduction would: held, proven on that link, then the link speaks for it; a
+    message naming anyone else (not a member, or not as known) is still dropped."""
+    trust = trusting()
+    assert trust.on_message(LINK, B, member=False, now=0) is Verdict.UNBOUND
+    assert trust.on_message(LINK, B, member=True, now=0) is Verdict.CHALLENGE
+    claim = trust.claim_of(LINK)
+    assert claim is not None and claim.hello_token == 0 and trust.hold(LINK, 1, 10)
+    assert trust.on_message(LINK, B, member=True, now=0) is Verdict.HOLD
+    assert trust.on_message(LINK, Speaker(0xC, 1), member=True, now=0) is Verdict.SPOOFED
+    assert trust.on_proof(claim.token, B, LINK, inbound=True) == (claim, True)
+    assert claim.held == [1]
+    assert trust.on_message(LINK, B, member=True, now=1) is Verdict.PASS
+    assert trust.on_message(OTHER, B, member=True, now=1) is Verdict.CHALLENGE
+    refuted = trust.claim_of(OTHER)
+    assert refuted is not None
+    assert trust.on_proof(refuted.token, B, LINK, inbound=True) == (refuted, False)
+    assert trust.verdict(OTHER, B) is Verdict.UNBOUND
+
+
 def test_a_newcomers_hello_binds_the_link_to_it_and_only_it() -> None:
     trust: LinkTrust[str] = LinkTrust(lambda: LIMIT)
     assert trust.on_hello(LINK, B, needs_proof=False, hello_token=0, now=0) is Verdict.PASS
@@ -106,9 +126,28 @@ def test_links_of_workers_gone_are_forgotten() -> None:
     trust: LinkTrust[str] = LinkTrust(lambda: LIMIT)
     trust.on_hello(LINK, B, needs_proof=False, hello_token=0, now=0)
     trust.on_hello(OTHER, Speaker(0xC, 1), needs_proof=False, hello_token=0, now=0)
-    trust.retain(lambda worker_id: worker_id == 0xC)
+    trust.retain(lambda worker_id: worker_id == 0xC, now=10, grace=5)
     assert trust.verdict(LINK, B) is Verdict.UNBOUND
     assert trust.verdict(OTHER, Speaker(0xC, 1)) is Verdict.PASS
+
+
+def test_a_link_bound_before_its_sender_is_known_is_kept_for_a_handshakes_time() -> None:
+    """A worker this one joins through verifies this one's address on a link of its own,
+    bound by its ``Hello`` before the answer to this worker's own makes it known: that link
+    is not forgotten within ``grace`` of its binding (it was, at the next tick), and is
+    forgotten after it if its sender stays unknown."""
+    trust: LinkTrust[str] = LinkTrust(lambda: LIMIT)
+    trust.on_hello(LINK, B, needs_proof=False, hello_token=7, now=100)
+    trust.retain(lambda worker_id: False, now=100.2, grace=5)
+    assert trust.verdict(LINK, B) is Verdict.PASS
+    trust.on_hello(OTHER, B, needs_proof=False, hello_token=8, now=104)  # its newest binding
+    trust.retain(lambda worker_id: False, now=108, grace=5)
+    assert trust.verdict(LINK, B) is trust.verdict(OTHER, B) is Verdict.PASS
+    trust.retain(lambda worker_id: worker_id == B.worker_id, now=200, grace=5)  # known
+    assert trust.verdict(LINK, B) is Verdict.PASS
+    trust.retain(lambda worker_id: False, now=201, grace=5)
+    assert trust.verdict(LINK, B) is trust.verdict(OTHER, B) is Verdict.UNBOUND
+    assert len(trust) == 0
 
 
 def test_claims_are_capped() -> None:
@@ -157,5 +196,5 @@ def test_only_the_newest_bound_links_of_a_worker_are_kept() -> None:
     assert kept == links[-MAX_BOUND_PER_WORKER:]
     assert len(trust) == MAX_BOUND_PER_WORKER + 1
     assert trust.verdict(OTHER, Speaker(0xC, 1)) is Verdict.PASS  # another worker's stay
-    trust.retain(lambda worker_id: worker_id == 0xC)
+    trust.retain(lambda worker_id: worker_id == 0xC, now=10, grace=5)
     assert len(trust) == 1

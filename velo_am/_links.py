@@ -7,7 +7,7 @@ whoever answers at the address it dialed (the shell checks them against the outb
 owner); this module decides for the links others opened to it:
 
 * A link speaks for nobody until a ``Hello`` on it names a worker (and incarnation); every
-  other message on it is dropped.
+  other message on it is dropped, but for a member's (below).
 * A ``Hello`` from a newcomer (an id this worker does not know, or a new incarnation, whose
   address membership verifies before admitting it) or from an observer binds the link at
   once.
@@ -26,6 +26,16 @@ owner); this module decides for the links others opened to it:
   is dropped. A worker keeps at most ``MAX_BOUND_PER_WORKER`` bound links, the newest (each
   connection it opens has a routing id of its own, and the transport does not say when an
   inbound connection that ended was which link).
+* The links of a worker membership does not know are forgotten, but not within a handshake's
+  time of their last binding: a link may be bound before its sender is known (a worker this
+  one joins through verifies this one's address first, on a link of its own that it goes on
+  using, while the answer to this worker's own ``Hello`` is still on its way).
+* A message naming a member (as the incarnation this worker knows) on a link that speaks for
+  nobody makes a claim, as an introduction (a ``Hello`` of token 0) would: the link's
+  binding may have been lost (its sender unknown for longer than that, or more than
+  ``MAX_BOUND_PER_WORKER`` links bound in the member's name since, by anyone) while the
+  member goes on using it. A stranger's such message gains nothing: the member proves only
+  its own links.
 
 The shell counts what is dropped in ``messages_spoofed``.
 """
@@ -96,6 +106,7 @@ class LinkTrust(Generic[T]):
         self.bound: dict[LinkId, Speaker] = {}
         self._limit = limit
         self._links_of: dict[int, list[LinkId]] = {}  # bound links per worker, oldest first
+        self._bound_at: dict[int, float] = {}  # per worker: when its newest link was bound
         self._claims: dict[LinkId, Claim[T]] = {}
         self._by_token: dict[int, Claim[T]] = {}
         self._held_bytes = 0  # on all claims
@@ -113,7 +124,7 @@ class LinkTrust(Generic[T]):
         if verdict is not Verdict.UNBOUND:  # the link speaks for someone, or is being proven
             return verdict
         if not needs_proof:
-            self._bind(link, speaker)
+            self._bind(link, speaker, now)
             return Verdict.PASS
         if len(self._claims) >= MAX_CLAIMS:
             return Verdict.SPOOFED
@@ -131,6 +142,17 @@ class LinkTrust(Generic[T]):
         if claim is not None:
             return Verdict.HOLD if claim.speaker == speaker else Verdict.SPOOFED
         return Verdict.UNBOUND
+
+    def on_message(self, link: LinkId, speaker: Speaker, *, member: bool, now: float) -> Verdict:
+        """Any other message on ``link``, naming ``speaker``; ``member``: a member this
+        worker knows, with the incarnation it knows. On a link that speaks for nobody, such a
+        message makes a claim as an introduction would (``CHALLENGE``): the link's binding
+        was lost (forgotten, or past ``MAX_BOUND_PER_WORKER``) while its sender goes on
+        using it."""
+        verdict = self.verdict(link, speaker)
+        if verdict is Verdict.UNBOUND and member:
+            return self.on_hello(link, speaker, needs_proof=True, hello_token=0, now=now)
+        return verdict
 
     def claim_of(self, link: LinkId) -> Claim[T] | None:
         return self._claims.get(link)
@@ -166,7 +188,7 @@ class LinkTrust(Generic[T]):
         self._held_bytes -= claim.held_bytes
         proven = inbound and link == claim.link and speaker == claim.speaker
         if proven:
-            self._bind(link, speaker)
+            self._bind(link, speaker, claim.started)
         return claim, proven
 
     def expire(self, now: float, timeout: float) -> list[Claim[T]]:
@@ -178,15 +200,21 @@ class LinkTrust(Generic[T]):
             self._held_bytes -= claim.held_bytes
         return expired
 
-    def _bind(self, link: LinkId, speaker: Speaker) -> None:
+    def _bind(self, link: LinkId, speaker: Speaker, now: float) -> None:
         self.bound[link] = speaker
+        self._bound_at[speaker.worker_id] = max(now, self._bound_at.get(speaker.worker_id, now))
         links = self._links_of.setdefault(speaker.worker_id, [])
         links.append(link)
         if len(links) > MAX_BOUND_PER_WORKER:
             del self.bound[links.pop(0)]
 
-    def retain(self, known: Callable[[int], bool]) -> None:
-        """Forget the links of workers for whom ``known`` is false (forgotten, gone)."""
-        for worker_id in [w for w in self._links_of if not known(w)]:
+    def retain(self, known: Callable[[int], bool], now: float, grace: float) -> None:
+        """Forget the links of workers for whom ``known`` is false (forgotten, gone, or never
+        known) and that bound none within ``grace`` seconds (a handshake's time: see the
+        module's doc)."""
+        bound_at = self._bound_at
+        gone = [w for w in self._links_of if now - bound_at[w] > grace and not known(w)]
+        for worker_id in gone:
+            del bound_at[worker_id]
             for link in self._links_of.pop(worker_id):
                 del self.bound[link]

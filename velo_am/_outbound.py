@@ -85,6 +85,7 @@ class Outbound:
         self._log = log
         self._own: dict[int, LinkId] = {}  # peer -> the link this worker opened to it
         self._owner: dict[LinkId, int] = {}  # our links whose peer is known
+        self._superseded: dict[LinkId, int] = {}  # our links whose peer took another of ours
         self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
         self._sends_on: dict[int, LinkId] = {}  # peer -> the link its last send took
@@ -97,10 +98,9 @@ class Outbound:
         self._interest: Collection[int] = ()  # peers with business, as of the last tick
         #: The peers this worker has business with now (set by the shell), for the cap.
         self.business: Callable[[], Collection[int]] = lambda: self._interest
-        # Links that carried a message while a handshake was in flight on them: a call just
-        # sent on one must keep it open. A link that carried nothing is closed once its
-        # handshake ends without business, so that what this worker sends next goes on the
-        # peer's link, after the handshake's answer, never overtaking it on another link.
+        # Links that carried a message while a handshake was in flight on them (a call just
+        # sent on one keeps it open); one that carried nothing is closed once its handshake ends
+        # without business: what follows goes on the peer's link, never overtaking the answer.
         self._carried: set[LinkId] = set()
         self._nothing_to_close_at = -1.0  # when the cap last found no idle link to close
 
@@ -152,12 +152,11 @@ class Outbound:
             self._close(link)
 
     def heard(self, peer_id: int, link: LinkId, now: float) -> None:
-        """A message from ``peer_id`` arrived on ``link``: remember the link for answers and
-        sends, and that it is in use."""
+        """A message from ``peer_id`` came on ``link``: remembered for answers and sends, in use."""
         self._now = now
         if link in self._used:
             self._used[link] = now
-            if self._owner.get(link) != peer_id:
+            if self._owner.get(link) != peer_id and self._superseded.get(link) != peer_id:
                 self._adopt(peer_id, link)
         elif self._theirs.get(peer_id) != link:
             self._theirs[peer_id] = link
@@ -165,8 +164,8 @@ class Outbound:
     def _adopt(self, peer_id: int, link: LinkId) -> None:
         self._dials.discard(link)
         old = self._own.get(peer_id)
-        if old is not None and old != link:
-            self._owner.pop(old, None)
+        if old is not None and old != link:  # it still speaks for the peer, on its way out
+            self._superseded[old] = self._owner.pop(old, peer_id)
         self._own[peer_id] = link
         self._owner[link] = peer_id
 
@@ -179,9 +178,8 @@ class Outbound:
 
     def link_down(self, link: LinkId) -> int | None:
         """The transport says ``link`` (ours) stopped reaching its peer: that peer, if
-        known. The link may reconnect, to a new connection on the other side: it is
-        introduced again first (the other side believes nothing on a link before a
-        handshake)."""
+        known. The link may reconnect, to a new connection on the other side: it is introduced
+        again first (the other side believes nothing on a link before a handshake)."""
         self._up.discard(link)
         if link in self._used and not self._closed:
             try:
@@ -217,8 +215,9 @@ class Outbound:
         return self._transport.authenticated(link)
 
     def peer_of(self, link: LinkId) -> int | None:
-        """The peer of one of this worker's links, if known."""
-        return self._owner.get(link)
+        """The peer of one of this worker's links, if known (one it no longer sends on too)."""
+        owner = self._owner.get(link)
+        return self._superseded.get(link) if owner is None else owner
 
     def forget(self, peer_id: int) -> None:
         """The peer is gone: close this worker's link to it, forget the one it opened."""
@@ -233,6 +232,7 @@ class Outbound:
         if peer_id is not None and self._own.get(peer_id) == link:
             del self._own[peer_id]
         self._dials.discard(link)
+        self._superseded.pop(link, None)
         self._used.pop(link, None)
         self._up.discard(link)
         self._dialing.pop(link, None)

@@ -141,8 +141,9 @@ class Shell:
                 hello_token=msg.token,
                 now=time.monotonic(),
             )
-        else:
-            verdict = self.trust.verdict(link, speaker)
+        else:  # a member's message on a link whose binding was lost is a claim of that link
+            member = kind is not p.HelloAck and self._needs_proof(msg)
+            verdict = self.trust.on_message(link, speaker, member=member, now=time.monotonic())
         if verdict is Verdict.PASS:
             self._handle(msg, link)
         elif verdict is Verdict.CHALLENGE or verdict is Verdict.HOLD:
@@ -153,13 +154,15 @@ class Shell:
         else:
             self._spoofed(msg, verdict)
 
-    def _needs_proof(self, hello: p.Hello) -> bool:
-        """Whether a ``Hello`` on a link others opened names a member this worker knows, as
-        the incarnation it knows: incarnations are public, so the link must prove it."""
-        known = self._membership.get(hello.src)
+    def _needs_proof(self, msg: p.Message) -> bool:
+        """Whether a message on a link others opened names a member this worker knows, as
+        the incarnation it knows (or is an observer's Hello naming it): incarnations are
+        public, so the link must prove it."""
+        known = self._membership.get(msg.src)
         if known is None or known.observer:
             return False
-        return known.incarnation == hello.src_incarnation or bool(hello.flags & _OBSERVER)
+        observer = isinstance(msg, p.Hello) and msg.flags & _OBSERVER
+        return known.incarnation == msg.src_incarnation or bool(observer)
 
     def _known_as(self, msg: p.Hello | p.HelloAck) -> bool:
         """Whether membership knows the handshake's sender as that incarnation."""
@@ -441,13 +444,16 @@ class Shell:
         for peer_id in self._outbound.tick(now, interest):
             why = f"no connection within {self._outbound.connect_timeout} s"
             self.apply(self._membership.on_link_down(peer_id, self._stalls.explain(why, now), now))
-        if self.routes is not None:
-            # A live member answers every challenge, even to refute it: only a dead or
-            # unreachable one does not, and a busy one must not lose what it sent.
-            patience = max(self.routes.handshake_timeout, self._outbound.connect_timeout)
-            for claim in self.trust.expire(now, patience):
-                self._refuted(claim, "no answer to the challenge")
-        self.trust.retain(lambda worker_id: self._membership.get(worker_id) is not None)
+        # A live member answers every challenge, even to refute it: only a dead or
+        # unreachable one does not, and a busy one must not lose what it sent. A link bound
+        # before membership knows its sender is kept as long: its handshake ends by then.
+        handshake = 0.0 if self.routes is None else self.routes.handshake_timeout
+        patience = max(handshake, self._outbound.connect_timeout)
+        for claim in self.trust.expire(now, patience):
+            self._refuted(claim, "no answer to the challenge")
+        self.trust.retain(
+            lambda worker_id: self._membership.get(worker_id) is not None, now, patience
+        )
         self._keys.retain(lambda worker_id: self._membership.get(worker_id) is not None)
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 

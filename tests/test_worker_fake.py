@@ -190,7 +190,7 @@ async def test_close_refuses_new_work_and_says_goodbye(make_worker: Any) -> None
 async def test_send_and_call_refused_off_the_fast_path(make_worker: Any) -> None:
     """A send or call to a peer that is not simply alive leaves the inline fast path for
     ``Routes.live``: each refusal keeps its error, and nothing is sent."""
-    a, b = await make_worker(1), await make_worker(2)
+    a, b, c = await make_worker(1), await make_worker(2), await make_worker(3)
     release = asyncio.Event()
     ran: list[Any] = []
 
@@ -200,24 +200,28 @@ async def test_send_and_call_refused_off_the_fast_path(make_worker: Any) -> None
         await release.wait()
 
     await a.connect(b.address)
+    await a.connect(c.address)
     await a.send(2, "slow", "first")  # the fast path
     await wait_until(lambda: b.stats()["handlers_running"] == 1)
     with pytest.raises(PeerUnreachable, match="unknown worker 0x63"):
         await a.send(99, "slow", "nobody")
     closing = asyncio.ensure_future(b.close(grace=2.0))
     await wait_until(lambda: a.peers[2].state == "draining")
+    sent_before = a.stats()["messages_out"]
     with pytest.raises(PeerDraining, match="shutting down"):
         await a.send(2, "slow", "late")
     with pytest.raises(PeerDraining, match="shutting down"):
         await a.call(2, "slow", "late")
+    assert a.stats()["messages_out"] == sent_before, "a refused send or call sends nothing"
     release.set()
     await closing
     assert ran == ["first"]
     await a.close()
+    assert c.peers[1].state == "closed" and a.peers[3].state == "alive"  # c itself lives on
     with pytest.raises(WorkerClosed):
-        await a.send(2, "slow", "closed")
+        await a.send(3, "slow", "closed")
     with pytest.raises(WorkerClosed):
-        await a.call(2, "slow", "closed")
+        await a.call(3, "slow", "closed")
 
 
 async def test_message_for_earlier_incarnation_is_not_delivered(

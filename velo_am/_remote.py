@@ -27,8 +27,9 @@ handle is awaited through its owner with :class:`~velo_am._protocol.EventUpdates
   heard from again (a loss seen from one side only: the subscriber still waits) or
   forgotten; a goodbye drops them at once.
 
-Items for one peer queued during one loop iteration travel as one message. Waiters may be
-added from any thread; everything that sends runs on the worker's loop.
+Items for one peer queued during one loop iteration travel as one message (but a subscription
+right after a READY completion to the same peer leaves with it at once). Waiters may be added
+from any thread; everything that sends runs on the worker's loop.
 """
 
 from __future__ import annotations
@@ -262,7 +263,8 @@ class RemoteEvents:
 
     def _post(self, peer_id: int, handle: EventHandle, done: p.EventDone | None = None) -> bool:
         """Queue a subscribe item (``done`` None) or a done item for a connected peer; one
-        callback per loop iteration sends each peer's items as one message. False if the
+        callback per loop iteration sends each peer's items as one message (a subscription
+        right after a completion to the peer goes with it at once, see below). False if the
         peer is not connected now."""
         items = self._outbox.get(peer_id)
         if items is None:  # the first item for this peer in this iteration
@@ -271,12 +273,15 @@ class RemoteEvents:
             items = self._outbox[peer_id] = ([], [])
         if done is None:
             items[0].append(handle)
-            if items[1]:
+            subscribe, completed = items
+            if len(subscribe) == 1 and len(completed) == 1 and completed[0].reason is None:
                 # A subscription after a completion to the same peer: a task that triggered
                 # and now awaits (the ping-pong a user writes), about to suspend. Both go now,
                 # in one message, instead of a loop iteration later: the peer's answer waits
-                # for them. Its items stay in order; the others' wait for the flush, as do
-                # these if they cannot go (the flush reports it: not inside this subscribe).
+                # for them. Only these two small items, so they go whole or not at all (a
+                # batch split to fit max_message_size could go in part, and again in the
+                # flush). They stay in order; if they cannot go, the flush sends them (and
+                # reports it: not inside this subscribe); other peers' items wait for it.
                 with contextlib.suppress(AMError):
                     self._messenger.post(peer_id, *items)
                     del self._outbox[peer_id]

@@ -451,10 +451,9 @@ class Shell:
         patience = max(handshake, self._outbound.connect_timeout)
         for claim in self.trust.expire(now, patience):
             self._refuted(claim, "no answer to the challenge")
-        self.trust.retain(
-            lambda worker_id: self._membership.get(worker_id) is not None, now, patience
-        )
-        self._keys.retain(lambda worker_id: self._membership.get(worker_id) is not None)
+        known = self._membership.get
+        self.trust.retain(lambda worker_id: known(worker_id) is not None, now, patience)
+        self._keys.retain(lambda worker_id: known(worker_id) is not None)
         self._outbound.watch([p for p in interest if self._membership.is_connected(p)], now)
 
     # -- effects --------------------------------------------------------------------------------

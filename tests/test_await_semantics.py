@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import pytest
 from support import wait_until
@@ -96,15 +96,20 @@ def test_many_threads_are_never_two_inside_the_mutex() -> None:
                 entries[0] += 1
                 inside[0] -= 1
 
-    threads = [threading.Thread(target=enter) for _ in range(workers)]
+    run_in_threads(enter, workers)
+    assert most[0] == 1, f"{most[0]} threads inside at once"
+    assert entries[0] == rounds * workers
+    assert not mutex.locked()
+
+
+def run_in_threads(target: Callable[[], None], count: int) -> None:
+    """Run ``target`` on ``count`` threads at once; all of them end within the deadline."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(DEADLINE * 3)
     assert not any(thread.is_alive() for thread in threads)
-    assert most[0] == 1, f"{most[0]} threads inside at once"
-    assert entries[0] == rounds * workers
-    assert not mutex.locked()
 
 
 def test_many_threads_counting_under_the_core_lose_no_update() -> None:
@@ -115,12 +120,7 @@ def test_many_threads_counting_under_the_core_lose_no_update() -> None:
         for _ in range(rounds):
             mgr.new_event().trigger()
 
-    threads = [threading.Thread(target=churn) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE * 3)
-    assert not any(thread.is_alive() for thread in threads)
+    run_in_threads(churn, workers)
     assert mgr.core.pending_count() == 0
     assert mgr.core.slot_count() <= workers  # every slot went back to the free list once
 

@@ -33,20 +33,28 @@ from velo_event import _manager as pure_manager
 COMPILED_CORE = "velo_event._compiled._core"
 
 
-def compiled_installed() -> bool:
-    """Whether this install holds a compiled build (one was built: a C compiler was found)."""
+def installed(module: str = COMPILED_CORE) -> bool:
+    """Whether this install holds ``module`` of a compiled build (one was built: a C
+    compiler was found)."""
     try:
-        return importlib.util.find_spec(COMPILED_CORE) is not None
+        return importlib.util.find_spec(module) is not None
     except ImportError:
         return False
 
 
-def build_in(
-    environment: dict[str, str], *, cwd: Path | None = None, stderr: list[str] | None = None
-) -> tuple[str, str]:
-    """``velo_event.COMPILED`` and the module ``LocalEventSystem`` comes from, in a fresh
-    interpreter with ``environment`` in ``cwd`` (its error output appended to ``stderr``)."""
-    code = "import velo_event; print(velo_event.COMPILED, velo_event.LocalEventSystem.__module__)"
+def compiled_installed() -> bool:
+    return installed(COMPILED_CORE)
+
+
+def printed_by(
+    code: str,
+    environment: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    stderr: list[str] | None = None,
+) -> list[str]:
+    """The words ``code`` prints in a fresh interpreter with ``environment`` in ``cwd`` (its
+    error output appended to ``stderr``)."""
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=environment,
@@ -58,7 +66,15 @@ def build_in(
     )
     if stderr is not None:
         stderr.append(result.stderr)
-    flag, module = result.stdout.split()
+    return result.stdout.split()
+
+
+def build_in(
+    environment: dict[str, str], *, cwd: Path | None = None, stderr: list[str] | None = None
+) -> tuple[str, str]:
+    """``velo_event.COMPILED`` and the module ``LocalEventSystem`` comes from."""
+    code = "import velo_event; print(velo_event.COMPILED, velo_event.LocalEventSystem.__module__)"
+    flag, module = printed_by(code, environment, cwd=cwd, stderr=stderr)
     return flag, module
 
 
@@ -189,33 +205,19 @@ AM_COMPILED_PROTOCOL = "velo_am._compiled._protocol"
 
 
 def am_compiled_installed() -> bool:
-    try:
-        return importlib.util.find_spec(AM_COMPILED_PROTOCOL) is not None
-    except ImportError:
-        return False
+    return installed(AM_COMPILED_PROTOCOL)
 
 
 def am_build_in(
     environment: dict[str, str], *, cwd: Path | None = None, stderr: list[str] | None = None
 ) -> tuple[str, str, str]:
     """``velo_am.COMPILED``, ``velo_event.COMPILED`` and the module the worker's handler
-    execution comes from, in a fresh interpreter (as :func:`build_in`)."""
+    execution comes from."""
     code = (
         "import velo_am, velo_event; from velo_am import _layers; "
         "print(velo_am.COMPILED, velo_event.COMPILED, _layers.HandlerExecution.__module__)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=environment,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    if stderr is not None:
-        stderr.append(result.stderr)
-    am_flag, event_flag, module = result.stdout.split()
+    am_flag, event_flag, module = printed_by(code, environment, cwd=cwd, stderr=stderr)
     return am_flag, event_flag, module
 
 

@@ -110,8 +110,8 @@ class HandlerExecution:
             if not self._budget.admit(peer.worker_id, len(msg.payload), always=always):
                 self._refuse_busy(peer, msg, link)
             elif spec.is_async or spec.ordered:
-                self.submit(spec, peer, msg, link)
-            else:  # a sync handler (nearly all of a burst): submit's last case, inline
+                self._submit(spec, peer, msg, link)
+            else:  # a sync handler (nearly all of a burst): queued for the burst's one callback
                 jobs = self._jobs
                 jobs.append((spec, peer, msg, link))
                 if len(jobs) == 1:
@@ -153,17 +153,13 @@ class HandlerExecution:
                 as_incarnation=msg.dst_incarnation,
             )
 
-    def submit(self, spec: HandlerSpec, peer: Addressee, msg: p.Request, link: LinkId) -> None:
-        """Run ``spec`` for ``msg``, the way its kind runs."""
+    def _submit(self, spec: HandlerSpec, peer: Addressee, msg: p.Request, link: LinkId) -> None:
+        """Run an ordered handler in its lane, an async one in a task of its own."""
         if spec.ordered:
             lane = (spec.name, peer.worker_id)
             self._lanes.submit(lane, lambda: self._run(spec, peer, msg, link))
-        elif spec.is_async:
-            self.spawn(self._run(spec, peer, msg, link))
         else:
-            self._jobs.append((spec, peer, msg, link))
-            if len(self._jobs) == 1:
-                asyncio.get_running_loop().call_soon(self._run_sync_jobs)
+            self.spawn(self._run(spec, peer, msg, link))
 
     def spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable
 from . import _peers as ms
 from ._calls import CallTable
 from ._errors import AMError, PeerLost, PeerUnreachable
-from ._execution import HandlerExecution
 from ._flow import FlowControl
 from ._keys import KeyBindings
+from ._layers import HandlerExecution  # the chosen build's (the pure one is not loaded)
 from ._links import Claim, LinkTrust, Speaker, Verdict
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable

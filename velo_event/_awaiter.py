@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from threading import get_ident
 from typing import Any, Final, cast
@@ -21,6 +23,10 @@ _DONE: Final[Generator[Any, None, None]] = cast(Generator[Any, None, None], iter
 # Final: a compiled build keeps these in statics, where a name is a lookup on every call.
 _get_running_loop: Final = asyncio.get_running_loop
 _get_ident: Final = get_ident
+_FUTURE: Final = asyncio.Future
+# The base loop's create_future is ``Future(loop=self)``: a loop class that keeps it gets its
+# futures made directly, without the Python-level method's frame.
+_BASE_CREATE_FUTURE: Final = asyncio.BaseEventLoop.create_future
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -52,21 +58,28 @@ def wake_future(future: Hashable, reason: Wake) -> None:
         loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
-@mypyc_attr(free_list_len=1)  # one freed instance kept for the next (compiled build)
 class _LoopWaker:
-    """The wake callback of one await's future, knowing the loop and the thread the wait began
-    on: a wake-up on that thread resolves the future directly (the loop is running there, or
-    stopped or closed: its own thread may schedule on it either way), one from another thread
-    goes through the loop. Unlike :func:`wake_future` it never asks
-    ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up. (Only
-    a wait outliving its thread, its loop run on by another thread since, and a new thread
-    reusing the old one's id would see its wake-up wait for that loop's next iteration.)"""
+    """The wake callback of the awaits begun on one thread while one loop ran there, knowing
+    that loop and that thread: a wake-up on that thread resolves the future directly (the
+    loop is running there, or stopped or closed: its own thread may schedule on it either
+    way), one from another thread goes through the loop. Unlike :func:`wake_future` it never
+    asks ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up.
+    (Only a wait outliving its thread, its loop run on by another thread since, and a new
+    thread reusing the old one's id would see its wake-up wait for that loop's next
+    iteration.) One is kept per thread (:func:`_thread_waker`) and shared by its awaits."""
 
-    __slots__ = ("loop", "thread")
+    __slots__ = ("direct_futures", "loop", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
         self.loop = loop
         self.thread = thread
+        #: Whether the loop's class keeps the base loop's ``create_future``.
+        self.direct_futures = type(loop).create_future is _BASE_CREATE_FUTURE
+
+    def new_future(self) -> asyncio.Future[object]:
+        if self.direct_futures:
+            return _FUTURE(loop=self.loop)
+        return self.loop.create_future()
 
     def __call__(self, future: Hashable, reason: Wake) -> None:
         fut = cast("asyncio.Future[object]", future)
@@ -80,6 +93,56 @@ class _LoopWaker:
             return
         with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
             self.loop.call_soon_threadsafe(_resolve, fut, reason)
+
+
+# This thread's waker, for the loop that ran here when it was made. Checking that the loop
+# still runs replaces asyncio.get_running_loop()'s getpid() system call on every wait.
+_here: Final = threading.local()
+
+
+def _thread_waker() -> _LoopWaker:
+    """The waker of the loop running on this thread (``RuntimeError`` if none is).
+
+    The kept one serves while its loop runs: a loop runs on one thread at a time, so unless
+    that loop has moved to another thread since (then the awaiting task refuses the future:
+    see :func:`_moved`), it runs here. A loop that stopped (another ``asyncio.run`` on this
+    thread) is replaced at once; a forked child starts afresh."""
+    waker: _LoopWaker | None = getattr(_here, "waker", None)
+    if waker is not None and waker.loop.is_running():
+        return waker
+    return _new_waker(_get_running_loop())
+
+
+def _checked_waker() -> _LoopWaker:
+    """:func:`_thread_waker`, checked against ``asyncio.get_running_loop()``: for a wait that
+    schedules on its loop (a timer) before the task could refuse a moved loop's future."""
+    loop = _get_running_loop()
+    waker: _LoopWaker | None = getattr(_here, "waker", None)
+    return waker if waker is not None and waker.loop is loop else _new_waker(loop)
+
+
+def _new_waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    waker = _LoopWaker(loop, _get_ident())
+    _here.waker = waker
+    return waker
+
+
+def _moved(loop: asyncio.AbstractEventLoop) -> bool:
+    """After a wait failed: whether it waited on a future of a loop no longer running on this
+    thread (it moved to another thread, this one runs another), which the awaiting task
+    refused. The kept waker is dropped; the caller waits again on the right loop."""
+    if running_loop() is loop:
+        return False
+    _forget_waker()
+    return True
+
+
+def _forget_waker() -> None:
+    _here.waker = None
+
+
+if hasattr(os, "register_at_fork"):  # a child's loops are its own: the parent's kept waker is not
+    os.register_at_fork(after_in_child=_forget_waker)
 
 
 AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Answer]
@@ -140,19 +203,26 @@ class EventAwaiter:
         raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait(self) -> Generator[Any, None, None]:
-        loop = _get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        waker = _LoopWaker(loop, _get_ident())  # called as is: no bound method to make
-        outcome: object = self._add_waiter(self._handle, future, waker)
-        if outcome is PENDING:
-            if self._timeout is not None:
-                outcome = yield from self._wait_within(loop, future, self._timeout)
-            else:  # the hot path: nothing here but the wait
-                try:
-                    outcome = yield from future.__await__()
-                except BaseException:
-                    self._remove_waiter(self._handle, future)
-                    raise
+        while True:
+            timeout = self._timeout
+            waker = _thread_waker() if timeout is None else _checked_waker()
+            future = waker.new_future()
+            outcome: object = self._add_waiter(self._handle, future, waker)
+            if outcome is PENDING:
+                if timeout is not None:
+                    outcome = yield from self._wait_within(waker.loop, future, timeout)
+                else:  # the hot path: nothing here but the wait
+                    try:
+                        outcome = yield from future.__await__()
+                    except RuntimeError:
+                        self._remove_waiter(self._handle, future)
+                        if _moved(waker.loop):
+                            continue  # the task refused the future: wait on the right loop
+                        raise
+                    except BaseException:
+                        self._remove_waiter(self._handle, future)
+                        raise
+            break
         if outcome is not None:
             if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
                 raise OutcomeUnknown(self._handle, outcome.reason)

@@ -17,7 +17,7 @@ import pytest
 from support import wait_until
 
 from velo_event import EventAwaiter, EventHandle, LocalEventSystem
-from velo_event.lowlevel import PENDING, Answer, WakeCallback
+from velo_event.lowlevel import PENDING, Answer, EventCore, WakeCallback
 
 DEADLINE = 10.0
 
@@ -202,3 +202,29 @@ def test_a_loop_class_with_its_own_create_future_makes_every_waits_future() -> N
     made_ids = {id(future) for future in made}  # the loop makes others too (wait_for's)
     assert len(spy.waiters) == 2
     assert all(id(key) in made_ids for key, _ in spy.waiters)
+
+
+def test_a_slots_one_waiter_or_many_each_woken_once_and_removed_by_an_equal_key() -> None:
+    """The core keeps a generation's one waiter as a pair and more in a dict: the same
+    semantics either way (an equal key replaces, removal by an equal key, one wake-up each)."""
+    core = EventCore(7, local=True)
+    woken: list[tuple[Hashable, object]] = []
+
+    def wake(key: Hashable, reason: object) -> None:
+        woken.append((key, reason))
+
+    handle = core.new_event()
+    assert core.add_waiter(handle, "a", wake) is PENDING
+    core.remove_waiter(handle, "".join(["a"]))  # equal, not the same object
+    assert core.pending_waiters() == [(handle, [])]
+    for key in ("a", "b", "a"):
+        assert core.add_waiter(handle, key, wake) is PENDING
+    assert core.pending_waiters() == [(handle, ["a", "b"])]
+    core.remove_waiter(handle, "b")
+    core.remove_waiter(handle, "c")  # none: harmless
+    core.trigger(handle)
+    assert woken == [("a", None)]
+    single = core.new_event()
+    assert core.add_waiter(single, "only", wake) is PENDING
+    core.poison(single, "why")
+    assert woken == [("a", None), ("only", "why")]

@@ -1,8 +1,9 @@
 """Issue 13, the pending wake-up: an await's waiter is its thread's one waker, kept while the
 loop it was made for runs on that thread (no ``asyncio.get_running_loop()``, hence no
 ``getpid()``, per wait). Kept correct when the loop changes under it: ``asyncio.run`` twice on
-one thread, a loop that moved to another thread while this one runs another, a forked child,
-a loop class with its own ``create_future``. They run against whichever build is in use (CI
+one thread, a loop that moved to another thread while this one runs another, a forked child;
+a loop class's own ``create_future`` makes every wait's future. A generation's one waiter is
+held without a dict, with a dict's semantics. They run against whichever build is in use (CI
 runs both)."""
 
 from __future__ import annotations

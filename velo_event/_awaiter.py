@@ -23,10 +23,6 @@ _DONE: Final[Generator[Any, None, None]] = cast(Generator[Any, None, None], iter
 # Final: a compiled build keeps these in statics, where a name is a lookup on every call.
 _get_running_loop: Final = asyncio.get_running_loop
 _get_ident: Final = get_ident
-_FUTURE: Final = asyncio.Future
-# The base loop's create_future is ``Future(loop=self)``: a loop class that keeps it gets its
-# futures made directly, without the Python-level method's frame.
-_BASE_CREATE_FUTURE: Final = asyncio.BaseEventLoop.create_future
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -68,18 +64,11 @@ class _LoopWaker:
     thread reusing the old one's id would see its wake-up wait for that loop's next
     iteration.) One is kept per thread (:func:`_thread_waker`) and shared by its awaits."""
 
-    __slots__ = ("direct_futures", "loop", "thread")
+    __slots__ = ("loop", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
         self.loop = loop
         self.thread = thread
-        #: Whether the loop's class keeps the base loop's ``create_future``.
-        self.direct_futures = type(loop).create_future is _BASE_CREATE_FUTURE
-
-    def new_future(self) -> asyncio.Future[object]:
-        if self.direct_futures:
-            return _FUTURE(loop=self.loop)
-        return self.loop.create_future()
 
     def __call__(self, future: Hashable, reason: Wake) -> None:
         fut = cast("asyncio.Future[object]", future)
@@ -206,7 +195,7 @@ class EventAwaiter:
         while True:
             timeout = self._timeout
             waker = _thread_waker() if timeout is None else _checked_waker()
-            future = waker.new_future()
+            future = waker.loop.create_future()
             outcome: object = self._add_waiter(self._handle, future, waker)
             if outcome is PENDING:
                 if timeout is not None:

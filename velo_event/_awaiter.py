@@ -141,6 +141,8 @@ RemoveWaiter = Callable[[EventHandle, Hashable], None]
 Expired = Callable[[EventHandle, float], Awaitable[Answer]]
 # What a waiting future is resolved with when its timeout runs out (never a wake-up value).
 _EXPIRED: Final = object()
+# What a wait says when the task refused its future (of a loop that moved to another thread).
+_MOVED: Final = object()
 
 
 @mypyc_attr(free_list_len=1)  # one freed instance kept for the next (compiled build)
@@ -188,36 +190,48 @@ class EventAwaiter:
         if outcome is None:
             return _DONE
         if outcome is PENDING or type(outcome) is Unanswered:  # no verdict: ask at each await
-            return self._wait()
+            timeout = self._timeout
+            return self._wait() if timeout is None else self._wait_timed(timeout)
         raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait(self) -> Generator[Any, None, None]:
-        while True:
-            timeout = self._timeout
-            waker = _thread_waker() if timeout is None else _checked_waker()
-            future = waker.loop.create_future()
-            outcome: object = self._add_waiter(self._handle, future, waker)
-            if outcome is PENDING:
-                if timeout is not None:
-                    outcome = yield from self._wait_within(waker.loop, future, timeout)
-                else:  # the hot path: nothing here but the wait
-                    try:
-                        outcome = yield from future.__await__()
-                    except RuntimeError:
-                        self._remove_waiter(self._handle, future)
-                        if _moved(waker.loop):
-                            continue  # the task refused the future: wait on the right loop
-                        raise
-                    except BaseException:
-                        self._remove_waiter(self._handle, future)
-                        raise
-            break
-        if outcome is not None:
-            if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
-                raise OutcomeUnknown(self._handle, outcome.reason)
-            self._outcome = cast(str, outcome)  # later awaits take the fast path
-            raise EventPoison(self._handle, cast(str, outcome))
-        self._outcome = None
+        """The hot path, a wait with no timeout: nothing here but the wait."""
+        waker = _thread_waker()
+        future = waker.loop.create_future()
+        outcome: object = self._add_waiter(self._handle, future, waker)
+        if outcome is PENDING:
+            try:
+                outcome = yield from future.__await__()
+            except RuntimeError:
+                self._remove_waiter(self._handle, future)
+                if not _moved(waker.loop):
+                    raise
+                outcome = _MOVED
+            except BaseException:
+                self._remove_waiter(self._handle, future)
+                raise
+            if outcome is _MOVED:  # the task refused the future: wait on the running loop
+                yield from self._wait()
+                return
+        self._settle(outcome)
+
+    def _wait_timed(self, timeout: float) -> Generator[Any, None, None]:
+        waker = _checked_waker()
+        future = waker.loop.create_future()
+        outcome: object = self._add_waiter(self._handle, future, waker)
+        if outcome is PENDING:
+            outcome = yield from self._wait_within(waker.loop, future, timeout)
+        self._settle(outcome)
+
+    def _settle(self, outcome: object) -> None:
+        """Return for a trigger; raise for a poison (remembered) or no outcome (not)."""
+        if outcome is None:
+            self._outcome = None
+            return
+        if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
+            raise OutcomeUnknown(self._handle, outcome.reason)
+        self._outcome = cast(str, outcome)  # later awaits take the fast path
+        raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait_within(
         self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[object], timeout: float

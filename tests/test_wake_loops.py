@@ -229,3 +229,14 @@ def test_a_slots_one_waiter_or_many_each_woken_once_and_removed_by_an_equal_key(
     assert core.add_waiter(single, "only", wake) is PENDING
     core.poison(single, "why")
     assert woken == [("a", None), ("only", "why")]
+
+
+def test_a_generations_one_waiter_is_held_without_a_dict() -> None:
+    """Fails before: every waited generation's slot held a dict (white-box: the slot)."""
+    mgr = LocalEventSystem()
+    event = mgr.new_event()
+    assert mgr.core.add_waiter(event.handle, "only", lambda key, reason: None) is PENDING
+    held = mgr.core._slots[event.handle.index].waiters  # white-box: what the slot keeps
+    assert not isinstance(held, dict), held
+    assert mgr.core.pending_waiters() == [(event.handle, ["only"])]
+    event.trigger()

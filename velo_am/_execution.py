@@ -74,7 +74,7 @@ class HandlerExecution:
         log: RateLimitedLog,
         receipts: ReceiveWindows,
     ) -> None:
-        self._registry = registry
+        self._by_name = registry.by_name
         self._receipts = receipts
         self._budget = receipts.budget
         self._outbound = outbound
@@ -104,7 +104,7 @@ class HandlerExecution:
             else:
                 self._receipts.finished(peer)
             return
-        spec = self._registry.get(msg.handler)
+        spec = self._by_name.get(msg.handler)
         if spec is not None:
             always = msg.handler in _NEVER_REFUSED
             if not self._budget.admit(peer.worker_id, len(msg.payload), always=always):

@@ -39,7 +39,8 @@ class ReceiveWindows:
 
     def __init__(self, window: int, outbound: Outbound) -> None:
         self._batch = max(1, window // 4)
-        self.budget = ReceiveBudget(lambda: 2 * outbound.max_message_size + window * REQUEST_COST)
+        least = window * REQUEST_COST  # the limit, whatever max_message_size becomes
+        self.budget = ReceiveBudget(lambda: 2 * outbound.max_message_size + least, least)
         self._outbound = outbound
         self._ledgers: dict[int, Ledger] = {}
 

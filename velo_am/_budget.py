@@ -46,9 +46,9 @@ class ReceiveBudget:
         self._held[peer_id] = held + cost
         return True
 
-    def release(self, peer_id: int, payload: int) -> None:
-        """A request admitted with ``payload`` bytes finished."""
-        held = self._held.get(peer_id, 0) - payload - REQUEST_COST
+    def release(self, peer_id: int, payload: int, requests: int = 1) -> None:
+        """``requests`` requests admitted with ``payload`` bytes in all finished."""
+        held = self._held.get(peer_id, 0) - payload - requests * REQUEST_COST
         if held > 0:
             self._held[peer_id] = held
         else:

@@ -170,15 +170,26 @@ class HandlerExecution:
     def _run_sync_jobs(self) -> None:
         """Sync handlers of a burst run one after another in one loop callback, scheduled after
         the receive loop's drain: as far from the receive loop as a task each (a sync handler
-        holds the loop while it runs either way), at a fraction of the cost."""
+        holds the loop while it runs either way), at a fraction of the cost. Sends in a row
+        from one sender that ran are settled together (their budget, the count of requests
+        handled, their credit), once per row: nothing but these handlers runs meanwhile, and
+        a row ends where a credit falls due, so credits go out as if settled one by one."""
         jobs, clock = self._jobs, time.perf_counter
+        sender: Addressee | None = None  # of the row of sends not settled yet
+        sends = held = due = 0  # how many, the bytes of their payloads, where the row ends
         try:
             while jobs:
                 spec, peer, msg, link = jobs.popleft()
+                if peer is not sender and sends:
+                    self._settle(sender, sends, held)
+                    sends = held = 0
                 started = clock()
                 try:
                     payload = unpack(msg.payload)
                 except Exception as error:
+                    if sends:  # the row first: its credits as if settled one by one
+                        self._settle(sender, sends, held)
+                        sends = held = 0
                     self._refuse_payload(peer, msg, link, error)
                     continue
                 # The CallContext, as _context makes it, inline: one call fewer per request.
@@ -189,16 +200,38 @@ class HandlerExecution:
                 try:
                     result = spec.fn(payload, context)
                 except (Exception, asyncio.CancelledError) as error:
+                    if sends:
+                        self._settle(sender, sends, held)
+                        sends = held = 0
                     self._handler_failed(spec, peer, msg, link, error, started)
                     continue
                 # (None first: what nearly every sync handler returns, at no cost to check)
                 if result is not None and inspect.isawaitable(result):  # a coroutine, say
                     self.spawn(self._finish(spec, peer, msg, link, result, started))
-                else:
+                elif msg.reply:
                     self._reply(spec, peer, msg, link, result, started)
+                else:  # a send that ran: timed now, settled with its row
+                    spec.timer.record(clock() - started, False)
+                    if not sends:
+                        sender, due = peer, self._receipts.due(peer)
+                    sends += 1
+                    held += len(msg.payload)
+                    if sends >= due:
+                        self._settle(sender, sends, held)
+                        sends = held = 0
         finally:
+            if sends:
+                self._settle(sender, sends, held)
             if jobs:  # left by an escaping BaseException: the rest still run
                 asyncio.get_running_loop().call_soon(self._run_sync_jobs)
+
+    def _settle(self, sender: Addressee | None, sends: int, held: int) -> None:
+        """``sends`` sends from ``sender`` (of ``held`` payload bytes in all) ran: what
+        :meth:`_reply` does for each, at once."""
+        assert sender is not None
+        self._budget.release(sender.worker_id, held, sends)
+        self._counters["requests_handled"] += sends
+        self._receipts.finished(sender, sends)
 
     async def _run(self, spec: HandlerSpec, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         started = time.perf_counter()

@@ -108,11 +108,15 @@ def test_sends_settled_in_rows_that_end_where_a_credit_is_due_credit_as_one_by_o
             left -= n
         assert receipts.due(sender) == 1 and receipts.unfinished() == 0
         credits.append(out.credits)
-    assert credits[0] == credits[1] == [
-        (2, p.Credit(3, 0x33, 0x22, 8, 5)),
-        (2, p.Credit(3, 0x33, 0x22, 8, 2)),
-        (2, p.Credit(3, 0x33, 0x22, 8, 0)),
-    ]
+    assert (
+        credits[0]
+        == credits[1]
+        == [
+            (2, p.Credit(3, 0x33, 0x22, 8, 5)),
+            (2, p.Credit(3, 0x33, 0x22, 8, 2)),
+            (2, p.Credit(3, 0x33, 0x22, 8, 0)),
+        ]
+    )
 
 
 def test_the_receiver_repeats_a_credit_at_the_tick_and_to_a_sender_back_from_a_loss() -> None:

@@ -63,6 +63,9 @@ class Serving(enum.Enum):
     NONE = "none"
 
 
+_SERVING_ALL: Final = Serving.ALL  # a static of the compiled build, not a class lookup
+
+
 class HandlerExecution:
     """The handlers running for one worker (``tasks``: those with a task of their own)."""
 
@@ -84,6 +87,8 @@ class HandlerExecution:
         self.serving = Serving.ALL
         self.tasks: set[asyncio.Task[None]] = set()
         self._jobs: deque[tuple[HandlerSpec, Addressee, p.Request, LinkId]] = deque()
+        # Bound once: the compiled build calls a method looked up by name as Python does.
+        self._queue_job = self._jobs.append
         self._lanes = OrderedLanes(self.spawn)
 
     def dispatch(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
@@ -93,7 +98,7 @@ class HandlerExecution:
             self._receipts.received(peer, msg.msg_id)
         serving = self.serving
         # Runtime traffic (names starting with "_") still flows while draining.
-        if serving is not Serving.ALL and not (
+        if serving is not _SERVING_ALL and not (
             serving is Serving.RUNTIME and msg.handler.startswith("_")
         ):
             self._counters["refused_draining"] += 1
@@ -112,9 +117,8 @@ class HandlerExecution:
             elif spec.is_async or spec.ordered:
                 self._submit(spec, peer, msg, link)
             else:  # a sync handler (nearly all of a burst): queued for the burst's one callback
-                jobs = self._jobs
-                jobs.append((spec, peer, msg, link))
-                if len(jobs) == 1:
+                self._queue_job((spec, peer, msg, link))
+                if len(self._jobs) == 1:
                     asyncio.get_running_loop().call_soon(self._run_sync_jobs)
         elif msg.reply:
             text = f"no handler named {msg.handler!r} on worker {self._outbound.worker_id:#x}"
@@ -174,12 +178,12 @@ class HandlerExecution:
         from one sender that ran are settled together (their budget, the count of requests
         handled, their credit), once per row: nothing but these handlers runs meanwhile, and
         a row ends where a credit falls due, so credits go out as if settled one by one."""
-        jobs, clock = self._jobs, time.perf_counter
+        jobs, next_job, clock = self._jobs, self._jobs.popleft, time.perf_counter
         sender: Addressee | None = None  # of the row of sends not settled yet
         sends = held = due = 0  # how many, the bytes of their payloads, where the row ends
         try:
             while jobs:
-                spec, peer, msg, link = jobs.popleft()
+                spec, peer, msg, link = next_job()
                 if peer is not sender and sends:
                     self._settle(sender, sends, held)
                     sends = held = 0

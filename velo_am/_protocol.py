@@ -453,7 +453,7 @@ def _unpack_header(header: bytes) -> Any:
         raise ProtocolError(f"malformed header frame: {exc}") from exc
 
 
-def decode(frames: Sequence[object], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+def decode(frames: Sequence[object], max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
     """Parse the frames of one message (without the ROUTER identity frame).
 
     Returns a valid message or raises :class:`ProtocolError`, whatever the input.  The

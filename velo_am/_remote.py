@@ -43,6 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from threading import get_ident
 from typing import Any, Final, NamedTuple, cast
 
 from velo_event import (
@@ -176,6 +177,9 @@ class RemoteEvents:
         # Subscribe and done items per peer, flushed as one message per loop iteration.
         self._outbox: dict[int, tuple[list[EventHandle], list[p.EventDone]]] = {}
         self._flush_scheduled = False
+        # The loop, and the thread once seen running it: a call there while it runs needs no
+        # asyncio.get_running_loop() (a getpid() system call on CPython 3.11), twice a hop.
+        self._home: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
 
     # -- routing (the EventSource protocol) ---------------------------------------------------
 
@@ -254,7 +258,12 @@ class RemoteEvents:
         loop = self._messenger.loop()
         if loop is None:
             raise AMError("the worker is not started")
-        if running_loop() is loop:
+        home, thread = self._home
+        # (A worker's loop runs on one thread for the worker's life: the thread it was seen on.)
+        if loop is home and get_ident() == thread and loop.is_running():
+            fn(*args)
+        elif running_loop() is loop:
+            self._home = (loop, get_ident())
             fn(*args)
         else:
             loop.call_soon_threadsafe(fn, *args)
@@ -315,6 +324,10 @@ class RemoteEvents:
     # -- subscriber side ------------------------------------------------------------------------
 
     def _subscribe(self, owner: int, handle: EventHandle) -> None:
+        if self._post(owner, handle):  # first: it may leave at once, the rest can wait
+            self._counters["events_subscriptions_sent"] += 1
+        else:  # not connected yet: route (mesh, discovery) in the background
+            self._messenger.spawn(self._subscribe_routed(owner, handle))
         repeats, first = self._repeats, self._resubscribe_after
         if len(repeats) > 2 * len(self._remote) + 1024:
             # Most were answered long before their repeat was due: keep the pending ones.
@@ -322,10 +335,6 @@ class RemoteEvents:
                 repeats[:] = [entry for entry in repeats if entry[1] in self._remote]
             heapq.heapify(repeats)
         heapq.heappush(repeats, (time.monotonic() + first, handle, first))
-        if self._post(owner, handle):
-            self._counters["events_subscriptions_sent"] += 1
-        else:  # not connected yet: route (mesh, discovery) in the background
-            self._messenger.spawn(self._subscribe_routed(owner, handle))
 
     async def _subscribe_routed(self, owner: int, handle: EventHandle) -> None:
         try:

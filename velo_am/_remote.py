@@ -35,7 +35,6 @@ from any thread; everything that sends runs on the worker's loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import threading
@@ -291,8 +290,11 @@ class RemoteEvents:
                 # batch split to fit max_message_size could go in part, and again in the
                 # flush). They stay in order; if they cannot go, the flush sends them (and
                 # reports it: not inside this subscribe); other peers' items wait for it.
-                with contextlib.suppress(AMError):
+                try:  # (not contextlib.suppress: its object and calls cost a third of this)
                     self._messenger.post(peer_id, *items)
+                except AMError:
+                    pass
+                else:
                     del self._outbox[peer_id]
                     return True
         else:

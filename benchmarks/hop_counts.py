@@ -27,6 +27,7 @@ import re
 import selectors
 import shutil
 import signal
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -187,9 +188,12 @@ async def count(mode: str, args: argparse.Namespace, selector: CountingSelector)
                 await traced(list(pids.values()))
             before = {side: usage(pid) for side, pid in pids.items()}
             sent, received, iterations = *messages(), selector.calls
-            start = time.perf_counter()
-            await rounds(n)
-            elapsed = time.perf_counter() - start
+            samples = []
+            for _ in range(n):  # one at a time, for the median
+                start = time.perf_counter()
+                await rounds(1)
+                samples.append(time.perf_counter() - start)
+            p50 = statistics.median(samples)
             after = {side: usage(pid) for side, pid in pids.items()}
             sent, received = (x - y for x, y in zip(messages(), (sent, received), strict=True))
             iterations = selector.calls - iterations
@@ -204,9 +208,9 @@ async def count(mode: str, args: argparse.Namespace, selector: CountingSelector)
                     process.kill()
                     await process.wait()
             stop_servers(servers)
-        how = "mean, traced" if traces else "mean"
+        how = " (traced)" if traces else ""
         print(
-            f"{mode}: {elapsed / n * 1e6:.1f} µs a round trip ({how}); per "
+            f"{mode}: round trip p50 {p50 * 1e6:.1f} µs{how}; per "
             f"round trip: A sent {sent / n:.2f} and received {received / n:.2f} messages, A's loop "
             f"{iterations / n:.2f} iterations"
         )

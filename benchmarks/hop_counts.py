@@ -181,7 +181,8 @@ async def count(mode: str, args: argparse.Namespace, selector: CountingSelector)
             pids = {"A": os.getpid(), "B": servers[0].process.pid}
             directory = stack.enter_context(tempfile.TemporaryDirectory())
             if args.strace:
-                for side, pid in pids.items():
+                # B's first: an strace started after A's would be a child A's follows (-f).
+                for side, pid in reversed(pids.items()):
                     trace = os.path.join(directory, f"{side}.trace")
                     command = ["strace", "-f", "-qq", "-o", trace, "-p", str(pid)]
                     traces.append((side, await asyncio.create_subprocess_exec(*command), trace))
@@ -220,7 +221,7 @@ async def count(mode: str, args: argparse.Namespace, selector: CountingSelector)
                 f"  {side}: context switches {(v1 - v0) / n:.2f} voluntary, "
                 f"{(i1 - i0) / n:.2f} involuntary; CPU {(c1 - c0) / n * 1e6:.1f} µs"
             )
-        for side, _, trace in traces:
+        for side, _, trace in sorted(traces):
             for thread, calls in sorted(
                 syscalls_per_thread(trace).items(), key=lambda item: -item[1].total()
             ):

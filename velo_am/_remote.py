@@ -35,7 +35,6 @@ from any thread; everything that sends runs on the worker's loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import threading
@@ -43,6 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from threading import get_ident
 from typing import Any, Final, NamedTuple, cast
 
 from velo_event import (
@@ -176,6 +176,9 @@ class RemoteEvents:
         # Subscribe and done items per peer, flushed as one message per loop iteration.
         self._outbox: dict[int, tuple[list[EventHandle], list[p.EventDone]]] = {}
         self._flush_scheduled = False
+        # The loop, and the thread once seen running it: a call there while it runs needs no
+        # asyncio.get_running_loop() (a getpid() system call on CPython 3.11), twice a hop.
+        self._home: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
 
     # -- routing (the EventSource protocol) ---------------------------------------------------
 
@@ -254,7 +257,12 @@ class RemoteEvents:
         loop = self._messenger.loop()
         if loop is None:
             raise AMError("the worker is not started")
-        if running_loop() is loop:
+        home, thread = self._home
+        # (A worker's loop runs on one thread for the worker's life: the thread it was seen on.)
+        if loop is home and get_ident() == thread and loop.is_running():
+            fn(*args)
+        elif running_loop() is loop:
+            self._home = (loop, get_ident())
             fn(*args)
         else:
             loop.call_soon_threadsafe(fn, *args)
@@ -282,8 +290,11 @@ class RemoteEvents:
                 # batch split to fit max_message_size could go in part, and again in the
                 # flush). They stay in order; if they cannot go, the flush sends them (and
                 # reports it: not inside this subscribe); other peers' items wait for it.
-                with contextlib.suppress(AMError):
+                try:  # (not contextlib.suppress: its object and calls cost a third of this)
                     self._messenger.post(peer_id, *items)
+                except AMError:
+                    pass
+                else:
                     del self._outbox[peer_id]
                     return True
         else:
@@ -315,6 +326,10 @@ class RemoteEvents:
     # -- subscriber side ------------------------------------------------------------------------
 
     def _subscribe(self, owner: int, handle: EventHandle) -> None:
+        if self._post(owner, handle):  # first: it may leave at once, the rest can wait
+            self._counters["events_subscriptions_sent"] += 1
+        else:  # not connected yet: route (mesh, discovery) in the background
+            self._messenger.spawn(self._subscribe_routed(owner, handle))
         repeats, first = self._repeats, self._resubscribe_after
         if len(repeats) > 2 * len(self._remote) + 1024:
             # Most were answered long before their repeat was due: keep the pending ones.
@@ -322,10 +337,6 @@ class RemoteEvents:
                 repeats[:] = [entry for entry in repeats if entry[1] in self._remote]
             heapq.heapify(repeats)
         heapq.heappush(repeats, (time.monotonic() + first, handle, first))
-        if self._post(owner, handle):
-            self._counters["events_subscriptions_sent"] += 1
-        else:  # not connected yet: route (mesh, discovery) in the background
-            self._messenger.spawn(self._subscribe_routed(owner, handle))
 
     async def _subscribe_routed(self, owner: int, handle: EventHandle) -> None:
         try:

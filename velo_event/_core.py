@@ -24,7 +24,7 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
-from ._mutex import TOKEN, Mutex
+from ._mutex import BLOCK, TOKEN, Mutex
 from ._wake import PENDING, Answer, Unanswered, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
@@ -89,7 +89,7 @@ class EventCore:
         self._retired = 0
         self._lock = Mutex()
         # Bound once: a compiled build calls a stored bound method without looking it up.
-        self._acquire: Callable[[], bool] = self._lock.take
+        self._acquire: Callable[[bool], bool] = self._lock.take
         self._release: Callable[[bool], None] = self._lock.give
         self._take_free: Callable[[], int] = self._free.popleft
         self._put_free: Callable[[int], None] = self._free.append
@@ -195,7 +195,7 @@ class EventCore:
     def new_event(self, attached: object = None) -> EventHandle:
         """A new pending generation; ``attached`` is kept with it until it completes (a merge
         keeps itself with its merged event, so a timed-out wait can find its inputs)."""
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             if self._shutdown_reason is not None:
                 raise SystemShutdownError("Event system shutdown in progress")
@@ -222,7 +222,7 @@ class EventCore:
         return _HANDLE(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
 
     def trigger(self, handle: int) -> None:
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             local = handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # this system's, flag and tag, allocated
@@ -343,7 +343,7 @@ class EventCore:
                 return self._outcome(slot, generation)
             if generation == slot.active:
                 return PENDING  # if it completes meanwhile, the await sees it under the lock
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             slot = self._slot(handle)
             if generation <= slot.last:
@@ -364,7 +364,7 @@ class EventCore:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             local = handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # as in trigger

@@ -218,9 +218,10 @@ class EventCore:
         self._acquire(BLOCK)
         try:
             local = self._issued_local if handle is self._issued else handle - self._prefix
-            if 0 <= local < len(self._slots) << 32:  # this system's, flag and tag, allocated
+            slots = self._slots
+            if 0 <= local < len(slots) << 32:  # this system's, flag and tag, allocated
                 index = local >> 32
-                slot = self._slots[index]
+                slot = slots[index]
             else:
                 slot = self._slot(handle)  # raises the right error
             generation = local & _U32

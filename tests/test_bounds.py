@@ -44,6 +44,29 @@ def test_a_budget_admits_until_its_limit_and_always_admits_a_sender_holding_noth
     assert budget.held() == 20_000 + 1000 + REQUEST_COST
 
 
+def test_a_budget_reads_its_limit_only_past_its_floor_and_still_refuses_past_the_limit() -> None:
+    """Below the floor (a bound the limit never falls below) an admission does not read the
+    limit, a call of the worker's own code on every request of a burst; past it, it does,
+    and a limit that moved since (``max_message_size`` changed) is the one applied."""
+    reads = []
+    limit = 30_000
+
+    def read_limit() -> int:
+        reads.append(limit)
+        return limit
+
+    budget = ReceiveBudget(read_limit, floor=3 * REQUEST_COST)
+    for _ in range(3):  # 3 requests of 0 bytes: exactly the floor, never past it
+        assert budget.admit(7, 0)
+    assert reads == [], "the limit was read below the floor"
+    assert budget.admit(7, 1000), "past the floor, within the limit"
+    assert reads == [30_000]
+    limit = 4 * REQUEST_COST + 999  # max_message_size lowered since: one byte short
+    assert not budget.admit(7, 0), "refused past the moved limit"
+    assert budget.admit(7, 0, always=True), "the runtime's own requests are never refused"
+    assert budget.held(7) == 5 * REQUEST_COST + 1000
+
+
 def test_the_ledger_cuts_a_connection_that_holds_more_than_a_message_and_delivers_nothing() -> None:
     ledger = InboundLedger(limit=1000)
     ledger.accepted(5, "10.0.0.1:4000", "10.0.0.2:5000")

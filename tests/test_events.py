@@ -30,6 +30,7 @@ from velo_event import (
 from velo_event import _core as pure_core  # white-box: the pure core, for what only it allows
 from velo_event._select import awaiter as awaiter_module  # white-box: the build in use
 from velo_event._select import core as core_module
+from velo_event._wake import waiter_keys  # white-box: a slot holds one waiter or a dict
 from velo_event.lowlevel import PENDING as CORE_PENDING
 from velo_event.lowlevel import (
     CoreEventManager,
@@ -74,7 +75,7 @@ async def test_awaiter_resolves_after_trigger() -> None:
     task = asyncio.create_task(outcome_of(mgr.awaiter(e.handle)))
     await settle()
     assert not task.done()
-    assert len(slot_of(mgr, e.handle).waiters or {}) == 1
+    assert len(waiter_keys(slot_of(mgr, e.handle).waiters)) == 1
     e.trigger()
     assert await asyncio.wait_for(task, 5) is None
     assert mgr.poll(e.handle) is READY
@@ -108,7 +109,7 @@ async def test_many_waiters_all_wake_once() -> None:
     e = mgr.new_event()
     tasks = [asyncio.create_task(outcome_of(e.awaiter())) for _ in range(8)]
     await settle()
-    assert len(slot_of(mgr, e.handle).waiters or {}) == 8
+    assert len(waiter_keys(slot_of(mgr, e.handle).waiters)) == 8
     e.trigger()
     assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [None] * 8
 
@@ -210,7 +211,7 @@ async def test_same_awaiter_shared_by_several_tasks() -> None:
     awaiter = e.awaiter()
     tasks = [asyncio.create_task(outcome_of(awaiter)) for _ in range(3)]
     await settle()
-    assert len(slot_of(mgr, e.handle).waiters or {}) == 3  # one registration per wait
+    assert len(waiter_keys(slot_of(mgr, e.handle).waiters)) == 3  # one registration per wait
     e.poison("shared")
     assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == ["shared"] * 3
 
@@ -288,7 +289,7 @@ async def test_cancelled_task_unregisters_and_a_later_trigger_is_harmless(
     e = mgr.new_event()
     task = asyncio.create_task(outcome_of(e.awaiter()))
     await settle()
-    assert len(slot_of(mgr, e.handle).waiters or {}) == 1
+    assert len(waiter_keys(slot_of(mgr, e.handle).waiters)) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -89,6 +89,36 @@ def test_the_receiver_credits_every_batch_and_when_it_has_nothing_left() -> None
     ]
 
 
+def test_sends_settled_in_rows_that_end_where_a_credit_is_due_credit_as_one_by_one() -> None:
+    """A burst's sends are settled per row (``finished(sender, n)``), each row ending where
+    ``due`` says a credit falls due: the credits are those of settling them one by one."""
+    credits = []
+    for rows in (False, True):
+        out = StubOutbound()
+        receipts = ReceiveWindows(12, out)  # type: ignore[arg-type]  # credits every 3 finished
+        sender = Sender(2, 0x22)
+        for msg_id in range(1, 9):
+            receipts.received(sender, msg_id)
+        receipts.finished(sender)  # one settled alone first: the next row is shorter
+        left = 7
+        while left:
+            n = receipts.due(sender) if rows else 1
+            assert 1 <= n <= left
+            receipts.finished(sender, n)
+            left -= n
+        assert receipts.due(sender) == 1 and receipts.unfinished() == 0
+        credits.append(out.credits)
+    assert (
+        credits[0]
+        == credits[1]
+        == [
+            (2, p.Credit(3, 0x33, 0x22, 8, 5)),
+            (2, p.Credit(3, 0x33, 0x22, 8, 2)),
+            (2, p.Credit(3, 0x33, 0x22, 8, 0)),
+        ]
+    )
+
+
 def test_the_receiver_repeats_a_credit_at_the_tick_and_to_a_sender_back_from_a_loss() -> None:
     out = StubOutbound()
     receipts = ReceiveWindows(8, out)  # type: ignore[arg-type]  # credits every 2 finished

@@ -19,7 +19,13 @@ import pytest
 from support import FAST, ROOT, Lan, Script, stop, velo
 
 from velo_am import PeerUnreachable, SyncWorker, Worker
-from velo_am._launchers import DEFAULT_PORT, Placement, first_slurm_host, placement
+from velo_am._launchers import (
+    DEFAULT_PORT,
+    Placement,
+    first_slurm_host,
+    placement,
+    wait_for_world,
+)
 
 #: Every variable a launcher or velo's launcher support reads: cleared in tests, so that a
 #: test run under Slurm (say) sees only the environment each test sets.
@@ -636,3 +642,38 @@ def test_the_command_line_says_what_is_wrong() -> None:
     assert "no launcher detected" in no_launcher.stderr
     alone = velo("worker", "--wait-world")
     assert (alone.returncode, "--wait-world needs --from-env" in alone.stderr) == (3, True)
+
+
+class _RanksJoining:
+    """A worker of rank 1 of 3 whose wait for rank 0 succeeds, after which rank 0 leaves (its
+    own start failed first), and whose wait for rank 2 runs out."""
+
+    placement = Placement("torchrun", 1, 3, 2, "tcp://127.0.0.1:29500", "tcp://127.0.0.1:0", 29500)
+    waits_for_world = True
+    join_timeout = 1.0
+    started_at = time.monotonic()
+    worker_id = 2
+
+    def __init__(self) -> None:
+        self.connected = {1}
+
+    def is_connected(self, peer_id: int) -> bool:
+        return peer_id in self.connected
+
+    async def wait_for_peers(self, count: int, timeout: float | None = None) -> None:
+        raise AssertionError("ranks have ids rank + 1: each is waited for by id")
+
+    async def wait_for_peer(self, worker_id: int, timeout: float | None = None) -> None:
+        if worker_id not in self.connected:
+            self.connected.discard(1)  # rank 0 gave up on rank 2 a moment earlier and closed
+            raise PeerUnreachable(f"worker {worker_id:#x} not joined")
+
+
+@pytest.mark.timeout(10)
+async def test_a_rank_that_joined_and_left_is_not_named_as_never_joined() -> None:
+    with pytest.raises(PeerUnreachable) as raised:
+        await wait_for_world(_RanksJoining())
+    assert str(raised.value) == (
+        "the world of 3 workers is incomplete after 1.0 s: rank(s) 2 (worker id rank + 1) "
+        "not joined; rank(s) 0 joined and left since"
+    )

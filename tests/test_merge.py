@@ -22,6 +22,7 @@ from velo_event import (
     SystemShutdownError,
 )
 from velo_event._select import merge as merge_module  # white-box: the build in use
+from velo_event._wake import waiter_keys  # white-box: a slot holds one waiter or a dict
 from velo_event.lowlevel import merge_reason
 
 PENDING, READY, POISONED = EventStatus.PENDING, EventStatus.READY, EventStatus.POISONED
@@ -30,7 +31,7 @@ _Merge = merge_module._Merge  # a merge's bookkeeping
 
 
 def waiter_count(mgr: LocalEventSystem, h: EventHandle) -> int:
-    return len(mgr._core._slots[h.index].waiters or {})
+    return len(waiter_keys(mgr._core._slots[h.index].waiters))
 
 
 # -- the AND-gate ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from velo_event import (
     LocalEventSystem,
     SystemShutdownError,
 )
+from velo_event._wake import waiter_keys  # white-box: a slot holds one waiter or a dict
 
 MAX_GEN = 2**32 - 1
 #: Poison reasons, drawn by index so that a failing example prints short; the long ones are
@@ -419,7 +420,7 @@ class EventSystemMachine(RuleBasedStateMachine):
                 assert self.first_seen.setdefault(h, (status, reason)) == (status, reason)
             else:
                 assert h not in self.first_seen, "a completed generation became pending"
-                registered = core._slots[h.index].waiters or {}
+                registered = waiter_keys(core._slots[h.index].waiters)
                 assert len(registered) == len(self.model.waiters.get(h, []))
 
     @invariant()

@@ -25,6 +25,7 @@ from velo_event import (
     InvalidGenerationError,
     LocalEventSystem,
 )
+from velo_event._wake import waiter_keys  # white-box: a slot holds one waiter or a dict
 from velo_event.lowlevel import PENDING
 
 DEADLINE = 10.0
@@ -192,7 +193,7 @@ def test_one_trigger_wakes_awaiters_on_several_loops() -> None:
     for _ in range(loops):
         threads.start(lambda: asyncio.run(waiter()))
     registered.wait()
-    assert len(mgr._core._slots[e.handle.index].waiters or {}) == loops
+    assert len(waiter_keys(mgr._core._slots[e.handle.index].waiters)) == loops
     e.trigger()
     threads.join()
     assert results == [None] * loops
@@ -326,7 +327,7 @@ def test_many_threads_wait_for_one_event(poison: bool) -> None:
         threads.start(lambda: results.append(outcome_of_wait(mgr, e.handle)))
     deadline = time.monotonic() + DEADLINE
     slot = mgr._core._slots[e.handle.index]
-    while len(slot.waiters or {}) < waiters:  # wait (with a deadline) until all are blocked
+    while len(waiter_keys(slot.waiters)) < waiters:  # wait (with a deadline) until all are blocked
         assert time.monotonic() < deadline
         time.sleep(0)
     if poison:
@@ -367,7 +368,7 @@ def test_shutdown_wakes_blocked_threads() -> None:
     for e in events:
         threads.start(lambda h=e.handle: results.append(outcome_of_wait(mgr, h)))  # type: ignore[misc]
     deadline = time.monotonic() + DEADLINE
-    while sum(len(mgr._core._slots[e.handle.index].waiters or {}) for e in events) < 3:
+    while sum(len(waiter_keys(mgr._core._slots[e.handle.index].waiters)) for e in events) < 3:
         assert time.monotonic() < deadline
         time.sleep(0)
     mgr.force_shutdown("stop now")

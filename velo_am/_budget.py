@@ -26,11 +26,14 @@ REQUEST_COST: Final = 4096
 
 
 class ReceiveBudget:
-    """Bytes held per sender (by worker id); ``limit()`` is read at each admission, since
-    ``max_message_size`` may change while the worker runs."""
+    """Bytes held per sender (by worker id); ``limit()`` is read at each admission that may
+    be past ``floor``, a bound it never falls below, since ``max_message_size`` may change
+    while the worker runs (below the floor, nearly every admission in a burst, it is not
+    read: a call of the worker's own code)."""
 
-    def __init__(self, limit: Callable[[], int]) -> None:
+    def __init__(self, limit: Callable[[], int], floor: int = 0) -> None:
         self.limit = limit
+        self._floor = floor
         self._held: dict[int, int] = {}
 
     def admit(self, peer_id: int, payload: int, always: bool = False) -> bool:
@@ -38,14 +41,14 @@ class ReceiveBudget:
         (nothing charged) if it would take the sender past the limit, unless ``always``."""
         held = self._held.get(peer_id, 0)
         cost = payload + REQUEST_COST
-        if held and not always and held + cost > self.limit():
+        if held and not always and held + cost > self._floor and held + cost > self.limit():
             return False
         self._held[peer_id] = held + cost
         return True
 
-    def release(self, peer_id: int, payload: int) -> None:
-        """A request admitted with ``payload`` bytes finished."""
-        held = self._held.get(peer_id, 0) - payload - REQUEST_COST
+    def release(self, peer_id: int, payload: int, requests: int = 1) -> None:
+        """``requests`` requests admitted with ``payload`` bytes in all finished."""
+        held = self._held.get(peer_id, 0) - payload - requests * REQUEST_COST
         if held > 0:
             self._held[peer_id] = held
         else:

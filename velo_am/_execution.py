@@ -63,6 +63,9 @@ class Serving(enum.Enum):
     NONE = "none"
 
 
+_SERVING_ALL: Final = Serving.ALL  # a static of the compiled build, not a class lookup
+
+
 class HandlerExecution:
     """The handlers running for one worker (``tasks``: those with a task of their own)."""
 
@@ -74,7 +77,7 @@ class HandlerExecution:
         log: RateLimitedLog,
         receipts: ReceiveWindows,
     ) -> None:
-        self._registry = registry
+        self._by_name = registry.by_name
         self._receipts = receipts
         self._budget = receipts.budget
         self._outbound = outbound
@@ -84,6 +87,8 @@ class HandlerExecution:
         self.serving = Serving.ALL
         self.tasks: set[asyncio.Task[None]] = set()
         self._jobs: deque[tuple[HandlerSpec, Addressee, p.Request, LinkId]] = deque()
+        # Bound once: the compiled build calls a method looked up by name as Python does.
+        self._queue_job = self._jobs.append
         self._lanes = OrderedLanes(self.spawn)
 
     def dispatch(self, peer: Addressee, msg: p.Request, link: LinkId) -> None:
@@ -93,7 +98,7 @@ class HandlerExecution:
             self._receipts.received(peer, msg.msg_id)
         serving = self.serving
         # Runtime traffic (names starting with "_") still flows while draining.
-        if serving is not Serving.ALL and not (
+        if serving is not _SERVING_ALL and not (
             serving is Serving.RUNTIME and msg.handler.startswith("_")
         ):
             self._counters["refused_draining"] += 1
@@ -104,7 +109,7 @@ class HandlerExecution:
             else:
                 self._receipts.finished(peer)
             return
-        spec = self._registry.get(msg.handler)
+        spec = self._by_name.get(msg.handler)
         if spec is not None:
             always = msg.handler in _NEVER_REFUSED
             if not self._budget.admit(peer.worker_id, len(msg.payload), always=always):
@@ -112,9 +117,8 @@ class HandlerExecution:
             elif spec.is_async or spec.ordered:
                 self._submit(spec, peer, msg, link)
             else:  # a sync handler (nearly all of a burst): queued for the burst's one callback
-                jobs = self._jobs
-                jobs.append((spec, peer, msg, link))
-                if len(jobs) == 1:
+                self._queue_job((spec, peer, msg, link))
+                if len(self._jobs) == 1:
                     asyncio.get_running_loop().call_soon(self._run_sync_jobs)
         elif msg.reply:
             text = f"no handler named {msg.handler!r} on worker {self._outbound.worker_id:#x}"
@@ -170,15 +174,26 @@ class HandlerExecution:
     def _run_sync_jobs(self) -> None:
         """Sync handlers of a burst run one after another in one loop callback, scheduled after
         the receive loop's drain: as far from the receive loop as a task each (a sync handler
-        holds the loop while it runs either way), at a fraction of the cost."""
-        jobs, clock = self._jobs, time.perf_counter
+        holds the loop while it runs either way), at a fraction of the cost. Sends in a row
+        from one sender that ran are settled together (their budget, the count of requests
+        handled, their credit), once per row: nothing but these handlers runs meanwhile, and
+        a row ends where a credit falls due, so credits go out as if settled one by one."""
+        jobs, next_job, clock = self._jobs, self._jobs.popleft, time.perf_counter
+        sender: Addressee | None = None  # of the row of sends not settled yet
+        sends = held = due = 0  # how many, the bytes of their payloads, where the row ends
         try:
             while jobs:
-                spec, peer, msg, link = jobs.popleft()
+                spec, peer, msg, link = next_job()
+                if peer is not sender and sends:
+                    self._settle(sender, sends, held)
+                    sends = held = 0
                 started = clock()
                 try:
                     payload = unpack(msg.payload)
                 except Exception as error:
+                    if sends:  # the row first: its credits as if settled one by one
+                        self._settle(sender, sends, held)
+                        sends = held = 0
                     self._refuse_payload(peer, msg, link, error)
                     continue
                 # The CallContext, as _context makes it, inline: one call fewer per request.
@@ -189,16 +204,38 @@ class HandlerExecution:
                 try:
                     result = spec.fn(payload, context)
                 except (Exception, asyncio.CancelledError) as error:
+                    if sends:
+                        self._settle(sender, sends, held)
+                        sends = held = 0
                     self._handler_failed(spec, peer, msg, link, error, started)
                     continue
                 # (None first: what nearly every sync handler returns, at no cost to check)
                 if result is not None and inspect.isawaitable(result):  # a coroutine, say
                     self.spawn(self._finish(spec, peer, msg, link, result, started))
-                else:
+                elif msg.reply:
                     self._reply(spec, peer, msg, link, result, started)
+                else:  # a send that ran: timed now, settled with its row
+                    spec.timer.record(clock() - started, False)
+                    if not sends:
+                        sender, due = peer, self._receipts.due(peer)
+                    sends += 1
+                    held += len(msg.payload)
+                    if sends >= due:
+                        self._settle(sender, sends, held)
+                        sends = held = 0
         finally:
+            if sends:
+                self._settle(sender, sends, held)
             if jobs:  # left by an escaping BaseException: the rest still run
                 asyncio.get_running_loop().call_soon(self._run_sync_jobs)
+
+    def _settle(self, sender: Addressee | None, sends: int, held: int) -> None:
+        """``sends`` sends from ``sender`` (of ``held`` payload bytes in all) ran: what
+        :meth:`_reply` does for each, at once."""
+        assert sender is not None
+        self._budget.release(sender.worker_id, held, sends)
+        self._counters["requests_handled"] += sends
+        self._receipts.finished(sender, sends)
 
     async def _run(self, spec: HandlerSpec, peer: Addressee, msg: p.Request, link: LinkId) -> None:
         started = time.perf_counter()

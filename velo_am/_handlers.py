@@ -127,7 +127,9 @@ class HandlerSpec:
 
 class HandlerRegistry:
     def __init__(self) -> None:
-        self._handlers: dict[str, HandlerSpec] = {}
+        #: The handlers by name: read here, changed only through ``register``/``unregister``
+        #: (the dispatch of every request looks its handler up in it directly).
+        self.by_name: dict[str, HandlerSpec] = {}
 
     def register(
         self, name: str, fn: Handler, *, ordered: bool, replace: bool, internal: bool = False
@@ -142,27 +144,27 @@ class HandlerRegistry:
             )
         if not callable(fn):
             raise TypeError(f"handler {name!r} is not callable")
-        if name in self._handlers and not replace:
+        if name in self.by_name and not replace:
             raise ValueError(f"a handler named {name!r} is already registered (use replace=True)")
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
         )
-        self._handlers[name] = HandlerSpec(name, fn, ordered, is_async, internal)
+        self.by_name[name] = HandlerSpec(name, fn, ordered, is_async, internal)
 
     def unregister(self, name: str) -> None:
-        self._handlers.pop(name, None)
+        self.by_name.pop(name, None)
 
     def get(self, name: str) -> HandlerSpec | None:
-        return self._handlers.get(name)
+        return self.by_name.get(name)
 
     def names(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted(self.by_name)
 
     def stats(self, *, internal: bool = True) -> dict[str, HandlerStats]:
         """Every handler's record (runtime ``_`` handlers too unless ``internal=False``)."""
         return {
             name: spec.timer.snapshot(name)
-            for name, spec in sorted(self._handlers.items())
+            for name, spec in sorted(self.by_name.items())
             if internal or not spec.internal
         }
 

@@ -15,7 +15,7 @@ __all__ = ["DEPENDENCIES", "DIGEST_NAME", "HOT_MODULES", "sources_digest"]
 HOT_MODULES: Final = ("_protocol", "_budget", "_receipts", "_execution")
 #: The package's other modules the hot set imports at run time: mypyc copies their constants
 #: (``Final`` names) into the compiled code, so a build is as old as they are too.
-DEPENDENCIES: Final = ("_codec", "_handlers", "_log", "_messages")
+DEPENDENCIES: Final = ("_codec", "_handlers", "_header_limits", "_log", "_messages")
 #: The compiled ``_protocol``'s attribute that holds the digest of the sources it was built from.
 DIGEST_NAME: Final = "SOURCE_DIGEST"
 

@@ -338,17 +338,27 @@ async def wait_for_world(worker: _Joining) -> None:
         return
     # Rank r is worker r + 1: wait for each rank, so that no other member counts instead.
     others = [rank + 1 for rank in range(where.world_size) if rank != where.rank]
-    for peer_id in others:
+    for waited, peer_id in enumerate(others):
         try:
             await worker.wait_for_peer(peer_id, max(deadline - time.monotonic(), 0.0))
         except PeerUnreachable:
-            missing = [peer for peer in others if not worker.is_connected(peer)]
-            ranks = ", ".join(str(peer - 1) for peer in missing[:20])
-            more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            # The ranks waited for before this one joined; one may have left since (its own
+            # start failed a moment earlier): it is named as having left, not as never joined.
+            missing = [peer for peer in others[waited:] if not worker.is_connected(peer)] or [
+                peer_id
+            ]
+            left = [peer for peer in others[:waited] if not worker.is_connected(peer)]
+            gone = f"; rank(s) {_ranks(left)} joined and left since" if left else ""
             raise PeerUnreachable(
-                f"{incomplete} after {worker.join_timeout} s: rank(s) {ranks}{more} "
-                f"(worker id rank + 1) not joined"
+                f"{incomplete} after {worker.join_timeout} s: rank(s) {_ranks(missing)} "
+                f"(worker id rank + 1) not joined{gone}"
             ) from None
+
+
+def _ranks(peers: list[int]) -> str:
+    """The ranks of worker ids ``rank + 1``, at most 20 of them and how many more."""
+    shown = ", ".join(str(peer - 1) for peer in peers[:20])
+    return shown + (f" and {len(peers) - 20} more" if len(peers) > 20 else "")
 
 
 # -- hosts, ports, node lists -----------------------------------------------------------------

@@ -329,8 +329,8 @@ class Outbound:
         # Our own link even while it connects (what waits on it is ours to keep); else
         # theirs, which keeps what follows a handshake's answer in order after it.
         own, theirs = self._own.get(peer_id), self._theirs.get(peer_id)
-        link = self._sends_on.get(peer_id) if in_order else None
-        if link is None or link not in (own, theirs):
+        previous = link = self._sends_on.get(peer_id) if in_order else None
+        if link is None or (link != own and link != theirs):  # noqa: PLR1714 - no tuple
             link = own or theirs or self._open_for(peer_id, dial)
         if link in self._used:
             self._used[link] = self._now
@@ -346,7 +346,7 @@ class Outbound:
             del self._theirs[peer_id]  # its link is gone: ours, then
             self.send_frames(peer_id, frames, dial=dial, in_order=in_order)
             return
-        if in_order:
+        if in_order and link != previous:
             self._sends_on[peer_id] = link
         self._counters["messages_out"] += 1
 

@@ -30,6 +30,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from velo_event import EventHandle
 
+from ._header_limits import item_budget, peek_version
 from ._messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_EVENT_ITEMS,
@@ -67,8 +68,8 @@ __all__ += ["ErrorResponse", "Goodbye", "Draining", "EventDone", "EventUpdates",
 __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "Credit"]
 __all__ += ["encode", "decode", "encode_request", "encode_response", "encode_updates"]
 
+_REQUEST: Final = int(Kind.REQUEST)
 _SMALL_HEADER: Final = 1024  # headers up to this size skip the element budget
-_MAX_HEADER_ITEMS: Final = 6 * MAX_PEERS + 16  # total array elements in one header
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -369,10 +370,11 @@ def _decode_request(h: list[Any], payload: bytes | None) -> Message:
         and type(reply) is bool
         and type(payload) is bytes
         and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
-        and 0 < src <= U64_MAX
-        and 0 < src_incarnation <= U64_MAX
-        and 0 <= dst_incarnation <= U64_MAX
-        and 0 <= msg_id <= U64_MAX
+        # no upper bounds: msgpack has no integer past 64 bits, so none decodes above U64_MAX
+        and src > 0
+        and src_incarnation > 0
+        and dst_incarnation >= 0
+        and msg_id >= 0
     ):
         args = (src, src_incarnation, dst_incarnation, msg_id, handler, reply)
         return Request(*args, payload)  # type: ignore[arg-type]
@@ -392,10 +394,10 @@ def _decode_response(h: list[Any], payload: bytes | None) -> Message:
     if not (  # Response's cheap checks, inline (see _decode_request)
         type(payload) is bytes
         and type(src) is type(src_incarnation) is type(dst_incarnation) is type(msg_id) is int
-        and 0 < src <= U64_MAX
-        and 0 < src_incarnation <= U64_MAX
-        and 0 <= dst_incarnation <= U64_MAX
-        and 0 <= msg_id <= U64_MAX
+        and src > 0
+        and src_incarnation > 0
+        and dst_incarnation >= 0
+        and msg_id >= 0
     ):
         return Response(src, src_incarnation, dst_incarnation, msg_id, payload)  # type: ignore[arg-type]
     msg = _new_message(Response)
@@ -414,20 +416,6 @@ _DECODERS: Final[dict[int, tuple[_Decoder, str, int, bool]]] = {
 }
 
 
-def _item_budget() -> Callable[[list[Any]], list[Any]]:
-    """A msgpack ``list_hook`` bounding the total number of array elements in one header."""
-    left = _MAX_HEADER_ITEMS
-
-    def hook(array: list[Any]) -> list[Any]:
-        nonlocal left
-        left -= len(array)
-        if left < 0:
-            raise ProtocolError("header has too many array elements")
-        return array
-
-    return hook
-
-
 def _frame(frame: object, index: int) -> bytes:
     """Copy a bytes-like frame (bytearray, memoryview, zmq.Frame) into bytes."""
     try:
@@ -442,16 +430,6 @@ def _version_error(version: object) -> ProtocolError:
     )
 
 
-def _peek_version(header: bytes) -> object:
-    """First element of the header array if it is a scalar, else None (failure path only)."""
-    try:
-        unpacker = msgpack.Unpacker(max_buffer_size=len(header), max_array_len=0, max_map_len=0)
-        unpacker.feed(header)
-        return unpacker.unpack() if unpacker.read_array_header() else None
-    except Exception:
-        return None
-
-
 def _unpack_header(header: bytes) -> Any:
     try:
         if len(header) <= _SMALL_HEADER:
@@ -462,10 +440,10 @@ def _unpack_header(header: bytes) -> Any:
             max_map_len=0,
             max_ext_len=0,
             max_array_len=MAX_PEERS,
-            list_hook=_item_budget(),
+            list_hook=item_budget(),
         )
     except Exception as exc:  # any msgpack / limit / UTF-8 / budget failure
-        version = _peek_version(header)  # a future version may change everything after it
+        version = peek_version(header)  # a future version may change everything after it
         if type(version) is int and version != PROTOCOL_VERSION:
             raise _version_error(version) from exc
         if isinstance(exc, ProtocolError):
@@ -475,7 +453,7 @@ def _unpack_header(header: bytes) -> Any:
         raise ProtocolError(f"malformed header frame: {exc}") from exc
 
 
-def decode(frames: Sequence[object], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+def decode(frames: Sequence[object], max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
     """Parse the frames of one message (without the ROUTER identity frame).
 
     Returns a valid message or raises :class:`ProtocolError`, whatever the input.  The
@@ -496,6 +474,10 @@ def decode(frames: Sequence[object], *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
         raise ProtocolError(f"message of {size} bytes exceeds the maximum of {max_size}")
 
     h = _unpack_header(header)
+    if type(h) is list and len(h) == 8 and payload is not None:  # nearly always a Request:
+        version, kind = h[0], h[1]  # the table's choice below, without its lookups
+        if type(version) is type(kind) is int and version == PROTOCOL_VERSION and kind == _REQUEST:
+            return _decode_request(h, payload)
     if type(h) is not list or not h:
         raise ProtocolError("header frame must be a non-empty msgpack array")
     version = h[0]

@@ -39,7 +39,8 @@ class ReceiveWindows:
 
     def __init__(self, window: int, outbound: Outbound) -> None:
         self._batch = max(1, window // 4)
-        self.budget = ReceiveBudget(lambda: 2 * outbound.max_message_size + window * REQUEST_COST)
+        least = window * REQUEST_COST  # the limit, whatever max_message_size becomes
+        self.budget = ReceiveBudget(lambda: 2 * outbound.max_message_size + least, least)
         self._outbound = outbound
         self._ledgers: dict[int, Ledger] = {}
 
@@ -54,16 +55,24 @@ class ReceiveWindows:
             ledger.last_received = msg_id
         ledger.unfinished += 1
 
-    def finished(self, peer: Addressee) -> None:
-        """A send from ``peer`` finished (ran, failed, or was refused). Its sender is owed a
-        credit after every batch, and when none of its sends is left unfinished."""
+    def finished(self, peer: Addressee, sends: int = 1) -> None:
+        """``sends`` sends from ``peer`` finished (ran, failed, or were refused). Its sender is
+        owed a credit after every batch, and when none of its sends is left unfinished."""
         ledger = self._ledgers.get(peer.worker_id)
         if ledger is None or ledger.incarnation != peer.incarnation or not ledger.unfinished:
             return  # a predecessor's, or its sender was forgotten meanwhile
-        ledger.unfinished -= 1
-        ledger.since_credit += 1
+        done = sends if sends < ledger.unfinished else ledger.unfinished
+        ledger.unfinished -= done
+        ledger.since_credit += done
         if ledger.since_credit >= self._batch or not ledger.unfinished:
             self._credit(peer.worker_id, ledger)
+
+    def due(self, peer: Addressee) -> int:
+        """How many of ``peer``'s sends may finish before a credit falls due (at least 1)."""
+        ledger = self._ledgers.get(peer.worker_id)
+        if ledger is None or ledger.incarnation != peer.incarnation or not ledger.unfinished:
+            return 1
+        return min(self._batch - ledger.since_credit, ledger.unfinished)
 
     def _credit(self, peer_id: int, ledger: Ledger) -> None:
         ledger.since_credit = 0

@@ -99,7 +99,7 @@ class Shell:
         counters = self._counters
         counters["messages_in"] += 1
         try:
-            msg = p.decode(frames, max_size=self._outbound.max_message_size)
+            msg = p.decode(frames, self._outbound.max_message_size)  # positional: cheaper
         except p.ProtocolError as error:
             counters["dropped_malformed"] += 1
             self._log.warning("malformed", "dropping malformed message: %s", error)

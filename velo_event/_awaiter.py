@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from threading import get_ident
 from typing import Any, Final, cast
@@ -52,15 +54,15 @@ def wake_future(future: Hashable, reason: Wake) -> None:
         loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
-@mypyc_attr(free_list_len=1)  # one freed instance kept for the next (compiled build)
 class _LoopWaker:
-    """The wake callback of one await's future, knowing the loop and the thread the wait began
-    on: a wake-up on that thread resolves the future directly (the loop is running there, or
-    stopped or closed: its own thread may schedule on it either way), one from another thread
-    goes through the loop. Unlike :func:`wake_future` it never asks
-    ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up. (Only
-    a wait outliving its thread, its loop run on by another thread since, and a new thread
-    reusing the old one's id would see its wake-up wait for that loop's next iteration.)"""
+    """The wake callback of the awaits begun on one thread while one loop ran there, knowing
+    that loop and that thread: a wake-up on that thread resolves the future directly (the
+    loop is running there, or stopped or closed: its own thread may schedule on it either
+    way), one from another thread goes through the loop. Unlike :func:`wake_future` it never
+    asks ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up.
+    (Only a wait outliving its thread, its loop run on by another thread since, and a new
+    thread reusing the old one's id would see its wake-up wait for that loop's next
+    iteration.) One is kept per thread (:func:`_thread_waker`) and shared by its awaits."""
 
     __slots__ = ("loop", "thread")
 
@@ -82,6 +84,56 @@ class _LoopWaker:
             self.loop.call_soon_threadsafe(_resolve, fut, reason)
 
 
+# This thread's waker, for the loop that ran here when it was made. Checking that the loop
+# still runs replaces asyncio.get_running_loop()'s getpid() system call on every wait.
+_here: Final = threading.local()
+
+
+def _thread_waker() -> _LoopWaker:
+    """The waker of the loop running on this thread (``RuntimeError`` if none is).
+
+    The kept one serves while its loop runs: a loop runs on one thread at a time, so unless
+    that loop has moved to another thread since (then the awaiting task refuses the future:
+    see :func:`_moved`), it runs here. A loop that stopped (another ``asyncio.run`` on this
+    thread) is replaced at once; a forked child starts afresh."""
+    waker: _LoopWaker | None = getattr(_here, "waker", None)
+    if waker is not None and waker.loop.is_running():
+        return waker
+    return _new_waker(_get_running_loop())
+
+
+def _checked_waker() -> _LoopWaker:
+    """:func:`_thread_waker`, checked against ``asyncio.get_running_loop()``: for a wait that
+    schedules on its loop (a timer) before the task could refuse a moved loop's future."""
+    loop = _get_running_loop()
+    waker: _LoopWaker | None = getattr(_here, "waker", None)
+    return waker if waker is not None and waker.loop is loop else _new_waker(loop)
+
+
+def _new_waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    waker = _LoopWaker(loop, _get_ident())
+    _here.waker = waker
+    return waker
+
+
+def _moved(loop: asyncio.AbstractEventLoop) -> bool:
+    """After a wait failed: whether it waited on a future of a loop no longer running on this
+    thread (it moved to another thread, this one runs another), which the awaiting task
+    refused. The kept waker is dropped; the caller waits again on the right loop."""
+    if running_loop() is loop:
+        return False
+    _forget_waker()
+    return True
+
+
+def _forget_waker() -> None:
+    _here.waker = None
+
+
+if hasattr(os, "register_at_fork"):  # a child's loops are its own: the parent's kept waker is not
+    os.register_at_fork(after_in_child=_forget_waker)
+
+
 AddWaiter = Callable[[EventHandle, Hashable, WakeCallback], Answer]
 RemoveWaiter = Callable[[EventHandle, Hashable], None]
 #: Called once an await's timeout ran out and its waiter is gone, with the handle and the
@@ -89,6 +141,8 @@ RemoveWaiter = Callable[[EventHandle, Hashable], None]
 Expired = Callable[[EventHandle, float], Awaitable[Answer]]
 # What a waiting future is resolved with when its timeout runs out (never a wake-up value).
 _EXPIRED: Final = object()
+# What a wait says when the task refused its future (of a loop that moved to another thread).
+_MOVED: Final = object()
 
 
 @mypyc_attr(free_list_len=1)  # one freed instance kept for the next (compiled build)
@@ -136,29 +190,48 @@ class EventAwaiter:
         if outcome is None:
             return _DONE
         if outcome is PENDING or type(outcome) is Unanswered:  # no verdict: ask at each await
-            return self._wait()
+            timeout = self._timeout
+            return self._wait() if timeout is None else self._wait_timed(timeout)
         raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait(self) -> Generator[Any, None, None]:
-        loop = _get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        waker = _LoopWaker(loop, _get_ident())  # called as is: no bound method to make
+        """The hot path, a wait with no timeout: nothing here but the wait."""
+        waker = _thread_waker()
+        future = waker.loop.create_future()
         outcome: object = self._add_waiter(self._handle, future, waker)
         if outcome is PENDING:
-            if self._timeout is not None:
-                outcome = yield from self._wait_within(loop, future, self._timeout)
-            else:  # the hot path: nothing here but the wait
-                try:
-                    outcome = yield from future.__await__()
-                except BaseException:
-                    self._remove_waiter(self._handle, future)
+            try:
+                outcome = yield from future.__await__()
+            except RuntimeError:
+                self._remove_waiter(self._handle, future)
+                if not _moved(waker.loop):
                     raise
-        if outcome is not None:
-            if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
-                raise OutcomeUnknown(self._handle, outcome.reason)
-            self._outcome = cast(str, outcome)  # later awaits take the fast path
-            raise EventPoison(self._handle, cast(str, outcome))
-        self._outcome = None
+                outcome = _MOVED
+            except BaseException:
+                self._remove_waiter(self._handle, future)
+                raise
+            if outcome is _MOVED:  # the task refused the future: wait on the running loop
+                yield from self._wait()
+                return
+        self._settle(outcome)
+
+    def _wait_timed(self, timeout: float) -> Generator[Any, None, None]:
+        waker = _checked_waker()
+        future = waker.loop.create_future()
+        outcome: object = self._add_waiter(self._handle, future, waker)
+        if outcome is PENDING:
+            outcome = yield from self._wait_within(waker.loop, future, timeout)
+        self._settle(outcome)
+
+    def _settle(self, outcome: object) -> None:
+        """Return for a trigger; raise for a poison (remembered) or no outcome (not)."""
+        if outcome is None:
+            self._outcome = None
+            return
+        if isinstance(outcome, Unanswered):  # no verdict: the next await asks again
+            raise OutcomeUnknown(self._handle, outcome.reason)
+        self._outcome = cast(str, outcome)  # later awaits take the fast path
+        raise EventPoison(self._handle, cast(str, outcome))
 
     def _wait_within(
         self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[object], timeout: float

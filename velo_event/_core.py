@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Final
 
+from . import _wake
 from ._errors import (
     AlreadyTriggeredError,
     EventError,
@@ -136,7 +137,7 @@ class EventCore:
             f"Invalid generation {handle & _U32} for event {EventHandle.from_int(handle)}; {active}"
         )
 
-    def _complete(self, handle: int, slot: _Slot) -> _Waiters | None:
+    def _complete(self, handle: int, slot: _Slot) -> _wake.Held | None:
         """End the active generation; the caller has recorded a poison reason if any."""
         generation = handle & _U32
         slot.last = generation
@@ -150,7 +151,7 @@ class EventCore:
             self._retired += 1
         return waiters
 
-    def _poison_locked(self, handle: int, reason: str) -> _Waiters | None:
+    def _poison_locked(self, handle: int, reason: str) -> _wake.Held | None:
         slot = self._slot(handle)
         generation = handle & _U32
         if generation == slot.active and generation:
@@ -269,7 +270,7 @@ class EventCore:
         while self._deferred:
             if not self._lock.acquire(blocking=False):
                 return
-            wakes: list[tuple[_Waiters, str]] = []
+            wakes: list[tuple[_wake.Held, str]] = []
             try:
                 while self._deferred:
                     handle, reason = self._deferred.popleft()
@@ -373,10 +374,7 @@ class EventCore:
                 return self._outcome(slot, generation)
             if generation != slot.active:
                 raise self._invalid_generation(handle, slot)
-            if slot.waiters is None:
-                slot.waiters = {key: callback}
-            else:
-                slot.waiters[key] = callback
+            slot.waiters = _wake.holding(slot.waiters, key, callback)
         except UnknownEventError:
             if self._from_another_incarnation(handle):
                 return self.stale
@@ -401,10 +399,7 @@ class EventCore:
                     if generation <= slot.last:
                         return self._outcome(slot, generation)
                     if generation == slot.active:
-                        if slot.waiters is None:
-                            slot.waiters = {key: callback}
-                        else:
-                            slot.waiters[key] = callback
+                        slot.waiters = _wake.holding(slot.waiters, key, callback)
                         return PENDING
                 if not self._ahead(slot, generation):
                     if generation == 0:
@@ -431,8 +426,8 @@ class EventCore:
                         del self._early[handle]
                     return
                 slot = self._slot_if_allocated(handle)  # None: an early waiter woken already
-                if slot is not None and slot.active == handle & _U32 and slot.waiters:
-                    slot.waiters.pop(key, None)
+                if slot is not None and slot.active == handle & _U32:
+                    slot.waiters = _wake.without(slot.waiters, key)
         finally:
             if self._deferred:
                 self._drain_deferred()
@@ -465,7 +460,7 @@ class EventCore:
 
     def force_shutdown(self, reason: str) -> None:
         reason = cap_reason(reason)
-        wakes: list[_Waiters] = []
+        wakes: list[_wake.Held] = []
         try:
             with self._lock:
                 if self._shutdown_reason is not None:
@@ -503,7 +498,7 @@ class EventCore:
                 return [
                     (
                         int.__new__(EventHandle, self._prefix | index << 32 | slot.active),
-                        list(slot.waiters or ()),
+                        _wake.waiter_keys(slot.waiters),
                     )
                     for index, slot in enumerate(self._slots)
                     if slot.active

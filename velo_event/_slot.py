@@ -1,11 +1,11 @@
-"""`Slot`: one reusable event slot of an :class:`~velo_event.lowlevel.EventCore`, and
-`Waiters`, what a pending generation's waiters are kept in."""
+"""`Slot`: one reusable event slot of an :class:`~velo_event.lowlevel.EventCore`; and
+`Waiters`, the early waiters of one generation not issued yet."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 
-from ._wake import WakeCallback
+from ._wake import Held, WakeCallback
 
 __all__ = ["Slot", "Waiters"]
 
@@ -22,6 +22,6 @@ class Slot:
     def __init__(self, first_generation: int) -> None:
         self.last = first_generation - 1
         self.active = 0
-        self.waiters: Waiters | None = None
+        self.waiters: Held | None = None  # see _wake.holding
         self.poisons: dict[int, str] | None = None
         self.attached: object = None

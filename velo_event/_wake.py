@@ -17,12 +17,17 @@ __all__ = [
     "MAX_REASON_LENGTH",
     "PENDING",
     "Answer",
+    "Held",
     "Outcome",
     "Unanswered",
     "Wake",
     "WakeCallback",
+    "Waiters",
     "cap_reason",
+    "holding",
+    "waiter_keys",
     "wake_waiters",
+    "without",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,10 +80,49 @@ Wake = str | None | Unanswered
 WakeCallback = Callable[[Hashable, Wake], None]
 
 
-def wake_waiters(waiters: Mapping[Hashable, WakeCallback], reason: Wake) -> None:
+#: A generation's waiters: a ``key -> callback`` mapping, or one ``(key, callback)`` pair (a
+#: core's slot keeps its one waiter so: the common case, without a dict).
+Waiters = Mapping[Hashable, WakeCallback] | tuple[Hashable, WakeCallback]
+
+
+#: What a core's slot holds (under its lock): its one waiter as a pair (the common case,
+#: without a dict), more in a dict.
+Held = dict[Hashable, WakeCallback] | tuple[Hashable, WakeCallback]
+
+
+def holding(held: Held | None, key: Hashable, callback: WakeCallback) -> Held:
+    """``held`` with the waiter added (a waiter of an equal key replaced, as in a dict)."""
+    if held is None:
+        return (key, callback)
+    if isinstance(held, tuple):
+        return {held[0]: held[1], key: callback}  # equal keys: the later callback stays
+    held[key] = callback
+    return held
+
+
+def without(held: Held | None, key: Hashable) -> Held | None:
+    """``held`` without the waiter of ``key`` (harmless if it has none)."""
+    if isinstance(held, tuple):
+        return None if held[0] is key or held[0] == key else held  # as a dict compares keys
+    if held is not None:
+        held.pop(key, None)
+    return held
+
+
+def waiter_keys(held: Held | None) -> list[Hashable]:
+    return [held[0]] if isinstance(held, tuple) else list(held or ())
+
+
+def wake_waiters(waiters: Waiters, reason: Wake) -> None:
     """Run wake callbacks ``callback(key, reason)``, outside any lock. A failing callback is
     logged and never stops the others."""
-    if isinstance(waiters, dict):  # the core's: a compiled build iterates a dict natively
+    if isinstance(waiters, tuple):  # one waiter: the hot path of every wake-up
+        key, callback = waiters
+        try:
+            callback(key, reason)
+        except Exception:
+            logger.exception("event wake-up callback %r failed", callback)
+    elif isinstance(waiters, dict):  # the core's: a compiled build iterates a dict natively
         for key, callback in waiters.items():
             _wake(key, callback, reason)
     else:

@@ -25,7 +25,9 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
-from ._mutex import TOKEN, Mutex
+from ._mutex import BLOCK, TOKEN, Mutex
+from ._slot import Slot as _Slot
+from ._slot import Waiters as _Waiters
 from ._wake import PENDING, Answer, Unanswered, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
@@ -37,24 +39,6 @@ _TAG_SHIFT: Final = 23
 _MAX_TAG: Final = 255
 #: How far past a slot's last generation a tagged core still reads one as its own, not issued yet.
 LOOKAHEAD: Final = 1 << 16
-
-
-_Waiters = dict[Hashable, WakeCallback]
-
-
-class _Slot:
-    """One reusable event slot. ``last``: highest completed generation; ``active``: the pending
-    generation or 0; ``poisons``: reason of every poisoned generation (history, never pruned);
-    ``attached``: what the pending generation is, if more than an event (see ``new_event``)."""
-
-    __slots__ = ("active", "attached", "last", "poisons", "waiters")
-
-    def __init__(self, first_generation: int) -> None:
-        self.last = first_generation - 1
-        self.active = 0
-        self.waiters: _wake.Held | None = None
-        self.poisons: dict[int, str] | None = None
-        self.attached: object = None
 
 
 class EventCore:
@@ -90,7 +74,7 @@ class EventCore:
         self._retired = 0
         self._lock = Mutex()
         # Bound once: a compiled build calls a stored bound method without looking it up.
-        self._acquire: Callable[[], bool] = self._lock.take
+        self._acquire: Callable[[bool], bool] = self._lock.take
         self._release: Callable[[bool], None] = self._lock.give
         self._take_free: Callable[[], int] = self._free.popleft
         self._put_free: Callable[[int], None] = self._free.append
@@ -102,6 +86,12 @@ class EventCore:
         self._lookahead = LOOKAHEAD if index_tag else MAX_GENERATION
         # Early waiters on generations not issued yet, by handle; new_event moves them to the slot.
         self._early: dict[int, _Waiters] = {}
+        # The handle last issued (the very object) and its slot-local part, and the one last
+        # triggered: the usual next steps (trigger what was just made, await what was just
+        # triggered) know it by identity, without a 128-bit subtraction.
+        self._issued: object = None
+        self._issued_local = 0
+        self._triggered: object = None
 
     # -- lookups (call with the lock held) -------------------------------------------------
 
@@ -196,7 +186,7 @@ class EventCore:
     def new_event(self, attached: object = None) -> EventHandle:
         """A new pending generation; ``attached`` is kept with it until it completes (a merge
         keeps itself with its merged event, so a timed-out wait can find its inputs)."""
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             if self._shutdown_reason is not None:
                 raise SystemShutdownError("Event system shutdown in progress")
@@ -213,22 +203,26 @@ class EventCore:
                 self._slots.append(slot)
             slot.active = generation = slot.last + 1
             slot.attached = attached
-            handle = self._prefix + (index << 32 | generation)
+            local = index << 32 | generation
+            handle = _HANDLE(self._prefix + local)  # cheaper than int.__new__ (no wrapper)
+            self._issued = handle
+            self._issued_local = local
             if self._early:  # subscriptions that came before this generation was issued
                 slot.waiters = self._early.pop(handle, None)
         finally:
             self._release(TOKEN)
             if self._deferred:
                 self._drain_deferred()
-        return _HANDLE(handle)  # cheaper than int.__new__ (no wrapper, no args tuple)
+        return handle
 
     def trigger(self, handle: int) -> None:
-        self._acquire()
+        self._acquire(BLOCK)
         try:
-            local = handle - self._prefix
-            if 0 <= local < len(self._slots) << 32:  # this system's, flag and tag, allocated
+            local = self._issued_local if handle is self._issued else handle - self._prefix
+            slots = self._slots
+            if 0 <= local < len(slots) << 32:  # this system's, flag and tag, allocated
                 index = local >> 32
-                slot = self._slots[index]
+                slot = slots[index]
             else:
                 slot = self._slot(handle)  # raises the right error
             generation = local & _U32
@@ -243,6 +237,7 @@ class EventCore:
                 self._put_free(index)
             else:  # the slot retires, as in _complete
                 self._retired += 1
+            self._triggered = handle
         finally:
             self._release(TOKEN)
             if self._deferred:
@@ -336,6 +331,8 @@ class EventCore:
     def awaitable(self, handle: int) -> Answer:
         """Like :meth:`status`, but a generation not issued yet raises
         :class:`InvalidGenerationError` (nothing could ever complete it)."""
+        if handle is self._triggered:  # its generation was triggered: that never changes
+            return None
         local = handle - self._prefix
         generation = local & _U32  # the prefix's low 32 bits are 0
         if 0 <= local < len(self._slots) << 32:  # as _peek
@@ -344,7 +341,7 @@ class EventCore:
                 return self._outcome(slot, generation)
             if generation == slot.active:
                 return PENDING  # if it completes meanwhile, the await sees it under the lock
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             slot = self._slot(handle)
             if generation <= slot.last:
@@ -365,7 +362,7 @@ class EventCore:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
-        self._acquire()
+        self._acquire(BLOCK)
         try:
             local = handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # as in trigger

@@ -24,7 +24,7 @@ except ImportError:  # the runtime needs none: mypyc reads the decorator when it
 
 
 #: In the order they import each other.
-HOT_MODULES: Final = ("_wake", "_mutex", "_core", "_merge", "_awaiter", "_manager")
+HOT_MODULES: Final = ("_wake", "_mutex", "_slot", "_core", "_merge", "_awaiter", "_manager")
 #: The package's other modules the hot set imports at run time: mypyc copies their constants
 #: (``Final`` names) into the compiled code, so a build is as old as they are too.
 DEPENDENCIES: Final = ("_errors", "_handle", "_hot", "_pending")

@@ -70,7 +70,8 @@ def test_the_last_triggered_handle_answers_ready_while_its_slot_moves_on() -> No
 def test_another_cores_last_handle_is_still_refused() -> None:
     mine, theirs = EventCore(0x54, local=True), EventCore(0x55, local=True)
     handle = theirs.new_event()
-    theirs.trigger(theirs.new_event())
+    theirs.trigger(handle)  # their last issued and last triggered: known to them by identity
+    mine.trigger(mine.new_event())  # mine know objects of their own
     with pytest.raises(ForeignHandleError):
         mine.trigger(handle)
     with pytest.raises(ForeignHandleError):
@@ -112,9 +113,38 @@ def test_trigger_and_await_of_the_handles_just_made_do_no_128_bit_subtraction(
         core.trigger(handle)
         assert core.awaitable(handle) is None
     assert CountingHandle.subtractions == 0
-    core.awaitable(copy_of(handle))  # a plain handle: the full path, as before
-    assert CountingHandle.subtractions == 0
+    core.awaitable(CountingHandle(int(handle)))  # an equal copy: the full path, as before
+    assert CountingHandle.subtractions == 1
     older = core.new_event()
     core.new_event()
     core.trigger(older)  # not the last issued: the full path
-    assert CountingHandle.subtractions == 1
+    assert CountingHandle.subtractions == 2
+
+
+class Marker:
+    """Records that it was freed."""
+
+    freed = False
+
+    def __del__(self) -> None:
+        Marker.freed = True
+
+
+class HandleWithState(EventHandle):
+    """A caller's handle subclass with a ``__dict__``: freeing it runs code (its attributes'
+    finalizers)."""
+
+
+def test_the_core_keeps_no_handle_object_of_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``awaitable`` reads the kept triggered handle without the lock: were it a caller's
+    object, replacing it could run the caller's code (here a finalizer) while a compiled reader
+    holds the old pointer. Only the core's own objects are kept, so the caller's is freed at
+    once."""
+    monkeypatch.setattr(Marker, "freed", False)
+    core = EventCore(0x58, local=True)
+    handle = HandleWithState(int(core.new_event()))
+    handle.marker = Marker()  # type: ignore[attr-defined]
+    core.trigger(handle)
+    assert core.awaitable(handle) is None
+    del handle
+    assert Marker.freed

@@ -25,7 +25,7 @@ from ._errors import (
     UnknownEventError,
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
-from ._mutex import BLOCK, TOKEN, Mutex
+from ._mutex import TOKEN, Mutex
 from ._slot import Slot as _Slot
 from ._slot import Waiters as _Waiters
 from ._wake import PENDING, Answer, Unanswered, WakeCallback, cap_reason, wake_waiters
@@ -86,9 +86,11 @@ class EventCore:
         self._lookahead = LOOKAHEAD if index_tag else MAX_GENERATION
         # Early waiters on generations not issued yet, by handle; new_event moves them to the slot.
         self._early: dict[int, _Waiters] = {}
-        # The handle last issued (the very object) and its slot-local part, and the one last
-        # triggered: the usual next steps (trigger what was just made, await what was just
-        # triggered) know it by identity, without a 128-bit subtraction.
+        # The handle last issued (the very object) and its slot-local part, and that handle
+        # once triggered: the usual next steps (trigger what was just made, await what was
+        # just triggered) know it by identity, without a 128-bit subtraction. ``_triggered``
+        # holds only objects this core made: ``awaitable`` reads it without the lock, so its
+        # replacement must run no code (a caller's int subclass could, in its teardown).
         self._issued: object = None
         self._issued_local = 0
         self._triggered: object = None
@@ -180,13 +182,15 @@ class EventCore:
     # -- operations ------------------------------------------------------------------------
 
     # The hot operations inline their lookups, find a handle's slot and generation with one
-    # 128-bit subtraction (the rest is 64-bit arithmetic: native when compiled), and use
-    # acquire/release rather than ``with``: on these machines that halves their cost.
+    # 128-bit subtraction (none for the handle just issued, known by identity; the rest is
+    # 64-bit arithmetic: native when compiled), and use acquire/release rather than ``with``:
+    # on these machines that halves their cost. The lock is taken as ``take(True)``, blocking:
+    # a literal, not ``_mutex.BLOCK``, which the pure build would look up on every call.
 
     def new_event(self, attached: object = None) -> EventHandle:
         """A new pending generation; ``attached`` is kept with it until it completes (a merge
         keeps itself with its merged event, so a timed-out wait can find its inputs)."""
-        self._acquire(BLOCK)
+        self._acquire(True)
         try:
             if self._shutdown_reason is not None:
                 raise SystemShutdownError("Event system shutdown in progress")
@@ -216,9 +220,10 @@ class EventCore:
         return handle
 
     def trigger(self, handle: int) -> None:
-        self._acquire(BLOCK)
+        self._acquire(True)
         try:
-            local = self._issued_local if handle is self._issued else handle - self._prefix
+            issued = handle is self._issued
+            local = self._issued_local if issued else handle - self._prefix
             slots = self._slots
             if 0 <= local < len(slots) << 32:  # this system's, flag and tag, allocated
                 index = local >> 32
@@ -237,7 +242,8 @@ class EventCore:
                 self._put_free(index)
             else:  # the slot retires, as in _complete
                 self._retired += 1
-            self._triggered = handle
+            if issued:  # only an object this core made: its teardown runs no code (see above)
+                self._triggered = handle
         finally:
             self._release(TOKEN)
             if self._deferred:
@@ -287,7 +293,9 @@ class EventCore:
 
     # Reads of a completed generation take no lock: ``last`` only grows, and a poison reason
     # is recorded before ``last`` moves past its generation, so a reader that sees the
-    # generation complete also sees its outcome. Anything else goes through the lock.
+    # generation complete also sees its outcome. ``_triggered`` is read without it too: it
+    # only ever names a generation that was triggered, which never changes. Anything else
+    # goes through the lock.
 
     def _peek(self, handle: int) -> _Slot | None:
         """The handle's slot, without the lock; ``None`` for a handle the lock path refuses."""
@@ -341,7 +349,7 @@ class EventCore:
                 return self._outcome(slot, generation)
             if generation == slot.active:
                 return PENDING  # if it completes meanwhile, the await sees it under the lock
-        self._acquire(BLOCK)
+        self._acquire(True)
         try:
             slot = self._slot(handle)
             if generation <= slot.last:
@@ -362,7 +370,7 @@ class EventCore:
         """Register ``callback(key, reason)`` for the handle's completion and return
         :data:`PENDING`; or, if the generation is already complete, register nothing and return
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
-        self._acquire(BLOCK)
+        self._acquire(True)
         try:
             local = handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # as in trigger

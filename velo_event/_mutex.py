@@ -44,7 +44,7 @@ class Mutex:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._queue.put(TOKEN)
-        #: Acquire: ``take(BLOCK)`` waits for the token and returns it.
+        #: Acquire: ``take(BLOCK)`` (or ``take(True)``) waits for the token and returns it.
         self.take: Callable[[bool], bool] = self._queue.get
         #: Release: give the token back (never blocks).
         self.give: Callable[[bool], None] = self._queue.put

@@ -211,7 +211,8 @@ class PeerTable(Successors):
             if pending is not None and pending.token == token:
                 del self._pending[dial.peer_id]
                 text = f"{pending.member.describe()} did not answer at its address"
-                return [Note("verify", f"not admitting {text}")]
+                gone = self._newcomer_gone(pending.member, "did not answer at its address")
+                return [Note("verify", f"not admitting {text}"), *gone]
         if dial.purpose is Purpose.PROBE and dial.peer_id is not None:
             self._backoff_probe(dial.peer_id, now)
         if dial.purpose is Purpose.PREDECESSOR:
@@ -260,8 +261,11 @@ class PeerTable(Successors):
             return [Note("hello", f"too many unverified newcomers: ignoring {src:#x}")]
         verify = self.start_dial(msg.address, Purpose.VERIFY, now, src)
         newcomer = Member(src, inc, msg.address, msg.seq, now)
+        replaced = self._pending.get(src)
         self._pending[src] = Pending(newcomer, [(link, msg)], verify.hello.token)
-        return [verify]
+        if replaced is None:
+            return [verify]
+        return [*self._newcomer_gone(replaced.member, "was replaced by a new incarnation"), verify]
 
     def _answer(self, msg: m.Hello, link: LinkId) -> list[Effect]:
         """The answer to a member's ``Hello`` (none for an introduction, token 0)."""
@@ -307,12 +311,15 @@ class PeerTable(Successors):
             pending = self._pending.get(src)
             if pending is None or pending.member.incarnation != inc or dial.peer_id != src:
                 claimed = self._pending.get(dial.peer_id or 0)
+                gone: list[Effect] = []
                 if claimed is not None and claimed.token == msg.token:
                     del self._pending[claimed.member.worker_id]
+                    gone = self._newcomer_gone(claimed.member, f"is not at {dial.address}")
                 why = f"is worker {src:#x}, not the newcomer that named it"
                 return [
                     Note("verify", f"not admitting: {dial.address} {why}"),
                     DialRefused(msg.token, why),
+                    *gone,
                 ]
             del self._pending[src]
             effects = self._admit_verified(pending, now)
@@ -375,6 +382,15 @@ class PeerTable(Successors):
             effects = [*self._answer(hello, link), *effects]
             effects += self._merge(hello.peers, newcomer.worker_id, now)
         return effects
+
+    def _newcomer_gone(self, newcomer: Member, why: str) -> list[Effect]:
+        """A pending newcomer left the table unadmitted. While no member holds its id, it
+        was the peer of that id (calls and event subscriptions went to it): it is gone for
+        good, so what waits on it fails now instead of waiting for an answer nobody owes."""
+        if newcomer.worker_id in self._members:
+            return []  # what went to that id went to the member, not to the newcomer
+        text = f"{newcomer.describe()} {why} (never admitted)"
+        return [Lost(newcomer.worker_id, text, closed=True), Forgotten(newcomer.worker_id)]
 
     def _predecessor_checked(
         self, dial: Dialed, token: int, answer: m.HelloAck | None, now: float
@@ -441,7 +457,7 @@ class PeerTable(Successors):
             return [Reply(link, ack)]
         if peer.worker_id in self._pending:
             del self._pending[peer.worker_id]
-            return [Reply(link, ack)]
+            return [Reply(link, ack), *self._newcomer_gone(peer, "closed before it was admitted")]
         return [Reply(link, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
 
     def on_link_up(self, peer_id: int, incarnation: int | None = None) -> None:
@@ -461,8 +477,9 @@ class PeerTable(Successors):
         self.watched.discard(peer_id)
         peer = self._members.get(peer_id)
         if peer is None:
-            if self._pending.pop(peer_id, None) is not None:
-                return []
+            pending = self._pending.pop(peer_id, None)
+            if pending is not None:
+                return self._newcomer_gone(pending.member, f"lost before it was admitted: {why}")
             observer = self._observers.pop(peer_id, None)
             if observer is not None:
                 return [Lost(peer_id, f"{observer.describe()} lost: {why}", closed=False)]

@@ -238,8 +238,8 @@ class Joined:
 @dataclass(frozen=True, slots=True)
 class Lost:
     """``peer_id`` stopped being reachable: fail its calls in flight, close its links, poison
-    what waits on its events, tell the peer-lost callbacks. ``closed`` is True for a goodbye
-    (an orderly close), False for a loss."""
+    what waits on its events, tell the peer-lost callbacks. ``closed`` is True when it is gone
+    for good, nothing of it kept (a goodbye, a newcomer never admitted), False for a loss."""
 
     peer_id: int
     text: str

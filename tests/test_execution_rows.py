@@ -1,6 +1,7 @@
 """The sync-job callback of handler execution (the selected build, via velo_am._layers) against
-a stub outbound: rows of sends settled at once settle exactly as one by one, and a settle that
-raises neither double-counts nor strands the queue."""
+a stub outbound: rows of sends settled at once settle exactly as one by one, a settle that
+raises neither double-counts nor strands the queue, and a handler escaping with a
+BaseException is settled all the same."""
 
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ class StubOutbound:
         self, peer: Sender, link: object, msg_id: int, code: p.ErrorCode, *args: Any, **kw: Any
     ) -> None:
         self.errors.append((peer.worker_id, msg_id, code))
+
+
+class Stop(BaseException):
+    """Neither an Exception nor a cancellation (as KeyboardInterrupt is not), but one the
+    event loop hands to its exception handler instead of ending the test."""
 
 
 @dataclass
@@ -216,5 +222,30 @@ def test_a_settle_that_raises_neither_counts_twice_nor_strands_the_jobs_left() -
         credited = [msg.unfinished for _, msg in setup.out.credits]  # type: ignore[attr-defined]
         assert credited == [2, 0], "a credit for sends that had not run"
         assert all(isinstance(error, RuntimeError) for error in setup.escaped)
+
+    asyncio.run(main())
+
+
+def test_a_handler_escaping_with_a_base_exception_is_settled_and_the_rest_run() -> None:
+    def stop(payload: Any, context: CallContext) -> None:
+        raise Stop
+
+    async def main() -> None:
+        setup = make(
+            {"stop": stop, "ok": lambda payload, context: setup.ran.append(context.message_id)}
+        )
+        sender = SENDERS[1]
+        dispatch = setup.execution.dispatch
+        dispatch(sender, request(sender, 1, "ok", False, b"\x90"), LINK)
+        dispatch(sender, request(sender, 2, "stop", False, b"\x90"), LINK)
+        dispatch(sender, request(sender, 3, "stop", True, b"\x90"), LINK)
+        dispatch(sender, request(sender, 4, "ok", False, b"\x90"), LINK)
+        await settled(setup, lambda: setup.ran == [1, 4])
+        assert [type(error) for error in setup.escaped] == [Stop, Stop]
+        assert setup.receipts.budget.held() == 0, "the budget of a stopped handler leaked"
+        assert setup.receipts.unfinished() == 0, "a stopped send stayed unfinished"
+        assert setup.counters["requests_failed"] == 2
+        assert setup.counters["requests_handled"] == 2
+        assert setup.out.errors == [(5, 3, p.ErrorCode.HANDLER_ERROR)]
 
     asyncio.run(main())

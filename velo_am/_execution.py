@@ -212,12 +212,14 @@ class HandlerExecution:
                 _set_expects_reply(context, msg.reply)
                 try:
                     result = spec.fn(payload, context)
-                except (Exception, asyncio.CancelledError) as error:
+                except BaseException as error:
                     if sends:
                         row, row_held, sends, held = sends, held, 0, 0
                         self._settle(sender, row, row_held)
                     self._handler_failed(spec, peer, msg, link, error, started)
-                    continue
+                    if isinstance(error, (Exception, asyncio.CancelledError)):
+                        continue
+                    raise  # KeyboardInterrupt, SystemExit: settled all the same, then let go
                 # (None first: what nearly every sync handler returns, at no cost to check)
                 if result is not None and inspect.isawaitable(result):  # a coroutine, say
                     self.spawn(self._finish(spec, peer, msg, link, result, started))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from velo_am import CallContext
 from velo_am import _protocol as p
 from velo_am._budget import REQUEST_COST
 from velo_am._codec import pack
-from velo_am._handlers import HandlerRegistry
+from velo_am._handlers import HandlerRegistry, HandlerSpec
 from velo_am._layers import HandlerExecution, ReceiveWindows
 from velo_am._log import RateLimitedLog
 from velo_am._receipts import ReceiveWindows as PureReceiveWindows
@@ -247,5 +248,32 @@ def test_a_handler_escaping_with_a_base_exception_is_settled_and_the_rest_run() 
         assert setup.counters["requests_failed"] == 2
         assert setup.counters["requests_handled"] == 2
         assert setup.out.errors == [(5, 3, p.ErrorCode.HANDLER_ERROR)]
+
+    asyncio.run(main())
+
+
+def test_dispatch_reads_the_registry_through_a_live_read_only_view() -> None:
+    """The registry's ``by_name`` cannot be written past ``register``'s checks, and a handler
+    registered after the execution was made (or unregistered) is what dispatch finds."""
+
+    async def main() -> None:
+        setup = make({})
+        registry = HandlerRegistry()
+        log = RateLimitedLog(logging.getLogger("test_execution_rows"), 3)
+        out, counters, receipts = setup.out, setup.counters, setup.receipts
+        execution = HandlerExecution(registry, out, counters, log, receipts)  # type: ignore[arg-type]
+        spec = HandlerSpec("_reserved", lambda payload, context: None, False, False)
+        with pytest.raises(TypeError):
+            registry.by_name["_reserved"] = spec  # type: ignore[index]
+        assert "_reserved" not in registry.by_name
+        sender = SENDERS[0]
+        execution.dispatch(sender, request(sender, 1, "late", True, b"\x90"), LINK)
+        assert setup.out.errors == [(2, 1, p.ErrorCode.HANDLER_NOT_FOUND)]
+        registry.register("late", lambda payload, context: 7, ordered=False, replace=False)
+        execution.dispatch(sender, request(sender, 2, "late", True, b"\x90"), LINK)
+        await settled(setup, lambda: setup.out.replies == [(2, 2)])
+        registry.unregister("late")
+        execution.dispatch(sender, request(sender, 3, "late", True, b"\x90"), LINK)
+        assert setup.out.errors[1:] == [(2, 3, p.ErrorCode.HANDLER_NOT_FOUND)]
 
     asyncio.run(main())

@@ -109,7 +109,10 @@ class HandlerExecution:
             else:
                 self._receipts.finished(peer)
             return
-        spec = self._by_name.get(msg.handler)
+        try:  # a subscript: as cheap through the read-only view as on a dict (.get is not)
+            spec: HandlerSpec | None = self._by_name[msg.handler]
+        except KeyError:
+            spec = None
         if spec is not None:
             always = msg.handler in _NEVER_REFUSED
             if not self._budget.admit(peer.worker_id, len(msg.payload), always=always):

@@ -61,10 +61,18 @@ def test_a_budget_reads_its_limit_only_past_its_floor_and_still_refuses_past_the
     assert reads == [], "the limit was read below the floor"
     assert budget.admit(7, 1000), "past the floor, within the limit"
     assert reads == [30_000]
-    limit = 4 * REQUEST_COST + 999  # max_message_size lowered since: one byte short
-    assert not budget.admit(7, 0), "refused past the moved limit"
+    held = budget.held(7)
+    assert held == 4 * REQUEST_COST + 1000
+    # max_message_size changed since: a request of 0 bytes (REQUEST_COST) one byte past the
+    # limit is refused, and admitted with the limit exactly at what it would hold.
+    limit = held + REQUEST_COST - 1
+    assert not budget.admit(7, 0), "refused one byte past the moved limit"
+    assert budget.held(7) == held, "a refusal charges nothing"
+    limit = held + REQUEST_COST
+    assert budget.admit(7, 0), "admitted exactly at the moved limit"
+    assert reads == [30_000, held + REQUEST_COST - 1, held + REQUEST_COST]
     assert budget.admit(7, 0, always=True), "the runtime's own requests are never refused"
-    assert budget.held(7) == 5 * REQUEST_COST + 1000
+    assert budget.held(7) == held + 2 * REQUEST_COST
 
 
 def test_the_ledger_cuts_a_connection_that_holds_more_than_a_message_and_delivers_nothing() -> None:

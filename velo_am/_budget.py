@@ -27,9 +27,13 @@ REQUEST_COST: Final = 4096
 
 class ReceiveBudget:
     """Bytes held per sender (by worker id); ``limit()`` is read at each admission that may
-    be past ``floor``, a bound it never falls below, since ``max_message_size`` may change
-    while the worker runs (below the floor, nearly every admission in a burst, it is not
-    read: a call of the worker's own code)."""
+    be past ``floor``, since ``max_message_size`` may change while the worker runs (below the
+    floor, nearly every admission in a burst, it is not read: a call of the worker's own code).
+
+    The caller guarantees ``floor <= limit()`` at every moment: an admission below the floor
+    is never checked against the limit, so a limit below it would be overrun unseen.
+    :class:`~velo_am._receipts.ReceiveWindows`, the one caller, holds by construction: its
+    limit is its floor plus twice ``max_message_size``, which is never negative."""
 
     def __init__(self, limit: Callable[[], int], floor: int = 0) -> None:
         self.limit = limit

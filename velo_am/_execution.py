@@ -109,7 +109,10 @@ class HandlerExecution:
             else:
                 self._receipts.finished(peer)
             return
-        spec = self._by_name.get(msg.handler)
+        try:  # a subscript: as cheap through the read-only view as on a dict (.get is not)
+            spec: HandlerSpec | None = self._by_name[msg.handler]
+        except KeyError:
+            spec = None
         if spec is not None:
             always = msg.handler in _NEVER_REFUSED
             if not self._budget.admit(peer.worker_id, len(msg.payload), always=always):
@@ -177,7 +180,14 @@ class HandlerExecution:
         holds the loop while it runs either way), at a fraction of the cost. Sends in a row
         from one sender that ran are settled together (their budget, the count of requests
         handled, their credit), once per row: nothing but these handlers runs meanwhile, and
-        a row ends where a credit falls due, so credits go out as if settled one by one."""
+        a row ends where a credit falls due, so credits go out as if settled one by one.
+
+        A settle that raises (a user transport may raise any error from a credit's send) has
+        already released its budget and counted its sends: the error escapes to the loop's
+        exception handler, which reports it, and the jobs left run in a callback of their own.
+        Statistics (``requests_handled``, the budget held, the unfinished sends) lag by the
+        row not settled yet while a handler runs: a call handler reading them (``_inspect``'s)
+        may miss up to one row of sends that already ran."""
         jobs, next_job, clock = self._jobs, self._jobs.popleft, time.perf_counter
         sender: Addressee | None = None  # of the row of sends not settled yet
         sends = held = due = 0  # how many, the bytes of their payloads, where the row ends
@@ -185,15 +195,17 @@ class HandlerExecution:
             while jobs:
                 spec, peer, msg, link = next_job()
                 if peer is not sender and sends:
-                    self._settle(sender, sends, held)
-                    sends = held = 0
+                    # Cleared before settling: a settle that raises (a transport may) leaves
+                    # nothing for the finally to settle a second time.
+                    row, row_held, sends, held = sends, held, 0, 0
+                    self._settle(sender, row, row_held)
                 started = clock()
                 try:
                     payload = unpack(msg.payload)
                 except Exception as error:
                     if sends:  # the row first: its credits as if settled one by one
-                        self._settle(sender, sends, held)
-                        sends = held = 0
+                        row, row_held, sends, held = sends, held, 0, 0
+                        self._settle(sender, row, row_held)
                     self._refuse_payload(peer, msg, link, error)
                     continue
                 # The CallContext, as _context makes it, inline: one call fewer per request.
@@ -203,12 +215,14 @@ class HandlerExecution:
                 _set_expects_reply(context, msg.reply)
                 try:
                     result = spec.fn(payload, context)
-                except (Exception, asyncio.CancelledError) as error:
+                except BaseException as error:
                     if sends:
-                        self._settle(sender, sends, held)
-                        sends = held = 0
+                        row, row_held, sends, held = sends, held, 0, 0
+                        self._settle(sender, row, row_held)
                     self._handler_failed(spec, peer, msg, link, error, started)
-                    continue
+                    if isinstance(error, (Exception, asyncio.CancelledError)):
+                        continue
+                    raise  # KeyboardInterrupt, SystemExit: settled all the same, then let go
                 # (None first: what nearly every sync handler returns, at no cost to check)
                 if result is not None and inspect.isawaitable(result):  # a coroutine, say
                     self.spawn(self._finish(spec, peer, msg, link, result, started))
@@ -221,13 +235,15 @@ class HandlerExecution:
                     sends += 1
                     held += len(msg.payload)
                     if sends >= due:
-                        self._settle(sender, sends, held)
-                        sends = held = 0
+                        row, row_held, sends, held = sends, held, 0, 0
+                        self._settle(sender, row, row_held)
         finally:
-            if sends:
-                self._settle(sender, sends, held)
-            if jobs:  # left by an escaping BaseException: the rest still run
-                asyncio.get_running_loop().call_soon(self._run_sync_jobs)
+            try:
+                if sends:
+                    self._settle(sender, sends, held)
+            finally:  # the rest still run, whatever escaped (a BaseException, a failed settle)
+                if jobs:
+                    asyncio.get_running_loop().call_soon(self._run_sync_jobs)
 
     def _settle(self, sender: Addressee | None, sends: int, held: int) -> None:
         """``sends`` sends from ``sender`` (of ``held`` payload bytes in all) ran: what

@@ -12,8 +12,9 @@ import bisect
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 __all__ = [
@@ -127,9 +128,10 @@ class HandlerSpec:
 
 class HandlerRegistry:
     def __init__(self) -> None:
-        #: The handlers by name: read here, changed only through ``register``/``unregister``
+        self._handlers: dict[str, HandlerSpec] = {}
+        #: The handlers by name, read-only: changed only through ``register``/``unregister``
         #: (the dispatch of every request looks its handler up in it directly).
-        self.by_name: dict[str, HandlerSpec] = {}
+        self.by_name: Mapping[str, HandlerSpec] = MappingProxyType(self._handlers)
 
     def register(
         self, name: str, fn: Handler, *, ordered: bool, replace: bool, internal: bool = False
@@ -144,27 +146,24 @@ class HandlerRegistry:
             )
         if not callable(fn):
             raise TypeError(f"handler {name!r} is not callable")
-        if name in self.by_name and not replace:
+        if name in self._handlers and not replace:
             raise ValueError(f"a handler named {name!r} is already registered (use replace=True)")
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
         )
-        self.by_name[name] = HandlerSpec(name, fn, ordered, is_async, internal)
+        self._handlers[name] = HandlerSpec(name, fn, ordered, is_async, internal)
 
     def unregister(self, name: str) -> None:
-        self.by_name.pop(name, None)
-
-    def get(self, name: str) -> HandlerSpec | None:
-        return self.by_name.get(name)
+        self._handlers.pop(name, None)
 
     def names(self) -> list[str]:
-        return sorted(self.by_name)
+        return sorted(self._handlers)
 
     def stats(self, *, internal: bool = True) -> dict[str, HandlerStats]:
         """Every handler's record (runtime ``_`` handlers too unless ``internal=False``)."""
         return {
             name: spec.timer.snapshot(name)
-            for name, spec in sorted(self.by_name.items())
+            for name, spec in sorted(self._handlers.items())
             if internal or not spec.internal
         }
 

@@ -215,20 +215,88 @@ def test_a_slots_one_waiter_or_many_each_woken_once_and_removed_by_an_equal_key(
         woken.append((key, reason))
 
     handle = core.new_event()
-    assert core.add_waiter(handle, "a", wake) is PENDING
-    core.remove_waiter(handle, "".join(["a"]))  # equal, not the same object
+    assert core.add_waiter(handle, Key("a"), wake) is PENDING
+    core.remove_waiter(handle, Key("a"))  # equal, not the same object
     assert core.pending_waiters() == [(handle, [])]
     for key in ("a", "b", "a"):
-        assert core.add_waiter(handle, key, wake) is PENDING
-    assert core.pending_waiters() == [(handle, ["a", "b"])]
-    core.remove_waiter(handle, "b")
-    core.remove_waiter(handle, "c")  # none: harmless
+        assert core.add_waiter(handle, Key(key), wake) is PENDING
+    assert core.pending_waiters() == [(handle, [Key("a"), Key("b")])]
+    core.remove_waiter(handle, Key("b"))
+    core.remove_waiter(handle, Key("c"))  # none: harmless
     core.trigger(handle)
-    assert woken == [("a", None)]
+    assert woken == [(Key("a"), None)]
     single = core.new_event()
     assert core.add_waiter(single, "only", wake) is PENDING
     core.poison(single, "why")
-    assert woken == [("a", None), ("only", "why")]
+    assert woken == [(Key("a"), None), ("only", "why")]
+
+
+def test_two_equal_keys_on_a_one_waiter_slot_keep_one_waiter_the_later_callback() -> None:
+    """The pair is replaced as a dict would: the later callback of an equal key stays."""
+    core = EventCore(7, local=True)
+    woken: list[str] = []
+    handle = core.new_event()
+    assert core.add_waiter(handle, Key("a"), lambda key, reason: woken.append("first")) is PENDING
+    assert core.add_waiter(handle, Key("a"), lambda key, reason: woken.append("later")) is PENDING
+    assert core.pending_waiters() == [(handle, [Key("a")])]
+    core.trigger(handle)
+    assert woken == ["later"]
+
+
+class Key:
+    """A key equal by value, not identity (an interned string would be the same object)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"Key({self.value!r})"
+
+
+class Touchy:
+    """A key whose equality refuses foreign keys: a dict never asks it about one of
+    another hash."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Touchy):
+            raise TypeError("compared with a foreign key")
+        return other is self
+
+    def __hash__(self) -> int:
+        return 1
+
+
+class SameToAll:
+    """Equal to everything, hashed by identity: a dict keeps it for a key of another hash."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def test_removing_a_foreign_key_from_a_one_waiter_slot_compares_as_a_dict_does() -> None:
+    """Fails before: the pair compared keys by ``==`` alone, so a key raising on a foreign
+    key made remove_waiter raise, and an equal key of another hash removed the waiter."""
+    core = EventCore(7, local=True)
+    handle = core.new_event()
+    assert core.add_waiter(handle, Touchy(), lambda key, reason: None) is PENDING
+    core.remove_waiter(handle, "foreign")  # hash differs: never compared
+    assert len(core.pending_waiters()[0][1]) == 1
+    other = core.new_event()
+    kept = SameToAll()
+    assert core.add_waiter(other, kept, lambda key, reason: None) is PENDING
+    core.remove_waiter(other, SameToAll())  # equal, but of another hash: a dict keeps it
+    assert [keys for h, keys in core.pending_waiters() if h == other] == [[kept]]
 
 
 def test_a_generations_one_waiter_is_held_without_a_dict() -> None:

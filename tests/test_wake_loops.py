@@ -184,6 +184,22 @@ def _child_waits(mgr: LocalEventSystem) -> bool:
     return asyncio.run(wait())
 
 
+def test_a_wait_driven_by_hand_off_any_loop_raises_its_own_error_and_leaves_no_waiter() -> None:
+    """Fails before: the wait took the error for a moved loop's refusal and retried, which
+    raised "no running event loop" instead."""
+    mgr = LocalEventSystem()
+    event = mgr.new_event()
+    wait = mgr.awaiter(event.handle).__await__()
+
+    async def start() -> None:
+        wait.send(None)  # registered, on this loop's future
+
+    asyncio.run(start())
+    with pytest.raises(RuntimeError, match="await wasn't used with future"):
+        wait.send(None)  # resumed by hand, on a thread running no loop, its future not done
+    assert mgr.core.pending_waiters() == [(event.handle, [])]
+
+
 def test_a_loop_class_with_its_own_create_future_makes_every_waits_future() -> None:
     made: list[asyncio.Future[object]] = []
 

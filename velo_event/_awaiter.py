@@ -119,8 +119,10 @@ def _new_waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
 def _moved(loop: asyncio.AbstractEventLoop) -> bool:
     """After a wait failed: whether it waited on a future of a loop no longer running on this
     thread (it moved to another thread, this one runs another), which the awaiting task
-    refused. The kept waker is dropped; the caller waits again on the right loop."""
-    if running_loop() is loop:
+    refused. The kept waker is dropped; the caller waits again on the right loop. Not when no
+    loop runs here (a coroutine driven by hand): its own error is the one to raise."""
+    running = running_loop()
+    if running is None or running is loop:
         return False
     _forget_waker()
     return True

@@ -102,11 +102,19 @@ def test_a_wait_after_this_threads_loop_moved_to_another_thread_waits_on_the_run
             assert moved.wait(DEADLINE)
 
             async def wait_on_b() -> asyncio.AbstractEventLoop:
+                loop_b = asyncio.get_running_loop()
                 pending = mgr.new_event()
-                asyncio.get_running_loop().call_later(0.05, pending.trigger)
-                await asyncio.wait_for(mgr.awaiter(pending.handle), DEADLINE)
-                assert not dict(mgr.core.pending_waiters()), "no waiter left behind"
-                return asyncio.get_running_loop()
+                task = asyncio.ensure_future(mgr.awaiter(pending.handle))
+
+                def waits_on_b_alone() -> bool:
+                    keys = dict(mgr.core.pending_waiters())[pending.handle]
+                    return len(keys) == 1 and keys[0].get_loop() is loop_b  # type: ignore[attr-defined]
+
+                # The refused future of A is gone, B's is the one left: before any trigger.
+                await wait_until(waits_on_b_alone, DEADLINE)
+                loop_b.call_soon(pending.trigger)
+                await asyncio.wait_for(task, DEADLINE)
+                return loop_b
 
             assert asyncio.run(wait_on_b()) is not loop_a
         finally:
@@ -177,9 +185,16 @@ def test_a_child_forked_while_a_loop_runs_waits_on_its_own_loop() -> None:
 
 
 def _child_waits(mgr: LocalEventSystem) -> bool:
+    """The child's first wait is on its own loop's future at once: none refused (without the
+    fork hook the kept waker, whose loop's copy claims to run, made a future the task refused,
+    and the retry recovered)."""
+    spy = Spy()
+
     async def wait() -> bool:
+        await asyncio.wait_for(spy.wait_and_wake(), DEADLINE)
         await asyncio.wait_for(_ready(mgr), DEADLINE)
-        return True
+        first = spy.waiters[0][0]
+        return spy.removed == [] and first.get_loop() is asyncio.get_running_loop()  # type: ignore[attr-defined]
 
     return asyncio.run(wait())
 

@@ -9,9 +9,11 @@ runs both)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Hashable
 
 import pytest
@@ -213,6 +215,22 @@ def test_a_wait_driven_by_hand_off_any_loop_raises_its_own_error_and_leaves_no_w
     with pytest.raises(RuntimeError, match="await wasn't used with future"):
         wait.send(None)  # resumed by hand, on a thread running no loop, its future not done
     assert mgr.core.pending_waiters() == [(event.handle, [])]
+
+
+def test_a_finished_loop_is_released_at_the_threads_next_wait_on_another_loop() -> None:
+    """The documented bound of the kept waker's hold on its loop: until this thread's next
+    wait on a pending event under another loop (or the thread's exit)."""
+    mgr = LocalEventSystem()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_wait() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await _ready(mgr)
+
+    asyncio.run(one_wait())
+    asyncio.run(one_wait())
+    gc.collect()
+    assert loops[0]() is None, "the first loop outlived the next wait on another"
 
 
 def test_a_loop_class_with_its_own_create_future_makes_every_waits_future() -> None:

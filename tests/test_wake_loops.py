@@ -9,9 +9,11 @@ runs both)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Hashable
 
 import pytest
@@ -102,11 +104,19 @@ def test_a_wait_after_this_threads_loop_moved_to_another_thread_waits_on_the_run
             assert moved.wait(DEADLINE)
 
             async def wait_on_b() -> asyncio.AbstractEventLoop:
+                loop_b = asyncio.get_running_loop()
                 pending = mgr.new_event()
-                asyncio.get_running_loop().call_later(0.05, pending.trigger)
-                await asyncio.wait_for(mgr.awaiter(pending.handle), DEADLINE)
-                assert not dict(mgr.core.pending_waiters()), "no waiter left behind"
-                return asyncio.get_running_loop()
+                task = asyncio.ensure_future(mgr.awaiter(pending.handle))
+
+                def waits_on_b_alone() -> bool:
+                    keys = dict(mgr.core.pending_waiters())[pending.handle]
+                    return len(keys) == 1 and keys[0].get_loop() is loop_b  # type: ignore[attr-defined]
+
+                # The refused future of A is gone, B's is the one left: before any trigger.
+                await wait_until(waits_on_b_alone, DEADLINE)
+                loop_b.call_soon(pending.trigger)
+                await asyncio.wait_for(task, DEADLINE)
+                return loop_b
 
             assert asyncio.run(wait_on_b()) is not loop_a
         finally:
@@ -177,11 +187,50 @@ def test_a_child_forked_while_a_loop_runs_waits_on_its_own_loop() -> None:
 
 
 def _child_waits(mgr: LocalEventSystem) -> bool:
+    """The child's first wait is on its own loop's future at once: none refused (without the
+    fork hook the kept waker, whose loop's copy claims to run, made a future the task refused,
+    and the retry recovered)."""
+    spy = Spy()
+
     async def wait() -> bool:
+        await asyncio.wait_for(spy.wait_and_wake(), DEADLINE)
         await asyncio.wait_for(_ready(mgr), DEADLINE)
-        return True
+        first = spy.waiters[0][0]
+        return spy.removed == [] and first.get_loop() is asyncio.get_running_loop()  # type: ignore[attr-defined]
 
     return asyncio.run(wait())
+
+
+def test_a_wait_driven_by_hand_off_any_loop_raises_its_own_error_and_leaves_no_waiter() -> None:
+    """Fails before: the wait took the error for a moved loop's refusal and retried, which
+    raised "no running event loop" instead."""
+    mgr = LocalEventSystem()
+    event = mgr.new_event()
+    wait = mgr.awaiter(event.handle).__await__()
+
+    async def start() -> None:
+        wait.send(None)  # registered, on this loop's future
+
+    asyncio.run(start())
+    with pytest.raises(RuntimeError, match="await wasn't used with future"):
+        wait.send(None)  # resumed by hand, on a thread running no loop, its future not done
+    assert mgr.core.pending_waiters() == [(event.handle, [])]
+
+
+def test_a_finished_loop_is_released_at_the_threads_next_wait_on_another_loop() -> None:
+    """The documented bound of the kept waker's hold on its loop: until this thread's next
+    wait on a pending event under another loop (or the thread's exit)."""
+    mgr = LocalEventSystem()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one_wait() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await _ready(mgr)
+
+    asyncio.run(one_wait())
+    asyncio.run(one_wait())
+    gc.collect()
+    assert loops[0]() is None, "the first loop outlived the next wait on another"
 
 
 def test_a_loop_class_with_its_own_create_future_makes_every_waits_future() -> None:
@@ -215,20 +264,88 @@ def test_a_slots_one_waiter_or_many_each_woken_once_and_removed_by_an_equal_key(
         woken.append((key, reason))
 
     handle = core.new_event()
-    assert core.add_waiter(handle, "a", wake) is PENDING
-    core.remove_waiter(handle, "".join(["a"]))  # equal, not the same object
+    assert core.add_waiter(handle, Key("a"), wake) is PENDING
+    core.remove_waiter(handle, Key("a"))  # equal, not the same object
     assert core.pending_waiters() == [(handle, [])]
     for key in ("a", "b", "a"):
-        assert core.add_waiter(handle, key, wake) is PENDING
-    assert core.pending_waiters() == [(handle, ["a", "b"])]
-    core.remove_waiter(handle, "b")
-    core.remove_waiter(handle, "c")  # none: harmless
+        assert core.add_waiter(handle, Key(key), wake) is PENDING
+    assert core.pending_waiters() == [(handle, [Key("a"), Key("b")])]
+    core.remove_waiter(handle, Key("b"))
+    core.remove_waiter(handle, Key("c"))  # none: harmless
     core.trigger(handle)
-    assert woken == [("a", None)]
+    assert woken == [(Key("a"), None)]
     single = core.new_event()
     assert core.add_waiter(single, "only", wake) is PENDING
     core.poison(single, "why")
-    assert woken == [("a", None), ("only", "why")]
+    assert woken == [(Key("a"), None), ("only", "why")]
+
+
+def test_two_equal_keys_on_a_one_waiter_slot_keep_one_waiter_the_later_callback() -> None:
+    """The pair is replaced as a dict would: the later callback of an equal key stays."""
+    core = EventCore(7, local=True)
+    woken: list[str] = []
+    handle = core.new_event()
+    assert core.add_waiter(handle, Key("a"), lambda key, reason: woken.append("first")) is PENDING
+    assert core.add_waiter(handle, Key("a"), lambda key, reason: woken.append("later")) is PENDING
+    assert core.pending_waiters() == [(handle, [Key("a")])]
+    core.trigger(handle)
+    assert woken == ["later"]
+
+
+class Key:
+    """A key equal by value, not identity (an interned string would be the same object)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"Key({self.value!r})"
+
+
+class Touchy:
+    """A key whose equality refuses foreign keys: a dict never asks it about one of
+    another hash."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Touchy):
+            raise TypeError("compared with a foreign key")
+        return other is self
+
+    def __hash__(self) -> int:
+        return 1
+
+
+class SameToAll:
+    """Equal to everything, hashed by identity: a dict keeps it for a key of another hash."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def test_removing_a_foreign_key_from_a_one_waiter_slot_compares_as_a_dict_does() -> None:
+    """Fails before: the pair compared keys by ``==`` alone, so a key raising on a foreign
+    key made remove_waiter raise, and an equal key of another hash removed the waiter."""
+    core = EventCore(7, local=True)
+    handle = core.new_event()
+    assert core.add_waiter(handle, Touchy(), lambda key, reason: None) is PENDING
+    core.remove_waiter(handle, "foreign")  # hash differs: never compared
+    assert len(core.pending_waiters()[0][1]) == 1
+    other = core.new_event()
+    kept = SameToAll()
+    assert core.add_waiter(other, kept, lambda key, reason: None) is PENDING
+    core.remove_waiter(other, SameToAll())  # equal, but of another hash: a dict keeps it
+    assert [keys for h, keys in core.pending_waiters() if h == other] == [[kept]]
 
 
 def test_a_generations_one_waiter_is_held_without_a_dict() -> None:

@@ -60,9 +60,12 @@ class _LoopWaker:
     loop is running there, or stopped or closed: its own thread may schedule on it either
     way), one from another thread goes through the loop. Unlike :func:`wake_future` it never
     asks ``asyncio.get_running_loop()``, which costs a ``getpid()`` system call per wake-up.
-    (Only a wait outliving its thread, its loop run on by another thread since, and a new
-    thread reusing the old one's id would see its wake-up wait for that loop's next
-    iteration.) One is kept per thread (:func:`_thread_waker`) and shared by its awaits."""
+    Two cases take the same-thread path for a loop no longer running on that thread, so the
+    wake-up is scheduled without waking the loop's selector and waits for its next iteration:
+    a wait begun on thread T while its loop ran there, that loop since run by thread U, and
+    a trigger from T; or a wait outliving its thread, its loop run on by another since, and
+    a new thread reusing the old one's id. One is kept per thread (:func:`_thread_waker`) and
+    shared by its awaits."""
 
     __slots__ = ("loop", "thread")
 
@@ -95,7 +98,9 @@ def _thread_waker() -> _LoopWaker:
     The kept one serves while its loop runs: a loop runs on one thread at a time, so unless
     that loop has moved to another thread since (then the awaiting task refuses the future:
     see :func:`_moved`), it runs here. A loop that stopped (another ``asyncio.run`` on this
-    thread) is replaced at once; a forked child starts afresh."""
+    thread) is replaced at once; a forked child starts afresh. The kept waker holds its loop
+    (even stopped and closed) until this thread's next wait on a pending event under another
+    loop, or the thread's exit: no cost per wait buys an earlier release."""
     waker: _LoopWaker | None = getattr(_here, "waker", None)
     if waker is not None and waker.loop.is_running():
         return waker
@@ -119,8 +124,10 @@ def _new_waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
 def _moved(loop: asyncio.AbstractEventLoop) -> bool:
     """After a wait failed: whether it waited on a future of a loop no longer running on this
     thread (it moved to another thread, this one runs another), which the awaiting task
-    refused. The kept waker is dropped; the caller waits again on the right loop."""
-    if running_loop() is loop:
+    refused. The kept waker is dropped; the caller waits again on the right loop. Not when no
+    loop runs here (a coroutine driven by hand): its own error is the one to raise."""
+    running = running_loop()
+    if running is None or running is loop:
         return False
     _forget_waker()
     return True

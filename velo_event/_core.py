@@ -26,8 +26,8 @@ from ._errors import (
 )
 from ._handle import LOCAL_FLAG, MAX_GENERATION, MAX_INDEX, EventHandle
 from ._mutex import TOKEN, Mutex
+from ._slot import EarlyWaiters as _EarlyWaiters
 from ._slot import Slot as _Slot
-from ._slot import Waiters as _Waiters
 from ._wake import PENDING, Answer, Unanswered, WakeCallback, cap_reason, wake_waiters
 
 __all__ = ["LOOKAHEAD", "EventCore"]
@@ -85,7 +85,7 @@ class EventCore:
         self._tagged = bool(index_tag)
         self._lookahead = LOOKAHEAD if index_tag else MAX_GENERATION
         # Early waiters on generations not issued yet, by handle; new_event moves them to the slot.
-        self._early: dict[int, _Waiters] = {}
+        self._early: dict[int, _EarlyWaiters] = {}
         # The handle last issued (the very object) and its slot-local part, and that handle
         # once triggered: the usual next steps (trigger what was just made, await what was
         # just triggered) know it by identity, without a 128-bit subtraction. ``_triggered``

@@ -1,5 +1,6 @@
 """`Slot`: one reusable event slot of an :class:`~velo_event.lowlevel.EventCore`; and
-`Waiters`, the early waiters of one generation not issued yet."""
+`EarlyWaiters`, the early waiters of one generation not issued yet (always a dict: a slot
+that takes them over stays a dict)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from collections.abc import Hashable
 
 from ._wake import Held, WakeCallback
 
-__all__ = ["Slot", "Waiters"]
+__all__ = ["EarlyWaiters", "Slot"]
 
-Waiters = dict[Hashable, WakeCallback]
+EarlyWaiters = dict[Hashable, WakeCallback]
 
 
 class Slot:

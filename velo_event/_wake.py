@@ -103,7 +103,8 @@ def holding(held: Held | None, key: Hashable, callback: WakeCallback) -> Held:
 def without(held: Held | None, key: Hashable) -> Held | None:
     """``held`` without the waiter of ``key`` (harmless if it has none)."""
     if isinstance(held, tuple):
-        return None if held[0] is key or held[0] == key else held  # as a dict compares keys
+        kept = held[0]  # compared as a dict compares keys: identity, else hash, then equality
+        return None if kept is key or (hash(kept) == hash(key) and kept == key) else held
     if held is not None:
         held.pop(key, None)
     return held

@@ -15,9 +15,10 @@ systems' handles elsewhere, through an :class:`EventSource` passed to
   (a core's :attr:`EventCore.stale`, for a handle of an earlier incarnation).
 * :data:`LOOKAHEAD`: how far past a slot's last generation a tagged core (one incarnation of
   a worker) still reads a generation as its own, not issued yet.
-* :func:`wake_waiters`: run wake callbacks as the core does (a failing one is logged, the
-  others still run); :func:`wake_future`: the wake callback of an asyncio future, from any
-  thread; :func:`running_loop`: the loop running on this thread, if any.
+* :func:`wake_waiters`: run wake callbacks as the core does, given a ``key -> callback``
+  mapping or one ``(key, callback)`` pair (a failing one is logged, the others still run);
+  :func:`wake_future`: the wake callback of an asyncio future, from any thread;
+  :func:`running_loop`: the loop running on this thread, if any.
 * :class:`EventSource`: the five questions a manager asks about a handle.
 * :func:`merge_view`: what inspection shows of the merge a waiter key belongs to;
   :func:`merge_of`: the view of a pending merge by its handle.

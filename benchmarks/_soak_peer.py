@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -98,4 +99,12 @@ if __name__ == "__main__":
     parser.add_argument("--id", type=lambda text: int(text, 0), required=True)
     parser.add_argument("--seed", required=True, help="the coordinator's address")
     parser.add_argument("--max-seconds", type=float, default=3600.0)
+    # Wall-clock stamps with the process id: the logs of one soak's workers (and each worker's
+    # incarnations, which share a file) can be put in order against each other and against the
+    # soak's own fault lines, which carry the same stamps.
+    logging.basicConfig(
+        format="%(asctime)s.%(msecs)03d pid %(process)d %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.WARNING,
+    )
     asyncio.run(main(parser.parse_args()))

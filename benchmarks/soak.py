@@ -124,6 +124,12 @@ class Outcome:
     reason: str = ""
 
 
+def stamp() -> str:
+    """Wall-clock time as the workers' logs stamp it (``_soak_peer.py``), to order them."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -156,7 +162,7 @@ class Soak:
 
     def violation(self, text: str) -> None:
         self.violations.append(text)
-        print(f"VIOLATION {text}", file=sys.stderr, flush=True)
+        print(f"{stamp()} VIOLATION {text}", file=sys.stderr, flush=True)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -296,7 +302,7 @@ class Soak:
             self.restarting.add(worker_id)
         start = time.monotonic()
         self.injected[kind] += 1
-        print(f"fault: {kind} worker {worker_id:#x}", file=sys.stderr, flush=True)
+        print(f"{stamp()} fault: {kind} worker {worker_id:#x}", file=sys.stderr, flush=True)
         try:
             self.sample_rss(worker_id)
             await self.sample_messages(worker_id)

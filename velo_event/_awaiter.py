@@ -209,14 +209,11 @@ class EventAwaiter:
         if outcome is PENDING:
             try:
                 outcome = yield from future.__await__()
-            except RuntimeError:
+            except BaseException as error:
                 self._remove_waiter(self._handle, future)
-                if not _moved(waker.loop):
+                if not (isinstance(error, RuntimeError) and _moved(waker.loop)):
                     raise
                 outcome = _MOVED
-            except BaseException:
-                self._remove_waiter(self._handle, future)
-                raise
             if outcome is _MOVED:  # the task refused the future: wait on the running loop
                 yield from self._wait()
                 return

@@ -184,8 +184,8 @@ class EventCore:
     # The hot operations inline their lookups, find a handle's slot and generation with one
     # 128-bit subtraction (none for the handle just issued, known by identity; the rest is
     # 64-bit arithmetic: native when compiled), and use acquire/release rather than ``with``:
-    # on these machines that halves their cost. The lock is taken as ``take(True)``, blocking:
-    # a literal, not ``_mutex.BLOCK``, which the pure build would look up on every call.
+    # on these machines that halves their cost. The lock is taken as ``take(True)`` (see
+    # ``Mutex.take``).
 
     def new_event(self, attached: object = None) -> EventHandle:
         """A new pending generation; ``attached`` is kept with it until it completes (a merge

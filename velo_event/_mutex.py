@@ -25,14 +25,10 @@ import queue
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["BLOCK", "TOKEN", "Mutex"]
+__all__ = ["TOKEN", "Mutex"]
 
 #: What the queue holds while the lock is free.
 TOKEN: Final = True
-#: ``take``'s argument: wait for the token. Passed, not left to its default: a compiled
-#: caller passes no argument array for a call without arguments, and CPython's ``get`` then
-#: parses its arguments the slow way (about 15 ns a call).
-BLOCK: Final = True
 
 
 class Mutex:
@@ -44,7 +40,9 @@ class Mutex:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._queue.put(TOKEN)
-        #: Acquire: ``take(BLOCK)`` (or ``take(True)``) waits for the token and returns it.
+        #: Acquire: ``take(True)`` waits for the token and returns it. Pass the ``True``: a
+        #: compiled caller passes no argument array for a call without arguments, and CPython's
+        #: ``get`` then parses its arguments the slow way (about 15 ns a call).
         self.take: Callable[[bool], bool] = self._queue.get
         #: Release: give the token back (never blocks).
         self.give: Callable[[bool], None] = self._queue.put

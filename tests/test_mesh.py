@@ -86,10 +86,12 @@ async def test_joins_cost_messages_linear_in_the_mesh() -> None:
 async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> None:
     """Measured on the full mesh: every worker heartbeated every other each second and held a
     link to each. Idle, a worker now makes one anti-entropy exchange per 10 s, and keeps a few
-    links (its gossip neighbors), whatever the size of the mesh."""
+    links (its gossip neighbors), whatever the size of the mesh. A link the joins opened and
+    no longer use lingers ``link_idle`` (60 s by default: under load a worker held three such
+    links past the bound): shortened here, so the count converges within the test."""
     idle: dict[int, float] = {}
     for size in (8, 32):
-        async with fake_mesh(size, gossip_fanout=2) as workers:
+        async with fake_mesh(size, gossip_fanout=2, link_idle=1.0) as workers:
             await wait_until(lambda: whole(workers), within=30)
             await settled(workers)
             before = messages_sent(workers)
@@ -99,8 +101,15 @@ async def test_idle_traffic_and_links_per_worker_do_not_grow_with_the_mesh() -> 
             elapsed = time.monotonic() - started
             idle[size] = (messages_sent(workers) - before) / size / elapsed
             assert idle[size] < 2.0, f"idle messages per worker per second: {idle}"
-            links = [worker.stats()["links_open"] for worker in workers]
-            assert max(links) <= 3 * 2 + 2, f"links per worker at {size}: {links}"
+
+            # At most 3 * fanout neighbors, and a link or two in use (an exchange, a probe).
+            def links() -> list[int]:
+                return [worker.stats()["links_open"] for worker in workers]
+
+            try:
+                await wait_until(lambda: max(links()) <= 3 * 2 + 2, within=10)
+            except TimeoutError:
+                raise AssertionError(f"links per worker at {size}: {links()}") from None
     assert idle[32] <= 2 * idle[8] + 0.5, f"idle messages per worker per second: {idle}"
 
 

@@ -53,6 +53,8 @@ class Gossip:
         self._members: dict[int, Member] = {}
         self._gossip: dict[int, dict[int, m.PeerInfo]] = {}
         self._probed: dict[int, tuple[float, float]] = {}  # lost member -> (next, delay)
+        #: Per id, the incarnations this worker saw replaced (the last few): gone for good.
+        self._replaced: dict[int, tuple[int, ...]] = {}
         self._awaiting_acks: set[int] = set()
         #: Members this worker watches itself: a link of its own to each is up.
         self.watched: set[int] = set()
@@ -120,19 +122,22 @@ class Gossip:
     def _learn(self, info: m.PeerInfo, sender: int, now: float) -> list[Effect]:
         known = self._members.get(info.worker_id)
         state = (PeerState.ALIVE, PeerState.LOST, PeerState.CLOSED)[info.state]
+        replaced = info.incarnation in self._replaced.get(info.worker_id, ())
         if known is None:
-            if state is not PeerState.ALIVE:
-                return []  # news of a death we never knew of
+            if state is not PeerState.ALIVE or replaced:
+                return []  # news of a death we never knew of, or of a replaced incarnation
             peer = Member(info.worker_id, info.incarnation, info.address, info.seq, now)
             self._members[info.worker_id] = peer
             joined = Joined(peer.worker_id, peer.describe(), heard=True)
             return [*self._announce(peer, exclude=sender), joined]
         if known.incarnation != info.incarnation:
-            if known.state.connected or state is not PeerState.ALIVE:
-                return []  # a live member is not replaced by hearsay
-            self._members[info.worker_id] = peer = Member(
-                info.worker_id, info.incarnation, info.address, info.seq, now
-            )
+            if known.state.connected or state is not PeerState.ALIVE or replaced:
+                # A live member is not replaced by hearsay; nor a lost one by an incarnation
+                # it replaced (stale news: incarnations have no order, but a replaced one's
+                # process is gone; its own word, a handshake, can still bring it back).
+                return []
+            peer = Member(info.worker_id, info.incarnation, info.address, info.seq, now)
+            self._replace(known, peer)
             joined = Joined(peer.worker_id, peer.describe(), heard=True)
             return [Forgotten(known.worker_id), *self._announce(peer, exclude=sender), joined]
         if known.state is PeerState.CLOSED:
@@ -154,6 +159,15 @@ class Gossip:
             return self._heard_from(known, info.address, info.seq, now, force=True, exclude=sender)
         reason = "closed" if state is PeerState.CLOSED else "lost (as its neighbors saw)"
         return self._lose(known, reason, state, exclude=sender)
+
+    def _replace(self, old: Member | None, new: Member) -> None:
+        """``new`` takes the place of ``old`` (``None``: nobody) in the table; if it is
+        another incarnation of the id, ``old``'s is remembered as replaced."""
+        self._members[new.worker_id] = new
+        if old is not None and old.incarnation != new.incarnation:
+            gone = self._replaced.get(old.worker_id, ())
+            kept = tuple(inc for inc in gone if inc != new.incarnation)[-3:]
+            self._replaced[old.worker_id] = (*kept, old.incarnation)
 
     def _doubt(self, peer: Member, now: float) -> list[Effect]:
         """Others say ``peer``, lost to this worker, is alive: see for ourselves."""

@@ -336,7 +336,7 @@ class Shell:
         peer_id = self._outbound.link_up(link)
         logger.debug("link %s up (to %s)", link.hex(), peer_id, extra=fields(self._worker_id))
         if peer_id is not None:
-            self._membership.on_link_up(peer_id)
+            self._membership.on_link_up(peer_id, address=self._outbound.address_of(link))
 
     def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
         peer_id = self._outbound.link_down(link)
@@ -359,16 +359,14 @@ class Shell:
 
     def _bind_if_admitted(self, msg: p.Hello | p.HelloAck, key: str | None) -> None:
         """A handshake admitted its sender (a member of that incarnation, an observer): the
-        ``key`` proved on its link speaks for it from now on. A pending newcomer binds
-        nothing until its address answered (see :mod:`._keys`)."""
+        ``key`` proved on its link speaks for it from now on (see :mod:`._keys`)."""
         member = self._membership.member(msg.src)
         admitted = member is not None and member.incarnation == msg.src_incarnation
         if admitted or self._membership.is_observer(msg.src):
             self._keys.bind(key, msg.src)
 
     def refused(self, link: LinkId, what: str) -> None:
-        """The transport dropped a message unread: over ``max_message_size``, or of more
-        frames than the protocol's two."""
+        """The transport dropped a message unread (too large, or more than two frames)."""
         self._counters["dropped_oversized"] += 1
         self._log.warning(
             "oversized",
@@ -410,9 +408,8 @@ class Shell:
         self.apply(self._membership.begin_drain(self._outbound.linked()))
 
     async def say_goodbye(self, timeout: float) -> None:
-        """The last word to every peer this worker has a link with; waits (at most
-        ``timeout`` seconds) for each to acknowledge it, since a socket closed right after a
-        burst may lose its tail. Senders first learn which of their sends were done."""
+        """The last word to every peer it has a link with; waits (``timeout`` at most) for
+        their acknowledgements (a socket closed after a burst may lose its tail)."""
         self._flow.receipts.flush()
         self.apply(self._membership.begin_goodbye(self._outbound.linked()))
         if not self._membership.goodbyes_acknowledged:
@@ -486,8 +483,11 @@ class Shell:
             elif isinstance(effect, ms.Forgotten):
                 self._remote_events.on_peer_forgotten(effect.peer_id)
                 self._flow.receipts.forget(effect.peer_id)
-                if self._membership.get(effect.peer_id) is None:  # not replaced: gone
+                successor = self._membership.get(effect.peer_id)
+                if successor is None:  # not replaced: gone
                     self._keys.release(effect.peer_id)
+                else:  # the id's links speak for the one replaced
+                    self._outbound.replaced(effect.peer_id, successor.address)
             elif isinstance(effect, ms.ScheduleGossip):
                 if not self._gossip_scheduled:
                     self._gossip_scheduled = True

@@ -27,14 +27,13 @@ from velo_event import EventHandle
 from ._codec import pack
 from ._errors import PeerUnreachable
 from ._log import RateLimitedLog
-from ._update_chunks import HEADER_ALLOWANCE, chunks
 from ._select import protocol as p
+from ._update_chunks import HEADER_ALLOWANCE, chunks
 from .transport import LinkClosed, LinkError, LinkFull, LinkId, Transport
 
 __all__ = ["HEADER_ALLOWANCE", "Addressee", "Outbound"]
 
 logger = logging.getLogger(__name__)
-
 
 
 class Addressee(Protocol):

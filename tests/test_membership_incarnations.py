@@ -1,0 +1,57 @@
+"""A link speaks for one incarnation of an id, at one address; news never brings back an
+incarnation this worker saw replaced (the rules alone; the whole sequence, on the fake
+network, is tests/test_incarnation_links_fake.py)."""
+
+from __future__ import annotations
+
+from test_membership import ALIVE, address, admit, of, table
+
+from velo_am import _protocol as p
+from velo_am._membership import PeerTable
+from velo_am._peers import Dial, Forgotten, Joined, PeerState
+
+NEW = "tcp://w2:2"  # where 0x2's next incarnation listens
+
+
+def test_a_link_to_another_address_does_not_watch_the_member() -> None:
+    """A link opened for id 0x2 that leads elsewhere reaches another process (the id's next
+    incarnation, say): its heartbeats say nothing of the member at ``address(2)``."""
+    peers = table()
+    admit(peers, 2)
+    peers.on_link_up(2, address=NEW)
+    assert 2 not in peers.watched
+    peers.on_link_up(2, address=address(2))
+    assert 2 in peers.watched
+
+
+def _replaced_then_lost() -> PeerTable:
+    peers = table()
+    admit(peers, 2)
+    peers.on_link_down(2, "silent", now=2.0)
+    effects = peers.on_peers([p.PeerInfo(2, 0x99, NEW, 1, ALIVE)], sender=3, now=3.0)
+    assert of(Forgotten, effects) and peers.statuses(3.0)[2].incarnation == 0x99
+    peers.on_link_down(2, "silent", now=4.0)  # this worker froze, say
+    return peers
+
+
+def test_gossip_never_brings_back_an_incarnation_this_worker_saw_replaced() -> None:
+    peers = _replaced_then_lost()
+    stale = p.PeerInfo(2, 0x22, address(2), 1000, ALIVE)  # a lagging worker's view
+    effects = peers.on_peers([stale], sender=3, now=5.0)
+    assert not of(Joined, effects) and not of(Forgotten, effects)
+    status = peers.statuses(5.0)[2]
+    assert (status.incarnation, status.state) == (0x99, PeerState.LOST)
+    # The newer one's news still counts.
+    peers.on_peers([p.PeerInfo(2, 0x99, NEW, 5, ALIVE)], sender=3, now=6.0)
+    assert peers.statuses(6.0)[2].state is PeerState.ALIVE
+
+
+def test_a_replaced_incarnation_may_come_back_by_its_own_word() -> None:
+    """Only hearsay is refused: a handshake whose address answers is direct word."""
+    peers = _replaced_then_lost()
+    hello = p.Hello(2, 0x22, 0, 7, address(2), int(p.HelloFlags.JOIN), 1, ())
+    (verify,) = of(Dial, peers.on_hello(hello, b"L", now=5.0))
+    answer = p.HelloAck(2, 0x22, 0x1111, verify.hello.token, address(2), 0, 1, ())
+    peers.on_hello_ack(answer, now=5.1)
+    status = peers.statuses(5.1)[2]
+    assert (status.incarnation, status.state) == (0x22, PeerState.ALIVE)

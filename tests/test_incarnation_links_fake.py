@@ -66,3 +66,54 @@ async def test_a_frozen_worker_waits_on_a_restarted_workers_events_and_is_answer
     new.events.trigger(handle)
     assert await asyncio.wait_for(waiting, 10.0) is None
     assert _member(w1, 2) == (new.incarnation, "alive")
+
+
+@pytest.mark.timeout(30)
+async def test_a_link_opened_for_a_dead_incarnation_does_not_carry_its_successors_traffic(
+    make_worker: Callable[..., Any], network: FakeNetwork
+) -> None:
+    """0x1 lost the old 0x2 and redials it at its address (a probe, in vain). Meanwhile the
+    new 0x2 joins elsewhere and 0x1 hears of it by gossip: the entry is replaced, with no
+    loss. The probe's link was the id's: what 0x1 sent the new 0x2 went to the dead
+    address, and the link, never connecting, was reported stalled, a loss of the live new
+    0x2 (the soak's "worker 0x2 at …43179 lost: no connection within 1.0 s"). 0x1 keeps
+    one gossip neighbor (0x3): it does not pair with the new 0x2, which would open a link of
+    the id's to the new address and hide the old one."""
+    w1 = await make_worker(1, gossip_fanout=1)
+    w3 = await make_worker(3)
+    old = await make_worker(2)
+    await w3.connect(w1.address)
+    await old.connect(w1.address)
+    await wait_until(lambda: _member(w1, 2) == (old.incarnation, "alive"))
+    probing = asyncio.Event()
+
+    def old_is_gone(address: str, frames: list[bytes]) -> bool:
+        if frames[0].startswith(b"\x00") or address not in (old.address, w1.address):
+            return address != old.address  # the fake's heartbeats, and the rest
+        msg = p.decode(frames, max_size=1 << 20)
+        if address == old.address:
+            if isinstance(msg, p.Hello) and msg.src == w1.worker_id and msg.token:
+                probing.set()  # 0x1 redials the lost old 0x2
+            return False
+        # The new 0x2 does not handshake with 0x1 (it pairs with 0x3 only; it may prove a
+        # link its own): 0x1 learns of it by gossip, and has no link to it until it has
+        # business with it.
+        dial = isinstance(msg, p.Hello) and msg.token and not msg.flags & p.HelloFlags.PROVE
+        return not (dial and msg.src == 2 and msg.src_incarnation != old.incarnation)
+
+    network.filter = old_is_gone
+    await wait_until(lambda: _member(w1, 2) == (old.incarnation, "lost"))
+    await wait_until(lambda: _member(w3, 2) == (old.incarnation, "lost"))
+    probing.clear()
+    await asyncio.wait_for(probing.wait(), 10.0)
+    new = await make_worker(2)
+    await new.connect(w3.address)  # within the probe's connect timeout
+    await wait_until(lambda: _member(w1, 2) == (new.incarnation, "alive"))
+    handle = new.events.new_event().handle
+    waiting = asyncio.ensure_future(w1.events.awaiter(handle))
+    # The probe's link connects or is given up within the connect timeout.
+    await wait_until(lambda: not w1._outbound._connecting)
+    assert _member(w1, 2) == (new.incarnation, "alive")
+    new.events.trigger(handle)
+    assert await asyncio.wait_for(waiting, 10.0) is None
+    assert _member(w1, 2) == (new.incarnation, "alive")

@@ -45,9 +45,8 @@ async def test_a_frozen_worker_waits_on_a_restarted_workers_events_and_is_answer
     silent.add(old.address)
     await wait_until(lambda: _member(w1, 2) == (old.incarnation, "lost"))
     await wait_until(lambda: _member(w3, 2) == (old.incarnation, "lost"))
-    new = await make_worker(2)
+    new = await make_worker(2, peers=[w3.address])  # joins (retrying with back-off)
     assert new.address != old.address
-    await new.connect(w3.address)
     await wait_until(lambda: _member(w1, 2) == (new.incarnation, "alive"))  # by gossip
 
     # 0x1 freezes: it loses everyone, and its healing dials the lost new 0x2 (in vain).
@@ -106,8 +105,7 @@ async def test_a_link_opened_for_a_dead_incarnation_does_not_carry_its_successor
     await wait_until(lambda: _member(w3, 2) == (old.incarnation, "lost"))
     probing.clear()
     await asyncio.wait_for(probing.wait(), 10.0)
-    new = await make_worker(2)
-    await new.connect(w3.address)  # within the probe's connect timeout
+    new = await make_worker(2, peers=[w3.address])  # within the probe's connect timeout
     await wait_until(lambda: _member(w1, 2) == (new.incarnation, "alive"))
     handle = new.events.new_event().handle
     waiting = asyncio.ensure_future(w1.events.awaiter(handle))

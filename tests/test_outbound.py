@@ -302,3 +302,18 @@ def test_a_handshakes_answer_on_a_full_or_closed_link_is_dropped_not_raised() ->
     out.send_on(b"gone", INTRO)
     out.send_on(b"fine", INTRO)
     assert transport.messages(b"fine") == [INTRO] and counters["messages_out"] == 1
+
+
+def test_an_ids_link_to_a_replaced_incarnations_address_is_closed() -> None:
+    """Another incarnation of worker 2, elsewhere, took its place: the link opened to the old
+    address (a probe, say) reaches another process, or none; one to the new address stays."""
+    out, transport, _ = outbound()
+    old = out.dial("test://2-old", 2, now=1.0)
+    assert out.own_link(2) == old and out.address_of(old) == "test://2-old"
+    out.heard(2, b"their-link", now=1.0)  # the old one's link to us
+    out.replaced(2, "test://2")
+    assert out.own_link(2) is None and old not in transport.connected
+    assert out.linked() == set(), "nor is the old one's link to us kept for the id"
+    new = out.dial("test://2", 2, now=2.0)
+    out.replaced(2, "test://2")
+    assert out.own_link(2) == new and new in transport.connected

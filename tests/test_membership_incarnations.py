@@ -24,12 +24,20 @@ def test_a_link_to_another_address_does_not_watch_the_member() -> None:
     assert 2 in peers.watched
 
 
+def _verified(peers: PeerTable, src: int, inc: int, at: str, now: float) -> None:
+    """Incarnation ``inc`` of ``src`` says hello from ``at`` and its address answers."""
+    hello = p.Hello(src, inc, 0, 7, at, 0, 1, ())
+    (verify,) = of(Dial, peers.on_hello(hello, b"L", now))
+    peers.on_hello_ack(p.HelloAck(src, inc, 0x1111, verify.hello.token, at, 0, 1, ()), now)
+
+
 def _replaced_then_lost() -> PeerTable:
+    """0x22, lost, replaced by 0x99 on 0x99's own word; then 0x99 is lost too."""
     peers = table()
     admit(peers, 2)
     peers.on_link_down(2, "silent", now=2.0)
-    effects = peers.on_peers([p.PeerInfo(2, 0x99, NEW, 1, ALIVE)], sender=3, now=3.0)
-    assert of(Forgotten, effects) and peers.statuses(3.0)[2].incarnation == 0x99
+    _verified(peers, 2, 0x99, NEW, now=3.0)
+    assert peers.statuses(3.0)[2].incarnation == 0x99
     peers.on_link_down(2, "silent", now=4.0)  # this worker froze, say
     return peers
 
@@ -46,6 +54,23 @@ def test_gossip_never_brings_back_an_incarnation_this_worker_saw_replaced() -> N
     assert peers.statuses(6.0)[2].state is PeerState.ALIVE
 
 
+def test_hearsay_that_replaced_an_incarnation_does_not_bar_it() -> None:
+    """Hearsay proves nothing ended: 0x22, lost (this worker froze), is displaced by a
+    lagging worker's news of the dead 0x99, which is lost in turn (its address never
+    answers); news of 0x22 alive brings it back at once, as before incarnations were
+    remembered, not after ``forget_after``."""
+    peers = table()
+    admit(peers, 2)
+    peers.on_link_down(2, "silent", now=2.0)
+    dead = p.PeerInfo(2, 0x99, NEW, 1000, ALIVE)
+    assert of(Forgotten, peers.on_peers([dead], sender=3, now=3.0))
+    peers.on_link_down(2, "no connection", now=4.0)
+    effects = peers.on_peers([p.PeerInfo(2, 0x22, address(2), 5, ALIVE)], sender=3, now=5.0)
+    assert of(Joined, effects)
+    status = peers.statuses(5.0)[2]
+    assert (status.incarnation, status.state) == (0x22, PeerState.ALIVE)
+
+
 def test_a_replaced_incarnation_may_come_back_by_its_own_word() -> None:
     """Only hearsay is refused: a handshake whose address answers is direct word."""
     peers = _replaced_then_lost()
@@ -55,3 +80,18 @@ def test_a_replaced_incarnation_may_come_back_by_its_own_word() -> None:
     peers.on_hello_ack(answer, now=5.1)
     status = peers.statuses(5.1)[2]
     assert (status.incarnation, status.state) == (0x22, PeerState.ALIVE)
+
+
+def test_hearsay_that_replaced_an_incarnation_bars_it_once_its_successor_answers() -> None:
+    """The successor hearsay brought answers at its own address (a link of this worker's is
+    up): the incarnation it displaced has ended, and a lagging worker's news of it is
+    refused after the successor is lost in turn."""
+    peers = table()
+    admit(peers, 2)
+    peers.on_link_down(2, "silent", now=2.0)
+    peers.on_peers([p.PeerInfo(2, 0x99, NEW, 1000, ALIVE)], sender=3, now=3.0)
+    peers.on_link_up(2, address=NEW)
+    peers.on_link_down(2, "silent", now=4.0)
+    effects = peers.on_peers([p.PeerInfo(2, 0x22, address(2), 2000, ALIVE)], sender=3, now=5.0)
+    assert not of(Joined, effects)
+    assert peers.statuses(5.0)[2].incarnation == 0x99

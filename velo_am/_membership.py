@@ -342,6 +342,7 @@ class PeerTable(Successors):
                 effects.append(Joined(src, member.describe()))
             else:
                 effects += self._heard_from(member, msg.address, msg.seq, now)
+                self._proven(member)
             self._probed.pop(src, None)
             if dial.purpose is Purpose.JOIN:
                 self._seed_members[dial.address] = src
@@ -477,6 +478,8 @@ class PeerTable(Successors):
                 self.watched.add(peer_id)
         elif address == peer.address and peer_id not in self._pending:
             self.watched.add(peer_id)
+        if peer_id in self.watched:
+            self._proven(peer)
 
     def on_link_down(self, peer_id: int, why: str, now: float) -> list[Effect]:
         """A link this worker opened to ``peer_id`` stopped reaching it."""
@@ -509,6 +512,7 @@ class PeerTable(Successors):
             if not peer.state.connected and now - peer.changed_at > self.forget_after:
                 del self._members[peer.worker_id]
                 self._replaced.pop(peer.worker_id, None)
+                self._displaced.pop(peer.worker_id, None)
                 self._probed.pop(peer.worker_id, None)
                 effects.append(Forgotten(peer.worker_id))
         return [*effects, *self.heal(now)]

@@ -317,3 +317,15 @@ def test_an_ids_link_to_a_replaced_incarnations_address_is_closed() -> None:
     new = out.dial("test://2", 2, now=2.0)
     out.replaced(2, "test://2")
     assert out.own_link(2) == new and new in transport.connected
+
+
+def test_a_replaced_incarnations_superseded_links_are_closed_too() -> None:
+    """The id's link to the old address, superseded by another of ours on its way out, also
+    reaches another process (or none): it is closed as well; the one to the new address stays."""
+    out, transport, _ = outbound()
+    old = out.dial("test://2-old", 2, now=1.0)
+    new = out.dial("test://2", 2, now=1.0)  # adopted: ``old`` is superseded
+    assert out.own_link(2) == new and old in transport.connected
+    out.replaced(2, "test://2")
+    assert old not in transport.connected and not out.is_own(old)
+    assert out.own_link(2) == new and new in transport.connected

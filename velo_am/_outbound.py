@@ -192,13 +192,16 @@ class Outbound:
 
     def replaced(self, peer_id: int, address: str) -> None:
         """Another incarnation of ``peer_id``, at ``address``, took the place of the one
-        this worker knew: a link of the id's that leads elsewhere reaches another process
-        (or none), so it is closed; the link the old one opened is forgotten."""
+        this worker knew: a link of the id's (its own, or one superseded on its way out) that
+        leads elsewhere reaches another process (or none), so it is closed; the link the old
+        one opened is forgotten."""
         self._theirs.pop(peer_id, None)
         self._sends_on.pop(peer_id, None)
-        link = self._own.get(peer_id)
-        if link is not None and self._address.get(link) != address:
-            self._close(link)
+        own = self._own.get(peer_id)
+        superseded = [link for link, owner in self._superseded.items() if owner == peer_id]
+        for link in [*superseded, *([] if own is None else [own])]:
+            if self._address.get(link) != address:
+                self._close(link)
 
     def is_own(self, link: LinkId) -> bool:
         """Whether this worker opened ``link`` (and has not closed it)."""

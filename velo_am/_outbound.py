@@ -31,7 +31,7 @@ from ._select import protocol as p
 from ._update_chunks import HEADER_ALLOWANCE, chunks
 from .transport import LinkClosed, LinkError, LinkFull, LinkId, Transport
 
-__all__ = ["HEADER_ALLOWANCE", "Addressee", "Outbound"]
+__all__ = ["Addressee", "Outbound"]
 
 logger = logging.getLogger(__name__)
 

@@ -214,7 +214,8 @@ def test_a_hello_never_evicts_a_live_member() -> None:
 def test_a_hello_never_evicts_a_member_whose_link_is_up() -> None:
     peers = table()
     admit(peers, 2)
-    peers.on_link_up(2, 0x22)  # its heartbeats are answered: alive, no dial needed
+    # Its heartbeats are answered: alive, no dial needed.
+    peers.on_link_up(2, address=address(2), incarnation=0x22)
     (verify,) = of(Dial, peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"x", now=2.0))
     effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
     (note,) = of(Note, effects)
@@ -228,9 +229,9 @@ def test_a_newcomers_link_never_passes_for_the_live_member_of_its_id() -> None:
     admit(peers, 2)
     peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"x", now=2.0)
     peers.on_link_up(2, address=address(2))  # whose? the newcomer's, maybe
-    peers.on_link_up(2, 0x99)  # the newcomer's, by its answer
+    peers.on_link_up(2, address=address(2), incarnation=0x99)  # the newcomer's, by its answer
     assert 2 not in peers.watched, "hearsay of the member's loss is not refuted by it"
-    peers.on_link_up(2, 0x22)
+    peers.on_link_up(2, address=address(2), incarnation=0x22)
     assert 2 in peers.watched
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from test_membership import admit, table
 
 from velo_am import (
     CallTimeout,
@@ -329,3 +330,21 @@ def test_a_replaced_incarnations_superseded_links_are_closed_too() -> None:
     out.replaced(2, "test://2")
     assert old not in transport.connected and not out.is_own(old)
     assert out.own_link(2) == new and new in transport.connected
+
+
+def test_a_seed_link_dialed_by_another_spelling_leads_to_the_members_advertised_address() -> None:
+    """A seed dialed as ``localhost`` answers as worker 2 advertising ``127.0.0.1``: once
+    the handshake's answer proved who is there, the link leads to the advertised address,
+    so membership watches the member through it and a rejoin's replacement (the new
+    incarnation answering on this very link) keeps it open."""
+    out, transport, _ = outbound()
+    seed = out.dial("test://localhost:2", None, now=1.0)
+    out.heard(2, seed, now=1.0)  # the HelloAck named worker 2: adopted as its link
+    out.reached(seed, "test://127.0.0.1:2")
+    assert out.address_of(seed) == "test://127.0.0.1:2"
+    peers = table()
+    admit(peers, 2, at="test://127.0.0.1:2")
+    peers.on_link_up(2, address=out.address_of(seed))
+    assert 2 in peers.watched
+    out.replaced(2, "test://127.0.0.1:2")
+    assert out.own_link(2) == seed and seed in transport.connected

@@ -461,9 +461,7 @@ class PeerTable(Successors):
             return [Reply(link, ack), *self._newcomer_gone(peer, "closed before it was admitted")]
         return [Reply(link, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
 
-    def on_link_up(
-        self, peer_id: int, incarnation: int | None = None, address: str | None = None
-    ) -> None:
+    def on_link_up(self, peer_id: int, *, address: str, incarnation: int | None = None) -> None:
         """A link this worker opened to ``address`` for ``peer_id`` reaches a worker there
         (``incarnation``, if it said so): the member is watched now, and its own word beats
         hearsay of its loss. A link speaks for one incarnation: one that has not said who it

@@ -186,9 +186,18 @@ class Outbound:
                 logger.debug("cannot introduce link %s again: %s", link.hex(), error)
         return self._owner.get(link)
 
-    def address_of(self, link: LinkId) -> str | None:
-        """The address this worker dialed ``link`` to (``None``: not one of its links)."""
-        return self._address.get(link)
+    def address_of(self, link: LinkId) -> str:
+        """The address ``link``, one of this worker's own, leads to: the one it was dialed
+        to, or the one its peer advertised once a handshake's answer proved who is there
+        (:meth:`reached`). Raises :class:`KeyError` for a link not this worker's."""
+        return self._address[link]
+
+    def reached(self, link: LinkId, address: str) -> None:
+        """A handshake's answer on ``link`` (ours) proved it reaches the member advertising
+        ``address``: the link leads there, however the address it was dialed to was spelled
+        (``localhost`` for ``127.0.0.1``, a seed's name for a wildcard bind's address)."""
+        if link in self._used:
+            self._address[link] = address
 
     def replaced(self, peer_id: int, address: str) -> None:
         """Another incarnation of ``peer_id``, at ``address``, took the place of the one

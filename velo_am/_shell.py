@@ -235,9 +235,11 @@ class Shell:
             known = self._known_as(msg)
             if known:
                 self._outbound.heard(msg.src, link, now)
+                self._outbound.reached(link, msg.address)  # however it was dialed
             self.apply(effects)
             if known and self._outbound.is_up(link):  # it came up before we knew whose
-                self._membership.on_link_up(msg.src, msg.src_incarnation)
+                incarnation = msg.src_incarnation
+                self._membership.on_link_up(msg.src, address=msg.address, incarnation=incarnation)
             self._bind_if_admitted(msg, key)
             return
         self._from_peer(msg, link, now)

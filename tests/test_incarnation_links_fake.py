@@ -11,7 +11,6 @@ the dead entry to everyone else. Here that sequence runs on the fake network."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +38,14 @@ async def test_a_frozen_worker_waits_on_a_restarted_workers_events_and_is_answer
     await old.connect(w1.address)
     await wait_until(lambda: _member(w1, 2) == (old.incarnation, "alive"))
     silent: set[str] = set()
-    network.filter = lambda address, frames: address not in silent
+    stale_frames: list[bytes] = []  # set once 0x1 is frozen
+
+    def passes(address: str, frames: list[bytes]) -> bool:
+        if address not in silent:
+            return True
+        return bool(stale_frames) and frames == stale_frames  # a lagging worker's word
+
+    network.filter = passes
 
     # 0x2 dies (silently: its process is gone) and starts again at a new address.
     silent.add(old.address)
@@ -53,9 +59,13 @@ async def test_a_frozen_worker_waits_on_a_restarted_workers_events_and_is_answer
     silent.add(w1.address)
     await wait_until(lambda: _member(w1, 2) == (new.incarnation, "lost"))
     # Meanwhile news of the old incarnation, stale (a worker whose view lagged), says it
-    # is alive with a newer seq than any 0x1 saw.
+    # is alive with a newer seq than any 0x1 saw: 0x3 gossips it to 0x1.
     stale = p.PeerInfo(2, old.incarnation, old.address, 1000, int(p.MemberState.ALIVE))
-    w1._shell.apply(w1._membership.on_peers([stale], w3.worker_id, time.monotonic()))
+    news = p.Peers(w3.worker_id, w3.incarnation, w1.incarnation, (stale,))
+    stale_frames[:] = p.encode(news)
+    heard = w1.stats()["messages_in"]  # nothing else reaches the frozen 0x1
+    w3._outbound.send_frames(w1.worker_id, stale_frames)
+    await wait_until(lambda: w1.stats()["messages_in"] > heard)
     silent.discard(w1.address)  # 0x1 wakes: its links come up again
 
     # A merge on 0x1 waits on an event of the live 0x2: it must be answered.
@@ -109,8 +119,13 @@ async def test_a_link_opened_for_a_dead_incarnation_does_not_carry_its_successor
     await wait_until(lambda: _member(w1, 2) == (new.incarnation, "alive"))
     handle = new.events.new_event().handle
     waiting = asyncio.ensure_future(w1.events.awaiter(handle))
+
     # The probe's link connects or is given up within the connect timeout.
-    await wait_until(lambda: not w1._outbound._connecting)
+    def probe_given_up() -> bool:
+        link = w1._outbound.own_link(2)
+        return link is None or bool(w1._outbound.address_of(link) != old.address)
+
+    await wait_until(probe_given_up)
     assert _member(w1, 2) == (new.incarnation, "alive")
     new.events.trigger(handle)
     assert await asyncio.wait_for(waiting, 10.0) is None

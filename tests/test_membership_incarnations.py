@@ -95,3 +95,33 @@ def test_hearsay_that_replaced_an_incarnation_bars_it_once_its_successor_answers
     effects = peers.on_peers([p.PeerInfo(2, 0x22, address(2), 2000, ALIVE)], sender=3, now=5.0)
     assert not of(Joined, effects)
     assert peers.statuses(5.0)[2].incarnation == 0x99
+
+
+def test_the_last_four_ended_incarnations_are_remembered_until_the_id_is_forgotten() -> None:
+    """An id replaced again and again: the four incarnations that ended last are refused
+    as hearsay (an older one is not: the record is bounded), one that came back by its own
+    word is no longer counted ended, and once the id is forgotten nothing is remembered."""
+    peers = table()
+    admit(peers, 2)  # 0x22
+    now = 2.0
+    for inc in (0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA2):  # 0xA2 comes back by its own word
+        peers.on_link_down(2, "silent", now=now)
+        _verified(peers, 2, inc, f"tcp://w2:{inc}", now=now + 0.5)
+        now += 1.0
+    peers.on_link_down(2, "silent", now=now)
+
+    def heard_alive(inc: int, at: float) -> bool:
+        info = p.PeerInfo(2, inc, f"tcp://w2:{inc}", 1000, ALIVE)
+        return bool(of(Joined, peers.on_peers([info], sender=3, now=at)))
+
+    assert not any(heard_alive(inc, now) for inc in (0xA1, 0xA3, 0xA4, 0xA5))
+    assert peers.statuses(now)[2].incarnation == 0xA2
+    assert heard_alive(0x22, now), "the fifth one back fell out of the record"
+    peers.on_link_down(2, "silent", now=now + 1.0)  # 0x22 lost, never proven
+    assert heard_alive(0xA2, now + 2.0), "0xA2 came back by its own word: not ended"
+    peers.on_link_down(2, "silent", now=now + 3.0)
+    peers.tick(now + 100.0)  # lost for longer than forget_after: forgotten
+    assert 2 not in peers.statuses(now + 100.0)
+    assert heard_alive(0xA3, now + 101.0)
+    peers.on_link_down(2, "silent", now=now + 102.0)
+    assert heard_alive(0xA4, now + 103.0), "a forgotten id's record goes with it"

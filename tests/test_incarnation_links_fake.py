@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import FAKE_FAST, wait_until
 
 from velo_am import Worker
 from velo_am import _protocol as p
-from velo_am.transport import FakeNetwork
+from velo_am.transport import FakeNetwork, LinkId
 
 
 def _member(worker: Worker, peer_id: int) -> tuple[int, str] | None:
@@ -130,3 +130,42 @@ async def test_a_link_opened_for_a_dead_incarnation_does_not_carry_its_successor
     new.events.trigger(handle)
     assert await asyncio.wait_for(waiting, 10.0) is None
     assert _member(w1, 2) == (new.incarnation, "alive")
+
+
+@pytest.mark.timeout(30)
+async def test_a_seed_spelled_otherwise_is_the_members_link_through_a_rejoin(
+    network: FakeNetwork,
+) -> None:
+    """0x2's seed names 0x1 by another spelling than the address 0x1 advertises (a host
+    name for its IP, say): the seed's link, once 0x1 answered on it, leads to 0x1's own
+    address, so it watches 0x1. When 0x1 restarts there, 0x2's link to it, after the new
+    incarnation answered, leads to that address too (none is closed as another's)."""
+    first = Worker(1, transport=network.transport(), **FAKE_FAST)
+    await first.start()
+    address = first.address
+    network.alias("fake://seed", address)
+    w2 = Worker(2, transport=network.transport(), peers=["fake://seed"], **FAKE_FAST)
+    await w2.start()
+    try:
+        await wait_until(lambda: _member(w2, 1) == (first.incarnation, "alive"))
+        link = w2._outbound.own_link(1)
+        assert link is not None and w2._outbound.address_of(link) == address
+        await first.close(grace=0)
+        await wait_until(lambda: _member(w2, 1) not in (None, (first.incarnation, "alive")))
+        again = Worker(1, transport=network.transport(address), **FAKE_FAST)
+        await again.start()
+        try:
+            rejoined: list[LinkId | None] = []
+
+            def answered() -> bool:
+                if _member(w2, 1) == (again.incarnation, "alive"):
+                    rejoined.append(w2._outbound.own_link(1))
+                return bool(rejoined)
+
+            await wait_until(answered)
+            assert rejoined[0] is not None, "the link the answer came on was closed"
+            assert w2._outbound.address_of(rejoined[0]) == address
+        finally:
+            await again.close(grace=0)
+    finally:
+        await w2.close(grace=0)

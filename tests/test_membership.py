@@ -214,7 +214,8 @@ def test_a_hello_never_evicts_a_live_member() -> None:
 def test_a_hello_never_evicts_a_member_whose_link_is_up() -> None:
     peers = table()
     admit(peers, 2)
-    peers.on_link_up(2, 0x22)  # its heartbeats are answered: alive, no dial needed
+    # Its heartbeats are answered: alive, no dial needed.
+    peers.on_link_up(2, address=address(2), incarnation=0x22)
     (verify,) = of(Dial, peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"x", now=2.0))
     effects = peers.on_hello_ack(ack(2, 0x99, verify.hello.token, at="tcp://elsewhere:1"), 2.1)
     (note,) = of(Note, effects)
@@ -227,10 +228,10 @@ def test_a_newcomers_link_never_passes_for_the_live_member_of_its_id() -> None:
     peers = table()
     admit(peers, 2)
     peers.on_hello(hello(2, 0x99, at="tcp://elsewhere:1"), b"x", now=2.0)
-    peers.on_link_up(2)  # whose? the verification's link to the newcomer, maybe
-    peers.on_link_up(2, 0x99)  # the newcomer's, by its answer
+    peers.on_link_up(2, address=address(2))  # whose? the newcomer's, maybe
+    peers.on_link_up(2, address=address(2), incarnation=0x99)  # the newcomer's, by its answer
     assert 2 not in peers.watched, "hearsay of the member's loss is not refuted by it"
-    peers.on_link_up(2, 0x22)
+    peers.on_link_up(2, address=address(2), incarnation=0x22)
     assert 2 in peers.watched
 
 
@@ -403,7 +404,7 @@ def test_hearsay_of_a_loss_does_not_beat_this_workers_own_link() -> None:
     admit(peers, 3, flags=NEIGHBOR)
     admit(peers, 4)
     admit(peers, 5)
-    peers.on_link_up(4)  # this worker's own link to 4 is up
+    peers.on_link_up(4, address=address(4))  # this worker's own link to 4 is up
     peers.flush_gossip()
     effects = peers.on_peers([info(4, state=LOST), info(5, state=LOST)], sender=3, now=2.0)
     assert [lost.peer_id for lost in of(Lost, effects)] == [5], "only the unwatched one"
@@ -655,7 +656,7 @@ class Sim:
             effects = table.on_hello_ack(msg, self.now)
             self.apply(table, effects)
             if of(DialAnswered, effects):
-                table.on_link_up(msg.src)
+                table.on_link_up(msg.src, address=msg.address)
         else:
             peer = table.admit(msg.src, msg.src_incarnation, msg.dst_incarnation, self.now)
             if isinstance(peer, Rejected):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from test_membership import admit, table
 
 from velo_am import (
     CallTimeout,
@@ -302,3 +303,48 @@ def test_a_handshakes_answer_on_a_full_or_closed_link_is_dropped_not_raised() ->
     out.send_on(b"gone", INTRO)
     out.send_on(b"fine", INTRO)
     assert transport.messages(b"fine") == [INTRO] and counters["messages_out"] == 1
+
+
+def test_an_ids_link_to_a_replaced_incarnations_address_is_closed() -> None:
+    """Another incarnation of worker 2, elsewhere, took its place: the link opened to the old
+    address (a probe, say) reaches another process, or none; one to the new address stays."""
+    out, transport, _ = outbound()
+    old = out.dial("test://2-old", 2, now=1.0)
+    assert out.own_link(2) == old and out.address_of(old) == "test://2-old"
+    out.heard(2, b"their-link", now=1.0)  # the old one's link to us
+    out.replaced(2, "test://2")
+    assert out.own_link(2) is None and old not in transport.connected
+    assert out.linked() == set(), "nor is the old one's link to us kept for the id"
+    new = out.dial("test://2", 2, now=2.0)
+    out.replaced(2, "test://2")
+    assert out.own_link(2) == new and new in transport.connected
+
+
+def test_a_replaced_incarnations_superseded_links_are_closed_too() -> None:
+    """The id's link to the old address, superseded by another of ours on its way out, also
+    reaches another process (or none): it is closed as well; the one to the new address stays."""
+    out, transport, _ = outbound()
+    old = out.dial("test://2-old", 2, now=1.0)
+    new = out.dial("test://2", 2, now=1.0)  # adopted: ``old`` is superseded
+    assert out.own_link(2) == new and old in transport.connected
+    out.replaced(2, "test://2")
+    assert old not in transport.connected and not out.is_own(old)
+    assert out.own_link(2) == new and new in transport.connected
+
+
+def test_a_seed_link_dialed_by_another_spelling_leads_to_the_members_advertised_address() -> None:
+    """A seed dialed as ``localhost`` answers as worker 2 advertising ``127.0.0.1``: once
+    the handshake's answer proved who is there, the link leads to the advertised address,
+    so membership watches the member through it and a rejoin's replacement (the new
+    incarnation answering on this very link) keeps it open."""
+    out, transport, _ = outbound()
+    seed = out.dial("test://localhost:2", None, now=1.0)
+    out.heard(2, seed, now=1.0)  # the HelloAck named worker 2: adopted as its link
+    out.reached(seed, "test://127.0.0.1:2")
+    assert out.address_of(seed) == "test://127.0.0.1:2"
+    peers = table()
+    admit(peers, 2, at="test://127.0.0.1:2")
+    peers.on_link_up(2, address=out.address_of(seed))
+    assert 2 in peers.watched
+    out.replaced(2, "test://127.0.0.1:2")
+    assert out.own_link(2) == seed and seed in transport.connected

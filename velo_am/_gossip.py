@@ -53,6 +53,11 @@ class Gossip:
         self._members: dict[int, Member] = {}
         self._gossip: dict[int, dict[int, m.PeerInfo]] = {}
         self._probed: dict[int, tuple[float, float]] = {}  # lost member -> (next, delay)
+        #: Per id, the incarnations replaced by a verified successor (the last four): ended.
+        self._replaced: dict[int, tuple[int, ...]] = {}
+        #: Per id, the incarnations hearsay displaced: ended once their successor is proven
+        #: (a link of this worker's to its address is up), forgotten if it is lost first.
+        self._displaced: dict[int, tuple[int, ...]] = {}
         self._awaiting_acks: set[int] = set()
         #: Members this worker watches itself: a link of its own to each is up.
         self.watched: set[int] = set()
@@ -128,11 +133,18 @@ class Gossip:
             joined = Joined(peer.worker_id, peer.describe(), heard=True)
             return [*self._announce(peer, exclude=sender), joined]
         if known.incarnation != info.incarnation:
-            if known.state.connected or state is not PeerState.ALIVE:
-                return []  # a live member is not replaced by hearsay
-            self._members[info.worker_id] = peer = Member(
-                info.worker_id, info.incarnation, info.address, info.seq, now
-            )
+            replaced = info.incarnation in self._replaced.get(info.worker_id, ())
+            if known.state.connected or state is not PeerState.ALIVE or replaced:
+                # A live member is not replaced by hearsay; nor a lost one by an incarnation
+                # known to have ended (stale news: incarnations have no order; its own word,
+                # a handshake, can still bring it back).
+                return []
+            # Hearsay proves nothing ended: the incarnation displaced is recorded only once
+            # its successor proves itself; news of it may bring it back till then.
+            peer = Member(info.worker_id, info.incarnation, info.address, info.seq, now)
+            self._members[info.worker_id] = peer
+            displaced = self._displaced.get(info.worker_id, ())
+            self._displaced[info.worker_id] = (*displaced, known.incarnation)[-4:]
             joined = Joined(peer.worker_id, peer.describe(), heard=True)
             return [Forgotten(known.worker_id), *self._announce(peer, exclude=sender), joined]
         if known.state is PeerState.CLOSED:
@@ -154,6 +166,27 @@ class Gossip:
             return self._heard_from(known, info.address, info.seq, now, force=True, exclude=sender)
         reason = "closed" if state is PeerState.CLOSED else "lost (as its neighbors saw)"
         return self._lose(known, reason, state, exclude=sender)
+
+    def _replace(self, old: Member | None, new: Member) -> None:
+        """``new``, proven by its own word (a handshake whose address answered), takes the
+        place of ``old`` (``None``: nobody) in the table; if it is another incarnation of the
+        id, ``old``'s is known to have ended (lost or at the same address, or its
+        predecessor check failed) and is remembered as replaced."""
+        self._members[new.worker_id] = new
+        if old is not None and old.incarnation != new.incarnation:
+            self._ended(new, old.incarnation)
+
+    def _proven(self, peer: Member) -> None:
+        """``peer``, perhaps known by hearsay, answered at its own address: the incarnations
+        hearsay displaced with it have ended."""
+        for incarnation in self._displaced.pop(peer.worker_id, ()):
+            self._ended(peer, incarnation)
+
+    def _ended(self, successor: Member, incarnation: int) -> None:
+        gone = self._replaced.get(successor.worker_id, ())
+        skip = (successor.incarnation, incarnation)
+        kept = tuple(inc for inc in gone if inc not in skip)[-3:]
+        self._replaced[successor.worker_id] = (*kept, incarnation)
 
     def _doubt(self, peer: Member, now: float) -> list[Effect]:
         """Others say ``peer``, lost to this worker, is alive: see for ourselves."""
@@ -194,6 +227,7 @@ class Gossip:
             return []
         peer.state = state
         peer.changed_at = peer.last_seen
+        self._displaced.pop(peer.worker_id, None)  # never proven: what it displaced may live
         self._awaiting_acks.discard(peer.worker_id)
         self.watched.discard(peer.worker_id)
         self.neighbors.discard(peer.worker_id)

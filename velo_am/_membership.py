@@ -334,14 +334,15 @@ class PeerTable(Successors):
                     return refused + self._check_predecessor(member, None, now)
                 effects += self._lose(member, "restarted as a new incarnation", PeerState.LOST)
                 effects.append(Forgotten(src))
-                member = None
-            if member is None:
-                member = Member(src, inc, msg.address, msg.seq, now)
-                self._members[src] = member
+            if member is None or member.incarnation != inc:
+                new = Member(src, inc, msg.address, msg.seq, now)
+                self._replace(member, new)
+                member = new
                 effects += self._announce(member, exclude=src)
                 effects.append(Joined(src, member.describe()))
             else:
                 effects += self._heard_from(member, msg.address, msg.seq, now)
+                self._proven(member)
             self._probed.pop(src, None)
             if dial.purpose is Purpose.JOIN:
                 self._seed_members[dial.address] = src
@@ -375,7 +376,7 @@ class PeerTable(Successors):
             effects += self._lose(old, "restarted as a new incarnation", PeerState.LOST)
             effects.append(Forgotten(old.worker_id))
         newcomer.last_seen = newcomer.changed_at = now
-        self._members[newcomer.worker_id] = newcomer
+        self._replace(old, newcomer)
         effects += self._announce(newcomer, exclude=newcomer.worker_id)
         effects.append(Joined(newcomer.worker_id, newcomer.describe()))
         for link, hello in pending.waiting:
@@ -460,17 +461,23 @@ class PeerTable(Successors):
             return [Reply(link, ack), *self._newcomer_gone(peer, "closed before it was admitted")]
         return [Reply(link, ack), *self._lose(peer, "closed", PeerState.CLOSED)]
 
-    def on_link_up(self, peer_id: int, incarnation: int | None = None) -> None:
-        """A link this worker opened to ``peer_id`` reaches it (``incarnation``, if it said
-        so): this worker watches it now, and its own word beats hearsay of the peer's loss.
-        While a newcomer of that id is pending, a link that has not said who it reaches
-        may be the newcomer's, not the member's."""
+    def on_link_up(self, peer_id: int, *, address: str, incarnation: int | None = None) -> None:
+        """A link this worker opened to ``address`` for ``peer_id`` reaches a worker there
+        (``incarnation``, if it said so): the member is watched now, and its own word beats
+        hearsay of its loss. A link speaks for one incarnation: one that has not said who it
+        reaches counts only if it leads to the member's own address (a link opened for an
+        earlier or later incarnation of the id reaches another process), and not while a
+        newcomer of that id is pending (it may be the newcomer's)."""
         peer = self._members.get(peer_id)
         if peer is None or not peer.state.connected:
             return
-        unsure = incarnation is None and peer_id in self._pending
-        if peer.incarnation == incarnation or (incarnation is None and not unsure):
+        if incarnation is not None:
+            if peer.incarnation == incarnation:
+                self.watched.add(peer_id)
+        elif address == peer.address and peer_id not in self._pending:
             self.watched.add(peer_id)
+        if peer_id in self.watched:
+            self._proven(peer)
 
     def on_link_down(self, peer_id: int, why: str, now: float) -> list[Effect]:
         """A link this worker opened to ``peer_id`` stopped reaching it."""
@@ -502,6 +509,8 @@ class PeerTable(Successors):
         for peer in list(self._members.values()):
             if not peer.state.connected and now - peer.changed_at > self.forget_after:
                 del self._members[peer.worker_id]
+                self._replaced.pop(peer.worker_id, None)
+                self._displaced.pop(peer.worker_id, None)
                 self._probed.pop(peer.worker_id, None)
                 effects.append(Forgotten(peer.worker_id))
         return [*effects, *self.heal(now)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from velo_event import EventHandle
 
@@ -28,16 +28,12 @@ from ._codec import pack
 from ._errors import PeerUnreachable
 from ._log import RateLimitedLog
 from ._select import protocol as p
+from ._update_chunks import HEADER_ALLOWANCE, chunks
 from .transport import LinkClosed, LinkError, LinkFull, LinkId, Transport
 
-__all__ = ["HEADER_ALLOWANCE", "Addressee", "Outbound"]
+__all__ = ["Addressee", "Outbound"]
 
 logger = logging.getLogger(__name__)
-
-#: Room left for the header frame when bounding a payload by ``max_message_size``.
-HEADER_ALLOWANCE: Final = 512
-# An update item's bytes besides its reason: array headers and a 16-byte handle (msgpack bin).
-_ITEM_BYTES: Final = 24
 
 
 class Addressee(Protocol):
@@ -87,6 +83,7 @@ class Outbound:
         self._owner: dict[LinkId, int] = {}  # our links whose peer is known
         self._superseded: dict[LinkId, int] = {}  # our links whose peer took another of ours
         self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
+        self._address: dict[LinkId, str] = {}  # our links -> the address dialed
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
         self._sends_on: dict[int, LinkId] = {}  # peer -> the link its last send took
         self._closed = False  # set by close(): the worker is going
@@ -125,6 +122,7 @@ class Outbound:
             raise PeerUnreachable(f"cannot connect to {address}: {error}") from None
         if link not in self._used:
             self._connecting[link] = now
+            self._address[link] = address
         self._used[link] = now
         if peer_id is not None and adopt:
             self._adopt(peer_id, link)
@@ -188,6 +186,32 @@ class Outbound:
                 logger.debug("cannot introduce link %s again: %s", link.hex(), error)
         return self._owner.get(link)
 
+    def address_of(self, link: LinkId) -> str:
+        """The address ``link``, one of this worker's own, leads to: the one it was dialed
+        to, or the one its peer advertised once a handshake's answer proved who is there
+        (:meth:`reached`). Raises :class:`KeyError` for a link not this worker's."""
+        return self._address[link]
+
+    def reached(self, link: LinkId, address: str) -> None:
+        """A handshake's answer on ``link`` (ours) proved it reaches the member advertising
+        ``address``: the link leads there, however the address it was dialed to was spelled
+        (``localhost`` for ``127.0.0.1``, a seed's name for a wildcard bind's address)."""
+        if link in self._used:
+            self._address[link] = address
+
+    def replaced(self, peer_id: int, address: str) -> None:
+        """Another incarnation of ``peer_id``, at ``address``, took the place of the one
+        this worker knew: a link of the id's (its own, or one superseded on its way out) that
+        leads elsewhere reaches another process (or none), so it is closed; the link the old
+        one opened is forgotten."""
+        self._theirs.pop(peer_id, None)
+        self._sends_on.pop(peer_id, None)
+        own = self._own.get(peer_id)
+        superseded = [link for link, owner in self._superseded.items() if owner == peer_id]
+        for link in [*superseded, *([] if own is None else [own])]:
+            if self._address.get(link) != address:
+                self._close(link)
+
     def is_own(self, link: LinkId) -> bool:
         """Whether this worker opened ``link`` (and has not closed it)."""
         return link in self._used
@@ -233,6 +257,7 @@ class Outbound:
             del self._own[peer_id]
         self._dials.discard(link)
         self._superseded.pop(link, None)
+        self._address.pop(link, None)
         self._used.pop(link, None)
         self._up.discard(link)
         self._dialing.pop(link, None)
@@ -467,54 +492,8 @@ class Outbound:
     ) -> None:
         """The events layer's items for ``peer``, in as many messages as the item limit and
         ``max_message_size`` require. Raises :class:`PeerUnreachable`."""
-        for subscribe_part, done_part in _chunks(subscribe, done, self.max_message_size):
+        for subscribe_part, done_part in chunks(subscribe, done, self.max_message_size):
             frames = p.encode_updates(
                 self.worker_id, self.incarnation, peer.incarnation, subscribe_part, done_part
             )
             self.send_frames(peer.worker_id, frames)
-
-
-def _cost(item: p.EventDone) -> int:
-    """At most how many bytes a completion takes in a message (UTF-8: 4 bytes a character)."""
-    return _ITEM_BYTES + (0 if item.reason is None else 4 * len(item.reason))
-
-
-def _fitted(item: p.EventDone, budget: int) -> p.EventDone:
-    """A completion whose reason alone would not fit in a message, with its reason cut."""
-    if item.reason is None or _cost(item) <= budget:
-        return item
-    keep = max((budget - _ITEM_BYTES) // 4 - 40, 0)
-    return item._replace(reason=f"{item.reason[:keep]}… [cut to fit max_message_size]")
-
-
-def _chunks(
-    subscribe: Sequence[EventHandle], done: Sequence[p.EventDone], max_size: int
-) -> Iterable[tuple[tuple[EventHandle, ...], tuple[p.EventDone, ...]]]:
-    """Split update items into messages of at most ``MAX_EVENT_ITEMS`` items and
-    ``max_size`` bytes; the common case is one message."""
-    limit, budget = p.MAX_EVENT_ITEMS, max_size - HEADER_ALLOWANCE
-    count = len(subscribe) + len(done)
-    if count <= limit:
-        characters = sum([len(item.reason) for item in done if item.reason])
-        if count * _ITEM_BYTES + 4 * characters <= budget:
-            yield tuple(subscribe), tuple(done)
-            return
-    part_subscribe: list[EventHandle] = []
-    part_done: list[p.EventDone] = []
-    size = 0
-    for handle in subscribe:
-        if len(part_subscribe) >= limit or size + _ITEM_BYTES > budget:
-            yield tuple(part_subscribe), ()
-            part_subscribe, size = [], 0
-        part_subscribe.append(handle)
-        size += _ITEM_BYTES
-    for item in (_fitted(item, budget) for item in done):
-        cost = _cost(item)
-        count = len(part_subscribe) + len(part_done)
-        if count and (count >= limit or size + cost > budget):
-            yield tuple(part_subscribe), tuple(part_done)
-            part_subscribe, part_done, size = [], [], 0
-        part_done.append(item)
-        size += cost
-    if part_subscribe or part_done:
-        yield tuple(part_subscribe), tuple(part_done)

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable
 
 from . import _peers as ms
 from ._calls import CallTable
+from ._drops import Drops
 from ._errors import AMError, PeerLost, PeerUnreachable
 from ._flow import FlowControl
 from ._keys import KeyBindings
 from ._layers import HandlerExecution  # the chosen build's (the pure one is not loaded)
-from ._links import Claim, LinkTrust, Speaker, Verdict
+from ._links import LinkTrust, Speaker, Verdict
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._outbound import Outbound
@@ -45,10 +46,6 @@ PeerLostCallback = Callable[[int, str], None]
 
 _PROVE = int(p.HelloFlags.PROVE)
 _OBSERVER = int(p.HelloFlags.OBSERVER)
-_WHY: dict[Verdict, str] = {
-    Verdict.SPOOFED: "the link speaks for another worker",
-    Verdict.UNBOUND: "no handshake on its link",
-}
 
 
 class Shell:
@@ -90,6 +87,8 @@ class Shell:
         self._peer_of = outbound.peer_of
         self._keys = KeyBindings()
         self._stalls = StallWatch(table.worker_id, outbound.connect_timeout)
+        closing = self._closing
+        self._drops = Drops(table.worker_id, table.incarnation, outbound, counters, log, closing)
 
     # -- the transport's events ---------------------------------------------------------------
 
@@ -116,10 +115,10 @@ class Shell:
                 if speaker.worker_id == msg.src and speaker.incarnation == msg.src_incarnation:
                     self._from_peer(msg, link, time.monotonic())  # no handshake: skip _handle
                 else:
-                    self._spoofed(msg, Verdict.SPOOFED)
+                    self._drops.spoofed(msg, Verdict.SPOOFED)
                 return
             if self._outbound.is_own(link):  # a dial not answered yet: only its handshake
-                self._spoofed(msg, Verdict.UNBOUND)
+                self._drops.spoofed(msg, Verdict.UNBOUND)
                 return
         elif isinstance(msg, p.Hello | p.HelloAck) and not self._may_claim(msg, link):
             return  # a CURVE key bound to another worker: before the link is bound to it
@@ -148,11 +147,11 @@ class Shell:
             self._handle(msg, link)
         elif verdict is Verdict.CHALLENGE or verdict is Verdict.HOLD:
             if not self.trust.hold(link, msg, sum(map(len, frames))):
-                self._not_held(msg, link, speaker)
+                self._drops.not_held(msg, link, speaker)
             if verdict is Verdict.CHALLENGE:
                 self._challenge(link)
         else:
-            self._spoofed(msg, verdict)
+            self._drops.spoofed(msg, verdict)
 
     def _needs_proof(self, msg: p.Message) -> bool:
         """Whether a message on a link others opened names a member this worker knows, as
@@ -168,40 +167,6 @@ class Shell:
         """Whether membership knows the handshake's sender as that incarnation."""
         known = self._membership.get(msg.src)
         return known is not None and known.incarnation == msg.src_incarnation
-
-    def _spoofed(self, msg: p.Message, verdict: Verdict) -> None:
-        if self.goodbyes_answered is not None:  # late words to a worker saying goodbye
-            logger.debug("dropping %s after goodbye", type(msg).__name__)
-            return
-        self._counters["messages_spoofed"] += 1
-        self._log.warning(
-            "spoofed",
-            "dropping %s naming worker %#x: %s",
-            type(msg).__name__,
-            msg.src,
-            _WHY[verdict],
-            peer=msg.src,
-        )
-
-    def _not_held(self, msg: p.Message, link: LinkId, speaker: Speaker) -> None:
-        """A message past what a claim may hold while it is proven (its sender's receive
-        budget): a request is refused as the budget refuses it, answered ``BUSY`` on its link
-        (only whoever spoke there hears it); anything else is dropped. Both are counted."""
-        why = "past what its link may hold while its claim to be that worker is proven"
-        if isinstance(msg, p.Request):
-            self._counters["refused_busy"] += 1
-            text = f"worker {self._worker_id:#x} holds too much of this link's traffic: {why}"
-            me, inc, busy = self._worker_id, self._membership.incarnation, p.ErrorCode.BUSY
-            # On that link only, never by another: the real member's calls are not the
-            # business of a stranger that claimed its link.
-            answer = p.ErrorResponse(
-                me, inc, speaker.incarnation, msg.msg_id, busy, "PeerBusy", text, ""
-            )
-            self._outbound.send_on(link, answer)
-        else:
-            self._counters["dropped_held"] += 1
-        what = f"{type(msg).__name__} naming worker {msg.src:#x}"
-        self._log.warning("held", "dropping %s: %s", what, why, peer=msg.src)
 
     def _challenge(self, link: LinkId) -> None:
         """Ask the member a claim on ``link`` names to prove it, on this worker's own link
@@ -248,18 +213,7 @@ class Shell:
             for msg in claim.held:
                 self._handle(msg, link)
         else:
-            self._refuted(claim, "its answer came on another link")
-
-    def _refuted(self, claim: Claim[p.Message], why: str) -> None:
-        self._counters["messages_spoofed"] += len(claim.held)
-        self._log.warning(
-            "spoofed",
-            "dropping %d message(s) naming worker %#x: their link's claim was refuted (%s)",
-            len(claim.held),
-            claim.speaker.worker_id,
-            why,
-            peer=claim.speaker.worker_id,
-        )
+            self._drops.refuted(claim, "its answer came on another link")
 
     def _handle(self, msg: p.Message, link: LinkId) -> None:
         """A message its link speaks for: handed to the layer it concerns."""
@@ -281,9 +235,11 @@ class Shell:
             known = self._known_as(msg)
             if known:
                 self._outbound.heard(msg.src, link, now)
+                self._outbound.reached(link, msg.address)  # however it was dialed
             self.apply(effects)
             if known and self._outbound.is_up(link):  # it came up before we knew whose
-                self._membership.on_link_up(msg.src, msg.src_incarnation)
+                incarnation = msg.src_incarnation
+                self._membership.on_link_up(msg.src, address=msg.address, incarnation=incarnation)
             self._bind_if_admitted(msg, key)
             return
         self._from_peer(msg, link, now)
@@ -336,7 +292,7 @@ class Shell:
         peer_id = self._outbound.link_up(link)
         logger.debug("link %s up (to %s)", link.hex(), peer_id, extra=fields(self._worker_id))
         if peer_id is not None:
-            self._membership.on_link_up(peer_id)
+            self._membership.on_link_up(peer_id, address=self._outbound.address_of(link))
 
     def link_down(self, link: LinkId, why: str, *, refused: bool = False) -> None:
         peer_id = self._outbound.link_down(link)
@@ -369,23 +325,11 @@ class Shell:
     def refused(self, link: LinkId, what: str) -> None:
         """The transport dropped a message unread: over ``max_message_size``, or of more
         frames than the protocol's two."""
-        self._counters["dropped_oversized"] += 1
-        self._log.warning(
-            "oversized",
-            "dropping a message of %s on link %s: a message has at most 2 frames and %d bytes",
-            what,
-            link.hex(),
-            self._outbound.max_message_size,
-        )
+        self._drops.oversized(link, what)
 
     def inbound_ended(self, peer: str, cut: str | None) -> None:
         """A connection from ``peer`` ended; ``cut``: the transport cut it, and why."""
-        if cut is None:
-            self._counters["connections_ended"] += 1
-            logger.debug("inbound connection from %s ended", peer, extra=fields(self._worker_id))
-            return
-        self._counters["connections_cut"] += 1
-        self._log.warning("cut", "cut the connection from %s: %s", peer, cut)
+        self._drops.inbound_ended(peer, cut)
 
     def _on_rejected(self, msg: p.Message, link: LinkId, rejected: ms.Rejected) -> None:
         self._counters[rejected.counter] += 1
@@ -399,6 +343,9 @@ class Shell:
         self.apply(rejected.effects)
 
     # -- closing --------------------------------------------------------------------------------
+
+    def _closing(self) -> bool:
+        return self.goodbyes_answered is not None
 
     def fail_waiting(self, error: AMError) -> None:
         """This worker is closing: its calls in flight and its sends waiting for room fail."""
@@ -450,7 +397,7 @@ class Shell:
         handshake = 0.0 if self.routes is None else self.routes.handshake_timeout
         patience = max(handshake, self._outbound.connect_timeout)
         for claim in self.trust.expire(now, patience):
-            self._refuted(claim, "no answer to the challenge")
+            self._drops.refuted(claim, "no answer to the challenge")
         known = self._membership.get
         self.trust.retain(lambda worker_id: known(worker_id) is not None, now, patience)
         self._keys.retain(lambda worker_id: known(worker_id) is not None)
@@ -486,8 +433,11 @@ class Shell:
             elif isinstance(effect, ms.Forgotten):
                 self._remote_events.on_peer_forgotten(effect.peer_id)
                 self._flow.receipts.forget(effect.peer_id)
-                if self._membership.get(effect.peer_id) is None:  # not replaced: gone
+                successor = self._membership.get(effect.peer_id)
+                if successor is None:  # not replaced: gone
                     self._keys.release(effect.peer_id)
+                else:  # the id's links speak for the one replaced
+                    self._outbound.replaced(effect.peer_id, successor.address)
             elif isinstance(effect, ms.ScheduleGossip):
                 if not self._gossip_scheduled:
                     self._gossip_scheduled = True

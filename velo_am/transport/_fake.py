@@ -62,6 +62,7 @@ class FakeNetwork:
 
     def __init__(self) -> None:
         self._listeners: dict[str, FakeTransport] = {}
+        self._aliases: dict[str, str] = {}
         self._next = 0
         #: ``(address, frames) -> bool``, asked about every message (and heartbeat) going to
         #: ``address``; False drops it.
@@ -84,8 +85,13 @@ class FakeNetwork:
     def unbind(self, address: str) -> None:
         self._listeners.pop(address, None)
 
+    def alias(self, other: str, address: str) -> None:
+        """``other`` is another spelling of ``address`` (a host name for an IP address):
+        what goes to ``other`` reaches whoever listens at ``address``, now or later."""
+        self._aliases[other] = address
+
     def listener(self, address: str) -> FakeTransport | None:
-        return self._listeners.get(address)
+        return self._listeners.get(self._aliases.get(address, address))
 
     def passes(self, address: str, frames: list[bytes]) -> bool:
         return self.filter is None or self.filter(address, frames)
@@ -93,7 +99,7 @@ class FakeNetwork:
     def deliver(self, address: str, frames: list[bytes]) -> None:
         """Hand ``frames`` to whoever listens at ``address`` (through ``filter``), as if on
         a link nobody opened before; lost if nobody listens."""
-        target = self._listeners.get(address)
+        target = self.listener(address)
         if target is not None and self.passes(address, frames):
             target.inject(frames)
 

@@ -187,10 +187,16 @@ class HandlerExecution:
         exception handler, which reports it, and the jobs left run in a callback of their own.
         Statistics (``requests_handled``, the budget held, the unfinished sends) lag by the
         row not settled yet while a handler runs: a call handler reading them (``_inspect``'s)
-        may miss up to one row of sends that already ran."""
+        may miss up to one row of sends that already ran.
+
+        One clock read per send: a send's end is the next job's start (only the loop's own
+        bookkeeping lies between); after anything else (a call's reply, a failure, a settle,
+        which may send a credit) the next job reads the clock afresh."""
         jobs, next_job, clock = self._jobs, self._jobs.popleft, time.perf_counter
         sender: Addressee | None = None  # of the row of sends not settled yet
         sends = held = due = 0  # how many, the bytes of their payloads, where the row ends
+        started = 0.0
+        fresh = False  # whether ``started`` is the end of the send just run
         try:
             while jobs:
                 spec, peer, msg, link = next_job()
@@ -199,7 +205,10 @@ class HandlerExecution:
                     # nothing for the finally to settle a second time.
                     row, row_held, sends, held = sends, held, 0, 0
                     self._settle(sender, row, row_held)
-                started = clock()
+                    fresh = False
+                if not fresh:
+                    started = clock()
+                fresh = False
                 try:
                     payload = unpack(msg.payload)
                 except Exception as error:
@@ -229,7 +238,8 @@ class HandlerExecution:
                 elif msg.reply:
                     self._reply(spec, peer, msg, link, result, started)
                 else:  # a send that ran: timed now, settled with its row
-                    spec.timer.record(clock() - started, False)
+                    ended = clock()
+                    spec.timer.record(ended - started, False)
                     if not sends:
                         sender, due = peer, self._receipts.due(peer)
                     sends += 1
@@ -237,6 +247,8 @@ class HandlerExecution:
                     if sends >= due:
                         row, row_held, sends, held = sends, held, 0, 0
                         self._settle(sender, row, row_held)
+                    else:
+                        started, fresh = ended, True
         finally:
             try:
                 if sends:

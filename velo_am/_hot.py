@@ -12,7 +12,7 @@ from typing import Final
 __all__ = ["DEPENDENCIES", "DIGEST_NAME", "HOT_MODULES", "sources_digest"]
 
 #: In the order they import each other.
-HOT_MODULES: Final = ("_protocol", "_budget", "_receipts", "_execution")
+HOT_MODULES: Final = ("_protocol", "_budget", "_receipts", "_execution", "_drain")
 #: The package's other modules the hot set imports at run time: mypyc copies their constants
 #: (``Final`` names) into the compiled code, so a build is as old as they are too.
 DEPENDENCIES: Final = ("_codec", "_handlers", "_header_limits", "_log", "_messages")

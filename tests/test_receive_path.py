@@ -88,10 +88,21 @@ def test_the_zmq_transports_receive_loop_is_the_chosen_builds() -> None:
     assert _zmq.Receiver.__module__ == f"{package}._drain"
 
 
-async def run_sends(plan: list[tuple[str, int, bool, float]]) -> tuple[HandlerRegistry, FakeClock]:
+async def run_sends(
+    plan: list[tuple[str, int, bool, float]], recording_takes: float = 0.0
+) -> tuple[HandlerRegistry, FakeClock]:
     """Each (handler, sender index, reply, seconds it takes) dispatched, then run in the one
-    sync-job callback under a fake clock; the registry (its statistics) and the clock."""
+    sync-job callback under a fake clock; the registry (its statistics) and the clock.
+    ``recording_takes``: the seconds each recording of a row's times into a timer takes (no
+    handler's own time)."""
     clock = FakeClock()
+    record_runs = HandlerTimer.record_runs
+
+    def slow_record_runs(
+        timer: HandlerTimer, runs: int, seconds: float, longest: float, buckets: list[int]
+    ) -> None:
+        clock.now += recording_takes
+        record_runs(timer, runs, seconds, longest, buckets)
 
     def takes(payload: Any, context: CallContext) -> None:
         clock.take(payload)
@@ -102,13 +113,14 @@ async def run_sends(plan: list[tuple[str, int, bool, float]]) -> tuple[HandlerRe
 
     out = StubOutbound()
     registry = HandlerRegistry()
-    for name, fn in {"a": takes, "b": takes, "fail": fails}.items():
+    for name, fn in {"a": takes, "b": takes, "c": takes, "fail": fails}.items():
         registry.register(name, fn, ordered=False, replace=False)
     receipts = ReceiveWindows(4096, out)  # type: ignore[arg-type]  # a credit every 1,024
     log = RateLimitedLog(logging.getLogger("test_receive_path"), out.worker_id)
     execution = HandlerExecution(registry, out, new_counters(), log, receipts)  # type: ignore[arg-type]
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr("time.perf_counter", clock)
+        monkeypatch.setattr(HandlerTimer, "record_runs", slow_record_runs)
         for msg_id, (handler, who, reply, seconds) in enumerate(plan, start=1):
             msg = request(SENDERS[who], msg_id, handler, reply, pack(seconds))
             execution.dispatch(SENDERS[who], msg, b"link")
@@ -128,6 +140,17 @@ def test_a_row_of_sends_times_each_as_one_by_one() -> None:
     plan = [("a", 0, False, seconds) for seconds in BOUNDARY_TIMES]
     registry, clock = asyncio.run(run_sends(plan))
     same_stats(registry.stats()["a"], stats_of(clock.taken))
+
+
+def test_recording_a_rows_times_is_no_part_of_the_next_send() -> None:
+    """A send of another handler records the row before it after its end is read: that
+    recording's time is charged to no send (it was to the send after, here ``c``)."""
+    plan = [("a", 0, False, 1e-6)] * 5 + [("b", 0, False, 2e-6), ("c", 0, False, 3e-6)]
+    registry, clock = asyncio.run(run_sends(plan, recording_takes=1.0))
+    stats = registry.stats()
+    same_stats(stats["a"], stats_of(clock.taken[:5]))
+    same_stats(stats["b"], stats_of(clock.taken[5:6]))
+    same_stats(stats["c"], stats_of(clock.taken[6:]))
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -161,8 +184,8 @@ def test_mixed_rows_time_every_handler_as_one_by_one(
 ) -> None:
     """Sends and calls of two handlers and a failing one, from two senders (rows broken by a
     sender, a failure, a handler change): each handler's statistics as if recorded one by
-    one."""
-    registry, clock = asyncio.run(run_sends(plan))
+    one, the time spent recording them charged to none."""
+    registry, clock = asyncio.run(run_sends(plan, recording_takes=7.0))
     got = registry.stats()
     for name in ("a", "b", "fail"):
         runs = [

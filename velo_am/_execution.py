@@ -87,9 +87,12 @@ class _RunTimes:
         self._longest = 0.0
         self._buckets: list[int] = []
 
-    def add(self, timer: HandlerTimer, seconds: float) -> None:
+    def add(self, timer: HandlerTimer, seconds: float) -> bool:
+        """A run of ``timer``'s handler took ``seconds``: whether the runs of another handler
+        were recorded first (time the caller must not charge to the next run)."""
+        flushed = False
         if timer is not self._timer:
-            self.flush()
+            flushed = self.flush()
             self._timer = timer
         self._runs += 1
         self._seconds += seconds
@@ -99,13 +102,17 @@ class _RunTimes:
         while index < _LAST_BOUND and _BOUNDS[index] < seconds:
             index += 1
         self._buckets.append(index)
+        return flushed
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Record the runs not recorded yet into their timer: whether there were any."""
         timer, runs = self._timer, self._runs
-        if timer is not None and runs:
-            seconds, longest, buckets = self._seconds, self._longest, self._buckets
-            self._runs, self._seconds, self._longest, self._buckets = 0, 0.0, 0.0, []
-            timer.record_runs(runs, seconds, longest, buckets)
+        if timer is None or not runs:
+            return False
+        seconds, longest, buckets = self._seconds, self._longest, self._buckets
+        self._runs, self._seconds, self._longest, self._buckets = 0, 0.0, 0.0, []
+        timer.record_runs(runs, seconds, longest, buckets)
+        return True
 
 
 class HandlerExecution:
@@ -234,7 +241,8 @@ class HandlerExecution:
 
         One clock read per send: a send's end is the next job's start (only the loop's own
         bookkeeping lies between); after anything else (a call's reply, a failure, a settle,
-        which may send a credit) the next job reads the clock afresh."""
+        which may send a credit, recording the previous handler's row of times) the next job
+        reads the clock afresh."""
         jobs, next_job, clock = self._jobs, self._jobs.popleft, time.perf_counter
         sender: Addressee | None = None  # of the row of sends not settled yet
         sends = held = due = 0  # how many, the bytes of their payloads, where the row ends
@@ -268,10 +276,12 @@ class HandlerExecution:
                 try:
                     result = spec.fn(payload, context)
                 except BaseException as error:
-                    if sends:
+                    ended = None
+                    if sends:  # timed first: settling the row (its times, a credit) is not its
+                        ended = clock()
                         row, row_held, sends, held = sends, held, 0, 0
                         self._settle(sender, row, row_held)
-                    self._handler_failed(spec, peer, msg, link, error, started)
+                    self._handler_failed(spec, peer, msg, link, error, started, ended)
                     if isinstance(error, (Exception, asyncio.CancelledError)):
                         continue
                     raise  # KeyboardInterrupt, SystemExit: settled all the same, then let go
@@ -282,7 +292,7 @@ class HandlerExecution:
                     self._reply(spec, peer, msg, link, result, started)
                 else:  # a send that ran: timed now, settled with its row
                     ended = clock()
-                    self._times.add(spec.timer, ended - started)
+                    recorded = self._times.add(spec.timer, ended - started)
                     if not sends:
                         sender, due = peer, self._receipts.due(peer)
                     sends += 1
@@ -290,7 +300,7 @@ class HandlerExecution:
                     if sends >= due:
                         row, row_held, sends, held = sends, held, 0, 0
                         self._settle(sender, row, row_held)
-                    else:
+                    elif not recorded:
                         started, fresh = ended, True
         finally:
             try:
@@ -409,10 +419,12 @@ class HandlerExecution:
         link: LinkId,
         error: BaseException,
         started: float,
+        ended: float | None = None,
     ) -> None:
+        """The handler failed (``ended``: when, if not now)."""
         self._budget.release(peer.worker_id, len(msg.payload))
         self._counters["requests_failed"] += 1
-        spec.timer.record(time.perf_counter() - started, True)
+        spec.timer.record((time.perf_counter() if ended is None else ended) - started, True)
         if not msg.reply:
             self._receipts.finished(peer)
             logger.error(

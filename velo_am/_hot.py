@@ -1,7 +1,8 @@
 """velo_am's hot set: the modules of the wire's per-message path the compiled build covers
-(decode and encode, admission, received sends' credits, handler execution), and the digest of their
-sources that a compiled build records, so an import can tell a build older than the sources
-beside it and not use it. Imports nothing of the package: setup.py loads it by path."""
+(the ZeroMQ transport's receive loop, decode and encode, admission, received sends' credits,
+handler execution), and the digest of their sources that a compiled build records, so an
+import can tell a build older than the sources beside it and not use it. Imports nothing of
+the package: setup.py loads it by path."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import importlib
-import importlib.util
 import logging
 from typing import Any
 
@@ -36,13 +35,9 @@ BOUNDARY_TIMES = [
 ]
 
 
-#: The builds of handler execution in this install: the pure one, and the compiled one if built.
-BUILDS = [
-    module
-    for module in ("velo_am._execution", "velo_am._compiled._execution")
-    if importlib.util.find_spec(module.rpartition(".")[0]) is not None
-    and importlib.util.find_spec(module) is not None
-]
+#: The packages of velo_am's hot set in use: the pure one, and the compiled one if chosen (a
+#: stale compiled build, refused at import, is not; nor under VELO_PURE).
+BUILDS = ["velo_am", *(["velo_am._compiled"] if velo_am.COMPILED else [])]
 
 
 class FakeClock:
@@ -157,7 +152,7 @@ def test_recording_a_rows_times_is_no_part_of_the_next_send() -> None:
 def test_the_row_times_put_each_run_in_the_timers_bucket(build: str) -> None:
     """Each bound exactly, just above it, below the first and past the last: the bucket
     ``HandlerTimer.record`` would choose (``bisect_left``), in each build."""
-    run_times = importlib.import_module(build)._RunTimes()
+    run_times = importlib.import_module(f"{build}._execution")._RunTimes()
     timer = HandlerTimer()
     for seconds in BOUNDARY_TIMES:
         run_times.add(timer, seconds)

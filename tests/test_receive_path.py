@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_execution_rows import SENDERS, StubOutbound, request
@@ -81,6 +82,37 @@ def same_stats(got: HandlerStats, want: HandlerStats) -> None:
 def test_the_zmq_transports_receive_loop_is_the_chosen_builds() -> None:
     package = "velo_am._compiled" if velo_am.COMPILED else "velo_am"
     assert _zmq.Receiver.__module__ == f"{package}._drain"
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_failed_delivery_is_logged_as_the_transports_in_each_build(
+    build: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receive loop's module name differs between the builds; what a user's logging
+    configuration sees of it does not: the transport's logger."""
+    drain = importlib.import_module(f"{build}._drain")
+
+    def deliver(link: bytes, frames: list[bytes]) -> None:
+        raise RuntimeError("deliver failed")
+
+    receiver = drain.Receiver(deliver, deliver, {}, 1 << 20, 4, 0)
+    context = zmq.Context()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    try:
+        for socket in (router, dealer):
+            socket.setsockopt(zmq.LINGER, 0)
+        router.bind("inproc://receive-path")
+        dealer.connect("inproc://receive-path")
+        dealer.send(b"hello")
+        assert router.poll(10_000), "the message never arrived"
+        with caplog.at_level(logging.ERROR):
+            assert receiver.drain(router, 8, {}, {}) == drain.EMPTY
+    finally:
+        router.close()
+        dealer.close()
+        context.term()
+    failures = [r for r in caplog.records if r.getMessage() == "inbound message handler failed"]
+    assert [record.name for record in failures] == [_zmq.__name__]
 
 
 async def run_sends(

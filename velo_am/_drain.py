@@ -13,7 +13,9 @@ import zmq
 
 __all__ = ["EMPTY", "FULL", "Receiver"]
 
-logger = logging.getLogger(__name__)
+# The transport's logger, not this module's (``velo_am._drain`` or ``velo_am._compiled._drain``
+# by build): what the transport logs has one name, whichever build of its loop is in use.
+logger = logging.getLogger("velo_am.transport._zmq")
 
 #: What :meth:`Receiver.drain` found: nothing left to read, or a whole batch read (more may
 #: wait).

@@ -110,6 +110,17 @@ class HandlerTimer:
             self.max = seconds
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
+    def record_runs(self, runs: int, seconds: float, longest: float, buckets: list[int]) -> None:
+        """``runs`` runs that did not fail, of ``seconds`` in all, the longest ``longest``, in
+        the buckets ``buckets`` lists (one index a run, as :meth:`record` finds it)."""
+        self.calls += runs
+        self.total += seconds
+        if longest > self.max:  # noqa: PLR1730
+            self.max = longest
+        counts = self.buckets
+        for index in buckets:
+            counts[index] += 1
+
     def snapshot(self, name: str) -> HandlerStats:
         return HandlerStats(
             name, self.calls, self.errors, self.total, self.max, tuple(self.buckets)

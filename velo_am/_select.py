@@ -1,7 +1,8 @@
 """Which build of velo_am's hot set is in use: the compiled one (``velo_am._compiled``, built
 by mypyc where a C compiler was found) unless ``VELO_PURE`` asks for the pure one (the same
 variable as velo_event's: one switch for both packages) or it is missing or older than its
-sources; ``protocol``, the chosen build's wire codec (``_layers`` picks the rest of the set).
+sources; ``protocol``, the chosen build's wire codec (``_layers`` picks the rest of the set
+but the ZeroMQ transport's receive loop, ``_drain``, which ``transport/_zmq.py`` picks itself).
 Both builds share the pure modules outside the hot set (messages, errors, handlers), so their
 messages and exceptions are the same objects whichever build is in use (the hot set's own
 classes, such as ``Serving``, are the chosen build's)."""

@@ -29,11 +29,12 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .._select import COMPILED
 from ._addresses import (
     Interface,
     advertised_address,
@@ -47,6 +48,11 @@ from ._inbound import FRAMING, WATCH_EVERY, InboundWatch
 from ._outgoing import FAILED, REDIAL_EVERY, WATCHED, Outgoing
 from ._security import Plaintext, ZmqSecurity
 
+if TYPE_CHECKING or not COMPILED:
+    from .._drain import EMPTY, Receiver
+else:
+    from .._compiled._drain import EMPTY, Receiver
+
 __all__ = ["ZmqTransport"]
 
 logger = logging.getLogger(__name__)
@@ -58,12 +64,10 @@ _DRAIN_BATCH: Final = 512
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 # The compiled socket's methods, called directly: the hot path skips pyzmq's Python wrappers.
 _send_frame: Final = zmq.backend.Socket.send
-_recv_frame: Final = zmq.backend.Socket.recv
 _get_option: Final = cast(Callable[[zmq.Socket[bytes], int], int], zmq.backend.Socket.get)
 _MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = zmq.EVENTS
 _POLLIN: Final = int(zmq.POLLIN)
-_SRCFD: Final = zmq.SRCFD
 
 
 class ZmqTransport:
@@ -114,9 +118,7 @@ class ZmqTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: TransportEvents | None = None
         self._drain_scheduled = False
-        # The message being delivered: its link and first frame (what it proved is read from
-        # the frame only if asked, at a handshake).
-        self._delivering: tuple[LinkId, zmq.Frame] | None = None
+        self._receiver: Receiver | None = None  # the receive loop, made at start
         self._draining = False  # a drain is delivering: sends leave the last look to it
         self._ids = itertools.count(1)
         self._outgoing: dict[LinkId, Outgoing] = {}
@@ -140,6 +142,14 @@ class ZmqTransport:
     ) -> str:
         self._loop = loop
         self._events = events
+        self._receiver = Receiver(
+            events.message,
+            self._refused,
+            self._deliveries,
+            self._max_message_size,
+            self._max_frames,
+            FRAMING,
+        )
         self._identity = identity
         self._interfaces = local_interfaces()
         bind = listen_endpoint(self._bind, self._interface, self._interfaces)
@@ -349,7 +359,7 @@ class ZmqTransport:
         outgoing = self._outgoing.get(link)
         if outgoing is not None:
             return outgoing.identity
-        delivering = self._delivering
+        delivering = None if self._receiver is None else self._receiver.delivering
         if delivering is None or delivering[0] != link:
             return None
         return self.security.peer_identity(delivering[1])
@@ -376,71 +386,32 @@ class ZmqTransport:
             self._drain()
 
     def _drain(self) -> None:
-        router, events = self._router, self._events
-        if router is None or events is None:
+        router, receiver = self._router, self._receiver
+        if router is None or receiver is None:
             return
         self._draining = True
         try:
-            self._drain_batch(router, events)
+            self._drain_batch(router, receiver)
         finally:
             self._draining = False
 
-    def _drain_batch(self, router: zmq.Socket[bytes], events: TransportEvents) -> None:
-        """Read and deliver up to ``_DRAIN_BATCH`` messages. After the first, ``ZMQ_EVENTS``
-        says whether more wait: a lone message (the latency case) ends the drain there,
-        without the ``zmq.Again`` a failed receive raises (an exception costs twice the
-        look); a burst is read until ``zmq.Again``, one look and one exception in all."""
-        recv, get = _recv_frame, _get_option
-        renamed = self._link_of
-        deliver = events.message
-        watched, deliveries = self._inbound.ledger.by_fd, self._deliveries
-        max_size, max_frames = self._max_message_size, self._max_frames
-        for count in range(_DRAIN_BATCH):
-            try:
-                # The look also consumes any edge a send made while delivering: nothing is
-                # left unseen.
-                if count == 1 and not get(router, _EVENTS) & _POLLIN:
-                    if self._watch_due:
-                        self._check_inbound()
-                    return
-                link = recv(router, _NOBLOCK)
-                frame = first = recv(router, _NOBLOCK, False)
-                parts = [frame]
-                size, frames = len(frame), 1
-                while frame.more:
-                    frame = recv(router, _NOBLOCK, False)
-                    size += len(frame)
-                    frames += 1
-                    if frames <= max_frames:  # frames past those are counted, never kept
-                        parts.append(frame)
-            except zmq.Again:
-                if self._watch_due:
-                    self._check_inbound()
-                return
-            except zmq.ZMQError as error:
-                logger.warning("receive failed: %s", error)
-                return
-            if watched:
-                delivery = deliveries.get(link)
-                if delivery is None:
-                    delivery = deliveries[link] = [first.get(_SRCFD), 0, 0]
-                delivery[1] += size + FRAMING * frames
-                delivery[2] += 1
-            if renamed:
-                link = renamed.get(link, link)
-            self._delivering = (link, first)
-            try:
-                if size > max_size or frames > max_frames:
-                    events.refused(link, f"{frames} frames, {size} bytes")
-                elif frames == 2:  # nearly every message: no comprehension (a call in 3.11)
-                    deliver(link, [first.bytes, frame.bytes])
-                else:
-                    deliver(link, [part.bytes for part in parts])
-            except Exception:
-                logger.exception("inbound message handler failed")
-            finally:
-                self._delivering = None
-        self._schedule_drain()  # more may be queued; let other tasks run first
+    def _drain_batch(self, router: zmq.Socket[bytes], receiver: Receiver) -> None:
+        """Read and deliver up to ``_DRAIN_BATCH`` messages (:mod:`velo_am._drain`'s loop,
+        compiled with the hot set); the inbound connections are checked once none is left."""
+        try:
+            found = receiver.drain(router, _DRAIN_BATCH, self._inbound.ledger.by_fd, self._link_of)
+        except zmq.ZMQError as error:
+            logger.warning("receive failed: %s", error)
+            return
+        if found == EMPTY:
+            if self._watch_due:
+                self._check_inbound()
+        else:
+            self._schedule_drain()  # more may be queued; let other tasks run first
+
+    def _refused(self, link: LinkId, what: str) -> None:
+        if self._events is not None:
+            self._events.refused(link, what)
 
     def _drain_monitor(self) -> None:
         monitor, events = self._monitor, self._events

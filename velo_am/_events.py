@@ -49,7 +49,8 @@ from velo_event.lowlevel import (
 
 from ._errors import AMError, RemoteError
 from ._leases import Broken, LeaseTable, check_lease_seconds
-from ._remote import Messenger, RemoteEvents, read_status_reply
+from ._messenger import Messenger, read_status_reply
+from ._remote import RemoteEvents
 from ._waiting import Asker, ask_from_any_loop, ask_from_thread, ask_owners
 
 __all__ = ["DistributedEvents", "event_core"]

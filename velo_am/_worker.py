@@ -30,12 +30,12 @@ from ._flow import FlowControl
 from ._handlers import Handler, HandlerRegistry, HandlerStats
 from ._inspect import serve_inspect
 from ._launchers import FromEnv, wait_for_world
-from ._layers import HandlerExecution, Serving
+from ._layers import HandlerExecution, RemoteEvents, Serving
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
+from ._messenger import Messenger
 from ._metrics import MetricsServer, start_metrics_server
 from ._outbound import Outbound
-from ._remote import Messenger, RemoteEvents
 from ._routes import Routes
 from ._shell import PeerLostCallback, Shell
 from ._signals import run_until_signalled

@@ -76,6 +76,10 @@ _new_tuple = tuple.__new__
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: The longest wait between two repeats of one pending subscription, in seconds.
 _MAX_RESUBSCRIBE_INTERVAL: Final = 600.0
+#: Bits of a handle (``EventHandle``'s layout), read here without its properties (an
+#: interpreted call each, several a hop): the local flag (``is_local``) and the generation.
+_LOCAL_BIT: Final = 1 << 63
+_GENERATION_BITS: Final = (1 << 32) - 1
 
 
 def _sendable(reason: str) -> str:
@@ -105,6 +109,8 @@ class RemoteEvents:
         self._counters = counters
         self._cache_size = cache_size
         self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
+        # Bound once: the hops take it as acquire/release (a compiled `with` looks both up).
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
         self._completed: OrderedDict[EventHandle, str | None] = OrderedDict()
         # Owner side: what each subscriber waits on here, dropped when it completes, or when
@@ -114,7 +120,9 @@ class RemoteEvents:
         self._owed: dict[int, list[EventDone]] = {}
         # Subscribe and done items per peer, flushed as one message per loop iteration.
         self._outbox: dict[int, tuple[list[EventHandle], list[EventDone]]] = {}
-        self._flush_scheduled = False
+        self._scheduled_flush: asyncio.Handle | None = None
+        # The core's wake callback for subscriptions, bound once (not once per subscription).
+        self._notify_callback: WakeCallback = self._notify
         # The loop, and the thread once seen running it: a call there while it runs needs no
         # asyncio.get_running_loop() (a getpid() system call on CPython 3.11), twice a hop.
         self._home: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
@@ -127,7 +135,7 @@ class RemoteEvents:
         owner = handle >> 64
         if owner == self._system_id:
             return None
-        if handle.is_local:
+        if handle & _LOCAL_BIT:
             raise ForeignHandleError(
                 f"Handle {handle} is local to another process's LocalEventSystem; "
                 "only distributed handles travel between workers"
@@ -145,10 +153,13 @@ class RemoteEvents:
         return self._known(handle)
 
     def _known(self, handle: EventHandle) -> Answer:
-        if not handle.generation:
+        if not handle & _GENERATION_BITS:
             return None  # generation 0 is always complete
-        with self._lock:
+        self._acquire()
+        try:
             return self._completed.get(handle, PENDING)
+        finally:
+            self._release()
 
     def check_inputs(self, handles: Iterable[EventHandle]) -> None:
         for handle in handles:
@@ -158,9 +169,10 @@ class RemoteEvents:
         owner = self.owner_of(handle)
         if owner is None:
             return self._core.add_waiter(handle, key, callback)
-        if not handle.generation:
+        if not handle & _GENERATION_BITS:
             return None
-        with self._lock:
+        self._acquire()
+        try:
             outcome = self._completed.get(handle, PENDING)
             if outcome is not PENDING:
                 return outcome
@@ -170,6 +182,8 @@ class RemoteEvents:
                 self._remote[handle] = {key: callback}
             else:
                 waiters[key] = callback
+        finally:
+            self._release()
         if first:
             try:
                 loop = self._elsewhere()
@@ -243,24 +257,29 @@ class RemoteEvents:
                 # flush). They stay in order; if they cannot go, the flush sends them (and
                 # reports it: not inside this subscribe); other peers' items wait for it.
                 try:  # (not contextlib.suppress: its object and calls cost a third of this)
-                    self._messenger.post(peer_id, *items)
+                    self._messenger.post(peer_id, subscribe, completed)
                 except AMError:
                     pass
                 else:
                     del self._outbox[peer_id]
+                    scheduled = self._scheduled_flush
+                    if scheduled is not None and not self._outbox:
+                        # Nothing left to flush: the loop skips the callback (a cancelled
+                        # handle is not run), once per hop of the ping-pong.
+                        scheduled.cancel()
+                        self._scheduled_flush = None
                     return True
         else:
             items[1].append(done)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._scheduled_flush is None:
             loop = self._messenger.loop()
             assert loop is not None
-            loop.call_soon(self.flush)
+            self._scheduled_flush = loop.call_soon(self.flush)
         return True
 
     def flush(self) -> None:
         """Send every queued item now."""
-        self._flush_scheduled = False
+        self._scheduled_flush = None
         outbox, self._outbox = self._outbox, {}
         for peer_id, (subscribe, done) in outbox.items():
             try:
@@ -327,14 +346,18 @@ class RemoteEvents:
         or unreachable, this worker closing), which is not: a later await asks again. A
         verdict already remembered stays: the owner's successor with a colliding tag may give
         its own, but one observer gives a handle one answer."""
-        with self._lock:
+        completed = self._completed
+        self._acquire()
+        try:
             waiters = self._remote.pop(handle, None)
-            if handle in self._completed:
-                outcome = self._completed[handle]
+            if handle in completed:
+                outcome = completed[handle]
             elif not isinstance(outcome, Unanswered):
-                self._completed[handle] = outcome  # a new key: it goes last
-                while len(self._completed) > self._cache_size:
-                    self._completed.popitem(last=False)
+                completed[handle] = outcome  # a new key: it goes last
+                if len(completed) > self._cache_size:
+                    completed.popitem(last=False)  # one in, one out
+        finally:
+            self._release()
         if waiters:
             wake_waiters(waiters, outcome)
 
@@ -388,14 +411,18 @@ class RemoteEvents:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed
         try:
             # Early: a generation this incarnation may still issue waits until it does.
-            outcome = self._core.add_early_waiter(handle, key, self._notify)
+            outcome = self._core.add_early_waiter(handle, key, self._notify_callback)
         except (UnknownEventError, InvalidGenerationError):
             # A slot or generation this incarnation never issued, nor will: a predecessor's.
             outcome = self._core.stale
         except EventError as error:
             outcome = f"owner refused the subscription: {error}"
         if outcome is PENDING:
-            self._served.setdefault(subscriber, set()).add(handle)
+            served = self._served.get(subscriber)
+            if served is None:
+                self._served[subscriber] = {handle}
+            else:
+                served.add(handle)
         else:
             self._send_done(subscriber, handle, outcome)  # type: ignore[arg-type]
 

@@ -183,7 +183,7 @@ class Worker(FromEnv):
         )
         messenger = Messenger(
             loop=lambda: self._loop,
-            is_connected=self.is_connected,
+            is_connected=self._membership.is_connected,
             peer_state=self._membership.state_of,
             is_observer=self._membership.is_observer,
             post=lambda peer_id, subscribe, done: self._outbound.event_updates(

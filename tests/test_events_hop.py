@@ -11,9 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import wait_until
 
+import velo_am
 from velo_am import Worker
-from velo_am._layers import RemoteEvents
+from velo_event import EventHandle, ForeignHandleError
 
 ROUNDS = 50
 
@@ -48,7 +50,7 @@ async def test_a_hop_asks_for_the_running_loop_once_per_worker_not_per_hop(
     a, b = await pair(make_worker)
     await asyncio.wait_for(ping_pong(a, b, 2), 10)  # connected both ways, loops seen
     asked = 0
-    remote = sys.modules[RemoteEvents.__module__]  # the build in use: pure, or compiled
+    remote = sys.modules[type(a._remote_events).__module__]  # the build in use
     running_loop = remote.running_loop
 
     def counted() -> asyncio.AbstractEventLoop | None:
@@ -61,3 +63,80 @@ async def test_a_hop_asks_for_the_running_loop_once_per_worker_not_per_hop(
     # Two per hop before (the trigger's done item, the await's subscription): 4 * ROUNDS.
     assert asked == 0, f"asked {asked} times in {ROUNDS} round trips"
     assert a.events.stats()["updates_received"] >= ROUNDS + 2
+
+
+async def test_the_compiled_build_covers_the_subscriptions_layer(
+    make_worker: Callable[..., Any],
+) -> None:
+    """Both ends of a remote event's hop (subscribe, done item, wake) run in the build in use:
+    compiled where velo_am's compiled build is, interpreted only in the pure one."""
+    worker = await make_worker(1)
+    module = type(worker._remote_events).__module__
+    assert module == ("velo_am._compiled._remote" if velo_am.COMPILED else "velo_am._remote")
+
+
+class CountedProperty:
+    """A property of ``EventHandle`` that counts its reads (and reads as the original)."""
+
+    def __init__(self, original: property) -> None:
+        self.original = original
+        self.reads = 0
+
+    def __get__(self, handle: EventHandle, owner: type | None = None) -> Any:
+        self.reads += 1
+        return self.original.__get__(handle, owner)
+
+
+async def test_a_hop_reads_no_handle_property(
+    make_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subscriptions layer reads a handle's local flag and generation as bits: each
+    ``EventHandle`` property is an interpreted call, and a hop made four of them."""
+    a, b = await pair(make_worker)
+    await asyncio.wait_for(ping_pong(a, b, 2), 10)
+    counted = {
+        name: CountedProperty(vars(EventHandle)[name]) for name in ("is_local", "generation")
+    }
+    for name, prop in counted.items():
+        monkeypatch.setattr(EventHandle, name, prop)
+    await asyncio.wait_for(ping_pong(a, b, ROUNDS), 20)
+    assert {name: prop.reads for name, prop in counted.items()} == {"is_local": 0, "generation": 0}
+    # A remote handle of another process's local system is still refused.
+    foreign = EventHandle.from_parts(7, 1, 1, local=True)
+    with pytest.raises(ForeignHandleError):
+        a.events.awaiter(foreign)
+    assert a.events.stats()["updates_received"] >= ROUNDS + 2
+
+
+async def test_an_early_send_leaves_no_flush_to_run(make_worker: Callable[..., Any]) -> None:
+    """A trigger then an await of the peer's event (the ping-pong a user writes) sends the done
+    item and the subscription at once, together: the flush the done item scheduled has
+    nothing left to send, and is cancelled rather than run by the loop's next iteration."""
+    a, b = await pair(make_worker)
+    await asyncio.wait_for(ping_pong(a, b, 2), 10)  # connected both ways
+    ping, pong = a.events.new_event(), b.events.new_event()
+    subscribed = asyncio.get_running_loop().create_future()
+
+    async def respond() -> None:  # B awaits the ping (subscribed before A triggers)
+        subscribed.set_result(None)
+        await b.events.awaiter(ping.handle)
+        pong.trigger()
+
+    responder = asyncio.ensure_future(respond())
+    await subscribed
+    await wait_until(lambda: a.events.stats()["served"] == 1)
+    ping.trigger()  # a done item for B: a flush is scheduled
+    waiting = a.events.awaiter(pong.handle).__await__()
+    future = next(waiting)  # the await subscribes: done item and subscription leave now
+    ready = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+    flushes = [
+        handle
+        for handle in ready
+        if not handle.cancelled() and getattr(handle._callback, "__name__", "") == "flush"
+    ]
+    assert flushes == [], "a flush is still scheduled with nothing to send"
+    await asyncio.wait_for(future, 10)  # B's pong
+    with pytest.raises(StopIteration):
+        waiting.send(None)  # the await returns: triggered
+    await asyncio.wait_for(responder, 10)
+    assert a.events.stats()["updates_received"] >= 3

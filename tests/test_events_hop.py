@@ -105,6 +105,9 @@ async def test_a_hop_reads_no_handle_property(
     foreign = EventHandle.from_parts(7, 1, 1, local=True)
     with pytest.raises(ForeignHandleError):
         a.events.awaiter(foreign)
+    # And a plain int is no handle: refused at once, not sent to the owner.
+    with pytest.raises(TypeError, match="expected an EventHandle, got int"):
+        a.events.awaiter(int(EventHandle.from_parts(b.worker_id, 1, 1)))
     assert a.events.stats()["updates_received"] >= ROUNDS + 2
 
 

@@ -135,6 +135,8 @@ class RemoteEvents:
         owner = handle >> 64
         if owner == self._system_id:
             return None
+        if not isinstance(handle, EventHandle):  # (its bits are read as an EventHandle's)
+            raise TypeError(f"expected an EventHandle, got {type(handle).__name__}")
         if handle & _LOCAL_BIT:
             raise ForeignHandleError(
                 f"Handle {handle} is local to another process's LocalEventSystem; "

@@ -143,3 +143,45 @@ async def test_an_early_send_leaves_no_flush_to_run(make_worker: Callable[..., A
         waiting.send(None)  # the await returns: triggered
     await asyncio.wait_for(responder, 10)
     assert a.events.stats()["updates_received"] >= 3
+
+
+@pytest.mark.parametrize("call", ["status", "add_waiter", "resolve"])
+def test_an_interrupt_as_the_lock_is_taken_leaves_it_free(call: str) -> None:
+    """A KeyboardInterrupt at the first bytecode run with the subscriptions lock held (where
+    the interpreted build checks for signals after ``acquire()`` returns) releases the lock:
+    held, every later waiter, verdict and ``close`` would deadlock. The pure module is traced
+    opcode by opcode (compiled code is not traced); both builds share its source."""
+    from velo_am._events import event_core
+    from velo_am._remote import RemoteEvents
+
+    remote = RemoteEvents(event_core(0x1234, 1), None, {}, 1.0)  # type: ignore[arg-type]
+    lock = remote._lock  # (the lock itself: what a leak would leave held)
+    handle = EventHandle.from_parts(0x99, 1, 5)  # another worker's, pending
+    interrupted = False
+
+    def opcodes(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal interrupted
+        if event == "opcode" and not interrupted and lock.locked():
+            interrupted = True
+            raise KeyboardInterrupt
+        return opcodes
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_name in ("_known", "add_waiter", "resolve"):
+            frame.f_trace_opcodes = True
+            return opcodes
+        return None
+
+    run = {
+        "status": lambda: remote.status(handle),
+        "add_waiter": lambda: remote.add_waiter(handle, "key", lambda key, reason: None),
+        "resolve": lambda: remote.resolve(handle, None),
+    }[call]
+    sys.settrace(calls)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        sys.settrace(None)
+    assert interrupted
+    assert not lock.locked(), f"{call}: the lock stays held after the interrupt"

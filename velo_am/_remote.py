@@ -109,8 +109,6 @@ class RemoteEvents:
         self._counters = counters
         self._cache_size = cache_size
         self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
-        # Bound once: the hops take it as acquire/release (a compiled `with` looks both up).
-        self._acquire, self._release = self._lock.acquire, self._lock.release
         self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
         self._completed: OrderedDict[EventHandle, str | None] = OrderedDict()
         # Owner side: what each subscriber waits on here, dropped when it completes, or when
@@ -157,11 +155,8 @@ class RemoteEvents:
     def _known(self, handle: EventHandle) -> Answer:
         if not handle & _GENERATION_BITS:
             return None  # generation 0 is always complete
-        self._acquire()
-        try:
+        with self._lock:
             return self._completed.get(handle, PENDING)
-        finally:
-            self._release()
 
     def check_inputs(self, handles: Iterable[EventHandle]) -> None:
         for handle in handles:
@@ -173,8 +168,7 @@ class RemoteEvents:
             return self._core.add_waiter(handle, key, callback)
         if not handle & _GENERATION_BITS:
             return None
-        self._acquire()
-        try:
+        with self._lock:
             outcome = self._completed.get(handle, PENDING)
             if outcome is not PENDING:
                 return outcome
@@ -184,8 +178,6 @@ class RemoteEvents:
                 self._remote[handle] = {key: callback}
             else:
                 waiters[key] = callback
-        finally:
-            self._release()
         if first:
             try:
                 loop = self._elsewhere()
@@ -349,8 +341,7 @@ class RemoteEvents:
         verdict already remembered stays: the owner's successor with a colliding tag may give
         its own, but one observer gives a handle one answer."""
         completed = self._completed
-        self._acquire()
-        try:
+        with self._lock:
             waiters = self._remote.pop(handle, None)
             if handle in completed:
                 outcome = completed[handle]
@@ -358,8 +349,6 @@ class RemoteEvents:
                 completed[handle] = outcome  # a new key: it goes last
                 if len(completed) > self._cache_size:
                     completed.popitem(last=False)  # one in, one out
-        finally:
-            self._release()
         if waiters:
             wake_waiters(waiters, outcome)
 

@@ -15,7 +15,7 @@ from support import wait_until
 
 import velo_am
 from velo_am import Worker
-from velo_event import EventHandle, ForeignHandleError
+from velo_event import Event, EventHandle, ForeignHandleError
 
 ROUNDS = 50
 
@@ -111,33 +111,43 @@ async def test_a_hop_reads_no_handle_property(
     assert a.events.stats()["updates_received"] >= ROUNDS + 2
 
 
+async def served_ping(a: Worker, b: Worker) -> tuple[Event, Event, asyncio.Future[None]]:
+    """A's ``ping`` and B's ``pong``, with B awaiting the ping (subscribed at A) and
+    triggering the pong when it completes."""
+    await asyncio.wait_for(ping_pong(a, b, 2), 10)  # connected both ways
+    ping, pong = a.events.new_event(), b.events.new_event()
+
+    async def respond() -> None:
+        await b.events.awaiter(ping.handle)
+        pong.trigger()
+
+    responder = asyncio.ensure_future(respond())
+    await wait_until(lambda: a.events.stats()["served"] == 1)
+    return ping, pong, responder
+
+
+def scheduled_flush(worker: Worker) -> asyncio.Handle | None:
+    """The flush the worker's subscriptions layer has scheduled on its loop. Read from the
+    layer itself (the one private read here): the loop's queue is asyncio's own internals,
+    absent under other loops; what is checked of the handle is public (``cancelled()``)."""
+    handle: asyncio.Handle | None = worker._remote_events._scheduled_flush
+    return handle
+
+
 async def test_an_early_send_leaves_no_flush_to_run(make_worker: Callable[..., Any]) -> None:
     """A trigger then an await of the peer's event (the ping-pong a user writes) sends the done
     item and the subscription at once, together: the flush the done item scheduled has
     nothing left to send, and is cancelled rather than run by the loop's next iteration."""
     a, b = await pair(make_worker)
-    await asyncio.wait_for(ping_pong(a, b, 2), 10)  # connected both ways
-    ping, pong = a.events.new_event(), b.events.new_event()
-    subscribed = asyncio.get_running_loop().create_future()
-
-    async def respond() -> None:  # B awaits the ping (subscribed before A triggers)
-        subscribed.set_result(None)
-        await b.events.awaiter(ping.handle)
-        pong.trigger()
-
-    responder = asyncio.ensure_future(respond())
-    await subscribed
-    await wait_until(lambda: a.events.stats()["served"] == 1)
+    ping, pong, responder = await served_ping(a, b)
     ping.trigger()  # a done item for B: a flush is scheduled
+    flush = scheduled_flush(a)
+    assert flush is not None, "the done item scheduled no flush"
+    assert not flush.cancelled()
     waiting = a.events.awaiter(pong.handle).__await__()
     future = next(waiting)  # the await subscribes: done item and subscription leave now
-    ready = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
-    flushes = [
-        handle
-        for handle in ready
-        if not handle.cancelled() and getattr(handle._callback, "__name__", "") == "flush"
-    ]
-    assert flushes == [], "a flush is still scheduled with nothing to send"
+    assert flush.cancelled(), "a flush is still scheduled with nothing to send"
+    assert scheduled_flush(a) is None
     await asyncio.wait_for(future, 10)  # B's pong
     with pytest.raises(StopIteration):
         waiting.send(None)  # the await returns: triggered

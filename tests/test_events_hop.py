@@ -155,6 +155,21 @@ async def test_an_early_send_leaves_no_flush_to_run(make_worker: Callable[..., A
     assert a.events.stats()["updates_received"] >= 3
 
 
+async def test_a_direct_flush_cancels_the_scheduled_one(make_worker: Callable[..., Any]) -> None:
+    """``flush()`` called outside the loop's callback (as ``close`` does, to send the poisons
+    before the goodbye) sends everything: the flush still scheduled is cancelled, not left
+    for the loop to run with nothing to send."""
+    a, b = await pair(make_worker)
+    ping, _pong, responder = await served_ping(a, b)
+    ping.trigger()
+    flush = scheduled_flush(a)
+    assert flush is not None, "the done item scheduled no flush"
+    a._remote_events.flush()  # the done item leaves now
+    assert flush.cancelled(), "the scheduled flush is left to run with nothing to send"
+    assert scheduled_flush(a) is None
+    await asyncio.wait_for(responder, 10)  # B got the done item: its await returned
+
+
 @pytest.mark.parametrize("call", ["status", "add_waiter", "resolve"])
 def test_an_interrupt_as_the_lock_is_taken_leaves_it_free(call: str) -> None:
     """A KeyboardInterrupt at the first bytecode run with the subscriptions lock held (where

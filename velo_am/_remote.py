@@ -272,8 +272,11 @@ class RemoteEvents:
         return True
 
     def flush(self) -> None:
-        """Send every queued item now."""
-        self._scheduled_flush = None
+        """Send every queued item now (a flush still scheduled is cancelled: nothing left)."""
+        scheduled = self._scheduled_flush
+        if scheduled is not None:
+            scheduled.cancel()  # (a no-op when the loop runs it: it is this call)
+            self._scheduled_flush = None
         outbox, self._outbox = self._outbox, {}
         for peer_id, (subscribe, done) in outbox.items():
             try:

@@ -210,3 +210,20 @@ def test_an_interrupt_as_the_lock_is_taken_leaves_it_free(call: str) -> None:
         sys.settrace(None)
     assert interrupted
     assert not lock.locked(), f"{call}: the lock stays held after the interrupt"
+
+
+def test_the_handle_bits_read_by_hand_match_event_handle() -> None:
+    """The subscriptions layer (and the protocol's fast decoder) read a handle's local flag
+    and generation as bits of ``EventHandle``'s layout, copied by hand (velo_event does not
+    export its layout): they must name the same bits ``EventHandle`` writes."""
+    from velo_am import _protocol, _remote
+    from velo_event._handle import MAX_GENERATION, MAX_INDEX
+
+    local_bit = int(EventHandle.from_parts(0, 0, 0, local=True))
+    assert _remote._LOCAL_BIT == local_bit == _protocol._LOCAL
+    assert _remote._GENERATION_BITS == MAX_GENERATION
+    for local in (False, True):
+        for index, generation in ((0, 0), (1, 1), (MAX_INDEX, MAX_GENERATION), (5, 1 << 31)):
+            handle = EventHandle.from_parts(2**64 - 1, index, generation, local=local)
+            assert bool(handle & _remote._LOCAL_BIT) is handle.is_local is local
+            assert handle & _remote._GENERATION_BITS == handle.generation == generation

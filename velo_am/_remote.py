@@ -78,6 +78,7 @@ DEFAULT_CACHE_SIZE: Final = 10_000
 _MAX_RESUBSCRIBE_INTERVAL: Final = 600.0
 #: Bits of a handle (``EventHandle``'s layout), read here without its properties (an
 #: interpreted call each, several a hop): the local flag (``is_local``) and the generation.
+#: velo_event does not export its layout: tests/test_events_hop.py ties these to it.
 _LOCAL_BIT: Final = 1 << 63
 _GENERATION_BITS: Final = (1 << 32) - 1
 

@@ -106,8 +106,10 @@ async def test_a_hop_reads_no_handle_property(
     with pytest.raises(ForeignHandleError):
         a.events.awaiter(foreign)
     # And a plain int is no handle: refused at once, not sent to the owner.
-    with pytest.raises(TypeError, match="expected an EventHandle, got int"):
+    with pytest.raises(TypeError, match=r"got int .*use EventHandle\.from_int\(value\)"):
         a.events.awaiter(int(EventHandle.from_parts(b.worker_id, 1, 1)))
+    with pytest.raises(TypeError, match=r"got int .*use EventHandle\.from_int\(value\)"):
+        a.events.owner_of(int(EventHandle.from_parts(b.worker_id, 1, 1)))  # type: ignore[arg-type]
     assert a.events.stats()["updates_received"] >= ROUNDS + 2
 
 

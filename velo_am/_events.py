@@ -111,8 +111,9 @@ class DistributedEvents(CoreEventManager):
         self._leases = LeaseTable()
 
     def owner_of(self, handle: EventHandle) -> int | None:
-        """``None`` for this worker's own handles, else the owner's worker id (raises
-        ``ForeignHandleError`` for another process's local-only handle)."""
+        """``None`` for this worker's own handles, else the owner's worker id. Raises
+        ``ForeignHandleError`` for another process's local-only handle, ``TypeError`` for
+        another worker's handle passed as a plain int (use ``EventHandle.from_int(value)``)."""
         return self._remote.owner_of(handle)
 
     # -- creation, with labels -----------------------------------------------------------------

@@ -130,12 +130,17 @@ class RemoteEvents:
 
     def owner_of(self, handle: EventHandle) -> int | None:
         """``None`` for this worker's own handles, else the owner's worker id;
-        ``ForeignHandleError`` for another process's local-only handle."""
+        ``ForeignHandleError`` for another process's local-only handle, ``TypeError`` for
+        another worker's handle that is no ``EventHandle`` (a plain int: its bits are read as
+        an ``EventHandle``'s, and the owner's refusal would come back as OutcomeUnknown)."""
         owner = handle >> 64
         if owner == self._system_id:
             return None
         if not isinstance(handle, EventHandle):  # (its bits are read as an EventHandle's)
-            raise TypeError(f"expected an EventHandle, got {type(handle).__name__}")
+            raise TypeError(
+                f"expected an EventHandle, got {type(handle).__name__} "
+                "(for a handle's int value, use EventHandle.from_int(value))"
+            )
         if handle & _LOCAL_BIT:
             raise ForeignHandleError(
                 f"Handle {handle} is local to another process's LocalEventSystem; "

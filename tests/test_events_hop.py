@@ -229,3 +229,17 @@ def test_the_handle_bits_read_by_hand_match_event_handle() -> None:
             handle = EventHandle.from_parts(2**64 - 1, index, generation, local=local)
             assert bool(handle & _remote._LOCAL_BIT) is handle.is_local is local
             assert handle & _remote._GENERATION_BITS == handle.generation == generation
+
+
+def test_the_compiled_build_loads_no_pure_subscriptions_layer() -> None:
+    """Modules that name ``RemoteEvents`` only in annotations do not import the pure
+    ``_remote``: the compiled build loads the compiled one alone (checked in a fresh
+    interpreter, as a user's process starts)."""
+    import subprocess
+
+    probe = "import sys, velo_am; print(velo_am.COMPILED, 'velo_am._remote' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
+    )
+    compiled, loaded = result.stdout.split()
+    assert loaded == str(compiled == "False"), f"compiled build {compiled}, pure _remote {loaded}"

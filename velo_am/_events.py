@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Hashable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from velo_event import (
     AlreadyTriggeredError,
@@ -50,8 +50,10 @@ from velo_event.lowlevel import (
 from ._errors import AMError, RemoteError
 from ._leases import Broken, LeaseTable, check_lease_seconds
 from ._messenger import Messenger, read_status_reply
-from ._remote import RemoteEvents
 from ._waiting import Asker, ask_from_any_loop, ask_from_thread, ask_owners
+
+if TYPE_CHECKING:  # (the worker builds the layer, from the build in use)
+    from ._remote import RemoteEvents
 
 __all__ = ["DistributedEvents", "event_core"]
 

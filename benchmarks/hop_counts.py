@@ -9,7 +9,8 @@ Run: ``python benchmarks/hop_counts.py [--rounds N] [--strace] [MODE ...]``, MOD
 A is this process (its loop counts the iterations: a selector of its own, handed to
 ``asyncio.SelectorEventLoop``), B the peer that ``bench_events.py`` uses for the same case.
 Context switches (every thread's, from /proc) and CPU (psutil) of each process are read before
-and after ``--rounds`` round trips (after warm-up); CPU includes libzmq's I/O thread. With
+and after ``--rounds`` round trips (after warm-up); CPU includes libzmq's I/O thread, and is
+also given for the loop's thread alone (the main thread's). With
 ``--strace``, ``strace -f`` is attached to both processes for the timed rounds only (it
 slows them down: its counts are exact, its timings are not) and its calls are listed per
 thread (libzmq's I/O thread is the one calling sendto and recvfrom, the other the loop's).
@@ -66,9 +67,10 @@ class CountingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         return super().select(timeout)  # type: ignore[no-any-return]
 
 
-def usage(pid: int) -> tuple[int, int, float]:
+def usage(pid: int) -> tuple[int, int, float, float]:
     """Voluntary and involuntary context switches of all ``pid``'s threads (from /proc: the
-    process's own counts are its first thread's), and its CPU seconds."""
+    process's own counts are its first thread's), its CPU seconds, and those of its main
+    thread (the event loop's, in A and in every peer), apart from libzmq's I/O thread."""
     voluntary = involuntary = 0
     for thread in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{thread}/status") as status:
@@ -78,8 +80,10 @@ def usage(pid: int) -> tuple[int, int, float]:
                     voluntary += int(value)
                 elif name == "nonvoluntary_ctxt_switches":
                     involuntary += int(value)
-    cpu = psutil.Process(pid).cpu_times()
-    return voluntary, involuntary, cpu.user + cpu.system
+    process = psutil.Process(pid)
+    cpu = process.cpu_times()
+    main = next(thread for thread in process.threads() if thread.id == pid)
+    return voluntary, involuntary, cpu.user + cpu.system, main.user_time + main.system_time
 
 
 def syscalls_per_thread(trace: str) -> dict[str, collections.Counter[str]]:
@@ -216,10 +220,11 @@ async def count(mode: str, args: argparse.Namespace, selector: CountingSelector)
             f"{iterations / n:.2f} iterations"
         )
         for side in pids:
-            (v0, i0, c0), (v1, i1, c1) = before[side], after[side]
+            (v0, i0, c0, l0), (v1, i1, c1, l1) = before[side], after[side]
             print(
                 f"  {side}: context switches {(v1 - v0) / n:.2f} voluntary, "
-                f"{(i1 - i0) / n:.2f} involuntary; CPU {(c1 - c0) / n * 1e6:.1f} µs"
+                f"{(i1 - i0) / n:.2f} involuntary; CPU {(c1 - c0) / n * 1e6:.1f} µs, "
+                f"of which the loop's thread {(l1 - l0) / n * 1e6:.1f} µs"
             )
         for side, _, trace in sorted(traces):
             for thread, calls in sorted(

@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections.abc import Hashable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from velo_event import (
     AlreadyTriggeredError,
@@ -49,8 +49,11 @@ from velo_event.lowlevel import (
 
 from ._errors import AMError, RemoteError
 from ._leases import Broken, LeaseTable, check_lease_seconds
-from ._remote import Messenger, RemoteEvents, read_status_reply
+from ._messenger import Messenger, read_status_reply
 from ._waiting import Asker, ask_from_any_loop, ask_from_thread, ask_owners
+
+if TYPE_CHECKING:  # (the worker builds the layer, from the build in use)
+    from ._remote import RemoteEvents
 
 __all__ = ["DistributedEvents", "event_core"]
 
@@ -110,8 +113,9 @@ class DistributedEvents(CoreEventManager):
         self._leases = LeaseTable()
 
     def owner_of(self, handle: EventHandle) -> int | None:
-        """``None`` for this worker's own handles, else the owner's worker id (raises
-        ``ForeignHandleError`` for another process's local-only handle)."""
+        """``None`` for this worker's own handles, else the owner's worker id. Raises
+        ``ForeignHandleError`` for another process's local-only handle, ``TypeError`` for
+        another worker's handle passed as a plain int (use ``EventHandle.from_int(value)``)."""
         return self._remote.owner_of(handle)
 
     # -- creation, with labels -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from velo_event import EventHandle, EventStatus
 from velo_event.lowlevel import MergeView, merge_view
 
-from ._remote import Subscription
+from ._messenger import Subscription
 
 if TYPE_CHECKING:
     from ._events import DistributedEvents

@@ -40,15 +40,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable
 from threading import get_ident
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, cast
 
 from velo_event import (
     EventError,
     EventHandle,
-    EventStatus,
     ForeignHandleError,
     InvalidGenerationError,
     UnknownEventError,
@@ -65,48 +63,12 @@ from velo_event.lowlevel import (
 )
 
 from ._errors import AMError
-from ._select import protocol as p
+from ._messages import EventDone, EventUpdates
+from ._messenger import Messenger, Subscription
 
-__all__ = [
-    "DEFAULT_CACHE_SIZE",
-    "Messenger",
-    "RemoteEvents",
-    "Subscription",
-    "read_status_reply",
-]
+__all__ = ["DEFAULT_CACHE_SIZE", "RemoteEvents"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Messenger:
-    """What the events layer needs of its worker, and nothing more."""
-
-    #: The worker's event loop, or ``None`` before it starts.
-    loop: Callable[[], asyncio.AbstractEventLoop | None]
-    is_connected: Callable[[int], bool]
-    #: A peer's state as this worker knows it (``"alive"``, ``"lost"``…), ``None`` if unknown.
-    peer_state: Callable[[int], str | None]
-    #: Whether a worker is a short-lived observer (a ``velo-am`` command), not a member.
-    is_observer: Callable[[int], bool]
-    #: Send update items to a connected peer now (raises ``AMError``).
-    post: Callable[[int, Sequence[EventHandle], Sequence[p.EventDone]], None]
-    #: Fire-and-forget a runtime handler on a connected peer now (raises ``AMError``).
-    send_now: Callable[[int, str, Any], None]
-    #: Connect to a worker by id: mesh, discovery (raises ``AMError``).
-    route: Callable[[int], Awaitable[object]]
-    #: ``Worker.call`` of a runtime handler.
-    call: Callable[[int, str, Any, float | None], Awaitable[Any]]
-    #: Run a coroutine in the background, on the loop (cancelled when the worker closes).
-    spawn: Callable[[Awaitable[Any]], None]
-
-
-class Subscription(NamedTuple):
-    """The owner side's waiter key: worker ``subscriber`` awaits ``handle``."""
-
-    subscriber: int
-    handle: EventHandle
-
 
 _new_tuple = tuple.__new__
 
@@ -114,30 +76,11 @@ _new_tuple = tuple.__new__
 DEFAULT_CACHE_SIZE: Final = 10_000
 #: The longest wait between two repeats of one pending subscription, in seconds.
 _MAX_RESUBSCRIBE_INTERVAL: Final = 600.0
-
-_STATUSES: Final = {
-    p.EventStatusCode.PENDING: EventStatus.PENDING,
-    p.EventStatusCode.READY: EventStatus.READY,
-    p.EventStatusCode.POISONED: EventStatus.POISONED,
-    p.EventStatusCode.UNKNOWN: EventStatus.UNKNOWN,
-}
-
-
-def read_status_reply(owner: int, reply: Any) -> tuple[EventStatus, str | None]:
-    """An owner's ``_ev.status`` answer, ``[code, reason]``, checked: pending and ready carry
-    no reason, poisoned and unknown a str. Raises ``ProtocolError`` otherwise (a verdict read
-    wrong would be remembered: a poison cached as ready, or the reverse)."""
-    try:
-        code, reason = reply
-        status = _STATUSES[p.EventStatusCode(code)]
-    except (TypeError, ValueError, KeyError):
-        raise p.ProtocolError(
-            f"worker {owner:#x} answered _ev.status with {reply!r:.200}"
-        ) from None
-    needs_reason = status in (EventStatus.POISONED, EventStatus.UNKNOWN)
-    if not isinstance(reason, str) if needs_reason else reason is not None:
-        raise p.ProtocolError(f"worker {owner:#x} answered _ev.status with {reply!r:.200}")
-    return status, reason
+#: Bits of a handle (``EventHandle``'s layout), read here without its properties (an
+#: interpreted call each, several a hop): the local flag (``is_local``) and the generation.
+#: velo_event does not export its layout: tests/test_events_hop.py ties these to it.
+_LOCAL_BIT: Final = 1 << 63
+_GENERATION_BITS: Final = (1 << 32) - 1
 
 
 def _sendable(reason: str) -> str:
@@ -159,6 +102,7 @@ class RemoteEvents:
         """``liveness_timeout``: the worker's heartbeat timeout; a subscription pending for
         six times that long is sent again."""
         self._core = core
+        self._system_id = core.system_id
         self._resubscribe_after = 6 * liveness_timeout
         # Subscriptions to send again: (when, handle, interval); stale entries are skipped.
         self._repeats: list[tuple[float, EventHandle, float]] = []
@@ -172,10 +116,12 @@ class RemoteEvents:
         # the subscriber closes or is forgotten.
         self._served: dict[int, set[EventHandle]] = {}
         # Lost subscribers (not yet forgotten), with the done items owed to each.
-        self._owed: dict[int, list[p.EventDone]] = {}
+        self._owed: dict[int, list[EventDone]] = {}
         # Subscribe and done items per peer, flushed as one message per loop iteration.
-        self._outbox: dict[int, tuple[list[EventHandle], list[p.EventDone]]] = {}
-        self._flush_scheduled = False
+        self._outbox: dict[int, tuple[list[EventHandle], list[EventDone]]] = {}
+        self._scheduled_flush: asyncio.Handle | None = None
+        # The core's wake callback for subscriptions, bound once (not once per subscription).
+        self._notify_callback: WakeCallback = self._notify
         # The loop, and the thread once seen running it: a call there while it runs needs no
         # asyncio.get_running_loop() (a getpid() system call on CPython 3.11), twice a hop.
         self._home: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
@@ -184,11 +130,18 @@ class RemoteEvents:
 
     def owner_of(self, handle: EventHandle) -> int | None:
         """``None`` for this worker's own handles, else the owner's worker id;
-        ``ForeignHandleError`` for another process's local-only handle."""
+        ``ForeignHandleError`` for another process's local-only handle, ``TypeError`` for
+        another worker's handle that is no ``EventHandle`` (a plain int: its bits are read as
+        an ``EventHandle``'s, and the owner's refusal would come back as OutcomeUnknown)."""
         owner = handle >> 64
-        if owner == self._core.system_id:
+        if owner == self._system_id:
             return None
-        if handle.is_local:
+        if not isinstance(handle, EventHandle):  # (its bits are read as an EventHandle's)
+            raise TypeError(
+                f"expected an EventHandle, got {type(handle).__name__} "
+                "(for a handle's int value, use EventHandle.from_int(value))"
+            )
+        if handle & _LOCAL_BIT:
             raise ForeignHandleError(
                 f"Handle {handle} is local to another process's LocalEventSystem; "
                 "only distributed handles travel between workers"
@@ -206,7 +159,7 @@ class RemoteEvents:
         return self._known(handle)
 
     def _known(self, handle: EventHandle) -> Answer:
-        if not handle.generation:
+        if not handle & _GENERATION_BITS:
             return None  # generation 0 is always complete
         with self._lock:
             return self._completed.get(handle, PENDING)
@@ -219,7 +172,7 @@ class RemoteEvents:
         owner = self.owner_of(handle)
         if owner is None:
             return self._core.add_waiter(handle, key, callback)
-        if not handle.generation:
+        if not handle & _GENERATION_BITS:
             return None
         with self._lock:
             outcome = self._completed.get(handle, PENDING)
@@ -233,7 +186,11 @@ class RemoteEvents:
                 waiters[key] = callback
         if first:
             try:
-                self.in_loop(self._subscribe, owner, handle)
+                loop = self._elsewhere()
+                if loop is None:
+                    self._subscribe(owner, handle)
+                else:
+                    loop.call_soon_threadsafe(self._subscribe, owner, handle)
             except BaseException:
                 # No subscription went out: later waiters must not join one that never will.
                 with self._lock:
@@ -254,22 +211,31 @@ class RemoteEvents:
     def in_loop(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the worker's loop: at once on the loop's own thread (so
         updates keep their order), through the loop from any other thread."""
+        loop = self._elsewhere()
+        if loop is None:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _elsewhere(self) -> asyncio.AbstractEventLoop | None:
+        """``None`` on the worker's loop, running on this thread (work runs at once); else the
+        loop to hand work to (``AMError`` before the worker starts). The hops call this and
+        the method they mean directly: no bound method and argument tuple per hop."""
         loop = self._messenger.loop()
         if loop is None:
             raise AMError("the worker is not started")
         home, thread = self._home
         # (A worker's loop runs on one thread for the worker's life: the thread it was seen on.)
         if loop is home and get_ident() == thread and loop.is_running():
-            fn(*args)
-        elif running_loop() is loop:
+            return None
+        if running_loop() is loop:
             self._home = (loop, get_ident())
-            fn(*args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
+            return None
+        return loop
 
     # -- the outbox ---------------------------------------------------------------------------
 
-    def _post(self, peer_id: int, handle: EventHandle, done: p.EventDone | None = None) -> bool:
+    def _post(self, peer_id: int, handle: EventHandle, done: EventDone | None = None) -> bool:
         """Queue a subscribe item (``done`` None) or a done item for a connected peer; one
         callback per loop iteration sends each peer's items as one message (a subscription
         right after a completion to the peer goes with it at once, see below). False if the
@@ -291,24 +257,32 @@ class RemoteEvents:
                 # flush). They stay in order; if they cannot go, the flush sends them (and
                 # reports it: not inside this subscribe); other peers' items wait for it.
                 try:  # (not contextlib.suppress: its object and calls cost a third of this)
-                    self._messenger.post(peer_id, *items)
+                    self._messenger.post(peer_id, subscribe, completed)
                 except AMError:
                     pass
                 else:
                     del self._outbox[peer_id]
+                    scheduled = self._scheduled_flush
+                    if scheduled is not None and not self._outbox:
+                        # Nothing left to flush: the loop skips the callback (a cancelled
+                        # handle is not run), once per hop of the ping-pong.
+                        scheduled.cancel()
+                        self._scheduled_flush = None
                     return True
         else:
             items[1].append(done)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._scheduled_flush is None:
             loop = self._messenger.loop()
             assert loop is not None
-            loop.call_soon(self.flush)
+            self._scheduled_flush = loop.call_soon(self.flush)
         return True
 
     def flush(self) -> None:
-        """Send every queued item now."""
-        self._flush_scheduled = False
+        """Send every queued item now (a flush still scheduled is cancelled: nothing left)."""
+        scheduled = self._scheduled_flush
+        if scheduled is not None:
+            scheduled.cancel()  # (a no-op when the loop runs it: it is this call)
+            self._scheduled_flush = None
         outbox, self._outbox = self._outbox, {}
         for peer_id, (subscribe, done) in outbox.items():
             try:
@@ -375,15 +349,15 @@ class RemoteEvents:
         or unreachable, this worker closing), which is not: a later await asks again. A
         verdict already remembered stays: the owner's successor with a colliding tag may give
         its own, but one observer gives a handle one answer."""
+        completed = self._completed
         with self._lock:
             waiters = self._remote.pop(handle, None)
-            if handle in self._completed:
-                outcome = self._completed[handle]
+            if handle in completed:
+                outcome = completed[handle]
             elif not isinstance(outcome, Unanswered):
-                self._completed[handle] = outcome
-                self._completed.move_to_end(handle)
-                while len(self._completed) > self._cache_size:
-                    self._completed.popitem(last=False)
+                completed[handle] = outcome  # a new key: it goes last
+                if len(completed) > self._cache_size:
+                    completed.popitem(last=False)  # one in, one out
         if waiters:
             wake_waiters(waiters, outcome)
 
@@ -424,7 +398,7 @@ class RemoteEvents:
 
     # -- owner side -----------------------------------------------------------------------------
 
-    def on_updates(self, sender: int, msg: p.EventUpdates) -> None:
+    def on_updates(self, sender: int, msg: EventUpdates) -> None:
         """An EventUpdates message from connected peer ``sender``."""
         for handle in msg.subscribe:
             self._on_subscribe(handle, sender)
@@ -437,21 +411,29 @@ class RemoteEvents:
         key = _new_tuple(Subscription, (subscriber, handle))  # Subscription(...), at C speed
         try:
             # Early: a generation this incarnation may still issue waits until it does.
-            outcome = self._core.add_early_waiter(handle, key, self._notify)
+            outcome = self._core.add_early_waiter(handle, key, self._notify_callback)
         except (UnknownEventError, InvalidGenerationError):
             # A slot or generation this incarnation never issued, nor will: a predecessor's.
             outcome = self._core.stale
         except EventError as error:
             outcome = f"owner refused the subscription: {error}"
         if outcome is PENDING:
-            self._served.setdefault(subscriber, set()).add(handle)
+            served = self._served.get(subscriber)
+            if served is None:
+                self._served[subscriber] = {handle}
+            else:
+                served.add(handle)
         else:
             self._send_done(subscriber, handle, outcome)  # type: ignore[arg-type]
 
     def _notify(self, key: Hashable, reason: Wake) -> None:
         assert isinstance(key, Subscription)
         assert not isinstance(reason, Unanswered)  # the core completes its own: verdicts
-        self.in_loop(self._notify_in_loop, key.subscriber, key.handle, reason)
+        loop = self._elsewhere()
+        if loop is None:
+            self._notify_in_loop(key.subscriber, key.handle, reason)
+        else:
+            loop.call_soon_threadsafe(self._notify_in_loop, key.subscriber, key.handle, reason)
 
     def _notify_in_loop(self, subscriber: int, handle: EventHandle, reason: str | None) -> None:
         served = self._served.get(subscriber)
@@ -466,7 +448,7 @@ class RemoteEvents:
         reason = answer.reason if isinstance(answer, Unanswered) else answer
         if reason is not None and not reason.isascii():
             reason = _sendable(reason)
-        done = _new_tuple(p.EventDone, (handle, reason, unknown))
+        done = _new_tuple(EventDone, (handle, reason, unknown))
         if self._post(subscriber, handle, done):
             self._counters["events_updates_sent"] += 1
         elif subscriber in self._owed:

@@ -27,12 +27,11 @@ from ._drops import Drops
 from ._errors import AMError, PeerLost, PeerUnreachable
 from ._flow import FlowControl
 from ._keys import KeyBindings
-from ._layers import HandlerExecution  # the chosen build's (the pure one is not loaded)
+from ._layers import HandlerExecution, RemoteEvents  # the chosen build's (not the pure one)
 from ._links import LinkTrust, Speaker, Verdict
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
 from ._outbound import Outbound
-from ._remote import RemoteEvents
 from ._routes import Routes
 from ._select import protocol as p
 from ._stall import StallWatch

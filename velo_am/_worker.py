@@ -30,12 +30,12 @@ from ._flow import FlowControl
 from ._handlers import Handler, HandlerRegistry, HandlerStats
 from ._inspect import serve_inspect
 from ._launchers import FromEnv, wait_for_world
-from ._layers import HandlerExecution, Serving
+from ._layers import HandlerExecution, RemoteEvents, Serving
 from ._log import RateLimitedLog, fields
 from ._membership import PeerTable
+from ._messenger import Messenger
 from ._metrics import MetricsServer, start_metrics_server
 from ._outbound import Outbound
-from ._remote import Messenger, RemoteEvents
 from ._routes import Routes
 from ._shell import PeerLostCallback, Shell
 from ._signals import run_until_signalled
@@ -183,7 +183,7 @@ class Worker(FromEnv):
         )
         messenger = Messenger(
             loop=lambda: self._loop,
-            is_connected=self.is_connected,
+            is_connected=self._membership.is_connected,
             peer_state=self._membership.state_of,
             is_observer=self._membership.is_observer,
             post=lambda peer_id, subscribe, done: self._outbound.event_updates(

@@ -49,8 +49,9 @@ async def main(args: argparse.Namespace) -> None:
         others = [peer for peer in worker.peers if peer != worker.worker_id]
         for peer in others:
             assert await worker.call(peer, "whoami") == peer
-        print(f"JOINED {worker.worker_id:#x} called {len(others)} peers", flush=True)
-        await worker.serve_forever()
+        joined = f"JOINED {worker.worker_id:#x} called {len(others)} peers"
+        # Said once SIGTERM is handled: whoever stops the mesh on reading it gets a clean exit.
+        await worker.serve_forever(ready=lambda: print(joined, flush=True))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     python examples/mesh_join.py --seed tcp://127.0.0.1:5600 --expect 4   # three more of these
 
 Each worker waits until it knows ``--expect`` members (itself included), calls ``whoami`` on
-every other member, prints ``JOINED <id> called <n> peers`` and serves until SIGINT/SIGTERM.
+every other member and serves until SIGINT/SIGTERM, printing ``JOINED <id> called <n> peers``
+once either signal would close it gracefully (so it is safe to stop the script on reading it).
 Handler ``relay`` forwards along a list of worker ids, so a call chain crosses the mesh.
 """
 

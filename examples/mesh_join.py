@@ -4,7 +4,8 @@
     python examples/mesh_join.py --seed tcp://127.0.0.1:5600 --expect 4   # three more of these
 
 Each worker waits until it knows ``--expect`` members (itself included), calls ``whoami`` on
-every other member, prints ``JOINED <id> called <n> peers`` and serves until SIGINT/SIGTERM.
+every other member and serves until SIGINT/SIGTERM, printing ``JOINED <id> called <n> peers``
+once either signal would close it gracefully (so it is safe to stop the script on reading it).
 Handler ``relay`` forwards along a list of worker ids, so a call chain crosses the mesh.
 """
 
@@ -49,8 +50,9 @@ async def main(args: argparse.Namespace) -> None:
         others = [peer for peer in worker.peers if peer != worker.worker_id]
         for peer in others:
             assert await worker.call(peer, "whoami") == peer
-        print(f"JOINED {worker.worker_id:#x} called {len(others)} peers", flush=True)
-        await worker.serve_forever()
+        joined = f"JOINED {worker.worker_id:#x} called {len(others)} peers"
+        # Said once SIGTERM is handled: whoever stops the mesh on reading it gets a clean exit.
+        await worker.serve_forever(ready=lambda: print(joined, flush=True))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,25 @@ from velo_am import PeerDraining, PeerLost, PeerUnreachable, Worker
 
 pytestmark = pytest.mark.timeout(90)
 
+# An example script run as a user runs it, but standing still right after it prints its
+# JOINED line (as a process the scheduler preempted there would) until the file argv[1] exists.
+PAUSED_AFTER_JOINED = """
+import builtins, os, runpy, sys, time
+
+release, real_print = sys.argv[1], builtins.print
+
+def paused_print(*args, **kwargs):
+    real_print(*args, **kwargs)
+    if args and str(args[0]).startswith("JOINED"):
+        deadline = time.monotonic() + 20
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+builtins.print = paused_print
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -55,6 +74,22 @@ async def test_mesh_of_scripts_joins_through_one_seed_and_relays(
         script.signal(signal.SIGTERM)
     for script in (seed, *members):
         assert await asyncio.to_thread(script.wait) == 0
+
+
+async def test_mesh_script_stopped_as_soon_as_it_says_joined_exits_cleanly(
+    launch: Callable[..., Script], tmp_path: Path
+) -> None:
+    """JOINED is the cue to stop the mesh (the test above signals right after the relay): by
+    the time a script says it, SIGTERM must drain and close it, however late it runs next."""
+    release = tmp_path / "release"
+    script = launch(
+        "-c", PAUSED_AFTER_JOINED, str(release), "examples/mesh_join.py", "--expect", "1"
+    )
+    line = await asyncio.to_thread(script.expect, "JOINED")
+    assert line.endswith("called 0 peers"), line
+    script.signal(signal.SIGTERM)
+    release.touch()
+    assert await asyncio.to_thread(script.wait) == 0, script.stderr()
 
 
 async def test_sigkill_mid_call_fails_the_call_with_peer_lost(

@@ -6,13 +6,21 @@ the choice of link, the transport send and its failure, and the ``messages_out``
 
 **Links on demand.** A message to a peer goes on this worker's own link to it, opened when
 there is first business with that peer (and introduced with a ``Hello``); without one, on a
-link the peer opened to this worker. An answer (``Response``, ``ErrorResponse``) goes back on
-the link its request came on, so a worker serving many callers holds no link of its own to
-each. Fire-and-forget requests to a peer keep to the link the previous one took while it
-lasts: messages on two links may overtake each other, and sends arrive in the order they were
-made. Links this worker opened are closed after ``link_idle`` seconds without traffic unless
-its business with the peer goes on (``interest``), and at most ``max_links`` stay open: past
-that, the least recently used idle one is closed first.
+link the peer opened to this worker, but for this worker's own business (below). An answer
+(``Response``, ``ErrorResponse``) goes back on the link its request came on, so a worker
+serving many callers holds no link of its own to each. Fire-and-forget requests to a peer
+keep to the link the previous one took while it lasts: messages on two links may overtake
+each other, and sends arrive in the order they were made. Links this worker opened are
+closed after ``link_idle`` seconds without traffic unless its business with the peer goes on
+(``interest``), and at most ``max_links`` stay open: past that, the least recently used idle
+one is closed first.
+
+**Business rides on its owner's link.** A link is closed by the worker that opened it, on
+that worker's own reckoning of its business, and what is in flight to it then is lost. So
+what this worker needs answered or confirmed (calls, sends, event subscriptions:
+``ours=True``) goes on a link of its own, which its business keeps open until that is done,
+never on the peer's: a server with ``max_links`` links of its own to a thousand callers
+closes them as it pleases.
 """
 
 from __future__ import annotations
@@ -345,17 +353,24 @@ class Outbound:
         return body
 
     def send_frames(
-        self, peer_id: int, frames: list[bytes], *, dial: bool = True, in_order: bool = False
+        self,
+        peer_id: int,
+        frames: list[bytes],
+        *,
+        dial: bool = True,
+        in_order: bool = False,
+        ours: bool = False,
     ) -> None:
         """Hand encoded frames to a link to ``peer_id`` (see the module's doc; ``in_order``:
-        a send, on the link of the previous send while it lasts); :class:`PeerUnreachable`
-        if there is none (and ``dial`` is false, or the peer's address is unknown) or its
-        queue is full."""
+        a send, on the link of the previous send while it lasts; ``ours``: this worker's
+        business, never on the peer's link); :class:`PeerUnreachable` if there is none (and
+        ``dial`` is false, or the peer's address is unknown) or its queue is full."""
         # Our own link even while it connects (what waits on it is ours to keep); else
         # theirs, which keeps what follows a handshake's answer in order after it.
-        own, theirs = self._own.get(peer_id), self._theirs.get(peer_id)
+        own = self._own.get(peer_id)
+        theirs = None if ours else self._theirs.get(peer_id)
         previous = link = self._sends_on.get(peer_id) if in_order else None
-        if link is None or (link != own and link != theirs):  # noqa: PLR1714 - no tuple
+        if link is None or (link != theirs and self.peer_of(link) != peer_id):
             link = own or theirs or self._open_for(peer_id, dial)
         if link in self._used:
             self._used[link] = self._now
@@ -369,7 +384,7 @@ class Outbound:
             if self._theirs.get(peer_id) != link:
                 raise PeerUnreachable(f"worker {peer_id:#x} is not connected") from None
             del self._theirs[peer_id]  # its link is gone: ours, then
-            self.send_frames(peer_id, frames, dial=dial, in_order=in_order)
+            self.send_frames(peer_id, frames, dial=dial, in_order=in_order, ours=ours)
             return
         if in_order and link != previous:
             self._sends_on[peer_id] = link
@@ -425,7 +440,7 @@ class Outbound:
         frames = p.encode_request(
             self.worker_id, self.incarnation, peer.incarnation, msg_id, name, reply, body
         )
-        self.send_frames(peer.worker_id, frames, in_order=not reply)
+        self.send_frames(peer.worker_id, frames, in_order=not reply, ours=True)
 
     def _answer(self, peer: Addressee, link: LinkId, frames: list[bytes], what: str) -> None:
         """An answer goes back on the link its request came on (else by any link)."""
@@ -496,4 +511,5 @@ class Outbound:
             frames = p.encode_updates(
                 self.worker_id, self.incarnation, peer.incarnation, subscribe_part, done_part
             )
-            self.send_frames(peer.worker_id, frames)
+            # A subscription is this worker's business; done items answer the peer's.
+            self.send_frames(peer.worker_id, frames, ours=bool(subscribe_part))

@@ -8,10 +8,8 @@ the choice of link, the transport send and its failure, and the ``messages_out``
 there is first business with that peer (and introduced with a ``Hello``); without one, on a
 link the peer opened to this worker, but for this worker's own business (below). An answer
 (``Response``, ``ErrorResponse``) goes back on the link its request came on, so a worker
-serving many callers holds no link of its own to each. Fire-and-forget requests to a peer
-keep to the link the previous one took while it lasts: messages on two links may overtake
-each other, and sends arrive in the order they were made. Links this worker opened are
-closed after ``link_idle`` seconds without traffic unless its business with the peer goes on
+serving many callers holds no link of its own to each. Links this worker opened are closed
+after ``link_idle`` seconds without traffic unless its business with the peer goes on
 (``interest``), and at most ``max_links`` stay open: past that, the least recently used idle
 one is closed first.
 
@@ -20,7 +18,9 @@ that worker's own reckoning of its business, and what is in flight to it then is
 what this worker needs answered or confirmed (calls, sends, event subscriptions:
 ``ours=True``) goes on a link of its own, which its business keeps open until that is done,
 never on the peer's: a server with ``max_links`` links of its own to a thousand callers
-closes them as it pleases.
+closes them as it pleases. Messages on two links may overtake each other; fire-and-forget
+requests keep to this worker's one link to the peer, so they arrive in the order they were
+made.
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ class Outbound:
         self._dials: set[LinkId] = set()  # our links opened to an address, peer not known yet
         self._address: dict[LinkId, str] = {}  # our links -> the address dialed
         self._theirs: dict[int, LinkId] = {}  # peer -> the link it opened to this worker
-        self._sends_on: dict[int, LinkId] = {}  # peer -> the link its last send took
         self._closed = False  # set by close(): the worker is going
         self._used: dict[LinkId, float] = {}  # our links -> last traffic (loop time)
         self._up: set[LinkId] = set()  # our links that reach their peer now
@@ -213,7 +212,6 @@ class Outbound:
         leads elsewhere reaches another process (or none), so it is closed; the link the old
         one opened is forgotten."""
         self._theirs.pop(peer_id, None)
-        self._sends_on.pop(peer_id, None)
         own = self._own.get(peer_id)
         superseded = [link for link, owner in self._superseded.items() if owner == peer_id]
         for link in [*superseded, *([] if own is None else [own])]:
@@ -254,7 +252,6 @@ class Outbound:
     def forget(self, peer_id: int) -> None:
         """The peer is gone: close this worker's link to it, forget the one it opened."""
         self._theirs.pop(peer_id, None)
-        self._sends_on.pop(peer_id, None)
         link = self._own.pop(peer_id, None)
         if link is not None:
             self._close(link)
@@ -338,7 +335,6 @@ class Outbound:
         for link in list(self._used):
             self._close(link)
         self._theirs.clear()
-        self._sends_on.clear()
 
     # -- the send path ----------------------------------------------------------------------
 
@@ -358,20 +354,18 @@ class Outbound:
         frames: list[bytes],
         *,
         dial: bool = True,
-        in_order: bool = False,
         ours: bool = False,
     ) -> None:
-        """Hand encoded frames to a link to ``peer_id`` (see the module's doc; ``in_order``:
-        a send, on the link of the previous send while it lasts; ``ours``: this worker's
-        business, never on the peer's link); :class:`PeerUnreachable` if there is none (and
-        ``dial`` is false, or the peer's address is unknown) or its queue is full."""
+        """Hand encoded frames to a link to ``peer_id`` (see the module's doc; ``ours``:
+        this worker's business, never on the peer's link); :class:`PeerUnreachable` if there
+        is none (and ``dial`` is false, or the peer's address is unknown) or its queue is
+        full."""
         # Our own link even while it connects (what waits on it is ours to keep); else
         # theirs, which keeps what follows a handshake's answer in order after it.
-        own = self._own.get(peer_id)
-        theirs = None if ours else self._theirs.get(peer_id)
-        previous = link = self._sends_on.get(peer_id) if in_order else None
-        if link is None or (link != theirs and self.peer_of(link) != peer_id):
-            link = own or theirs or self._open_for(peer_id, dial)
+        link = self._own.get(peer_id)
+        if link is None:
+            theirs = None if ours else self._theirs.get(peer_id)
+            link = theirs or self._open_for(peer_id, dial)
         if link in self._used:
             self._used[link] = self._now
             if link in self._dialing:
@@ -384,10 +378,8 @@ class Outbound:
             if self._theirs.get(peer_id) != link:
                 raise PeerUnreachable(f"worker {peer_id:#x} is not connected") from None
             del self._theirs[peer_id]  # its link is gone: ours, then
-            self.send_frames(peer_id, frames, dial=dial, in_order=in_order, ours=ours)
+            self.send_frames(peer_id, frames, dial=dial, ours=ours)
             return
-        if in_order and link != previous:
-            self._sends_on[peer_id] = link
         self._counters["messages_out"] += 1
 
     def _open_for(self, peer_id: int, dial: bool) -> LinkId:
@@ -440,7 +432,7 @@ class Outbound:
         frames = p.encode_request(
             self.worker_id, self.incarnation, peer.incarnation, msg_id, name, reply, body
         )
-        self.send_frames(peer.worker_id, frames, in_order=not reply, ours=True)
+        self.send_frames(peer.worker_id, frames, ours=True)
 
     def _answer(self, peer: Addressee, link: LinkId, frames: list[bytes], what: str) -> None:
         """An answer goes back on the link its request came on (else by any link)."""

@@ -82,14 +82,15 @@ def serve_merged(worker: Worker) -> asyncio.Future[EventHandle]:
 
 async def merge(
     worker: Worker, args: argparse.Namespace, merged: asyncio.Future[EventHandle]
-) -> None:
-    """The merge: one event of this worker over the loaders' events on two other workers."""
+) -> str:
+    """The merge: one event of this worker over the loaders' events on two other workers.
+    Returns the line that reports it."""
     inputs = [
         await call_member(worker, WORKER_IDS[role], "handle", args.timeout)
         for role in ("weights", "tokenizer")
     ]
     merged.set_result(worker.events.merge_events(inputs))
-    print(f"MERGED {merged.result()} from {' '.join(map(str, inputs))}", flush=True)
+    return f"MERGED {merged.result()} from {' '.join(map(str, inputs))}"
 
 
 async def serve(worker: Worker, args: argparse.Namespace) -> None:
@@ -120,14 +121,18 @@ async def main(args: argparse.Namespace) -> None:
     merged = serve_merged(worker) if args.role == "merge" else None
     async with worker:
         print(f"READY {worker.worker_id:#x} {worker.address}", flush=True)
-        if loading is not None:
-            print(f"HANDLE {loading.handle}", flush=True)
         if args.role == "serve":
             await serve(worker, args)
             return
-        if merged is not None:
-            await merge(worker, args, merged)
-        await worker.serve_forever()  # the others may still need this worker's events
+        # The line that says what this worker holds is printed once SIGTERM closes it
+        # gracefully: whoever reads it may stop it at once.
+        if loading is not None:
+            report = f"HANDLE {loading.handle}"
+        else:
+            assert merged is not None
+            report = await merge(worker, args, merged)
+        # The others may still need this worker's events.
+        await worker.serve_forever(ready=lambda: print(report, flush=True))
     print("CLOSED", flush=True)
 
 

@@ -9,7 +9,7 @@ import random
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
@@ -445,9 +445,10 @@ class Ledger:
     churn: list[tuple[EventHandle, str | None]] = field(default_factory=list)
     merges: list[tuple[EventHandle, list[EventHandle], bool]] = field(default_factory=list)
     counters: dict[EventHandle, CountingWaiter] = field(default_factory=dict)
-    attempts: dict[EventHandle, list[tuple[str, str, str]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    # Each handle's list is made by its creator, before the completers start: a defaultdict
+    # would make it in the first completer's lookup, where a collection running a finalizer
+    # can switch threads, and a second completer's lookup then replace the first list.
+    attempts: dict[EventHandle, list[tuple[str, str, str]]] = field(default_factory=dict)
     waits: list[tuple[EventHandle, str | None]] = field(default_factory=list)
 
 
@@ -474,6 +475,7 @@ def test_stress_creators_completers_and_waiters(fast_switching: None) -> None:
                 h = mgr.new_event().handle
                 counter = CountingWaiter()
                 ledger.counters[h] = counter
+                ledger.attempts[h] = []
                 assert core.add_waiter(h, counter, counter) is PENDING
                 batches[r].append(h)
                 ledger.handles.append(h)

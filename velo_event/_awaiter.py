@@ -67,11 +67,14 @@ class _LoopWaker:
     a new thread reusing the old one's id. One is kept per thread (:func:`_thread_waker`) and
     shared by its awaits."""
 
-    __slots__ = ("loop", "thread")
+    __slots__ = ("is_running", "loop", "new_future", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
         self.loop = loop
         self.thread = thread
+        # Bound once: a wait calls them without looking them up on the loop's class.
+        self.new_future: Callable[[], asyncio.Future[object]] = loop.create_future
+        self.is_running: Callable[[], bool] = loop.is_running
 
     def __call__(self, future: Hashable, reason: Wake) -> None:
         fut = cast("asyncio.Future[object]", future)
@@ -102,7 +105,7 @@ def _thread_waker() -> _LoopWaker:
     (even stopped and closed) until this thread's next wait on a pending event under another
     loop, or the thread's exit: no cost per wait buys an earlier release."""
     waker: _LoopWaker | None = getattr(_here, "waker", None)
-    if waker is not None and waker.loop.is_running():
+    if waker is not None and waker.is_running():
         return waker
     return _new_waker(_get_running_loop())
 
@@ -204,7 +207,7 @@ class EventAwaiter:
     def _wait(self) -> Generator[Any, None, None]:
         """The hot path, a wait with no timeout: nothing here but the wait."""
         waker = _thread_waker()
-        future = waker.loop.create_future()
+        future = waker.new_future()
         outcome: object = self._add_waiter(self._handle, future, waker)
         if outcome is PENDING:
             try:
@@ -221,7 +224,7 @@ class EventAwaiter:
 
     def _wait_timed(self, timeout: float) -> Generator[Any, None, None]:
         waker = _checked_waker()
-        future = waker.loop.create_future()
+        future = waker.new_future()
         outcome: object = self._add_waiter(self._handle, future, waker)
         if outcome is PENDING:
             outcome = yield from self._wait_within(waker.loop, future, timeout)

@@ -372,7 +372,7 @@ class EventCore:
         its outcome. A generation not issued yet raises :class:`InvalidGenerationError`."""
         self._acquire(True)
         try:
-            local = handle - self._prefix
+            local = self._issued_local if handle is self._issued else handle - self._prefix
             if 0 <= local < len(self._slots) << 32:  # as in trigger
                 slot = self._slots[local >> 32]
             else:

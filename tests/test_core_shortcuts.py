@@ -1,6 +1,7 @@
-"""The core's identity shortcuts: ``trigger`` of the very handle object ``new_event`` just
-returned, and ``awaitable`` of the very object just triggered, skip the 128-bit arithmetic
-that finds a handle's slot; every other handle takes the full path, with the same answers."""
+"""The core's identity shortcuts: ``trigger`` and ``add_waiter`` of the very handle object
+``new_event`` just returned, and ``awaitable`` of the very object just triggered, skip the
+128-bit arithmetic that finds a handle's slot; every other handle takes the full path, with
+the same answers."""
 
 from __future__ import annotations
 
@@ -119,6 +120,35 @@ def test_trigger_and_await_of_the_handles_just_made_do_no_128_bit_subtraction(
     core.new_event()
     core.trigger(older)  # not the last issued: the full path
     assert CountingHandle.subtractions == 2
+
+
+def test_a_waiter_on_the_handle_just_made_is_added_without_128_bit_subtraction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pending wake-up's path (create, then wait): ``add_waiter`` of the handle just
+    issued finds its slot by identity. Fails before: one subtraction per wait."""
+    monkeypatch.setattr(pure_core, "_HANDLE", CountingHandle)
+    monkeypatch.setattr(CountingHandle, "subtractions", 0)
+    core = pure_core.EventCore(0x58, local=True)
+    woken: list[object] = []
+
+    def wake(key: object, reason: object) -> None:
+        woken.append(key)
+
+    handle = core.new_event()
+    assert core.add_waiter(handle, "first", wake) is pure_core.PENDING
+    assert CountingHandle.subtractions == 0
+    newest = core.new_event()
+    # No longer the one just issued: the full path, to the same generation's waiters.
+    assert core.add_waiter(handle, "second", wake) is pure_core.PENDING
+    assert CountingHandle.subtractions == 1
+    core.trigger(handle)  # not the one just issued either
+    assert woken == ["first", "second"]
+    assert CountingHandle.subtractions == 2
+    core.trigger(newest)
+    assert core.add_waiter(newest, "late", wake) is None  # complete: registered nowhere
+    assert CountingHandle.subtractions == 2
+    assert woken == ["first", "second"]
 
 
 class Marker:

@@ -50,6 +50,7 @@ from typing import Any, cast
 from velo_event import EventHandle
 from velo_event import _manager as pure_manager
 from velo_event._manager import Event, LocalEventSystem
+from velo_event.lowlevel import Wake
 
 _now = time.perf_counter_ns
 
@@ -194,9 +195,9 @@ def core_ping_pong(system: System) -> Side:
     return run
 
 
-def set_result(future: Hashable, reason: object) -> None:
-    """The core floor's waker: the wait's future gets the outcome, nothing else."""
-    cast("asyncio.Future[object]", future).set_result(reason)
+#: The core floor's waker: ``Future.set_result`` itself, called as ``(future, outcome)`` (the
+#: shape of a waker's call), so no Python-level function runs between the core and the future.
+set_result = cast("Callable[[Hashable, Wake], None]", asyncio.Future.set_result)
 
 
 async def base_ping_pong(wakeups: int) -> int:

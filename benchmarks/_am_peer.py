@@ -179,6 +179,8 @@ async def serve_drain(bind: str, max_seconds: float) -> None:
         # when one of our own sends consumed the previous edge.
         nonlocal scheduled, count
         scheduled = False
+        if sock.closed:  # a drain still scheduled when the socket closed
+            return
         for _ in range(DRAIN_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)

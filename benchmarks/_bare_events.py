@@ -95,6 +95,8 @@ class BareEvents:
         # finds nothing, and it clears the edge of ZMQ_FD that woke the loop.
         self._scheduled = False
         sock = self.sock
+        if sock.closed:  # a drain still scheduled when the socket closed
+            return
         for _ in range(DRAIN_BATCH):
             if not _readable(sock):
                 break

@@ -10,6 +10,8 @@ byte is the kind, then the payload frame):
 * ``sync``: blocking pyzmq ROUTER, one blocking ``recv_multipart()`` per message (baseline B);
 * ``drain``: plain pyzmq ROUTER read from ``loop.add_reader(FD)``, drained with
   ``recv_multipart(NOBLOCK)`` until ``zmq.Again`` (baseline D, and a latency reference);
+* ``bare``: the peer of ``bench_events.py``'s bare event pattern (``_bare_events.py``): a
+  task that, round after round, awaits the driver's next event and then triggers its own;
 * ``velo``: a velo Worker serving ``ping`` (echo), ``count``, ``count_value`` and
   ``count_reset``.
 
@@ -37,6 +39,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from _bare_events import DRIVER_EVENTS, PEER_EVENTS, BareEvents
 
 KIND_ECHO = ord("E")
 KIND_MESSAGE = ord("M")
@@ -48,7 +51,7 @@ DRAIN_BATCH = 512
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("asyncio", "sync", "drain", "velo"))
+    parser.add_argument("mode", choices=("asyncio", "sync", "drain", "bare", "velo"))
     parser.add_argument("--bind", default="tcp://127.0.0.1:0")
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--profile", default=None, help="cProfile output file (velo mode)")
@@ -176,6 +179,8 @@ async def serve_drain(bind: str, max_seconds: float) -> None:
         # when one of our own sends consumed the previous edge.
         nonlocal scheduled, count
         scheduled = False
+        if sock.closed:  # a drain still scheduled when the socket closed
+            return
         for _ in range(DRAIN_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -199,6 +204,34 @@ async def serve_drain(bind: str, max_seconds: float) -> None:
     finally:
         loop.remove_reader(sock.FD)
         sock.close(linger=0)
+        context.term()
+
+
+async def serve_bare(bind: str, max_seconds: float) -> None:
+    stop = stop_event(max_seconds)
+    context: zmq.Context[Any] = zmq.Context()
+    sock, address = router(context, bind)
+    bare = BareEvents(sock, 2, router=True, loop=asyncio.get_running_loop())
+
+    async def respond() -> None:
+        index = 0
+        waiter = bare.wait(DRIVER_EVENTS + index)
+        while True:  # ends when cancelled (stop)
+            await waiter
+            bare.trigger(PEER_EVENTS + index)
+            index += 1
+            waiter = bare.wait(DRIVER_EVENTS + index)
+            bare.flush()
+
+    task = asyncio.ensure_future(respond())
+    ready(address)
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        bare.close()
         context.term()
 
 
@@ -250,7 +283,8 @@ def main() -> None:
     if args.mode == "sync":
         serve_sync(args.bind, args.max_seconds)
         return
-    serve = {"asyncio": serve_asyncio, "drain": serve_drain, "velo": serve_velo}[args.mode]
+    modes = {"asyncio": serve_asyncio, "drain": serve_drain, "bare": serve_bare, "velo": serve_velo}
+    serve = modes[args.mode]
     run_profiled(serve(args.bind, args.max_seconds), args.profile)
 
 

@@ -44,6 +44,11 @@ Method
   (header and payload). The floor (what this machine allows in Python on libzmq): the same
   echo over plain sockets read through ``loop.add_reader(FD)`` and non-blocking receives on
   both sides. Targets (issue 13): p50 <= 1.2x the ``zmq.asyncio`` echo, <= 1.4x the floor.
+  A reference without a target, the pattern's own floor: the "await after own trigger"
+  rounds with nothing of velo (``_bare_events.py``, against ``_am_peer.py bare``): a task on
+  each side, the same subscriptions and done items msgpack'd in one message each way, the
+  socket drained in its reader callback while ``ZMQ_EVENTS`` says a message waits. It does
+  the work the pattern needs and none of velo's checks, generations, timeouts or accounting.
 * 2. Remote completions per second (``--events``, 20,000, ``--window`` 64 in flight). B
   creates the events and returns their handles (1,024 per call, before the clock starts). A
   runs ``--window`` tasks, each awaiting the next handle in order until none is left. Once
@@ -102,6 +107,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import zmq
 import zmq.asyncio
+from _bare_events import DRIVER_EVENTS, PEER_EVENTS, BareEvents
 from _builds import BUILDS, Driver, built, serve_driver, start_drivers, stop_drivers
 from _events_peer import HANDLE_BYTES, split_handles
 from bench_am import (
@@ -158,6 +164,8 @@ class Clients:
     async_sock: zmq.asyncio.Socket  # DEALER to the zmq.asyncio echo ROUTER
     drain: PlainReader  # DEALER to the add_reader/drain echo ROUTER
     frames: list[bytes]  # a raw echo message, as large as velo's update message
+    bare: BareEvents  # DEALER to the bare event pattern's peer
+    bare_rounds: int = 0  # rounds run so far with it (its handles go on from there)
 
 
 @dataclass
@@ -308,6 +316,22 @@ async def pingpong_drain(c: Clients, rounds: int) -> LatencyRun:
     return _latency(samples[WARMUP_ROUNDS:])
 
 
+async def pingpong_bare(c: Clients, rounds: int) -> LatencyRun:
+    """The own-trigger ping-pong's pattern without velo (``_bare_events.py``)."""
+    bare = c.bare
+    first = c.bare_rounds
+    c.bare_rounds += WARMUP_ROUNDS + rounds
+    samples: list[int] = []
+    for i in range(first, c.bare_rounds):
+        start = _now()
+        bare.trigger(DRIVER_EVENTS + i)
+        waiter = bare.wait(PEER_EVENTS + i)
+        bare.flush()
+        await waiter
+        samples.append(_now() - start)
+    return _latency(samples[WARMUP_ROUNDS:])
+
+
 # -- 2. completions with a window --------------------------------------------------------------
 
 
@@ -432,6 +456,12 @@ def make_cases(args: argparse.Namespace, drivers: list[Driver]) -> list[Case]:
             "A_pp", "raw zmq.asyncio ping-pong", lambda c, a: pingpong_asyncio(c, a.rounds), False
         ),
         Case("D_pp", "raw drain ping-pong", lambda c, a: pingpong_drain(c, a.rounds), False),
+        Case(
+            "bare_pp",
+            "bare event pattern ping-pong, own trigger",
+            lambda c, a: pingpong_bare(c, a.rounds),
+            False,
+        ),
         *velo_cases("velo_win", args, drivers),
         Case(
             "A_win",
@@ -466,7 +496,9 @@ async def open_clients(
     stack.callback(async_sock.close, 0)
     reader = PlainReader(_dealer(sync_context, servers["drain"].address), loop)
     stack.callback(reader.close)
-    return Clients(async_sock, reader, frames)
+    bare = BareEvents(_dealer(sync_context, servers["bare"].address), 1, router=False, loop=loop)
+    stack.callback(bare.close)
+    return Clients(async_sock, reader, frames, bare)
 
 
 async def open_velo(events_peer: Server, stack: contextlib.AsyncExitStack) -> Velo:
@@ -526,6 +558,7 @@ async def velo_benchmark(args: argparse.Namespace) -> tuple[list[Case], list[str
     try:
         servers.append(start_server("asyncio", BIND))
         servers.append(start_server("drain", BIND))
+        servers.append(start_server("bare", BIND))
         drivers, builds_note = await start_drivers(Path(__file__), ["--window", str(args.window)])
         header, payload = drivers[0].info["header"], drivers[0].info["payload"]
         async with contextlib.AsyncExitStack() as stack:
@@ -727,6 +760,8 @@ def print_table(cases: list[Case], builds: list[str], args: argparse.Namespace) 
             "D_pp", "p50", 1.4, True),
         Row("ping-pong RTT p50 (subscribed ahead), velo/raw drain (floor)", "velo_pp_ahead",
             "D_pp", "p50", 1.4, True),
+        Row("  the pattern's own floor: velo/bare pattern on the drain (own trigger)", "velo_pp",
+            "bare_pp", "p50", None, True),
         Row(f"completions/s, {w} in flight, velo/raw zmq.asyncio", "velo_win", "A_win", "rate",
             1.0, False),
         Row(f"completions/s, {w} in flight, velo/raw drain (floor)", "velo_win", "D_win", "rate",

@@ -26,6 +26,7 @@ from velo_am._codec import pack
 from velo_am._log import RateLimitedLog
 from velo_am._outbound import Outbound
 from velo_am._stats import new_counters
+from velo_am._update_chunks import chunks
 from velo_am.transport import LinkClosed, LinkFull
 from velo_event import EventHandle
 
@@ -233,6 +234,15 @@ def test_event_updates_split_by_item_limit_and_by_size() -> None:
     before = len(transport.sent[link])
     out.event_updates(Peer(2, 0x22), handles[:3], done[:3])
     assert len(transport.sent[link]) == before + 1, "the common case is one message"
+
+
+def test_the_common_case_of_event_updates_is_one_part_returned_whole() -> None:
+    """Every remote await and completion goes through ``chunks``: a few small items come back
+    as their one part in a list, with no generator to step through."""
+    mine, theirs = EventHandle.from_parts(ME, 0, 1), EventHandle.from_parts(2, 0, 1)
+    done = p.EventDone(mine, "why")
+    assert chunks([theirs], [done], 64 * 1024) == [((theirs,), (done,))]
+    assert chunks((), (), 64 * 1024) == [((), ())]
 
 
 def test_a_reason_larger_than_a_message_is_cut_to_fit() -> None:

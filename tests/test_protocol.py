@@ -255,6 +255,50 @@ def test_event_updates_decode_errors_name_the_item() -> None:
         decode([header(V, 16, 1, 1, 0, [local], [])])
 
 
+@pytest.mark.parametrize(
+    ("index", "value", "field"),
+    [
+        (2, 0, "src"),
+        (2, True, "src"),
+        (2, -1, "src"),
+        (3, 0, "src_incarnation"),
+        (3, False, "src_incarnation"),
+        (4, True, "dst_incarnation"),
+        (4, -1, "dst_incarnation"),
+        (4, 1.5, "dst_incarnation"),
+    ],
+)
+def test_event_updates_bad_envelope_names_the_field(index: int, value: Any, field: str) -> None:
+    items: list[Any] = [V, 16, 1, 1, 0, [H1.to_bytes()], []]
+    items[index] = value
+    with pytest.raises(ProtocolError, match=rf"^EventUpdates\.{field}: "):
+        decode([header(*items)])
+
+
+def test_a_well_formed_event_updates_is_decoded_without_a_call_to_check_its_envelope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every remote await and completion is an EventUpdates: its envelope's cheap checks run
+    inline (two interpreted calls fewer a message than through ``check_envelope``, which
+    only words a failure). Run on the pure module, whose global the patch replaces."""
+    from velo_am import _protocol as pure_protocol
+
+    calls: list[object] = []
+    original = pure_protocol.check_envelope
+
+    def counting(msg: object) -> None:
+        calls.append(msg)
+        original(msg)
+
+    monkeypatch.setattr(pure_protocol, "check_envelope", counting)
+    msg = EventUpdates(2, 0x22, 0x33, (H1,), (EventDone(H1, "why"),))
+    assert pure_protocol.decode(pure_protocol.encode(msg)) == msg
+    assert calls == []
+    with pytest.raises(ProtocolError, match=r"^EventUpdates\.src: "):
+        pure_protocol.decode([header(V, 16, 0, 1, 0, [], [])])
+    assert len(calls) == 1
+
+
 def test_event_updates_item_limit() -> None:
     from velo_am._protocol import MAX_EVENT_ITEMS
 

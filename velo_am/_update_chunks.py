@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from velo_event import EventHandle
@@ -33,22 +33,26 @@ def _fitted(item: p.EventDone, budget: int) -> p.EventDone:
 
 def chunks(
     subscribe: Sequence[EventHandle], done: Sequence[p.EventDone], max_size: int
-) -> Iterable[tuple[tuple[EventHandle, ...], tuple[p.EventDone, ...]]]:
+) -> list[tuple[tuple[EventHandle, ...], tuple[p.EventDone, ...]]]:
     """Split update items into messages of at most ``MAX_EVENT_ITEMS`` items and
-    ``max_size`` bytes; the common case is one message."""
+    ``max_size`` bytes; the common case is one message (a list, not a generator: the common
+    case is one call)."""
     limit, budget = p.MAX_EVENT_ITEMS, max_size - HEADER_ALLOWANCE
     count = len(subscribe) + len(done)
     if count <= limit:
-        characters = sum([len(item.reason) for item in done if item.reason])
+        characters = 0
+        for item in done:  # (a loop, not sum() over a comprehension: no call for few items)
+            if item.reason:
+                characters += len(item.reason)
         if count * _ITEM_BYTES + 4 * characters <= budget:
-            yield tuple(subscribe), tuple(done)
-            return
+            return [(tuple(subscribe), tuple(done))]
+    parts: list[tuple[tuple[EventHandle, ...], tuple[p.EventDone, ...]]] = []
     part_subscribe: list[EventHandle] = []
     part_done: list[p.EventDone] = []
     size = 0
     for handle in subscribe:
         if len(part_subscribe) >= limit or size + _ITEM_BYTES > budget:
-            yield tuple(part_subscribe), ()
+            parts.append((tuple(part_subscribe), ()))
             part_subscribe, size = [], 0
         part_subscribe.append(handle)
         size += _ITEM_BYTES
@@ -56,9 +60,10 @@ def chunks(
         cost = _cost(item)
         count = len(part_subscribe) + len(part_done)
         if count and (count >= limit or size + cost > budget):
-            yield tuple(part_subscribe), tuple(part_done)
+            parts.append((tuple(part_subscribe), tuple(part_done)))
             part_subscribe, part_done, size = [], [], 0
         part_done.append(item)
         size += cost
     if part_subscribe or part_done:
-        yield tuple(part_subscribe), tuple(part_done)
+        parts.append((tuple(part_subscribe), tuple(part_done)))
+    return parts

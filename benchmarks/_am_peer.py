@@ -98,6 +98,20 @@ def stop_event(max_seconds: float) -> asyncio.Event:
     return stop
 
 
+async def run_until_stopped(
+    work: Coroutine[Any, Any, None], address: str, stop: asyncio.Event
+) -> None:
+    """Run ``work`` as a task, say READY, and cancel it (and wait for it) once ``stop`` is set."""
+    task = asyncio.ensure_future(work)
+    ready(address)
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 # -- raw modes ---------------------------------------------------------------------------------
 
 
@@ -119,14 +133,9 @@ async def serve_asyncio(bind: str, max_seconds: float) -> None:
                 await sock.send_multipart([frames[0], b"F", str(count).encode()])
                 count = 0
 
-    task = asyncio.ensure_future(serve())
-    ready(address)
     try:
-        await stop.wait()
+        await run_until_stopped(serve(), address, stop)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         sock.close(linger=0)
         context.term()
 
@@ -223,14 +232,9 @@ async def serve_bare(bind: str, max_seconds: float) -> None:
             waiter = bare.wait(DRIVER_EVENTS + index)
             bare.flush()
 
-    task = asyncio.ensure_future(respond())
-    ready(address)
     try:
-        await stop.wait()
+        await run_until_stopped(respond(), address, stop)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         bare.close()
         context.term()
 

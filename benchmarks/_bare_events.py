@@ -38,8 +38,8 @@ def _readable(sock: zmq.Socket[bytes]) -> bool:
 
 
 class BareEvents:
-    """Remote events on one socket to one peer; ``route``: the frames before the message
-    (a ROUTER's peer identity, learnt from the first message when not given)."""
+    """Remote events on one socket to one peer. ``router``: the socket is a ROUTER, which
+    learns its peer's identity from the peer's first message and sends nothing before it."""
 
     def __init__(
         self, sock: zmq.Socket[bytes], src: int, *, router: bool, loop: asyncio.AbstractEventLoop

@@ -6,6 +6,7 @@ worker, not twice per hop. (Waiters added from other threads, which still go thr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,9 @@ from support import wait_until
 
 import velo_am
 from velo_am import Worker
+from velo_am._stats import new_counters
 from velo_event import Event, EventHandle, ForeignHandleError
+from velo_event.lowlevel import PENDING, Unanswered
 
 ROUNDS = 50
 
@@ -63,6 +66,30 @@ async def test_a_hop_asks_for_the_running_loop_once_per_worker_not_per_hop(
     # Two per hop before (the trigger's done item, the await's subscription): 4 * ROUNDS.
     assert asked == 0, f"asked {asked} times in {ROUNDS} round trips"
     assert a.events.stats()["updates_received"] >= ROUNDS + 2
+
+
+async def test_a_hop_asks_the_worker_for_its_loop_only_until_it_has_seen_it(
+    make_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's loop is its loop for life: once the events layer has seen it running on
+    its thread, a hop does not ask the worker for it again (an interpreted call, twice a hop
+    before)."""
+    a, b = await pair(make_worker)
+    await asyncio.wait_for(ping_pong(a, b, 2), 10)  # connected both ways, loops seen
+    asked = 0
+    for worker in (a, b):
+        messenger = worker._remote_events._messenger
+        ask = messenger.loop
+
+        def counted(ask: Callable[[], Any] = ask) -> Any:
+            nonlocal asked
+            asked += 1
+            return ask()
+
+        replaced = dataclasses.replace(messenger, loop=counted)
+        monkeypatch.setattr(worker._remote_events, "_messenger", replaced)
+    await asyncio.wait_for(ping_pong(a, b, ROUNDS), 20)
+    assert asked == 0, f"asked {asked} times in {ROUNDS} round trips"
 
 
 async def test_the_compiled_build_covers_the_subscriptions_layer(
@@ -243,3 +270,28 @@ def test_the_compiled_build_loads_no_pure_subscriptions_layer() -> None:
     )
     compiled, loaded = result.stdout.split()
     assert loaded == str(compiled == "False"), f"compiled build {compiled}, pure _remote {loaded}"
+
+
+def test_the_verdict_cache_keeps_the_latest_and_a_verdict_once_cached_stays() -> None:
+    """Every remote completion enters a bounded cache (the build in use's): one in, the
+    oldest out; a second verdict for a cached handle (a successor's, say) changes nothing."""
+    from velo_am._events import event_core
+    from velo_am._layers import RemoteEvents
+
+    counters = new_counters()
+    remote = RemoteEvents(event_core(0x1234, 1), None, counters, 1.0, cache_size=3)  # type: ignore[arg-type]
+    handles = [EventHandle.from_parts(0x99, index, 5) for index in range(5)]
+    for index, handle in enumerate(handles):
+        remote.resolve(handle, None if index % 2 else f"failed {index}")
+        remote.resolve(handle, "a second verdict")
+    assert [remote.status(handle) for handle in handles] == [
+        PENDING,  # evicted: asked of its owner again
+        PENDING,
+        "failed 2",
+        None,
+        "failed 4",
+    ]
+    assert remote.counts()["cached"] == 3
+    remote.resolve(handles[0], Unanswered("owner lost"))  # no verdict: never cached
+    assert remote.status(handles[0]) is PENDING
+    assert [remote.status(handle) for handle in handles[2:]] == ["failed 2", None, "failed 4"]

@@ -82,3 +82,36 @@ def test_wake_waiters_runs_every_callback_even_after_one_fails() -> None:
     wake_waiters({"a": broken, "b": lambda key, reason: woken.append((key, reason))}, "r")
     assert woken == [("b", "r")]
     assert PENDING is not None and repr(PENDING) == "PENDING"
+
+
+def test_a_manager_completes_its_own_handles_in_its_core_and_hands_others_on() -> None:
+    """The core's handles are completed in the core (in the compiled build, with no call
+    through Python); any other goes to ``_trigger_elsewhere`` / ``_poison_elsewhere``, which
+    refuse it unless a subclass that completes other systems' handles overrides them."""
+
+    class Forwarding(CoreEventManager):
+        def __init__(self, core: EventCore) -> None:
+            super().__init__(core)
+            self.forwarded: list[tuple[object, ...]] = []
+
+        def _trigger_elsewhere(self, handle: EventHandle) -> None:
+            self.forwarded.append(("trigger", handle))
+
+        def _poison_elsewhere(self, handle: EventHandle, reason: str) -> None:
+            self.forwarded.append(("poison", handle, reason))
+
+    manager = Forwarding(EventCore(0xA, local=False))
+    ready, failed = manager.new_event(), manager.new_event()
+    theirs = EventHandle.from_parts(0xB, 0, 1)
+    ready.trigger()
+    failed.poison("disk full")
+    manager.trigger(theirs)
+    manager.poison(theirs, "why")
+    assert manager.poll(ready.handle) is EventStatus.READY
+    assert manager.poison_reason(failed.handle) == "disk full"
+    assert manager.forwarded == [("trigger", theirs), ("poison", theirs, "why")]
+    plain = CoreEventManager(EventCore(0xC, local=False))
+    with pytest.raises(ForeignHandleError):
+        plain.trigger(theirs)
+    with pytest.raises(ForeignHandleError):
+        plain.poison(theirs, "why")

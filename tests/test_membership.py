@@ -826,3 +826,23 @@ def test_a_worker_its_neighbors_dropped_still_hears_of_later_joins() -> None:
     for table in sim.tables.values():
         for neighbor_id in table.neighbors:
             assert table.worker_id in sim.tables[neighbor_id].neighbors, "pairing is mutual"
+
+
+def test_who_updates_may_go_to_a_member_draining_or_alive_a_newcomer_or_an_observer() -> None:
+    """``connected`` (the events layer's sends) and ``alive`` (calls) agree but for a
+    draining member, which still gets what it awaits but takes no new calls."""
+    peers = table()
+    admit(peers, 3, flags=NEIGHBOR)
+    admit(peers, 4, flags=NEIGHBOR)
+    admit(peers, 5, flags=NEIGHBOR)
+    peers.on_hello(hello(2, 0x22, flags=JOIN), b"from-2", now=1.0)  # pending: not answered yet
+    peers.on_hello(hello(9, 0x99, token=5, flags=OBSERVER), b"cli", now=1.0)
+    peers.on_peers([info(5, state=LOST)], sender=3, now=2.0)
+    draining = peers.get(4)
+    assert draining is not None
+    peers.on_draining(draining)
+    reachable = {n: peers.connected(n) for n in (2, 3, 4, 5, 9, 77)}
+    assert {n for n, peer in reachable.items() if peer is not None} == {2, 3, 4, 9}
+    assert all(peer is peers.get(n) for n, peer in reachable.items() if peer is not None)
+    assert {n for n in reachable if peers.is_connected(n)} == {2, 3, 4, 9}
+    assert {n for n in reachable if peers.alive(n) is not None} == {2, 3, 9}

@@ -19,6 +19,7 @@ from velo_am import (
     PeerUnreachable,
     RemoteError,
     WorkerClosed,
+    _outbound,
 )
 from velo_am import _protocol as p
 from velo_am._calls import CallTable
@@ -237,12 +238,37 @@ def test_event_updates_split_by_item_limit_and_by_size() -> None:
 
 
 def test_the_common_case_of_event_updates_is_one_part_returned_whole() -> None:
-    """Every remote await and completion goes through ``chunks``: a few small items come back
-    as their one part in a list, with no generator to step through."""
+    """A few small items come back from ``chunks`` as their one part in a list, with no
+    generator to step through."""
     mine, theirs = EventHandle.from_parts(ME, 0, 1), EventHandle.from_parts(2, 0, 1)
     done = p.EventDone(mine, "why")
     assert chunks([theirs], [done], 64 * 1024) == [((theirs,), (done,))]
     assert chunks((), (), 64 * 1024) == [((), ())]
+
+
+def test_event_updates_that_fit_one_message_are_sent_without_cutting_them_into_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every remote await and completion sends event updates: items that fit one message
+    (nearly all) are encoded as they are, without ``chunks`` and its tuples; only items
+    past the item limit or the size bound are cut into parts."""
+    out, transport, _ = outbound(max_message_size=4096)
+    parts: list[int] = []
+
+    def counted_chunks(*args: Any) -> Any:
+        parts.append(1)
+        return chunks(*args)
+
+    monkeypatch.setattr(_outbound, "chunks", counted_chunks)
+    mine, theirs = EventHandle.from_parts(ME, 0, 1), EventHandle.from_parts(2, 0, 1)
+    done = p.EventDone(mine, "why")
+    out.event_updates(Peer(2, 0x22), [theirs], [done])
+    (link,) = transport.connected
+    (sent,) = [m for m in transport.messages(link) if isinstance(m, p.EventUpdates)]
+    assert (sent.subscribe, sent.done, sent.dst_incarnation) == ((theirs,), (done,), 0x22)
+    assert parts == []
+    out.event_updates(Peer(2, 0x22), [], [p.EventDone(mine, "x" * 1000)])  # 4 kB as UTF-8
+    assert parts == [1]
 
 
 def test_a_reason_larger_than_a_message_is_cut_to_fit() -> None:

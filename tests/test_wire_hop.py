@@ -186,6 +186,9 @@ def test_encode_updates_is_encode_of_the_message(
     [
         ((0, 1, 0), [], []),  # src 0
         ((1, 1, -1), [], []),  # a negative incarnation
+        ((2**64, 1, 0), [], []),  # past 64 bits: msgpack refuses it, the slow path words it
+        ((1, 2**64, 0), [], []),
+        ((1, 1, 2**64), [], []),
         ((1, 1, 0), [5], []),  # not a handle
         ((1, 1, 0), [EventHandle.from_parts(1, 2, 3, local=True)], []),  # a local handle
         ((1, 1, 0), [], [(EventHandle.from_parts(1, 2, 3), None)]),  # not an EventDone

@@ -310,17 +310,18 @@ class DistributedEvents(CoreEventManager):
 
     # -- remote completion ---------------------------------------------------------------------
 
-    def trigger(self, handle: EventHandle) -> None:
-        """Trigger; a remote handle's trigger is forwarded without waiting (errors are logged:
-        use :meth:`trigger_confirmed` to learn them)."""
+    # ``trigger`` and ``poison`` (the core manager's) complete this worker's events in the
+    # core; another worker's come here, forwarded without waiting (errors are logged: use
+    # :meth:`trigger_confirmed` and :meth:`poison_confirmed` to learn them).
+
+    def _trigger_elsewhere(self, handle: EventHandle) -> None:
         owner = self._remote.owner_of(handle)
         if owner is None:
             self._core.trigger(handle)
         else:
             self._remote.in_loop(self._forward, owner, "_ev.trigger", [handle.to_bytes()])
 
-    def poison(self, handle: EventHandle, reason: str) -> None:
-        """Poison; for a remote handle, forwarded without waiting (see :meth:`poison_confirmed`)."""
+    def _poison_elsewhere(self, handle: EventHandle, reason: str) -> None:
         if not isinstance(reason, str):
             raise TypeError(f"a poison reason is a str, got {type(reason).__name__}")
         owner = self._remote.owner_of(handle)

@@ -115,8 +115,10 @@ class PeerTable(Successors):
     def get(self, peer_id: int) -> Member | None:
         """The member (any state), pending newcomer or observer; ``None`` if unknown."""
         member = self._members.get(peer_id)
-        if member is not None:
-            return member
+        return member if member is not None else self._unlisted(peer_id)
+
+    def _unlisted(self, peer_id: int) -> Member | None:
+        """A pending newcomer or an observer (not in the member list), else ``None``."""
         pending = self._pending.get(peer_id)
         return pending.member if pending is not None else self._observers.get(peer_id)
 
@@ -136,16 +138,19 @@ class PeerTable(Successors):
     def alive(self, peer_id: int) -> Member | None:
         """The peer if it can be called now (the fast path of every call and send)."""
         peer = self._members.get(peer_id)
-        if peer is not None:
-            return peer if peer.state is _ALIVE else None
-        pending = self._pending.get(peer_id)
-        return pending.member if pending is not None else self._observers.get(peer_id)
+        if peer is None:
+            return self._unlisted(peer_id)
+        return peer if peer.state is _ALIVE else None
+
+    def connected(self, peer_id: int) -> Member | None:
+        """The peer if messages may go to it now (the fast path of every update sent)."""
+        peer = self._members.get(peer_id)
+        if peer is None:
+            return self._unlisted(peer_id)
+        return peer if peer.state is _ALIVE or peer.state is _DRAINING else None
 
     def is_connected(self, peer_id: int) -> bool:
-        peer = self._members.get(peer_id)
-        if peer is not None:
-            return peer.state is _ALIVE or peer.state is _DRAINING
-        return peer_id in self._pending or peer_id in self._observers
+        return self.connected(peer_id) is not None
 
     def is_observer(self, peer_id: int) -> bool:
         return peer_id in self._observers
@@ -423,8 +428,7 @@ class PeerTable(Successors):
             return STALE
         peer = self._members.get(src)
         if peer is None:
-            pending = self._pending.get(src)
-            peer = pending.member if pending is not None else self._observers.get(src)
+            peer = self._unlisted(src)
             if peer is None or peer.incarnation != src_incarnation:
                 return UNKNOWN
         elif peer.incarnation != src_incarnation:

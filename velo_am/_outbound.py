@@ -36,7 +36,7 @@ from ._codec import pack
 from ._errors import PeerUnreachable
 from ._log import RateLimitedLog
 from ._select import protocol as p
-from ._update_chunks import HEADER_ALLOWANCE, chunks
+from ._update_chunks import HEADER_ALLOWANCE, chunks, fits_whole
 from .transport import LinkClosed, LinkError, LinkFull, LinkId, Transport
 
 __all__ = ["Addressee", "Outbound"]
@@ -499,6 +499,12 @@ class Outbound:
     ) -> None:
         """The events layer's items for ``peer``, in as many messages as the item limit and
         ``max_message_size`` require. Raises :class:`PeerUnreachable`."""
+        if fits_whole(subscribe, done, self.max_message_size):  # nearly always: no parts
+            frames = p.encode_updates(
+                self.worker_id, self.incarnation, peer.incarnation, subscribe, done
+            )
+            self.send_frames(peer.worker_id, frames, ours=bool(subscribe))
+            return
         for subscribe_part, done_part in chunks(subscribe, done, self.max_message_size):
             frames = p.encode_updates(
                 self.worker_id, self.incarnation, peer.incarnation, subscribe_part, done_part

@@ -69,6 +69,7 @@ __all__ += ["EventStatusCode", "HelloFlags", "MAX_EVENT_ITEMS", "MemberState", "
 __all__ += ["encode", "decode", "encode_request", "encode_response", "encode_updates"]
 
 _REQUEST: Final = int(Kind.REQUEST)
+_EVENT_UPDATES: Final = int(Kind.EVENT_UPDATES)  # a plain int packs faster than the enum
 _SMALL_HEADER: Final = 1024  # headers up to this size skip the element budget
 
 
@@ -180,22 +181,23 @@ def encode_updates(
     done: Sequence[EventDone],
 ) -> list[bytes]:
     """``encode(EventUpdates(...))`` without building the message (see :func:`encode_request`):
-    the hot path of every remote await and completion."""
+    the hot path of every remote await and completion. No upper bounds checked here: msgpack
+    refuses an integer past 64 bits, and the slow path words that too."""
     if (
         type(src) is type(src_incarnation) is type(dst_incarnation) is int
-        and 0 < src <= U64_MAX
-        and 0 < src_incarnation <= U64_MAX
-        and 0 <= dst_incarnation <= U64_MAX
+        and src > 0
+        and src_incarnation > 0
+        and dst_incarnation >= 0
         and len(subscribe) + len(done) <= MAX_EVENT_ITEMS
     ):
         try:
-            header: list[object] = [PROTOCOL_VERSION, Kind.EVENT_UPDATES, src, src_incarnation]
+            header: list[object] = [PROTOCOL_VERSION, _EVENT_UPDATES, src, src_incarnation]
             header.append(dst_incarnation)
             header.append([_wire_handle(handle) for handle in subscribe])
             header.append([_wire_done(item) for item in done])
             return [_pack(header)]
-        except Exception:  # a bad item, or a reason msgpack cannot encode: worded below
-            pass
+        except Exception:  # a bad item, a number out of range, or a reason msgpack cannot
+            pass  # encode: worded below
     return encode(
         EventUpdates(src, src_incarnation, dst_incarnation, tuple(subscribe), tuple(done))
     )
@@ -359,15 +361,22 @@ def _decoder(cls: Any, has_payload: bool, last: str) -> _Decoder:
 # same validation runs (__post_init__; for EventUpdates, whose items the decoder checked, the
 # common fields only).
 _new_message: Final = object.__new__
-_set_src, _set_src_incarnation, _set_dst_incarnation, _set_subscribe, _set_done = (
-    getattr(EventUpdates, field.name).__set__ for field in fields(EventUpdates)
-)
-_set_msg_id, _set_handler, _set_reply, _set_payload = (
-    getattr(Request, name).__set__ for name in ("msg_id", "handler", "reply", "payload")
-)
-_set_response_id, _set_response_payload = (
-    getattr(Response, name).__set__ for name in ("msg_id", "payload")
-)
+# (Final, one name each: a compiled build keeps them in statics, not in the module's dict.)
+_SETTERS: Final = {
+    cls: {f.name: getattr(cls, f.name).__set__ for f in fields(cls)}
+    for cls in (EventUpdates, Request, Response)
+}
+_set_src: Final = _SETTERS[EventUpdates]["src"]
+_set_src_incarnation: Final = _SETTERS[EventUpdates]["src_incarnation"]
+_set_dst_incarnation: Final = _SETTERS[EventUpdates]["dst_incarnation"]
+_set_subscribe: Final = _SETTERS[EventUpdates]["subscribe"]
+_set_done: Final = _SETTERS[EventUpdates]["done"]
+_set_msg_id: Final = _SETTERS[Request]["msg_id"]
+_set_handler: Final = _SETTERS[Request]["handler"]
+_set_reply: Final = _SETTERS[Request]["reply"]
+_set_payload: Final = _SETTERS[Request]["payload"]
+_set_response_id: Final = _SETTERS[Response]["msg_id"]
+_set_response_payload: Final = _SETTERS[Response]["payload"]
 
 
 def _decode_request(h: list[Any], payload: bytes | None) -> Message:

@@ -39,7 +39,7 @@ import heapq
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from threading import get_ident
 from typing import Any, Final, cast
@@ -111,7 +111,10 @@ class RemoteEvents:
         self._cache_size = cache_size
         self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
         self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
-        self._completed: OrderedDict[EventHandle, str | None] = OrderedDict()
+        self._completed: dict[EventHandle, str | None] = {}
+        # The cached handles, oldest first: a dict and a deque cost half an OrderedDict's
+        # insertion and eviction, once a hop (an entry leaves the cache only by eviction).
+        self._completion_order: deque[EventHandle] = deque()
         # Owner side: what each subscriber waits on here, dropped when it completes, or when
         # the subscriber closes or is forgotten.
         self._served: dict[int, set[EventHandle]] = {}
@@ -221,13 +224,14 @@ class RemoteEvents:
         """``None`` on the worker's loop, running on this thread (work runs at once); else the
         loop to hand work to (``AMError`` before the worker starts). The hops call this and
         the method they mean directly: no bound method and argument tuple per hop."""
-        loop = self._messenger.loop()
+        home, thread = self._home
+        # A worker's loop, once set, is its loop for life, run by one thread for the worker's
+        # life (the thread it was seen on): known, it is not asked for again.
+        if home is not None and get_ident() == thread and home.is_running():
+            return None
+        loop = self._messenger.loop() if home is None else home
         if loop is None:
             raise AMError("the worker is not started")
-        home, thread = self._home
-        # (A worker's loop runs on one thread for the worker's life: the thread it was seen on.)
-        if loop is home and get_ident() == thread and loop.is_running():
-            return None
         if running_loop() is loop:
             self._home = (loop, get_ident())
             return None
@@ -272,7 +276,7 @@ class RemoteEvents:
         else:
             items[1].append(done)
         if self._scheduled_flush is None:
-            loop = self._messenger.loop()
+            loop = self._home[0] or self._messenger.loop()  # (the worker's, once seen)
             assert loop is not None
             self._scheduled_flush = loop.call_soon(self.flush)
         return True
@@ -355,9 +359,11 @@ class RemoteEvents:
             if handle in completed:
                 outcome = completed[handle]
             elif not isinstance(outcome, Unanswered):
-                completed[handle] = outcome  # a new key: it goes last
-                if len(completed) > self._cache_size:
-                    completed.popitem(last=False)  # one in, one out
+                completed[handle] = outcome
+                order = self._completion_order
+                order.append(handle)
+                if len(order) > self._cache_size:
+                    del completed[order.popleft()]  # one in, the oldest out
         if waiters:
             wake_waiters(waiters, outcome)
 

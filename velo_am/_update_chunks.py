@@ -10,7 +10,7 @@ from velo_event import EventHandle
 
 from ._select import protocol as p
 
-__all__ = ["HEADER_ALLOWANCE", "chunks"]
+__all__ = ["HEADER_ALLOWANCE", "chunks", "fits_whole"]
 
 #: Room left for the header frame when bounding a payload by ``max_message_size``.
 HEADER_ALLOWANCE: Final = 512
@@ -31,21 +31,28 @@ def _fitted(item: p.EventDone, budget: int) -> p.EventDone:
     return item._replace(reason=f"{item.reason[:keep]}… [cut to fit max_message_size]")
 
 
+def fits_whole(
+    subscribe: Sequence[EventHandle], done: Sequence[p.EventDone], max_size: int
+) -> bool:
+    """Whether the items go in one message (the common case, checked before :func:`chunks`)."""
+    count = len(subscribe) + len(done)
+    if count > p.MAX_EVENT_ITEMS:
+        return False
+    characters = 0
+    for item in done:  # (a loop, not sum() over a comprehension: no call for few items)
+        if item.reason:
+            characters += len(item.reason)
+    return count * _ITEM_BYTES + 4 * characters <= max_size - HEADER_ALLOWANCE
+
+
 def chunks(
     subscribe: Sequence[EventHandle], done: Sequence[p.EventDone], max_size: int
 ) -> list[tuple[tuple[EventHandle, ...], tuple[p.EventDone, ...]]]:
     """Split update items into messages of at most ``MAX_EVENT_ITEMS`` items and
-    ``max_size`` bytes; the common case is one message (a list, not a generator: the common
-    case is one call)."""
+    ``max_size`` bytes."""
+    if fits_whole(subscribe, done, max_size):
+        return [(tuple(subscribe), tuple(done))]
     limit, budget = p.MAX_EVENT_ITEMS, max_size - HEADER_ALLOWANCE
-    count = len(subscribe) + len(done)
-    if count <= limit:
-        characters = 0
-        for item in done:  # (a loop, not sum() over a comprehension: no call for few items)
-            if item.reason:
-                characters += len(item.reason)
-        if count * _ITEM_BYTES + 4 * characters <= budget:
-            return [(tuple(subscribe), tuple(done))]
     parts: list[tuple[tuple[EventHandle, ...], tuple[p.EventDone, ...]]] = []
     part_subscribe: list[EventHandle] = []
     part_done: list[p.EventDone] = []

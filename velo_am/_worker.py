@@ -461,9 +461,9 @@ class Worker(FromEnv):
         self._flow.sends.send_now(self._connected(peer_id), name, payload)
 
     def _connected(self, peer_id: int) -> ms.Member:
-        self._check_running()
-        peer = self._membership.get(peer_id)
-        if peer is None or not self._membership.is_connected(peer_id):
+        peer = self._membership.connected(peer_id) if self._state in _OUTGOING else None
+        if peer is None:  # (the state checked inline: every event update sent comes here)
+            self._check_running()
             raise PeerUnreachable(f"worker {peer_id:#x} is not connected")
         return peer
 

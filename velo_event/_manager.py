@@ -15,7 +15,14 @@ from typing import Final, Protocol
 
 from ._awaiter import READY_AWAITER, EventAwaiter, running_loop
 from ._core import EventCore
-from ._errors import EventError, EventPoison, EventStatus, EventTimeout, OutcomeUnknown
+from ._errors import (
+    EventError,
+    EventPoison,
+    EventStatus,
+    EventTimeout,
+    ForeignHandleError,
+    OutcomeUnknown,
+)
 from ._handle import EventHandle
 from ._hot import mypyc_attr
 from ._merge import merge_of, start_merge
@@ -281,7 +288,8 @@ class CoreEventManager(EventManager):
 
     ``source`` answers for the handles it is given (awaits, polls, merge inputs); by default
     the core itself, which serves its own handles only. Completion (``trigger``, ``poison``)
-    goes to the core: a subclass that completes other systems' handles overrides those.
+    of the core's handles goes to the core; of any other, to ``_trigger_elsewhere`` and
+    ``_poison_elsewhere``, which a subclass that completes other systems' handles overrides.
     """
 
     __slots__ = (
@@ -373,10 +381,31 @@ class CoreEventManager(EventManager):
         """What a timed-out await names (a subclass may ask further, briefly)."""
         return self.waiting_on(handle)
 
+    # The core's own handles cost no check here (the core makes it) and no call through Python;
+    # the core refuses any other, which goes on to whoever completes it.
+
     def trigger(self, handle: EventHandle) -> None:
-        self._core.trigger(handle)
+        try:
+            self._core.trigger(handle)
+            return
+        except ForeignHandleError:
+            pass  # (handed on outside the handler: its errors are not "during" this one)
+        self._trigger_elsewhere(handle)
 
     def poison(self, handle: EventHandle, reason: str) -> None:
+        try:
+            self._core.poison(handle, reason)
+            return
+        except ForeignHandleError:
+            pass
+        self._poison_elsewhere(handle, reason)
+
+    def _trigger_elsewhere(self, handle: EventHandle) -> None:
+        """Trigger another system's handle: the core's refusal (``ForeignHandleError``). A
+        subclass that completes other systems' handles overrides this (and the next)."""
+        self._core.trigger(handle)
+
+    def _poison_elsewhere(self, handle: EventHandle, reason: str) -> None:
         self._core.poison(handle, reason)
 
     def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:

@@ -386,23 +386,19 @@ class ZmqTransport:
             self._drain()
 
     def _drain(self) -> None:
+        """Read and deliver up to ``_DRAIN_BATCH`` messages (:mod:`velo_am._drain`'s loop,
+        compiled with the hot set); the inbound connections are checked once none is left."""
         router, receiver = self._router, self._receiver
         if router is None or receiver is None:
             return
         self._draining = True
         try:
-            self._drain_batch(router, receiver)
-        finally:
-            self._draining = False
-
-    def _drain_batch(self, router: zmq.Socket[bytes], receiver: Receiver) -> None:
-        """Read and deliver up to ``_DRAIN_BATCH`` messages (:mod:`velo_am._drain`'s loop,
-        compiled with the hot set); the inbound connections are checked once none is left."""
-        try:
             found = receiver.drain(router, _DRAIN_BATCH, self._inbound.ledger.by_fd, self._link_of)
         except zmq.ZMQError as error:
             logger.warning("receive failed: %s", error)
             return
+        finally:
+            self._draining = False
         if found == EMPTY:
             if self._watch_due:
                 self._check_inbound()

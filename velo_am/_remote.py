@@ -112,8 +112,8 @@ class RemoteEvents:
         self._lock = threading.Lock()  # guards _remote and _completed (waiters come from anywhere)
         self._remote: dict[EventHandle, dict[Hashable, WakeCallback]] = {}
         self._completed: dict[EventHandle, str | None] = {}
-        # The cached handles, oldest first: a dict and a deque cost half an OrderedDict's
-        # insertion and eviction, once a hop (an entry leaves the cache only by eviction).
+        # The cached handles, oldest first: a dict and a deque cost less to insert into and
+        # evict from than an OrderedDict, once a hop (an entry leaves only by eviction).
         self._completion_order: deque[EventHandle] = deque()
         # Owner side: what each subscriber waits on here, dropped when it completes, or when
         # the subscriber closes or is forgotten.

@@ -312,23 +312,17 @@ class DistributedEvents(CoreEventManager):
 
     # ``trigger`` and ``poison`` (the core manager's) complete this worker's events in the
     # core; another worker's come here, forwarded without waiting (errors are logged: use
-    # :meth:`trigger_confirmed` and :meth:`poison_confirmed` to learn them).
+    # :meth:`trigger_confirmed` and :meth:`poison_confirmed` to learn them). Only a handle the
+    # core refused as another system's comes here, so it has an owner (or ``owner_of`` says
+    # why not); a poison's reason the core has checked already.
 
     def _trigger_elsewhere(self, handle: EventHandle) -> None:
         owner = self._remote.owner_of(handle)
-        if owner is None:
-            self._core.trigger(handle)
-        else:
-            self._remote.in_loop(self._forward, owner, "_ev.trigger", [handle.to_bytes()])
+        self._remote.in_loop(self._forward, owner, "_ev.trigger", [handle.to_bytes()])
 
     def _poison_elsewhere(self, handle: EventHandle, reason: str) -> None:
-        if not isinstance(reason, str):
-            raise TypeError(f"a poison reason is a str, got {type(reason).__name__}")
         owner = self._remote.owner_of(handle)
-        if owner is None:
-            self._core.poison(handle, reason)
-        else:
-            self._remote.in_loop(self._forward, owner, "_ev.poison", [handle.to_bytes(), reason])
+        self._remote.in_loop(self._forward, owner, "_ev.poison", [handle.to_bytes(), reason])
 
     def poison_from_finalizer(self, handle: EventHandle, reason: str) -> None:
         """A dropped guard: this worker's events are poisoned in the core (deferred if its

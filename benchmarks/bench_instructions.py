@@ -27,13 +27,16 @@ Method
     Per round of A, the garbage collector on as there.
 * The table gives each side's median over the repetitions and the ratio of the medians (the
   baselines run in both builds' children: their median is over all of them). Below it, the
-  median repetition of each remote case split by where its instructions ran (callgrind's
-  self cost of each function, summed by the file it lives in), and the top functions of
-  velo's own-trigger round.
-* Instructions are not time. A round of the floor costs a few instructions and many
-  microseconds of system calls and cross-process wake-ups that no count here shows, so a
-  ratio of counts is far above the clock's; what a count gives is velo's own work, exactly,
-  and the difference between two versions of it, whatever the machine's load.
+  median repetition of each case split by where its instructions ran (callgrind's self cost
+  of each function, summed by the file it lives in), and velo's compiled functions in the
+  own-trigger round with their callees' instructions (interpreted modules are not named:
+  their instructions are CPython's).
+* Instructions are not time. The kernel's work (system calls, wake-ups across processes) is
+  not counted, nor is waiting; and what a side does after its send overlaps the peer's work
+  on two CPUs, so it costs CPU but not latency. A ratio of counts is not the clock's ratio.
+  What a count gives is a side's own CPU work, to a percent or two whatever the machine's
+  load (a local case repeats within 0.3 %; a socket case varies a little more: its drains
+  batch differently from run to run), and so the difference between two versions of it.
 """
 
 # ruff: noqa: E402  (the repository root goes on sys.path before the project's imports)
@@ -94,6 +97,7 @@ PLACES = (
     ("libzmq", "libzmq"),
     ("zmq", "pyzmq"),
     ("libpython", "CPython (interpreter, objects, calls)"),
+    ("/Python-3.", "CPython (interpreter, objects, calls)"),  # inlined, named by its source
     ("libc", "libc"),
 )
 
@@ -200,10 +204,17 @@ def total(dump: Path) -> int:
 _FUNCTION_LINE = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S.*?)(?: \[(.*)\])?$")
 
 
-def by_function(dump: Path) -> list[tuple[int, str, str]]:
-    """(self instructions, function, file it lives in) of every function in the dump."""
+def by_function(dump: Path, *, inclusive: bool = False) -> list[tuple[int, str, str]]:
+    """(instructions, function, file it lives in) of every function in the dump, most first:
+    its own (self) instructions, or with its callees' (``inclusive``)."""
     listing = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", "--auto=no", str(dump)],
+        [
+            "callgrind_annotate",
+            "--threshold=100",
+            "--auto=no",
+            f"--inclusive={'yes' if inclusive else 'no'}",
+            str(dump),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -329,11 +340,16 @@ def report(runs: dict[str, list[tuple[int, Path]]], builds: list[str], args: Any
     for name in names:
         split_rows.append((name, *[f"{split.get(name, 0):,}" for split in places.values()]))
     print_aligned(split_rows)
-    own = f"pp_own:{builds[0]}"
-    count, dump = _median(runs[own])
-    print(f"\ntop functions of {own}, self instructions per round ({count:,} in all):")
-    for instructions, function, where in by_function(dump)[: args.top]:
-        print(f"  {instructions // _unit(own, args):>8,}  {function}  [{place(where)}]")
+    if "compiled" in builds:
+        count, dump = _median(runs["pp_own:compiled"])
+        print(
+            f"\npp_own:compiled, velo's compiled functions by instructions per round, their "
+            f"callees' included ({count:,} in all; interpreted modules run inside CPython's):"
+        )
+        compiled = [row for row in by_function(dump, inclusive=True) if "CPyDef_" in row[1]]
+        for instructions, function, _ in compiled[: args.top]:
+            name = function.partition("CPyDef_")[2].replace("_compiled___", "")
+            print(f"  {instructions // _unit('pp_own', args):>8,}  {'.'.join(name.split('___'))}")
 
 
 def _unit(side: str, args: Any) -> int:

@@ -253,10 +253,17 @@ async def subscribed(v: Velo, count: int) -> None:
     raise RuntimeError(f"the events peer did not subscribe to our {count} events")
 
 
-async def pingpong_velo(v: Velo, rounds: int, ahead: bool) -> LatencyRun:
+async def pingpong_velo(
+    v: Velo,
+    rounds: int,
+    ahead: bool,
+    rounds_window: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> LatencyRun:
     """``ahead=False``: each side awaits the next event right after its own trigger, so its
     subscription races the other side's trigger. ``ahead=True``: both sides await every event
-    of the run from the start (a task each), so each trigger finds its waiter subscribed."""
+    of the run from the start (a task each), so each trigger finds its waiter subscribed.
+    ``rounds_window`` is entered around the rounds alone (``bench_instructions.py`` counts
+    there)."""
     events = v.worker.events
     total = WARMUP_ROUNDS + rounds
     mine = [events.new_event() for _ in range(total)]
@@ -270,15 +277,16 @@ async def pingpong_velo(v: Velo, rounds: int, ahead: bool) -> LatencyRun:
         await v.worker.call(v.peer, "pp_go", [RUN_TIMEOUT, ahead])
         if ahead:
             await subscribed(v, total)
-        for i in range(total):
-            start = _now()
-            mine[i].trigger()
-            triggered = i + 1
-            if ahead:
-                await waits[i]
-            else:
-                await events.awaiter(theirs[i])
-            samples.append(_now() - start)
+        with rounds_window():
+            for i in range(total):
+                start = _now()
+                mine[i].trigger()
+                triggered = i + 1
+                if ahead:
+                    await waits[i]
+                else:
+                    await events.awaiter(theirs[i])
+                samples.append(_now() - start)
     finally:  # a failed run: B's responder must not wait for the rest
         for wait in waits:
             wait.cancel()

@@ -131,13 +131,76 @@ async def test_a_burst_of_sends_looks_at_the_socket_once(
     burst = 100
     for i in range(burst):
         pair.a.send(pair.link, [str(i).encode()])
-    assert looks[0] == 0  # none yet: the look is the loop's next iteration's
+    assert looks[0] == 1  # the first send's own; the rest leave one to the next iteration
     await pair.a_inbox.until(burst)  # every echo read: no message left behind an edge
     assert [frames for _, frames in pair.a_inbox.messages] == [
         [str(i).encode()] for i in range(burst)
     ]
     # Before: one look per send (100 here), on the sending side alone.
     assert looks[0] < burst // 4, f"{looks[0]} looks for {burst} sends"
+
+
+async def test_a_lone_send_looks_at_once_and_schedules_no_loop_callback(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ping-pong's send: a look of its own is cheaper than a loop callback to look.
+    Fails before: every send left its look to a callback (``call_soon``)."""
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    original = loop.call_soon
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return original(callback, *args, **kwargs)
+
+    for i in range(20):
+        monkeypatch.setattr(loop, "call_soon", counting)
+        pair.a.send(pair.link, [b"ping", str(i).encode()])  # the first since the last drain
+        monkeypatch.setattr(loop, "call_soon", original)
+        await pair.a_inbox.until(i + 1)  # its echo, drained
+    assert scheduled == []
+    assert [frames[1] for _, frames in pair.a_inbox.messages] == [b"%d" % i for i in range(20)]
+
+
+async def test_a_message_a_sends_look_finds_is_received_then_and_handed_on_after_the_send() -> None:
+    """A peer's message waits, its descriptor edge already consumed (here by the test's own
+    look); the next send's look finds it, receives it at once (libzmq must not keep it
+    prefetched) and leaves it to a drain the loop runs next: not handed on inside the send,
+    and the one behind it follows in order."""
+    loop = asyncio.get_running_loop()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    peer = context.socket(zmq.ROUTER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.setsockopt(zmq.RCVTIMEO, 10_000)
+    port = peer.bind_to_random_port("tcp://127.0.0.1")
+    a = ZmqTransport("tcp://127.0.0.1:0", max_message_size=1 << 20)
+    inbox = Inbox(a)
+    a.start(loop, inbox, identity=b"A", liveness=LIVENESS)
+    try:
+        link = a.connect(f"tcp://127.0.0.1:{port}")
+        async with asyncio.timeout(10):
+            while link not in inbox.up:
+                inbox.changed.clear()
+                await inbox.changed.wait()
+        a.send(link, [b"hello"])
+        identity, hello = peer.recv_multipart()  # bounded by RCVTIMEO
+        assert hello == b"hello"
+        peer.send_multipart([identity, b"first"])
+        await inbox.until(1)  # drained: the next send is the first since
+        peer.send_multipart([identity, b"second"])
+        peer.send_multipart([identity, b"third"])
+        router = a._router
+        assert router is not None
+        assert router.poll(10_000, zmq.POLLIN)  # both wait; the edge is spent
+        a.send(link, [b"reply"])
+        assert [frames for _, frames in inbox.messages] == [[b"first"]], "not inside the send"
+        await inbox.until(3)
+        assert [frames for _, frames in inbox.messages] == [[b"first"], [b"second"], [b"third"]]
+        assert peer.recv_multipart() == [identity, b"reply"]
+    finally:
+        await a.close()
+        peer.close()
+        context.term()
 
 
 async def test_echoes_arriving_during_long_bursts_are_all_read(pair: Pair) -> None:

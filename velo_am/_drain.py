@@ -5,6 +5,7 @@ compiled with the decode it feeds; it imports nothing of the transport (which im
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -26,6 +27,8 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _SRCFD: Final = int(zmq.SRCFD)
+#: A message received: its link, first frame, frames kept, size in bytes and frame count.
+_Message = tuple[bytes, zmq.Frame, list[zmq.Frame], int, int]
 # The compiled socket's own methods, called directly: pyzmq's Python wrappers add a call each.
 _recv_bytes: Final = cast(Callable[[Any, int], bytes], zmq.backend.Socket.recv)
 _recv_frame: Final = cast(Callable[[Any, int, bool], zmq.Frame], zmq.backend.Socket.recv)
@@ -55,6 +58,33 @@ class Receiver:
         self._max_frames = max_frames
         self._framing = framing
         self.delivering: tuple[bytes, zmq.Frame] | None = None
+        # The message a look inside a send found, received then (see hold), not handed on yet.
+        self._held: _Message | None = None
+
+    def hold(self, router: zmq.Socket[bytes]) -> None:
+        """Receive the next message now and hand it on at the next :meth:`drain`, before any
+        other: for a look inside a send that found one. It must be received at once (libzmq
+        aborts if the connection of a message it prefetched for a look drops: libzmq #3485)
+        but not handed on inside the send, whose caller is in the middle of its own work.
+        One message: receiving it leaves nothing prefetched."""
+        if self._held is None:
+            with contextlib.suppress(zmq.Again):
+                self._held = self._receive(router)
+
+    def _receive(self, router: zmq.Socket[bytes]) -> _Message:
+        """The next message (``zmq.Again`` if none waits): its link, first frame, the frames
+        kept (those past ``max_frames`` are counted, never kept), size and frame count."""
+        link = _recv_bytes(router, _NOBLOCK)
+        frame = first = _recv_frame(router, _NOBLOCK, False)
+        parts = [frame]
+        size, frames = len(frame), 1
+        while frame.more:
+            frame = _recv_frame(router, _NOBLOCK, False)
+            size += len(frame)
+            frames += 1
+            if frames <= self._max_frames:
+                parts.append(frame)
+        return link, first, parts, size, frames
 
     def drain(
         self,
@@ -71,25 +101,20 @@ class Receiver:
         in all. The look also consumes any edge a send made while delivering: nothing is left
         unseen. ``watched``: the inbound connections whose deliveries are booked; ``renamed``:
         the links whose connection has a routing id of its own (a re-dial's)."""
-        recv, recv_frame, get = _recv_bytes, _recv_frame, _get_option
-        deliver, deliveries = self._deliver, self._deliveries
+        get, deliver, deliveries = _get_option, self._deliver, self._deliveries
         max_size, max_frames = self._max_size, self._max_frames
         for count in range(batch):
-            try:
-                if count == 1 and not get(router, _EVENTS) & _POLLIN:
+            message = self._held
+            if message is None:
+                try:
+                    if count == 1 and not get(router, _EVENTS) & _POLLIN:
+                        return EMPTY
+                    message = self._receive(router)
+                except zmq.Again:
                     return EMPTY
-                link = recv(router, _NOBLOCK)
-                frame = first = recv_frame(router, _NOBLOCK, False)
-                parts = [frame]
-                size, frames = len(frame), 1
-                while frame.more:
-                    frame = recv_frame(router, _NOBLOCK, False)
-                    size += len(frame)
-                    frames += 1
-                    if frames <= max_frames:  # frames past those are counted, never kept
-                        parts.append(frame)
-            except zmq.Again:
-                return EMPTY
+            else:
+                self._held = None
+            link, first, parts, size, frames = message
             if watched:
                 delivery = deliveries.get(link)
                 if delivery is None:
@@ -103,7 +128,7 @@ class Receiver:
                 if size > max_size or frames > max_frames:
                     self._refused(link, f"{frames} frames, {size} bytes")
                 elif frames == 2:  # nearly every message: no comprehension
-                    deliver(link, [first.bytes, frame.bytes])
+                    deliver(link, [first.bytes, parts[1].bytes])
                 else:
                     deliver(link, [part.bytes for part in parts])
             except Exception:

@@ -15,10 +15,11 @@ of more frames or bytes than the protocol allows is dropped uncopied, and a conn
 holding an unfinished message larger than any message may be is cut.
 The socket is read from the event loop: its descriptor is edge-triggered, so a drain reads
 until empty (a lone message: until ``ZMQ_EVENTS`` says so; a burst: until ``zmq.Again``), one
-cut short reschedules itself, and after sends (which may take the edge) the loop's next
-iteration looks once. A look that finds a message receives it at once: libzmq 4.3.5 aborts
-(``!_more``, fq.cpp:80; libzmq #3485) if a connection is dropped while a message of it is
-prefetched, as a look does.
+cut short reschedules itself. A send may take the edge: the first since the last drain looks
+at once, later ones leave one look to the loop's next iteration. A look that finds a message
+receives it at once: libzmq 4.3.5 aborts (``!_more``, fq.cpp:80; libzmq #3485) if a
+connection is dropped while a message of it is prefetched, as a look does. A look inside a
+send hands what it received on at the next drain, scheduled at once, not inside the send.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 _send_frame: Final = zmq.backend.Socket.send
 _get_option: Final = cast(Callable[[zmq.Socket[bytes], int], int], zmq.backend.Socket.get)
 _MORE_NOBLOCK: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
-_EVENTS: Final = zmq.EVENTS
+_EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 
 
@@ -120,6 +121,7 @@ class ZmqTransport:
         self._drain_scheduled = False
         self._receiver: Receiver | None = None  # the receive loop, made at start
         self._draining = False  # a drain is delivering: sends leave the last look to it
+        self._looked = False  # a send has looked at once since the last drain or look
         self._ids = itertools.count(1)
         self._outgoing: dict[LinkId, Outgoing] = {}
         self._by_address: dict[str, LinkId] = {}
@@ -340,14 +342,27 @@ class ZmqTransport:
             if error.errno == errno.EHOSTUNREACH:
                 raise LinkClosed("no such connection (closed or lost)") from None
             raise LinkFull(str(error)) from None
-        if not self._draining:  # else the drain looks before it returns
+        # A send may consume the edge of the socket's descriptor that announced messages to
+        # read: look (else they would wait for the next edge, maybe forever). A drain
+        # delivering, or a look or drain due, sees what this send may have hidden. Else the
+        # first send since the last drain looks at once: a lone send (the latency case) costs
+        # no loop callback. Later ones leave one look to the loop's next iteration.
+        if self._draining or self._drain_scheduled:
+            return
+        if self._looked:
             self._recheck()
+        else:
+            self._looked = True
+            if _get_option(router, _EVENTS) & _POLLIN and self._receiver is not None:
+                self._receiver.hold(router)  # received at once, handed on by the drain
+                self._schedule_drain()
 
     def _recheck(self) -> None:
         """Any operation on the socket (a send, a connect) may consume the edge of its file
         descriptor that announced messages to read: look, and drain if some wait (else they
         would wait for the next edge, maybe forever). The look (``ZMQ_EVENTS``, as dear as a
-        send) is made once, by the loop's next iteration, however many sends come first."""
+        send) is made once, by the loop's next iteration, however many operations come
+        first."""
         if not self._drain_scheduled and self._loop is not None:
             self._drain_scheduled = True
             self._loop.call_soon(self._look)
@@ -381,6 +396,7 @@ class ZmqTransport:
 
     def _look(self) -> None:
         self._drain_scheduled = False
+        self._looked = False
         router = self._router
         if router is not None and _get_option(router, _EVENTS) & _POLLIN:
             self._drain()
@@ -392,6 +408,7 @@ class ZmqTransport:
         if router is None or receiver is None:
             return
         self._draining = True
+        self._looked = False
         try:
             found = receiver.drain(router, _DRAIN_BATCH, self._inbound.ledger.by_fd, self._link_of)
         except zmq.ZMQError as error:

@@ -34,9 +34,11 @@ Method
 * Instructions are not time. The kernel's work (system calls, wake-ups across processes) is
   not counted, nor is waiting; and what a side does after its send overlaps the peer's work
   on two CPUs, so it costs CPU but not latency. A ratio of counts is not the clock's ratio.
-  What a count gives is a side's own CPU work, to a percent or two whatever the machine's
-  load (a local case repeats within 0.3 %; a socket case varies a little more: its drains
-  batch differently from run to run), and so the difference between two versions of it.
+  What a count gives is a side's own CPU work, and so the difference between two versions
+  of it: a local case repeats within 0.3 %, a socket case within 1 to 2 % (its drains batch
+  differently from run to run). Run it with nothing else busy: a socket case takes a path
+  that depends on timing, and under contention A often finds the peer's answer already
+  waiting when it looks, which spares it a wait (its count falls, the floor's by up to half).
 """
 
 # ruff: noqa: E402  (the repository root goes on sys.path before the project's imports)

@@ -500,14 +500,17 @@ class Outbound:
         """The events layer's items for ``peer``, in as many messages as the item limit and
         ``max_message_size`` require. Raises :class:`PeerUnreachable`."""
         if fits_whole(subscribe, done, self.max_message_size):  # nearly always: no parts
-            frames = p.encode_updates(
-                self.worker_id, self.incarnation, peer.incarnation, subscribe, done
-            )
-            self.send_frames(peer.worker_id, frames, ours=bool(subscribe))
+            self._send_updates(peer, subscribe, done)
             return
         for subscribe_part, done_part in chunks(subscribe, done, self.max_message_size):
-            frames = p.encode_updates(
-                self.worker_id, self.incarnation, peer.incarnation, subscribe_part, done_part
-            )
-            # A subscription is this worker's business; done items answer the peer's.
-            self.send_frames(peer.worker_id, frames, ours=bool(subscribe_part))
+            self._send_updates(peer, subscribe_part, done_part)
+
+    def _send_updates(
+        self, peer: Addressee, subscribe: Sequence[EventHandle], done: Sequence[p.EventDone]
+    ) -> None:
+        """One message of update items (a call within Python: it costs tens of instructions)."""
+        frames = p.encode_updates(
+            self.worker_id, self.incarnation, peer.incarnation, subscribe, done
+        )
+        # A subscription is this worker's business; done items answer the peer's.
+        self.send_frames(peer.worker_id, frames, ours=bool(subscribe))

@@ -353,8 +353,9 @@ class ZmqTransport:
             self._recheck()
         else:
             self._looked = True
-            if _get_option(router, _EVENTS) & _POLLIN and self._receiver is not None:
-                self._receiver.hold(router)  # received at once, handed on by the drain
+            receiver = self._receiver
+            if receiver is not None and _get_option(router, _EVENTS) & _POLLIN:
+                receiver.hold(router)  # received at once, handed on by the drain
                 self._schedule_drain()
 
     def _recheck(self) -> None:

@@ -139,7 +139,10 @@ async def test_restarted_worker_is_reachable_and_never_gets_predecessor_messages
         before = await local.call(0x77, "stats")
         first.signal(signal.SIGKILL)
         await asyncio.to_thread(first.wait)
-        # Its link reports the kill at once: the message is refused, not queued for it.
+        # Its link reports the kill (the socket monitor's disconnect, long before the 60 s
+        # window; it can reach the loop after the wait above returns, hence the bounded wait),
+        # and then a message is refused, not queued for it.
+        await wait_until(lambda: local.peers[0x77].state == "lost", within=10)
         with pytest.raises(PeerUnreachable, match="lost"):
             await local.send(0x77, "record", "for the dead predecessor")
         second = launch("examples/am_ping.py", "serve", "--id", "0x77", "--bind", address)
